@@ -1,0 +1,1 @@
+"""The service: settings, JWT verification, lifecycle decisions, HTTP routes, admin API, CLI."""

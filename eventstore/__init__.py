@@ -1,0 +1,1 @@
+"""The append-only log: event catalog, stores, hash chain, encryption of sensitive fields."""

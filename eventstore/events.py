@@ -1,0 +1,259 @@
+"""The event catalog (SPEC §3): typed, versioned event data and the upcasters.
+
+Each event's ``data`` is stored as canonical JSON text together with the schema
+version it was written with. Reading turns that text into the typed model of the
+*current* schema version, running the upcasters for older shapes first; stored
+rows are never rewritten.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final
+
+import msgspec
+
+STREAM_PREFIX: Final = "tenant:"
+
+
+def stream_id_for(client_key: str) -> str:
+    return STREAM_PREFIX + client_key
+
+
+def client_key_of(stream_id: str) -> str:
+    return stream_id[len(STREAM_PREFIX) :] if stream_id.startswith(STREAM_PREFIX) else stream_id
+
+
+class SealedSecret(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A shared secret encrypted with the tenant's data key (see eventstore.crypto).
+
+    ``ad`` records the associated data the ciphertext is bound to, so that a
+    ciphertext copied into another stream or version fails to decrypt.
+    """
+
+    alg: str
+    nonce: str
+    ct: str
+    ad: str
+
+
+class Installed(msgspec.Struct, frozen=True):
+    """Every payload field of the call; ``sharedSecret`` replaced by its sealed form.
+
+    ``details`` holds the fields beyond key/clientKey/baseUrl/sharedSecret,
+    including fields Atlassian adds later: unknown fields are kept, never dropped.
+    """
+
+    key: str
+    client_key: str
+    base_url: str
+    shared_secret: SealedSecret | None
+    details: dict[str, Any]
+
+
+class SecretRotated(msgspec.Struct, frozen=True):
+    shared_secret: SealedSecret
+
+
+class BaseUrlChanged(msgspec.Struct, frozen=True):
+    from_: str
+    to: str
+
+
+class DescriptorUpgraded(msgspec.Struct, frozen=True):
+    from_: str | None
+    to: str
+
+
+class DetailsChanged(msgspec.Struct, frozen=True):
+    """Changed payload fields only, with their new value (``None`` when removed)."""
+
+    changes: dict[str, Any]
+
+
+class InstallConfirmed(msgspec.Struct, frozen=True):
+    pass
+
+
+class Enabled(msgspec.Struct, frozen=True):
+    pass
+
+
+class Disabled(msgspec.Struct, frozen=True):
+    pass
+
+
+class Uninstalled(msgspec.Struct, frozen=True):
+    pass
+
+
+EventData = (
+    Installed
+    | SecretRotated
+    | BaseUrlChanged
+    | DescriptorUpgraded
+    | DetailsChanged
+    | InstallConfirmed
+    | Enabled
+    | Disabled
+    | Uninstalled
+)
+
+EVENT_TYPES: Final[dict[str, type[Any]]] = {
+    cls.__name__: cls
+    for cls in (
+        Installed,
+        SecretRotated,
+        BaseUrlChanged,
+        DescriptorUpgraded,
+        DetailsChanged,
+        InstallConfirmed,
+        Enabled,
+        Disabled,
+        Uninstalled,
+    )
+}
+
+# Current schema version per type. Bump it together with an upcaster from the
+# previous version; never change the meaning of a stored version.
+SCHEMA_VERSIONS: Final[dict[str, int]] = {name: 1 for name in EVENT_TYPES} | {
+    "DescriptorUpgraded": 2,
+}
+
+
+class Metadata(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Where an event came from. Holds a token's SHA-256, never the token itself."""
+
+    call_id: str | None = None
+    received_at: str | None = None
+    token_sha256: str | None = None
+    iat: int | None = None
+    alg: str | None = None
+    kid: str | None = None
+    remote_addr: str | None = None
+    path: str | None = None
+    descriptor_version: str | None = None
+
+
+# ---------------------------------------------------------------- upcasting
+
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def _descriptor_upgraded_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    # v1 recorded only the version the tenant moved to, as {"version": "<to>"}.
+    return {"from": data.get("previous"), "to": data["version"]}
+
+
+UPCASTERS: Final[dict[tuple[str, int], Upcaster]] = {
+    ("DescriptorUpgraded", 1): _descriptor_upgraded_v1_to_v2,
+}
+
+
+def upcast(event_type: str, schema_version: int, data: dict[str, Any]) -> dict[str, Any]:
+    current = SCHEMA_VERSIONS[event_type]
+    while schema_version < current:
+        data = UPCASTERS[(event_type, schema_version)](data)
+        schema_version += 1
+    if schema_version > current:
+        raise ValueError(
+            f"{event_type} schema version {schema_version} is newer than this code ({current})"
+        )
+    return data
+
+
+# ---------------------------------------------------------------- encoding
+
+_json_encoder = msgspec.json.Encoder(order="sorted")
+_json_decoder = msgspec.json.Decoder()
+_metadata_decoder = msgspec.json.Decoder(Metadata)
+_pair_decoder = msgspec.json.Decoder(dict[str, str | None])
+
+
+def canonical_json(value: Any) -> bytes:
+    """Compact JSON with sorted keys: the exact bytes stored and hashed."""
+    return _json_encoder.encode(value)
+
+
+def data_to_json(data: EventData) -> bytes:
+    """The stored (wire) shape of an event's data: camelCase payload fields."""
+    if isinstance(data, Installed):
+        body: dict[str, Any] = dict(data.details)
+        body["key"] = data.key
+        body["clientKey"] = data.client_key
+        body["baseUrl"] = data.base_url
+        if data.shared_secret is not None:
+            body["sharedSecret"] = msgspec.to_builtins(data.shared_secret)
+        return _json_encoder.encode(body)
+    if isinstance(data, SecretRotated):
+        return _json_encoder.encode({"sharedSecret": data.shared_secret})
+    if isinstance(data, BaseUrlChanged | DescriptorUpgraded):
+        return _json_encoder.encode({"from": data.from_, "to": data.to})
+    if isinstance(data, DetailsChanged):
+        return _json_encoder.encode(data.changes)
+    return b"{}"
+
+
+def metadata_to_json(metadata: Metadata) -> bytes:
+    return _json_encoder.encode(metadata)
+
+
+def decode_metadata(raw: bytes | str) -> Metadata:
+    return _metadata_decoder.decode(raw)
+
+
+_EMPTY: Final[dict[str, EventData]] = {
+    "InstallConfirmed": InstallConfirmed(),
+    "Enabled": Enabled(),
+    "Disabled": Disabled(),
+    "Uninstalled": Uninstalled(),
+}
+
+
+def decode_data(event_type: str, schema_version: int, raw: bytes | str) -> EventData:
+    """Stored JSON text → typed data of the current schema version."""
+    empty = _EMPTY.get(event_type)
+    if empty is not None:
+        return empty
+    if schema_version == SCHEMA_VERSIONS.get(event_type):
+        # Fast paths for the current versions: one C-level decode.
+        if event_type == "BaseUrlChanged" or event_type == "DescriptorUpgraded":
+            pair = _pair_decoder.decode(raw)
+            return EVENT_TYPES[event_type](from_=pair.get("from"), to=pair["to"])  # type: ignore[no-any-return]
+        body = _json_decoder.decode(raw)
+    else:
+        body = upcast(event_type, schema_version, _json_decoder.decode(raw))
+    return data_from_dict(event_type, body)
+
+
+def data_from_dict(event_type: str, body: dict[str, Any]) -> EventData:
+    if event_type == "Installed":
+        details = dict(body)
+        key = details.pop("key")
+        client_key = details.pop("clientKey")
+        base_url = details.pop("baseUrl")
+        sealed = details.pop("sharedSecret", None)
+        return Installed(
+            key=key,
+            client_key=client_key,
+            base_url=base_url,
+            shared_secret=msgspec.convert(sealed, SealedSecret) if sealed is not None else None,
+            details=details,
+        )
+    if event_type == "SecretRotated":
+        return SecretRotated(shared_secret=msgspec.convert(body["sharedSecret"], SealedSecret))
+    if event_type == "BaseUrlChanged":
+        return BaseUrlChanged(from_=body["from"], to=body["to"])
+    if event_type == "DescriptorUpgraded":
+        return DescriptorUpgraded(from_=body.get("from"), to=body["to"])
+    if event_type == "DetailsChanged":
+        return DetailsChanged(changes=dict(body))
+    if event_type in _EMPTY:
+        return _EMPTY[event_type]
+    raise ValueError(f"unknown event type {event_type!r}")
+
+
+def data_as_dict(data: EventData) -> dict[str, Any]:
+    """The wire shape as a plain dict (for APIs and exports; secrets still sealed)."""
+    result: dict[str, Any] = _json_decoder.decode(data_to_json(data))
+    return result

@@ -1,0 +1,307 @@
+"""The event store interface shared by every backend, its value types and errors."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from eventstore.events import (
+    SCHEMA_VERSIONS,
+    EventData,
+    Metadata,
+    canonical_json,
+    data_as_dict,
+    data_to_json,
+    metadata_to_json,
+)
+
+
+class StoreError(Exception):
+    """Base class of every error raised by a store."""
+
+
+class ConcurrencyConflict(StoreError):
+    """The stream's version was not the expected one. Re-read the stream and retry."""
+
+    def __init__(self, stream_id: str, expected: int, actual: int | None = None) -> None:
+        super().__init__(f"stream {stream_id!r}: expected version {expected}, found {actual}")
+        self.stream_id = stream_id
+        self.expected = expected
+        self.actual = actual
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached or refused the work; nothing was stored."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event about to be appended. Its schema version is the current one."""
+
+    data: EventData
+    metadata: Metadata
+
+    @property
+    def type(self) -> str:
+        return type(self.data).__name__
+
+
+class RecordedEvent(msgspec.Struct, frozen=True, gc=False):
+    """One row of the log, decoded to typed data of the current schema version."""
+
+    position: int
+    stream_id: str
+    version: int
+    type: str
+    schema_version: int
+    data: EventData
+    metadata: Metadata
+    recorded_at: datetime
+    hash: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """The event object of the admin API and exports (SPEC §3 field names).
+
+        Shared secrets stay sealed here; callers that show events to people redact
+        them further (see ``redacted``).
+        """
+        return {
+            "position": self.position,
+            "stream_id": self.stream_id,
+            "version": self.version,
+            "type": self.type,
+            "schema_version": self.schema_version,
+            "data": data_as_dict(self.data),
+            "metadata": msgspec.to_builtins(self.metadata),
+            "recorded_at": format_timestamp(self.recorded_at),
+            "hash": self.hash,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RawEvent:
+    """A row exactly as stored: the bytes the hash chain covers."""
+
+    position: int
+    stream_id: str
+    version: int
+    type: str
+    schema_version: int
+    data: bytes
+    metadata: bytes
+    recorded_at: str
+    hash: str
+    call_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedEvent:
+    """A NewEvent encoded to the exact bytes that will be stored and hashed."""
+
+    type: str
+    schema_version: int
+    data: bytes
+    metadata: bytes
+    call_id: str | None
+
+
+def prepare(event: NewEvent) -> PreparedEvent:
+    return PreparedEvent(
+        type=event.type,
+        schema_version=SCHEMA_VERSIONS[event.type],
+        data=data_to_json(event.data),
+        metadata=metadata_to_json(event.metadata),
+        call_id=event.metadata.call_id,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    events: list[RecordedEvent]
+    duplicate: bool  # True when the idempotency key had been used: nothing was written
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    position: int
+    hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    ok: bool
+    events: int
+    head: str
+    first_bad_position: int | None = None
+    reason: str | None = None
+
+
+class Rejection(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One refused call. Never holds a token or a secret: only the token's SHA-256."""
+
+    at: datetime
+    path: str
+    reason: str
+    status: int
+    client_key: str | None = None
+    base_url: str | None = None
+    remote_addr: str | None = None
+    token_sha256: str | None = None
+    detail: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out = msgspec.to_builtins(self)
+        out["at"] = format_timestamp(self.at)
+        return dict(out)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def format_timestamp(value: datetime) -> str:
+    """The one text form of a time used in hashes, exports and answers (microseconds, Z)."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_timestamp(text: str) -> datetime:
+    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+class EventStore(abc.ABC):
+    """An append-only log of events in streams, with a global order and a hash chain.
+
+    Implementations: ``SQLiteEventStore`` (embedded default) and
+    ``PostgresEventStore`` (production). One contract test suite runs against both.
+    """
+
+    url: str
+
+    @abc.abstractmethod
+    def migrate(self) -> None:
+        """Create or upgrade the schema; idempotent."""
+
+    @abc.abstractmethod
+    def append(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: int,
+        idempotency_key: str | None = None,
+    ) -> AppendResult:
+        """Append all events atomically after ``expected_version`` (0: a new stream).
+
+        Raises ConcurrencyConflict when the stream is at another version. When
+        ``idempotency_key`` was used before, returns the events recorded then and
+        writes nothing (``duplicate=True``).
+        """
+
+    @abc.abstractmethod
+    def read_stream(
+        self, stream_id: str, up_to: int | datetime | None = None
+    ) -> list[RecordedEvent]:
+        """The stream in version order, up to a global position or a recorded time."""
+
+    @abc.abstractmethod
+    def read_all(self, after_position: int = 0, batch_size: int = 1000) -> Iterator[RecordedEvent]:
+        """Every event after a position in global order, fetched lazily in batches."""
+
+    @abc.abstractmethod
+    def read_raw(self, after_position: int = 0, batch_size: int = 1000) -> Iterator[RawEvent]:
+        """Rows as stored (undecoded), for the hash chain and exports."""
+
+    @abc.abstractmethod
+    def head(self) -> Head:
+        """The last position and the chain hash at it (0 and the genesis hash if empty)."""
+
+    @abc.abstractmethod
+    def stream_version(self, stream_id: str) -> int:
+        """The stream's last version, 0 for a stream that does not exist."""
+
+    @abc.abstractmethod
+    def find_idempotent(self, idempotency_key: str) -> list[RecordedEvent] | None:
+        """The events appended with this key, or None if it was never used."""
+
+    # -- data keys (mutable by design: destroying one is how `forget` works)
+
+    @abc.abstractmethod
+    def get_data_key(self, stream_id: str) -> bytes | None:
+        """The stream's wrapped data key, or None."""
+
+    @abc.abstractmethod
+    def put_data_key(self, stream_id: str, wrapped: bytes) -> bytes:
+        """Store a wrapped data key unless one exists; return the one in force."""
+
+    @abc.abstractmethod
+    def destroy_data_key(self, stream_id: str) -> bool:
+        """Delete the stream's data key; True if there was one."""
+
+    # -- rejection log
+
+    @abc.abstractmethod
+    def record_rejection(self, rejection: Rejection) -> None: ...
+
+    @abc.abstractmethod
+    def list_rejections(self, limit: int = 100) -> list[Rejection]:
+        """Newest first."""
+
+    @abc.abstractmethod
+    def ping(self) -> None:
+        """Raise StoreUnavailable unless the database answers."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    def verify(self) -> VerifyReport:
+        from eventstore.chain import verify_chain
+
+        return verify_chain(self.read_raw(0, 5000))
+
+    def __enter__(self) -> EventStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_store(url: str, **options: Any) -> EventStore:
+    """A store for a ``sqlite:///path`` or ``postgresql://…`` URL."""
+    if url.startswith("sqlite:"):
+        from eventstore.sqlite import SQLiteEventStore
+
+        return SQLiteEventStore(url, **options)
+    if url.startswith(("postgresql:", "postgres:")):
+        from eventstore.postgres import PostgresEventStore
+
+        return PostgresEventStore(url, **options)
+    raise ValueError("LEDGER_DATABASE_URL must start with sqlite:/// or postgresql://")
+
+
+__all__ = [
+    "AppendResult",
+    "ConcurrencyConflict",
+    "EventStore",
+    "Head",
+    "NewEvent",
+    "PreparedEvent",
+    "RawEvent",
+    "RecordedEvent",
+    "Rejection",
+    "StoreError",
+    "StoreUnavailable",
+    "VerifyReport",
+    "canonical_json",
+    "format_timestamp",
+    "open_store",
+    "parse_timestamp",
+    "prepare",
+    "utcnow",
+]

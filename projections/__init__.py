@@ -1,0 +1,1 @@
+"""Read models as pure folds over the log, and the runner that keeps them current."""
