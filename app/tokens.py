@@ -1,0 +1,449 @@
+"""Verification of Atlassian Connect lifecycle JWTs and the query string hash (SPEC §4).
+
+Pure functions: no I/O, no clock. The caller passes ``now`` and ``leeway`` so the
+time rules are testable, and fetches RS256 keys itself (see ``app.install_keys``).
+
+The token is parsed here, strictly, rather than by ``jwt.decode``: the allowed
+algorithm is fixed by the function called (never read from the header), PyJWT is
+used only for its signature primitives, and every claim rule is ours. Strictness
+matters beyond correctness: the ledger detects replays by the token's SHA-256, so
+a second spelling of the same token (base64 padding, non-canonical trailing bits)
+must not verify.
+
+No message raised from here contains the token, a secret or a claim value.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Final
+from urllib.parse import quote, urlsplit
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from jwt.algorithms import HMACAlgorithm, RSAAlgorithm
+
+__all__ = [
+    "KID_PATTERN",
+    "MAX_TOKEN_LENGTH",
+    "REASON_CODES",
+    "TokenError",
+    "UnverifiedToken",
+    "VerifiedToken",
+    "canonical_path",
+    "canonical_query",
+    "canonical_request",
+    "is_valid_kid",
+    "load_rsa_public_key",
+    "parse_unverified",
+    "query_string_hash",
+    "relative_path",
+    "token_sha256",
+    "verify_install_token",
+    "verify_shared_secret_token",
+]
+
+KID_PATTERN: Final = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+# Lifecycle tokens are a few hundred bytes; the cap bounds the work an
+# unauthenticated caller can make us do before the signature is checked.
+MAX_TOKEN_LENGTH: Final = 16 * 1024
+
+REASON_CODES: Final = frozenset(
+    {
+        "malformed_token",
+        "unsupported_alg",
+        "invalid_kid",
+        "invalid_key",
+        "bad_signature",
+        "missing_claim",
+        "invalid_claim",
+        "iss_mismatch",
+        "aud_mismatch",
+        "qsh_mismatch",
+        "token_expired",
+        "token_not_yet_valid",
+    }
+)
+
+_RS256: Final = RSAAlgorithm(RSAAlgorithm.SHA256)
+_HS256: Final = HMACAlgorithm(HMACAlgorithm.SHA256)
+_B64URL: Final = re.compile(r"[A-Za-z0-9_-]*")
+
+
+class TokenError(Exception):
+    """A token was refused. ``code`` is a stable snake_case reason (see REASON_CODES)."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class UnverifiedToken:
+    """What a token claims before anything is checked: enough to pick the key."""
+
+    alg: str
+    kid: str | None
+    iss: str | None
+    iat: int | None
+    sha256: str
+    claims: Mapping[str, Any] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedToken:
+    alg: str
+    kid: str | None
+    iss: str
+    iat: int
+    exp: int
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Parsed:
+    token: UnverifiedToken
+    signing_input: bytes
+    signature: bytes
+
+
+# --- query string hash -------------------------------------------------------
+
+
+def _percent_encode(text: str) -> str:
+    # RFC 3986: everything but the unreserved set A-Z a-z 0-9 - . _ ~ is encoded,
+    # so a space becomes %20 (never '+') and '*' becomes %2A.
+    return quote(text, safe="-._~", encoding="utf-8", errors="surrogatepass")
+
+
+def _utf16_order(text: str) -> bytes:
+    # The reference implementations (Java, JavaScript) sort strings by UTF-16 code
+    # units; big-endian UTF-16 bytes compare in exactly that order, whereas Python's
+    # code-point order differs for characters above U+FFFF.
+    return text.encode("utf-16-be", errors="surrogatepass")
+
+
+def canonical_query(params: Sequence[tuple[str, str]]) -> str:
+    """Canonical query string of decoded ``(name, value)`` pairs, ``jwt`` excluded.
+
+    Names and values are sorted decoded, then percent-encoded; several values of one
+    name are joined by ``,`` (itself not encoded) and pairs by ``&``.
+    """
+    grouped: dict[str, list[str]] = {}
+    for name, value in params:
+        if name == "jwt":
+            continue
+        grouped.setdefault(name, []).append(value)
+    return "&".join(
+        _percent_encode(name)
+        + "="
+        + ",".join(_percent_encode(value) for value in sorted(grouped[name], key=_utf16_order))
+        for name in sorted(grouped, key=_utf16_order)
+    )
+
+
+def canonical_path(path: str) -> str:
+    """Canonical form of a path already made relative to the app base URL.
+
+    ``&`` is encoded so that ``/a&b=c?x=y`` and ``/a?b=c&x=y`` do not collide; one
+    trailing ``/`` is dropped, as the reference implementations do.
+    """
+    if not path:
+        return "/"
+    path = path.replace("&", "%26")
+    if not path.startswith("/"):
+        path = "/" + path
+    if len(path) > 1 and path.endswith("/"):
+        path = path[:-1]
+    return path
+
+
+def relative_path(request_path: str, app_base_url: str) -> str:
+    """Strip the app base URL's path from a request path (``/`` if nothing is left).
+
+    The prefix is only removed at a segment boundary: base ``/app`` does not strip
+    ``/application``.
+    """
+    base_path = urlsplit(app_base_url).path.rstrip("/")
+    if base_path and (request_path == base_path or request_path.startswith(base_path + "/")):
+        request_path = request_path[len(base_path) :]
+    return request_path or "/"
+
+
+def canonical_request(method: str, path: str, params: Sequence[tuple[str, str]]) -> str:
+    """``METHOD&path&canonical-query``.
+
+    ``path`` is the request path relative to the app base URL, as sent on the wire
+    (not percent-decoded); ``params`` are the decoded query parameters.
+    """
+    return f"{method.upper()}&{canonical_path(path)}&{canonical_query(params)}"
+
+
+def query_string_hash(method: str, path: str, params: Sequence[tuple[str, str]]) -> str:
+    """SHA-256 hex of the canonical request: the value of a token's ``qsh`` claim."""
+    canonical = canonical_request(method, path, params)
+    return hashlib.sha256(canonical.encode("utf-8", errors="surrogatepass")).hexdigest()
+
+
+# --- parsing -----------------------------------------------------------------
+
+
+def is_valid_kid(kid: object) -> bool:
+    """A kid safe to append to the key server URL: no ``/``, no ``%``, not ``.``/``..``."""
+    return (
+        isinstance(kid, str)
+        and KID_PATTERN.fullmatch(kid) is not None
+        and kid not in {".", ".."}
+    )
+
+
+def token_sha256(token: str) -> str:
+    """Hex SHA-256 of the raw token: what logs and replay checks hold instead of it."""
+    return hashlib.sha256(token.encode("utf-8", errors="surrogatepass")).hexdigest()
+
+
+def _b64url_decode(segment: str) -> bytes:
+    # Unpadded and canonical only: exactly one spelling per byte string.
+    if _B64URL.fullmatch(segment) is None or len(segment) % 4 == 1:
+        raise ValueError("not base64url")
+    raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != segment:
+        raise ValueError("not canonical base64url")
+    return raw
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError("NaN and Infinity are not JSON")
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    value = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    if not isinstance(value, dict):
+        raise ValueError("not a JSON object")
+    return value
+
+
+def _numeric(value: object) -> float | int | None:
+    # bool is an int subclass; "exp": true is not a time.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _parse(token: str) -> _Parsed:
+    if not isinstance(token, str) or not token:
+        raise TokenError("malformed_token", "the token is empty or not a string")
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise TokenError("malformed_token", f"the token is longer than {MAX_TOKEN_LENGTH} bytes")
+    segments = token.split(".")
+    if len(segments) != 3:
+        raise TokenError("malformed_token", "a JWT has three dot-separated segments")
+    header_b64, payload_b64, signature_b64 = segments
+    try:
+        header = _json_object(_b64url_decode(header_b64))
+        claims = _json_object(_b64url_decode(payload_b64))
+        signature = _b64url_decode(signature_b64)
+    except (ValueError, UnicodeDecodeError, binascii.Error, RecursionError):
+        raise TokenError(
+            "malformed_token", "the token is not base64url-encoded JSON objects"
+        ) from None
+    alg = header.get("alg")
+    if not isinstance(alg, str):
+        raise TokenError("malformed_token", "the token header has no alg")
+    kid = header.get("kid")
+    if kid is not None and not isinstance(kid, str):
+        raise TokenError("malformed_token", "the token header's kid is not a string")
+    iss = claims.get("iss")
+    iat = _numeric(claims.get("iat"))
+    unverified = UnverifiedToken(
+        alg=alg,
+        kid=kid,
+        iss=iss if isinstance(iss, str) else None,
+        iat=int(iat) if iat is not None else None,
+        sha256=token_sha256(token),
+        claims=claims,
+    )
+    return _Parsed(
+        token=unverified,
+        signing_input=f"{header_b64}.{payload_b64}".encode("ascii"),
+        signature=signature,
+    )
+
+
+def parse_unverified(token: str) -> UnverifiedToken:
+    """Read alg, kid, iss and iat without trusting them (to choose how to verify)."""
+    return _parse(token).token
+
+
+# --- verification ------------------------------------------------------------
+
+
+@lru_cache(maxsize=256)
+def _load_rsa_pem(pem: bytes) -> RSAPublicKey:
+    key = load_pem_public_key(pem)
+    if not isinstance(key, RSAPublicKey):
+        raise TypeError("not an RSA public key")
+    return key
+
+
+def load_rsa_public_key(public_key_pem: str | bytes | RSAPublicKey) -> RSAPublicKey:
+    """Load a PEM RSA public key (memoised: a handful of install keys are in use)."""
+    if isinstance(public_key_pem, RSAPublicKey):
+        return public_key_pem
+    pem = public_key_pem.encode("ascii") if isinstance(public_key_pem, str) else public_key_pem
+    try:
+        return _load_rsa_pem(pem)
+    except (ValueError, TypeError, UnicodeError, UnsupportedAlgorithm):
+        raise TokenError("invalid_key", "the install key is not a PEM RSA public key") from None
+
+
+def _require_alg(parsed: _Parsed, allowed: str) -> None:
+    if parsed.token.alg != allowed:
+        raise TokenError("unsupported_alg", f"only {allowed} is accepted here")
+
+
+def _same(a: str, b: str) -> bool:
+    # compare_digest only takes ASCII str; claim values may hold anything.
+    return hmac.compare_digest(
+        a.encode("utf-8", errors="surrogatepass"), b.encode("utf-8", errors="surrogatepass")
+    )
+
+
+def _required(claims: Mapping[str, Any], name: str) -> Any:
+    if name not in claims or claims[name] is None:
+        raise TokenError("missing_claim", f"the token has no {name} claim")
+    return claims[name]
+
+
+def _time_claim(claims: Mapping[str, Any], name: str) -> float | int:
+    value = _numeric(_required(claims, name))
+    if value is None:
+        raise TokenError("invalid_claim", f"the {name} claim is not a number")
+    return value
+
+
+def _string_claim(claims: Mapping[str, Any], name: str) -> str:
+    value = _required(claims, name)
+    if not isinstance(value, str):
+        raise TokenError("invalid_claim", f"the {name} claim is not a string")
+    return value
+
+
+def _audiences(claims: Mapping[str, Any]) -> list[str]:
+    aud = _required(claims, "aud")
+    if isinstance(aud, str):
+        return [aud]
+    if isinstance(aud, list) and all(isinstance(item, str) for item in aud):
+        return aud
+    raise TokenError("invalid_claim", "the aud claim is neither a string nor a list of strings")
+
+
+def _check_claims(
+    parsed: _Parsed,
+    *,
+    client_key: str,
+    qsh: str,
+    now: int,
+    leeway: int,
+    app_base_url: str | None,
+) -> VerifiedToken:
+    claims = parsed.token.claims
+    iss = _string_claim(claims, "iss")
+    claimed_qsh = _string_claim(claims, "qsh")
+    exp = _time_claim(claims, "exp")
+    iat = _time_claim(claims, "iat")
+    audiences = _audiences(claims) if app_base_url is not None else []
+
+    if not _same(iss, client_key):
+        raise TokenError("iss_mismatch", "the token's iss is not the payload's clientKey")
+    if app_base_url is not None:
+        wanted = app_base_url.rstrip("/")
+        if not any(_same(aud.rstrip("/"), wanted) for aud in audiences):
+            raise TokenError("aud_mismatch", "the token's aud does not name this app")
+    if not _same(claimed_qsh, qsh):
+        raise TokenError("qsh_mismatch", "the token's qsh does not match this request")
+    if exp <= now - leeway:
+        raise TokenError("token_expired", "the token's exp has passed")
+    if iat > now + leeway:
+        raise TokenError("token_not_yet_valid", "the token's iat is in the future")
+    if "nbf" in claims:
+        nbf = _time_claim(claims, "nbf")
+        if nbf > now + leeway:
+            raise TokenError("token_not_yet_valid", "the token's nbf is in the future")
+
+    return VerifiedToken(
+        alg=parsed.token.alg,
+        kid=parsed.token.kid,
+        iss=iss,
+        iat=int(iat),
+        exp=int(exp),
+        sha256=parsed.token.sha256,
+    )
+
+
+def verify_install_token(
+    token: str,
+    public_key_pem: str | bytes | RSAPublicKey,
+    *,
+    client_key: str,
+    app_base_url: str,
+    qsh: str,
+    now: int,
+    leeway: int,
+) -> VerifiedToken:
+    """Verify a signed-install (RS256) token against the key its ``kid`` names.
+
+    Checks, first failure wins: alg is RS256, kid well formed, signature, claims
+    present, ``iss`` == client_key, ``aud`` names app_base_url (trailing ``/``
+    ignored), ``qsh``, ``exp`` > now - leeway, ``iat`` <= now + leeway.
+    """
+    parsed = _parse(token)
+    _require_alg(parsed, "RS256")
+    if not is_valid_kid(parsed.token.kid):
+        raise TokenError("invalid_kid", "the token header's kid is missing or not allowed")
+    key = load_rsa_public_key(public_key_pem)
+    if not _RS256.verify(parsed.signing_input, key, parsed.signature):
+        raise TokenError("bad_signature", "the signature does not verify with the install key")
+    return _check_claims(
+        parsed, client_key=client_key, qsh=qsh, now=now, leeway=leeway, app_base_url=app_base_url
+    )
+
+
+def verify_shared_secret_token(
+    token: str,
+    secret: str,
+    *,
+    client_key: str,
+    qsh: str,
+    now: int,
+    leeway: int,
+) -> VerifiedToken:
+    """Verify an HS256 token with the tenant's stored shared secret.
+
+    Same rules as ``verify_install_token`` except ``aud``, which Atlassian's
+    HS256 tokens do not carry.
+    """
+    parsed = _parse(token)
+    _require_alg(parsed, "HS256")
+    if not secret:
+        # An empty secret is known to everyone: anyone could sign with it.
+        raise TokenError("invalid_key", "no shared secret to verify with")
+    if not _HS256.verify(parsed.signing_input, secret.encode("utf-8"), parsed.signature):
+        raise TokenError("bad_signature", "the signature does not verify with the shared secret")
+    return _check_claims(
+        parsed, client_key=client_key, qsh=qsh, now=now, leeway=leeway, app_base_url=None
+    )

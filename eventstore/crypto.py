@@ -1,0 +1,152 @@
+"""Encryption of shared secrets (SPEC §5): per-tenant data keys wrapped by a master key.
+
+Envelope encryption means `ledger forget` only has to destroy one small data key
+for a tenant's secrets to become unreadable, while the log (whose hash chain covers
+ciphertext only) still verifies. Master keys rotate: the first configured key
+wraps new data keys, the others still unwrap old ones.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from eventstore.events import SealedSecret
+from eventstore.store import EventStore
+
+_WRAP_FORMAT = b"\x01"
+_KEY_ID_BYTES = 8
+_NONCE_BYTES = 12
+
+
+class CryptoError(Exception):
+    """A key or ciphertext could not be used. Never carries key material."""
+
+
+class DataKeyDestroyed(CryptoError):
+    """The tenant was forgotten: its data key no longer exists."""
+
+
+def _key_id(key: bytes) -> bytes:
+    return hashlib.sha256(b"ledger-master-key-id" + key).digest()[:_KEY_ID_BYTES]
+
+
+@dataclass(frozen=True)
+class MasterKeys:
+    """Master keys in rotation order: ``keys[0]`` wraps, every key unwraps."""
+
+    keys: tuple[bytes, ...]
+
+    @classmethod
+    def parse(cls, setting: str) -> MasterKeys:
+        keys: list[bytes] = []
+        for index, part in enumerate(p.strip() for p in setting.split(",")):
+            if not part:
+                continue
+            try:
+                key = base64.b64decode(part, validate=True)
+            except (binascii.Error, ValueError):
+                raise CryptoError(f"master key #{index + 1} is not valid base64") from None
+            if len(key) != 32:
+                raise CryptoError(f"master key #{index + 1} must decode to 32 bytes")
+            keys.append(key)
+        if not keys:
+            raise CryptoError("no master key configured")
+        return cls(tuple(keys))
+
+    def __repr__(self) -> str:  # never print key bytes
+        return f"MasterKeys(<{len(self.keys)} keys>)"
+
+    def wrap(self, stream_id: str, data_key: bytes) -> bytes:
+        current = self.keys[0]
+        nonce = os.urandom(_NONCE_BYTES)
+        sealed = AESGCM(current).encrypt(nonce, data_key, _wrap_ad(stream_id))
+        return _WRAP_FORMAT + _key_id(current) + nonce + sealed
+
+    def unwrap(self, stream_id: str, wrapped: bytes) -> bytes:
+        if not wrapped.startswith(_WRAP_FORMAT):
+            raise CryptoError("unknown data key format")
+        key_id = wrapped[1 : 1 + _KEY_ID_BYTES]
+        nonce = wrapped[1 + _KEY_ID_BYTES : 1 + _KEY_ID_BYTES + _NONCE_BYTES]
+        body = wrapped[1 + _KEY_ID_BYTES + _NONCE_BYTES :]
+        for key in self.keys:
+            if secrets.compare_digest(_key_id(key), key_id):
+                try:
+                    return AESGCM(key).decrypt(nonce, body, _wrap_ad(stream_id))
+                except InvalidTag:
+                    raise CryptoError("data key does not belong to this stream") from None
+        raise CryptoError("data key was wrapped by a master key that is not configured")
+
+
+def _wrap_ad(stream_id: str) -> bytes:
+    return b"ledger-data-key:" + stream_id.encode()
+
+
+def secret_ad(stream_id: str, version: int) -> str:
+    """Associated data binding a sealed secret to the event that carries it."""
+    return f"{stream_id}#{version}"
+
+
+def seal_secret(data_key: bytes, secret: str, ad: str) -> SealedSecret:
+    nonce = os.urandom(_NONCE_BYTES)
+    ct = AESGCM(data_key).encrypt(nonce, secret.encode(), ad.encode())
+    return SealedSecret(
+        alg="A256GCM",
+        nonce=base64.b64encode(nonce).decode(),
+        ct=base64.b64encode(ct).decode(),
+        ad=ad,
+    )
+
+
+def open_secret(data_key: bytes, sealed: SealedSecret, expected_ad: str) -> str:
+    # The AD is checked twice on purpose: the stored label must be the event's own,
+    # and AES-GCM refuses a ciphertext moved from another stream or version.
+    if sealed.alg != "A256GCM" or not secrets.compare_digest(sealed.ad, expected_ad):
+        raise CryptoError("sealed secret is bound to another event")
+    try:
+        plain = AESGCM(data_key).decrypt(
+            base64.b64decode(sealed.nonce), base64.b64decode(sealed.ct), expected_ad.encode()
+        )
+    except (InvalidTag, binascii.Error, ValueError):
+        raise CryptoError("sealed secret does not decrypt") from None
+    return plain.decode()
+
+
+class KeyRing:
+    """Per-tenant data keys kept in the store, wrapped by the master keys."""
+
+    def __init__(self, store: EventStore, master: MasterKeys) -> None:
+        self._store = store
+        self._master = master
+
+    def data_key(self, stream_id: str, *, create: bool = False) -> bytes:
+        wrapped = self._store.get_data_key(stream_id)
+        if wrapped is None:
+            if not create:
+                raise DataKeyDestroyed(f"no data key for {stream_id}")
+            # Two first installs racing: put_data_key keeps the first one stored.
+            wrapped = self._store.put_data_key(stream_id, self._master.wrap(stream_id, os.urandom(32)))
+        return self._master.unwrap(stream_id, wrapped)
+
+    def forget(self, stream_id: str) -> bool:
+        return self._store.destroy_data_key(stream_id)
+
+
+def load_or_create_master_key(path: Path) -> str:
+    """The embedded default's master key: generated once into a 0600 file."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = base64.b64encode(os.urandom(32)).decode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key + "\n")
+    return key

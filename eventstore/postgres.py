@@ -1,0 +1,502 @@
+"""The PostgreSQL store (production), on psycopg 3 with a connection pool.
+
+Global order: every append runs `ledger_append()`, which takes the row lock on the
+single `ledger_head` row before it assigns positions and holds it until commit.
+Appends are therefore serialised, positions are handed out in commit order, and a
+reader that tails the log by position can never see position n+1 before n. The hash
+chain needs the previous hash anyway, so this lock costs nothing extra; the row
+digests are computed by the client beforehand, so the lock is held only for a few
+index lookups and inserts, and the whole append is one round trip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import TupleRow
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from eventstore.chain import GENESIS, row_digest
+from eventstore.events import decode_data, decode_metadata
+from eventstore.store import (
+    AppendResult,
+    ConcurrencyConflict,
+    EventStore,
+    Head,
+    NewEvent,
+    RawEvent,
+    RecordedEvent,
+    Rejection,
+    StoreUnavailable,
+    format_timestamp,
+    prepare,
+    utcnow,
+)
+
+CONFLICT_SQLSTATE = "LD001"
+
+MIGRATIONS: list[str] = [
+    # 1: the log, its guards, the head, idempotency keys, data keys, rejections.
+    r"""
+    CREATE TABLE events (
+        position        bigint PRIMARY KEY,
+        stream_id       text NOT NULL,
+        version         integer NOT NULL CHECK (version > 0),
+        type            text NOT NULL,
+        schema_version  smallint NOT NULL,
+        data            text NOT NULL,
+        metadata        text NOT NULL,
+        recorded_at     timestamptz NOT NULL,
+        hash            bytea NOT NULL,
+        call_id         text,
+        UNIQUE (stream_id, version)
+    );
+    CREATE INDEX events_recorded_at ON events (stream_id, recorded_at);
+
+    CREATE FUNCTION events_are_immutable() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        RAISE EXCEPTION 'events are append-only: % is refused', TG_OP
+            USING ERRCODE = 'LD002';
+    END $$;
+    CREATE TRIGGER events_no_update_or_delete BEFORE UPDATE OR DELETE ON events
+        FOR EACH ROW EXECUTE FUNCTION events_are_immutable();
+    CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON events
+        FOR EACH STATEMENT EXECUTE FUNCTION events_are_immutable();
+    -- ALWAYS: the guards fire under session_replication_role = replica too.
+    ALTER TABLE events ENABLE ALWAYS TRIGGER events_no_update_or_delete;
+    ALTER TABLE events ENABLE ALWAYS TRIGGER events_no_truncate;
+
+    CREATE TABLE ledger_head (
+        id        boolean PRIMARY KEY DEFAULT true CHECK (id),
+        position  bigint NOT NULL,
+        hash      bytea NOT NULL
+    );
+    INSERT INTO ledger_head (id, position, hash)
+        VALUES (true, 0, '\x0000000000000000000000000000000000000000000000000000000000000000');
+
+    CREATE TABLE idempotency_keys (
+        key             text PRIMARY KEY,
+        stream_id       text NOT NULL,
+        first_position  bigint NOT NULL,
+        last_position   bigint NOT NULL
+    );
+
+    CREATE TABLE data_keys (
+        stream_id   text PRIMARY KEY,
+        wrapped     bytea NOT NULL,
+        created_at  timestamptz NOT NULL DEFAULT now()
+    );
+
+    CREATE TABLE rejections (
+        id            bigserial PRIMARY KEY,
+        at            timestamptz NOT NULL,
+        path          text NOT NULL,
+        reason        text NOT NULL,
+        status        integer NOT NULL,
+        client_key    text,
+        base_url      text,
+        remote_addr   text,
+        token_sha256  text,
+        detail        text
+    );
+
+    CREATE FUNCTION ledger_append(
+        p_stream text, p_expected integer, p_key text, p_types text[],
+        p_schemas smallint[], p_data text[], p_metadata text[], p_call_ids text[],
+        p_recorded_at timestamptz, p_digests bytea[]
+    ) RETURNS TABLE (o_position bigint, o_hash bytea, o_duplicate boolean)
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        v_position bigint;
+        v_hash bytea;
+        v_actual integer;
+        v_first bigint;
+        v_last bigint;
+        i integer;
+    BEGIN
+        IF p_key IS NOT NULL THEN
+            SELECT first_position, last_position INTO v_first, v_last
+                FROM idempotency_keys WHERE key = p_key;
+            IF FOUND THEN
+                RETURN QUERY SELECT e.position, e.hash, true FROM events e
+                    WHERE e.position BETWEEN v_first AND v_last ORDER BY e.position;
+                RETURN;
+            END IF;
+        END IF;
+
+        SELECT h.position, h.hash INTO v_position, v_hash FROM ledger_head h FOR UPDATE;
+
+        -- Checked again under the lock: a concurrent append with the same key waited here.
+        IF p_key IS NOT NULL THEN
+            SELECT first_position, last_position INTO v_first, v_last
+                FROM idempotency_keys WHERE key = p_key;
+            IF FOUND THEN
+                RETURN QUERY SELECT e.position, e.hash, true FROM events e
+                    WHERE e.position BETWEEN v_first AND v_last ORDER BY e.position;
+                RETURN;
+            END IF;
+        END IF;
+
+        SELECT coalesce(max(e.version), 0) INTO v_actual FROM events e
+            WHERE e.stream_id = p_stream;
+        IF v_actual <> p_expected THEN
+            RAISE EXCEPTION 'version conflict' USING ERRCODE = 'LD001', DETAIL = v_actual::text;
+        END IF;
+
+        v_first := v_position + 1;
+        FOR i IN 1 .. array_length(p_types, 1) LOOP
+            v_position := v_position + 1;
+            v_hash := sha256(v_hash || int8send(v_position) || p_digests[i]);
+            INSERT INTO events (position, stream_id, version, type, schema_version, data,
+                                metadata, recorded_at, hash, call_id)
+                VALUES (v_position, p_stream, p_expected + i, p_types[i], p_schemas[i],
+                        p_data[i], p_metadata[i], p_recorded_at, v_hash, p_call_ids[i]);
+            o_position := v_position;
+            o_hash := v_hash;
+            o_duplicate := false;
+            RETURN NEXT;
+        END LOOP;
+
+        UPDATE ledger_head SET position = v_position, hash = v_hash;
+        IF p_key IS NOT NULL THEN
+            INSERT INTO idempotency_keys VALUES (p_key, p_stream, v_first, v_position);
+        END IF;
+        -- A wake-up hint for projection runners; the log itself stays the truth.
+        PERFORM pg_notify('ledger_events', v_position::text);
+    END $$;
+    """,
+]
+
+_EVENT_COLUMNS = (
+    "position, stream_id, version, type, schema_version, data, metadata, recorded_at,"
+    " encode(hash, 'hex')"
+)
+
+
+def _decode_row(row: TupleRow) -> RecordedEvent:
+    position, stream_id, version, event_type, schema_version, data, metadata, recorded_at, h = row
+    return RecordedEvent(
+        position=position,
+        stream_id=stream_id,
+        version=version,
+        type=event_type,
+        schema_version=schema_version,
+        data=decode_data(event_type, schema_version, data),
+        metadata=decode_metadata(metadata),
+        recorded_at=recorded_at,
+        hash=h,
+    )
+
+
+def _libpq_url(url: str) -> str:
+    return "postgresql://" + url.split("://", 1)[1] if url.startswith("postgres://") else url
+
+
+class PostgresEventStore(EventStore):
+    def __init__(
+        self,
+        url: str,
+        *,
+        min_connections: int = 1,
+        max_connections: int = 10,
+        timeout: float = 5.0,
+        migrate: bool = True,
+    ) -> None:
+        self.url = url
+        self._pool = ConnectionPool(
+            _libpq_url(url),
+            min_size=min_connections,
+            max_size=max_connections,
+            timeout=timeout,
+            kwargs={"autocommit": True, "connect_timeout": max(1, int(timeout))},
+            open=False,
+            name="ledger",
+        )
+        try:
+            self._pool.open(wait=True, timeout=timeout)
+        except PoolTimeout as exc:
+            self._pool.close()
+            raise StoreUnavailable("PostgreSQL did not answer") from exc
+        if migrate:
+            self.migrate()
+
+    @property
+    def pool(self) -> ConnectionPool:
+        return self._pool
+
+    # -- schema
+
+    def migrate(self) -> None:
+        with self._connection() as conn, conn.transaction():
+            # Serialise concurrent migrators (several service processes starting at once).
+            conn.execute("SELECT pg_advisory_xact_lock(7406000001)")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
+            current = row[0] if row else 0
+            for number, script in enumerate(MIGRATIONS, start=1):
+                if number > current:
+                    conn.execute(script)  # type: ignore[call-overload]
+                    conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", [number])
+
+    # -- writing
+
+    def append(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: int,
+        idempotency_key: str | None = None,
+    ) -> AppendResult:
+        if not events:
+            raise ValueError("append needs at least one event")
+        recorded_at = utcnow()
+        stamp = format_timestamp(recorded_at)
+        prepared = [prepare(e) for e in events]
+        digests = [
+            row_digest(stream_id, expected_version + i, p.type, p.schema_version, stamp, p.data, p.metadata)
+            for i, p in enumerate(prepared, start=1)
+        ]
+        params: list[Any] = [
+            stream_id,
+            expected_version,
+            idempotency_key,
+            [p.type for p in prepared],
+            [p.schema_version for p in prepared],
+            [p.data.decode() for p in prepared],
+            [p.metadata.decode() for p in prepared],
+            [p.call_id for p in prepared],
+            recorded_at,
+            digests,
+        ]
+        try:
+            with self._connection() as conn:
+                rows = conn.execute(
+                    "SELECT o_position, encode(o_hash, 'hex'), o_duplicate FROM ledger_append("
+                    "%s, %s, %s, %s::text[], %s::smallint[], %s::text[], %s::text[], %s::text[],"
+                    " %s, %s::bytea[])",
+                    params,
+                    prepare=True,
+                ).fetchall()
+        except psycopg.Error as exc:
+            if exc.sqlstate == CONFLICT_SQLSTATE:
+                detail = exc.diag.message_detail
+                raise ConcurrencyConflict(
+                    stream_id, expected_version, int(detail) if detail else None
+                ) from None
+            if exc.sqlstate == "23505":  # unique (stream_id, version): a racing writer won
+                raise ConcurrencyConflict(stream_id, expected_version) from None
+            raise _unavailable(exc) from exc
+        if rows and rows[0][2]:
+            first, last = rows[0][0], rows[-1][0]
+            return AppendResult(events=self._read_positions(first, last), duplicate=True)
+        recorded = [
+            RecordedEvent(
+                position=position,
+                stream_id=stream_id,
+                version=expected_version + i,
+                type=event.type,
+                schema_version=p.schema_version,
+                data=event.data,
+                metadata=event.metadata,
+                recorded_at=recorded_at,
+                hash=h,
+            )
+            for i, ((position, h, _), event, p) in enumerate(
+                zip(rows, events, prepared, strict=True), start=1
+            )
+        ]
+        return AppendResult(events=recorded, duplicate=False)
+
+    # -- reading
+
+    def _read_positions(self, first: int, last: int) -> list[RecordedEvent]:
+        with self._connection() as conn:
+            rows = conn.execute(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE position BETWEEN %s AND %s"
+                " ORDER BY position",
+                [first, last],
+            ).fetchall()
+        return [_decode_row(r) for r in rows]
+
+    def read_stream(
+        self, stream_id: str, up_to: int | datetime | None = None
+    ) -> list[RecordedEvent]:
+        query = f"SELECT {_EVENT_COLUMNS} FROM events WHERE stream_id = %s"
+        params: list[Any] = [stream_id]
+        if isinstance(up_to, datetime):
+            query += " AND recorded_at <= %s"
+            params.append(up_to)
+        elif up_to is not None:
+            query += " AND position <= %s"
+            params.append(up_to)
+        query += " ORDER BY version"
+        try:
+            with self._connection() as conn:
+                rows = conn.execute(query, params, prepare=True).fetchall()  # type: ignore[call-overload]
+        except psycopg.Error as exc:
+            raise _unavailable(exc) from exc
+        return [_decode_row(r) for r in rows]
+
+    def _pages(self, columns: str, after_position: int, batch_size: int) -> Iterator[list[Any]]:
+        # Keyset pages rather than one long server-side cursor: no transaction is held
+        # open between batches, and the order guarantee above makes paging by
+        # position safe for tailing readers.
+        query = f"SELECT {columns} FROM events WHERE position > %s ORDER BY position LIMIT %s"
+        cursor_position = after_position
+        while True:
+            try:
+                with self._connection() as conn:
+                    rows = conn.execute(query, [cursor_position, batch_size], prepare=True).fetchall()  # type: ignore[call-overload]
+            except psycopg.Error as exc:
+                raise _unavailable(exc) from exc
+            if not rows:
+                return
+            yield rows
+            cursor_position = rows[-1][0]
+            if len(rows) < batch_size:
+                return
+
+    def read_all(self, after_position: int = 0, batch_size: int = 1000) -> Iterator[RecordedEvent]:
+        for rows in self._pages(_EVENT_COLUMNS, after_position, batch_size):
+            yield from map(_decode_row, rows)
+
+    def read_raw(self, after_position: int = 0, batch_size: int = 1000) -> Iterator[RawEvent]:
+        columns = (
+            "position, stream_id, version, type, schema_version, data, metadata,"
+            " to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),"
+            " encode(hash, 'hex'), call_id"
+        )
+        for rows in self._pages(columns, after_position, batch_size):
+            for r in rows:
+                yield RawEvent(r[0], r[1], r[2], r[3], r[4], r[5].encode(), r[6].encode(), r[7], r[8], r[9])
+
+    def head(self) -> Head:
+        with self._connection() as conn:
+            row = conn.execute("SELECT position, hash FROM ledger_head").fetchone()
+        if row is None:
+            return Head(0, GENESIS.hex())
+        return Head(row[0], bytes(row[1]).hex())
+
+    def stream_version(self, stream_id: str) -> int:
+        with self._connection() as conn:
+            row = conn.execute(
+                "SELECT coalesce(max(version), 0) FROM events WHERE stream_id = %s", [stream_id]
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    def find_idempotent(self, idempotency_key: str) -> list[RecordedEvent] | None:
+        with self._connection() as conn:
+            row = conn.execute(
+                "SELECT first_position, last_position FROM idempotency_keys WHERE key = %s",
+                [idempotency_key],
+            ).fetchone()
+        if row is None:
+            return None
+        return self._read_positions(row[0], row[1])
+
+    # -- data keys
+
+    def get_data_key(self, stream_id: str) -> bytes | None:
+        with self._connection() as conn:
+            row = conn.execute(
+                "SELECT wrapped FROM data_keys WHERE stream_id = %s", [stream_id]
+            ).fetchone()
+        return bytes(row[0]) if row else None
+
+    def put_data_key(self, stream_id: str, wrapped: bytes) -> bytes:
+        with self._connection() as conn:
+            conn.execute(
+                "INSERT INTO data_keys (stream_id, wrapped) VALUES (%s, %s)"
+                " ON CONFLICT (stream_id) DO NOTHING",
+                [stream_id, wrapped],
+            )
+            row = conn.execute(
+                "SELECT wrapped FROM data_keys WHERE stream_id = %s", [stream_id]
+            ).fetchone()
+        assert row is not None
+        return bytes(row[0])
+
+    def destroy_data_key(self, stream_id: str) -> bool:
+        with self._connection() as conn:
+            cur = conn.execute("DELETE FROM data_keys WHERE stream_id = %s", [stream_id])
+            return cur.rowcount > 0
+
+    # -- rejections
+
+    def record_rejection(self, rejection: Rejection) -> None:
+        with self._connection() as conn:
+            conn.execute(
+                "INSERT INTO rejections (at, path, reason, status, client_key, base_url,"
+                " remote_addr, token_sha256, detail) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                [
+                    rejection.at,
+                    rejection.path,
+                    rejection.reason,
+                    rejection.status,
+                    rejection.client_key,
+                    rejection.base_url,
+                    rejection.remote_addr,
+                    rejection.token_sha256,
+                    rejection.detail,
+                ],
+            )
+
+    def list_rejections(self, limit: int = 100) -> list[Rejection]:
+        with self._connection() as conn:
+            rows = conn.execute(
+                "SELECT at, path, reason, status, client_key, base_url, remote_addr,"
+                " token_sha256, detail FROM rejections ORDER BY id DESC LIMIT %s",
+                [limit],
+            ).fetchall()
+        return [
+            Rejection(
+                at=r[0], path=r[1], reason=r[2], status=r[3], client_key=r[4], base_url=r[5],
+                remote_addr=r[6], token_sha256=r[7], detail=r[8],
+            )
+            for r in rows
+        ]
+
+    # -- plumbing
+
+    def ping(self) -> None:
+        with self._connection() as conn:
+            conn.execute("SELECT 1")
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def _connection(self) -> Any:
+        return _GuardedConnection(self._pool)
+
+
+class _GuardedConnection:
+    """A pooled connection whose connection failures surface as StoreUnavailable."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self._pool = pool
+        self._cm: Any = None
+
+    def __enter__(self) -> psycopg.Connection[TupleRow]:
+        self._cm = self._pool.connection()
+        try:
+            return self._cm.__enter__()  # type: ignore[no-any-return]
+        except (PoolTimeout, psycopg.OperationalError) as exc:
+            raise StoreUnavailable("PostgreSQL is unavailable") from exc
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self._cm.__exit__(*exc)
+        except (psycopg.OperationalError, psycopg.InterfaceError) as error:
+            raise StoreUnavailable("PostgreSQL is unavailable") from error
+
+
+def _unavailable(exc: psycopg.Error) -> Exception:
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        return StoreUnavailable("PostgreSQL is unavailable")
+    return exc

@@ -1,0 +1,377 @@
+"""The SQLite store: the embedded default, one file in WAL mode, zero set-up.
+
+Global order: writers open `BEGIN IMMEDIATE`, which takes SQLite's single write
+lock before the head is read, so positions are assigned and committed strictly one
+transaction after another; a tailing reader can never see position n+1 before n.
+Several processes may append; they queue on that lock (busy timeout).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from eventstore.chain import GENESIS, link, row_digest
+from eventstore.events import decode_data, decode_metadata
+from eventstore.store import (
+    AppendResult,
+    ConcurrencyConflict,
+    EventStore,
+    Head,
+    NewEvent,
+    RawEvent,
+    RecordedEvent,
+    Rejection,
+    StoreUnavailable,
+    format_timestamp,
+    parse_timestamp,
+    prepare,
+    utcnow,
+)
+
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE events (
+        position        INTEGER PRIMARY KEY,
+        stream_id       TEXT NOT NULL,
+        version         INTEGER NOT NULL CHECK (version > 0),
+        type            TEXT NOT NULL,
+        schema_version  INTEGER NOT NULL,
+        data            TEXT NOT NULL,
+        metadata        TEXT NOT NULL,
+        recorded_at     TEXT NOT NULL,
+        hash            TEXT NOT NULL,
+        call_id         TEXT,
+        UNIQUE (stream_id, version)
+    );
+    CREATE INDEX events_recorded_at ON events (stream_id, recorded_at);
+    CREATE TRIGGER events_no_update BEFORE UPDATE ON events
+        BEGIN SELECT RAISE(ABORT, 'events are append-only: UPDATE is refused'); END;
+    -- SQLite has no TRUNCATE: an unqualified DELETE is its truncate, and this trigger
+    -- also turns off the truncate optimisation, so it is refused row by row.
+    CREATE TRIGGER events_no_delete BEFORE DELETE ON events
+        BEGIN SELECT RAISE(ABORT, 'events are append-only: DELETE is refused'); END;
+
+    CREATE TABLE idempotency_keys (
+        key             TEXT PRIMARY KEY,
+        stream_id       TEXT NOT NULL,
+        first_position  INTEGER NOT NULL,
+        last_position   INTEGER NOT NULL
+    );
+    CREATE TABLE data_keys (
+        stream_id   TEXT PRIMARY KEY,
+        wrapped     BLOB NOT NULL,
+        created_at  TEXT NOT NULL
+    );
+    CREATE TABLE rejections (
+        id            INTEGER PRIMARY KEY,
+        at            TEXT NOT NULL,
+        path          TEXT NOT NULL,
+        reason        TEXT NOT NULL,
+        status        INTEGER NOT NULL,
+        client_key    TEXT,
+        base_url      TEXT,
+        remote_addr   TEXT,
+        token_sha256  TEXT,
+        detail        TEXT
+    );
+    """,
+]
+
+_EVENT_COLUMNS = "position, stream_id, version, type, schema_version, data, metadata, recorded_at, hash"
+
+
+def _decode_row(row: tuple[Any, ...]) -> RecordedEvent:
+    position, stream_id, version, event_type, schema_version, data, metadata, recorded_at, h = row
+    return RecordedEvent(
+        position=position,
+        stream_id=stream_id,
+        version=version,
+        type=event_type,
+        schema_version=schema_version,
+        data=decode_data(event_type, schema_version, data),
+        metadata=decode_metadata(metadata),
+        recorded_at=parse_timestamp(recorded_at),
+        hash=h,
+    )
+
+
+def sqlite_path(url: str) -> str:
+    if not url.startswith("sqlite:///"):
+        raise ValueError("a SQLite URL looks like sqlite:///relative/path.db or sqlite:////abs.db")
+    return url[len("sqlite:///") :]
+
+
+class SQLiteEventStore(EventStore):
+    def __init__(self, url: str, *, busy_timeout: float = 30.0, migrate: bool = True) -> None:
+        self.url = url
+        self.path = sqlite_path(url)
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._busy_timeout = busy_timeout
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        if migrate:
+            self.migrate()
+
+    # -- connections: one per thread (sqlite3 connections are not thread-safe)
+
+    def connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = sqlite3.connect(
+                    self.path, timeout=self._busy_timeout, isolation_level=None,
+                    check_same_thread=False,
+                )
+                conn.execute("PRAGMA journal_mode=WAL")
+                # FULL: an accepted call survives a power cut, not only a crash.
+                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")
+            except sqlite3.Error as exc:
+                raise StoreUnavailable("SQLite database cannot be opened") from exc
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def migrate(self) -> None:
+        conn = self.connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
+            )
+            current = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0]
+            for number, script in enumerate(MIGRATIONS, start=1):
+                if number > current:
+                    for statement in _split_script(script):
+                        conn.execute(statement)
+                    conn.execute(
+                        "INSERT INTO schema_migrations VALUES (?, ?)",
+                        (number, format_timestamp(utcnow())),
+                    )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    # -- writing
+
+    def append(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: int,
+        idempotency_key: str | None = None,
+    ) -> AppendResult:
+        if not events:
+            raise ValueError("append needs at least one event")
+        recorded_at = utcnow()
+        stamp = format_timestamp(recorded_at)
+        prepared = [prepare(e) for e in events]
+        digests = [
+            row_digest(stream_id, expected_version + i, p.type, p.schema_version, stamp, p.data, p.metadata)
+            for i, p in enumerate(prepared, start=1)
+        ]
+        conn = self.connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if idempotency_key is not None:
+                    seen = conn.execute(
+                        "SELECT first_position, last_position FROM idempotency_keys WHERE key = ?",
+                        (idempotency_key,),
+                    ).fetchone()
+                    if seen is not None:
+                        conn.execute("ROLLBACK")
+                        return AppendResult(self._read_positions(seen[0], seen[1]), duplicate=True)
+                actual = conn.execute(
+                    "SELECT coalesce(max(version), 0) FROM events WHERE stream_id = ?", (stream_id,)
+                ).fetchone()[0]
+                if actual != expected_version:
+                    raise ConcurrencyConflict(stream_id, expected_version, actual)
+                last = conn.execute(
+                    "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
+                ).fetchone()
+                position, previous = (last[0], bytes.fromhex(last[1])) if last else (0, GENESIS)
+                first = position + 1
+                recorded: list[RecordedEvent] = []
+                for i, (event, p, digest) in enumerate(zip(events, prepared, digests, strict=True), 1):
+                    position += 1
+                    previous = link(previous, position, digest)
+                    conn.execute(
+                        f"INSERT INTO events ({_EVENT_COLUMNS}, call_id)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            position, stream_id, expected_version + i, p.type, p.schema_version,
+                            p.data.decode(), p.metadata.decode(), stamp, previous.hex(), p.call_id,
+                        ),
+                    )
+                    recorded.append(
+                        RecordedEvent(
+                            position=position, stream_id=stream_id, version=expected_version + i,
+                            type=event.type, schema_version=p.schema_version, data=event.data,
+                            metadata=event.metadata, recorded_at=parse_timestamp(stamp),
+                            hash=previous.hex(),
+                        )
+                    )
+                if idempotency_key is not None:
+                    conn.execute(
+                        "INSERT INTO idempotency_keys VALUES (?, ?, ?, ?)",
+                        (idempotency_key, stream_id, first, position),
+                    )
+                conn.execute("COMMIT")
+                return AppendResult(recorded, duplicate=False)
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.IntegrityError:
+            raise ConcurrencyConflict(stream_id, expected_version) from None
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable("SQLite database is busy or unavailable") from exc
+
+    # -- reading
+
+    def _query(self, query: str, params: Sequence[Any] = ()) -> list[Any]:
+        try:
+            return self.connection().execute(query, params).fetchall()
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable("SQLite database is busy or unavailable") from exc
+
+    def _read_positions(self, first: int, last: int) -> list[RecordedEvent]:
+        rows = self._query(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE position BETWEEN ? AND ? ORDER BY position",
+            (first, last),
+        )
+        return [_decode_row(r) for r in rows]
+
+    def read_stream(
+        self, stream_id: str, up_to: int | datetime | None = None
+    ) -> list[RecordedEvent]:
+        query = f"SELECT {_EVENT_COLUMNS} FROM events WHERE stream_id = ?"
+        params: list[Any] = [stream_id]
+        if isinstance(up_to, datetime):
+            query += " AND recorded_at <= ?"
+            params.append(format_timestamp(up_to))
+        elif up_to is not None:
+            query += " AND position <= ?"
+            params.append(up_to)
+        return [_decode_row(r) for r in self._query(query + " ORDER BY version", params)]
+
+    def _pages(self, columns: str, after_position: int, batch_size: int) -> Iterator[list[Any]]:
+        query = f"SELECT {columns} FROM events WHERE position > ? ORDER BY position LIMIT ?"
+        cursor_position = after_position
+        while True:
+            rows = self._query(query, (cursor_position, batch_size))
+            if not rows:
+                return
+            yield rows
+            cursor_position = rows[-1][0]
+            if len(rows) < batch_size:
+                return
+
+    def read_all(self, after_position: int = 0, batch_size: int = 1000) -> Iterator[RecordedEvent]:
+        for rows in self._pages(_EVENT_COLUMNS, after_position, batch_size):
+            yield from map(_decode_row, rows)
+
+    def read_raw(self, after_position: int = 0, batch_size: int = 1000) -> Iterator[RawEvent]:
+        for rows in self._pages(_EVENT_COLUMNS + ", call_id", after_position, batch_size):
+            for r in rows:
+                yield RawEvent(r[0], r[1], r[2], r[3], r[4], r[5].encode(), r[6].encode(), r[7], r[8], r[9])
+
+    def head(self) -> Head:
+        rows = self._query("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1")
+        return Head(rows[0][0], rows[0][1]) if rows else Head(0, GENESIS.hex())
+
+    def stream_version(self, stream_id: str) -> int:
+        rows = self._query(
+            "SELECT coalesce(max(version), 0) FROM events WHERE stream_id = ?", (stream_id,)
+        )
+        return int(rows[0][0])
+
+    def find_idempotent(self, idempotency_key: str) -> list[RecordedEvent] | None:
+        rows = self._query(
+            "SELECT first_position, last_position FROM idempotency_keys WHERE key = ?",
+            (idempotency_key,),
+        )
+        return self._read_positions(rows[0][0], rows[0][1]) if rows else None
+
+    # -- data keys
+
+    def get_data_key(self, stream_id: str) -> bytes | None:
+        rows = self._query("SELECT wrapped FROM data_keys WHERE stream_id = ?", (stream_id,))
+        return bytes(rows[0][0]) if rows else None
+
+    def put_data_key(self, stream_id: str, wrapped: bytes) -> bytes:
+        self._query(
+            "INSERT INTO data_keys VALUES (?, ?, ?) ON CONFLICT (stream_id) DO NOTHING",
+            (stream_id, wrapped, format_timestamp(utcnow())),
+        )
+        stored = self.get_data_key(stream_id)
+        assert stored is not None
+        return stored
+
+    def destroy_data_key(self, stream_id: str) -> bool:
+        try:
+            cur = self.connection().execute("DELETE FROM data_keys WHERE stream_id = ?", (stream_id,))
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable("SQLite database is busy or unavailable") from exc
+        return cur.rowcount > 0
+
+    # -- rejections
+
+    def record_rejection(self, rejection: Rejection) -> None:
+        self._query(
+            "INSERT INTO rejections (at, path, reason, status, client_key, base_url, remote_addr,"
+            " token_sha256, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                format_timestamp(rejection.at), rejection.path, rejection.reason, rejection.status,
+                rejection.client_key, rejection.base_url, rejection.remote_addr,
+                rejection.token_sha256, rejection.detail,
+            ),
+        )
+
+    def list_rejections(self, limit: int = 100) -> list[Rejection]:
+        rows = self._query(
+            "SELECT at, path, reason, status, client_key, base_url, remote_addr, token_sha256,"
+            " detail FROM rejections ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+        return [
+            Rejection(
+                at=parse_timestamp(r[0]), path=r[1], reason=r[2], status=r[3], client_key=r[4],
+                base_url=r[5], remote_addr=r[6], token_sha256=r[7], detail=r[8],
+            )
+            for r in rows
+        ]
+
+    def ping(self) -> None:
+        self._query("SELECT 1")
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+        self._local = threading.local()
+
+
+def _split_script(script: str) -> list[str]:
+    """Statements of a migration; trigger bodies keep their inner semicolons."""
+    statements: list[str] = []
+    buffer = ""
+    for piece in script.split(";"):
+        buffer += piece + ";"
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip(" \n;"):
+                statements.append(buffer.strip())
+            buffer = ""
+    return statements

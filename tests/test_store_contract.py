@@ -1,0 +1,286 @@
+"""The store contract (SPEC §8), run against every store through the ``store`` fixture."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from datetime import timedelta
+
+import psycopg
+import pytest
+
+from eventstore.events import (
+    BaseUrlChanged,
+    DescriptorUpgraded,
+    DetailsChanged,
+    Enabled,
+    Installed,
+    Metadata,
+    SealedSecret,
+    Uninstalled,
+    stream_id_for,
+)
+from eventstore.store import ConcurrencyConflict, EventStore, NewEvent, open_store
+from tests.conftest import ADMIN_URL
+
+SEALED = SealedSecret(alg="A256GCM", nonce="bm9uY2U=", ct="Y2lwaGVy", ad="tenant:a#1")
+
+
+def meta(call_id: str = "call-1") -> Metadata:
+    return Metadata(call_id=call_id, descriptor_version="1", alg="RS256")
+
+
+def installed(client_key: str = "a", base_url: str = "https://a.atlassian.net") -> NewEvent:
+    return NewEvent(
+        Installed(
+            key="tenant-ledger",
+            client_key=client_key,
+            base_url=base_url,
+            shared_secret=SEALED,
+            details={"productType": "jira", "futureField": {"nested": [1, 2]}},
+        ),
+        meta(),
+    )
+
+
+def test_append_and_read_back_typed_events(store: EventStore) -> None:
+    stream = stream_id_for("a")
+    first = store.append(stream, [installed()], expected_version=0)
+    assert [e.version for e in first.events] == [1]
+    assert first.events[0].position == 1
+    second = store.append(
+        stream,
+        [
+            NewEvent(BaseUrlChanged(from_="https://a.atlassian.net", to="https://b.atlassian.net"), meta("c2")),
+            NewEvent(DescriptorUpgraded(from_="1", to="2"), meta("c2")),
+        ],
+        expected_version=1,
+    )
+    assert [(e.position, e.version) for e in second.events] == [(2, 2), (3, 3)]
+
+    events = store.read_stream(stream)
+    assert [e.type for e in events] == ["Installed", "BaseUrlChanged", "DescriptorUpgraded"]
+    assert events[0].data == installed().data  # unknown payload fields survive the round trip
+    assert events[1].data == BaseUrlChanged(from_="https://a.atlassian.net", to="https://b.atlassian.net")
+    assert events[2].metadata.call_id == "c2"
+    assert [e.hash for e in events] == [e.hash for e in first.events + second.events]
+    assert store.stream_version(stream) == 3
+    assert store.stream_version(stream_id_for("nobody")) == 0
+    assert store.head().position == 3
+    assert store.head().hash == events[-1].hash
+
+
+def test_wrong_expected_version_is_a_typed_retryable_conflict(store: EventStore) -> None:
+    stream = stream_id_for("a")
+    store.append(stream, [installed()], 0)
+    with pytest.raises(ConcurrencyConflict) as caught:
+        store.append(stream, [NewEvent(Enabled(), meta())], expected_version=0)
+    assert caught.value.expected == 0
+    assert caught.value.actual in (1, None)
+    # retrying with the right version succeeds
+    store.append(stream, [NewEvent(Enabled(), meta())], expected_version=1)
+    assert store.stream_version(stream) == 2
+
+
+def test_idempotency_key_returns_the_first_events_and_writes_nothing(store: EventStore) -> None:
+    stream = stream_id_for("a")
+    first = store.append(stream, [installed()], 0, idempotency_key="token-sha")
+    again = store.append(stream, [installed()], 0, idempotency_key="token-sha")
+    assert again.duplicate and not first.duplicate
+    assert [e.position for e in again.events] == [e.position for e in first.events]
+    assert store.head().position == 1
+    found = store.find_idempotent("token-sha")
+    assert found is not None and [e.position for e in found] == [1]
+    assert store.find_idempotent("never-used") is None
+
+
+def test_an_append_is_all_or_nothing(store: EventStore) -> None:
+    stream = stream_id_for("a")
+    store.append(stream, [installed()], 0)
+    # The second event of this call collides with nothing but the first is fine:
+    # force a failure mid-call by appending at a conflicting version from another writer.
+    with pytest.raises(ConcurrencyConflict):
+        store.append(stream, [NewEvent(Enabled(), meta()), NewEvent(Uninstalled(), meta())], 5)
+    assert store.stream_version(stream) == 1
+    assert store.head().position == 1
+    assert store.verify().ok
+
+
+def test_concurrent_appends_to_one_stream_never_both_win(store_url: str) -> None:
+    stream = stream_id_for("a")
+    with open_store(store_url) as setup:
+        setup.append(stream, [installed()], 0)
+    winners: list[int] = []
+    conflicts: list[int] = []
+    barrier = threading.Barrier(6)
+
+    def writer(index: int) -> None:
+        with open_store(store_url) as own:
+            barrier.wait()
+            try:
+                own.append(stream, [NewEvent(DetailsChanged(changes={"n": index}), meta())], 1)
+                winners.append(index)
+            except ConcurrencyConflict:
+                conflicts.append(index)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(winners) == 1 and len(conflicts) == 5
+    with open_store(store_url) as check:
+        assert [e.version for e in check.read_stream(stream)] == [1, 2]
+        assert check.verify().ok
+
+
+def test_read_all_streams_lazily_in_batches_in_global_order(store: EventStore) -> None:
+    for i in range(25):
+        store.append(stream_id_for(f"t{i % 4}"), [NewEvent(Enabled(), meta())], i // 4)
+    iterator = store.read_all(after_position=0, batch_size=7)
+    assert next(iterator).position == 1  # lazy: nothing beyond the first batch is required
+    positions = [1] + [e.position for e in iterator]
+    assert positions == list(range(1, 26))
+    assert [e.position for e in store.read_all(after_position=20, batch_size=3)] == [21, 22, 23, 24, 25]
+    assert list(store.read_all(after_position=25)) == []
+
+
+def test_read_stream_up_to_a_position_or_a_time(store: EventStore) -> None:
+    stream = stream_id_for("a")
+    store.append(stream, [installed()], 0)
+    store.append(stream_id_for("b"), [installed("b", "https://b.atlassian.net")], 0)
+    third = store.append(stream, [NewEvent(Enabled(), meta())], 1).events[0]
+    store.append(stream, [NewEvent(Uninstalled(), meta())], 2)
+    assert [e.version for e in store.read_stream(stream, up_to=third.position)] == [1, 2]
+    assert [e.version for e in store.read_stream(stream, up_to=1)] == [1]
+    at_third = store.read_stream(stream, up_to=third.recorded_at)
+    assert [e.version for e in at_third][-1] >= 2
+    before_all = store.read_stream(stream, up_to=third.recorded_at - timedelta(days=1))
+    assert before_all == []
+
+
+def test_old_event_shapes_are_upcast_on_read_never_rewritten(store_url: str) -> None:
+    """A DescriptorUpgraded stored with schema version 1 ({"version": ...}) reads as v2."""
+    from eventstore.chain import GENESIS, link, row_digest
+
+    with open_store(store_url) as store:
+        pass
+    data = '{"version":"7"}'
+    metadata = '{"call_id":"legacy"}'
+    stamp = "2024-01-02T03:04:05.000006Z"
+    digest = row_digest("tenant:old", 1, "DescriptorUpgraded", 1, stamp, data.encode(), metadata.encode())
+    chained = link(GENESIS, 1, digest).hex()
+    row = (1, "tenant:old", 1, "DescriptorUpgraded", 1, data, metadata, stamp, chained)
+    if store_url.startswith("sqlite"):
+        conn = sqlite3.connect(store_url.removeprefix("sqlite:///"))
+        conn.execute("INSERT INTO events (position, stream_id, version, type, schema_version, data,"
+                     " metadata, recorded_at, hash) VALUES (?,?,?,?,?,?,?,?,?)", row)
+        conn.commit()
+        conn.close()
+    else:
+        with psycopg.connect(store_url, autocommit=True) as pg:
+            pg.execute(
+                "INSERT INTO events (position, stream_id, version, type, schema_version, data,"
+                " metadata, recorded_at, hash) VALUES (%s,%s,%s,%s,%s,%s,%s,%s, decode(%s, 'hex'))",
+                row,
+            )
+            pg.execute("UPDATE ledger_head SET position = 1, hash = decode(%s, 'hex')", [chained])
+    with open_store(store_url) as store:
+        [event] = store.read_stream("tenant:old")
+        assert event.schema_version == 1
+        assert event.data == DescriptorUpgraded(from_=None, to="7")
+        assert store.verify().ok  # the stored bytes were not touched
+
+
+@pytest.mark.parametrize(
+    "statement",
+    ["UPDATE events SET type = 'Uninstalled'", "DELETE FROM events", "TRUNCATE events"],
+)
+def test_events_cannot_be_changed_inside_the_database(store_url: str, statement: str) -> None:
+    with open_store(store_url) as store:
+        store.append(stream_id_for("a"), [installed()], 0)
+    if store_url.startswith("sqlite"):
+        if statement.startswith("TRUNCATE"):
+            statement = "DELETE FROM events"  # SQLite's truncate is an unqualified DELETE
+        conn = sqlite3.connect(store_url.removeprefix("sqlite:///"))
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            conn.execute(statement)
+        conn.close()
+    else:
+        for role in ("origin", "replica"):
+            with psycopg.connect(store_url, autocommit=True) as pg:
+                pg.execute(f"SET session_replication_role = {role}")
+                with pytest.raises(psycopg.Error, match="append-only"):
+                    pg.execute(statement)  # type: ignore[call-overload]
+    with open_store(store_url) as store:
+        assert store.head().position == 1
+        assert store.verify().ok
+
+
+def test_verify_names_the_first_tampered_event(store_url: str) -> None:
+    with open_store(store_url) as store:
+        for i in range(5):
+            store.append(stream_id_for(f"t{i}"), [installed(f"t{i}", f"https://t{i}.atlassian.net")], 0)
+        assert store.verify().ok
+    # A superuser disables the guard and rewrites history.
+    if store_url.startswith("sqlite"):
+        conn = sqlite3.connect(store_url.removeprefix("sqlite:///"))
+        conn.execute("DROP TRIGGER events_no_update")
+        conn.execute("UPDATE events SET data = replace(data, 't2.atlassian', 'evil.atlassian') WHERE position = 3")
+        conn.commit()
+        conn.close()
+    else:
+        with psycopg.connect(store_url, autocommit=True) as pg:
+            pg.execute("ALTER TABLE events DISABLE TRIGGER events_no_update_or_delete")
+            pg.execute("UPDATE events SET data = replace(data, 't2.atlassian', 'evil.atlassian') WHERE position = 3")
+    with open_store(store_url) as store:
+        report = store.verify()
+    assert not report.ok
+    assert report.first_bad_position == 3
+    assert report.events == 2
+    assert report.reason
+
+
+def test_verify_notices_a_missing_event(store_url: str) -> None:
+    with open_store(store_url) as store:
+        for i in range(3):
+            store.append(stream_id_for(f"t{i}"), [NewEvent(Enabled(), meta())], 0)
+    if store_url.startswith("sqlite"):
+        conn = sqlite3.connect(store_url.removeprefix("sqlite:///"))
+        conn.execute("DROP TRIGGER events_no_delete")
+        conn.execute("DELETE FROM events WHERE position = 2")
+        conn.commit()
+        conn.close()
+    else:
+        with psycopg.connect(store_url, autocommit=True) as pg:
+            pg.execute("ALTER TABLE events DISABLE TRIGGER events_no_update_or_delete")
+            pg.execute("DELETE FROM events WHERE position = 2")
+    with open_store(store_url) as store:
+        report = store.verify()
+    assert not report.ok and report.first_bad_position == 3
+
+
+def test_migrate_is_idempotent(store_url: str) -> None:
+    with open_store(store_url) as store:
+        store.append(stream_id_for("a"), [installed()], 0)
+        store.migrate()
+        store.migrate()
+    with open_store(store_url) as again:
+        assert again.head().position == 1
+
+
+def test_data_keys_are_kept_once_and_can_be_destroyed(store: EventStore) -> None:
+    assert store.get_data_key("tenant:a") is None
+    assert store.put_data_key("tenant:a", b"first") == b"first"
+    assert store.put_data_key("tenant:a", b"second") == b"first"
+    assert store.destroy_data_key("tenant:a") is True
+    assert store.get_data_key("tenant:a") is None
+    assert store.destroy_data_key("tenant:a") is False
+
+
+def test_postgres_is_unavailable_is_a_store_error() -> None:
+    from eventstore.store import StoreUnavailable
+
+    bad = ADMIN_URL.rsplit("@", 1)[0] + "@127.0.0.1:1/postgres"
+    with pytest.raises(StoreUnavailable):
+        open_store(bad, timeout=1.0)
