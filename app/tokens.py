@@ -203,9 +203,7 @@ def query_string_hash(method: str, path: str, params: Sequence[tuple[str, str]])
 def is_valid_kid(kid: object) -> bool:
     """A kid safe to append to the key server URL: no ``/``, no ``%``, not ``.``/``..``."""
     return (
-        isinstance(kid, str)
-        and KID_PATTERN.fullmatch(kid) is not None
-        and kid not in {".", ".."}
+        isinstance(kid, str) and KID_PATTERN.fullmatch(kid) is not None and kid not in {".", ".."}
     )
 
 

@@ -133,7 +133,9 @@ class KeyRing:
             if not create:
                 raise DataKeyDestroyed(f"no data key for {stream_id}")
             # Two first installs racing: put_data_key keeps the first one stored.
-            wrapped = self._store.put_data_key(stream_id, self._master.wrap(stream_id, os.urandom(32)))
+            wrapped = self._store.put_data_key(
+                stream_id, self._master.wrap(stream_id, os.urandom(32))
+            )
         return self._master.unwrap(stream_id, wrapped)
 
     def forget(self, stream_id: str) -> bool:

@@ -259,7 +259,9 @@ class PostgresEventStore(EventStore):
         stamp = format_timestamp(recorded_at)
         prepared = [prepare(e) for e in events]
         digests = [
-            row_digest(stream_id, expected_version + i, p.type, p.schema_version, stamp, p.data, p.metadata)
+            row_digest(
+                stream_id, expected_version + i, p.type, p.schema_version, stamp, p.data, p.metadata
+            )
             for i, p in enumerate(prepared, start=1)
         ]
         params: list[Any] = [
@@ -352,7 +354,9 @@ class PostgresEventStore(EventStore):
         while True:
             try:
                 with self._connection() as conn:
-                    rows = conn.execute(query, [cursor_position, batch_size], prepare=True).fetchall()  # type: ignore[call-overload]
+                    rows = conn.execute(
+                        query, [cursor_position, batch_size], prepare=True
+                    ).fetchall()  # type: ignore[call-overload]
             except psycopg.Error as exc:
                 raise _unavailable(exc) from exc
             if not rows:
@@ -374,7 +378,9 @@ class PostgresEventStore(EventStore):
         )
         for rows in self._pages(columns, after_position, batch_size):
             for r in rows:
-                yield RawEvent(r[0], r[1], r[2], r[3], r[4], r[5].encode(), r[6].encode(), r[7], r[8], r[9])
+                yield RawEvent(
+                    r[0], r[1], r[2], r[3], r[4], r[5].encode(), r[6].encode(), r[7], r[8], r[9]
+                )
 
     def head(self) -> Head:
         with self._connection() as conn:
@@ -456,8 +462,15 @@ class PostgresEventStore(EventStore):
             ).fetchall()
         return [
             Rejection(
-                at=r[0], path=r[1], reason=r[2], status=r[3], client_key=r[4], base_url=r[5],
-                remote_addr=r[6], token_sha256=r[7], detail=r[8],
+                at=r[0],
+                path=r[1],
+                reason=r[2],
+                status=r[3],
+                client_key=r[4],
+                base_url=r[5],
+                remote_addr=r[6],
+                token_sha256=r[7],
+                detail=r[8],
             )
             for r in rows
         ]

@@ -82,7 +82,9 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
-_EVENT_COLUMNS = "position, stream_id, version, type, schema_version, data, metadata, recorded_at, hash"
+_EVENT_COLUMNS = (
+    "position, stream_id, version, type, schema_version, data, metadata, recorded_at, hash"
+)
 
 
 def _decode_row(row: tuple[Any, ...]) -> RecordedEvent:
@@ -125,7 +127,9 @@ class SQLiteEventStore(EventStore):
         if conn is None:
             try:
                 conn = sqlite3.connect(
-                    self.path, timeout=self._busy_timeout, isolation_level=None,
+                    self.path,
+                    timeout=self._busy_timeout,
+                    isolation_level=None,
                     check_same_thread=False,
                 )
                 conn.execute("PRAGMA journal_mode=WAL")
@@ -147,7 +151,9 @@ class SQLiteEventStore(EventStore):
                 "CREATE TABLE IF NOT EXISTS schema_migrations ("
                 " version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
             )
-            current = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0]
+            current = conn.execute(
+                "SELECT coalesce(max(version), 0) FROM schema_migrations"
+            ).fetchone()[0]
             for number, script in enumerate(MIGRATIONS, start=1):
                 if number > current:
                     for statement in _split_script(script):
@@ -177,7 +183,9 @@ class SQLiteEventStore(EventStore):
         stamp = format_timestamp(recorded_at)
         prepared = [prepare(e) for e in events]
         digests = [
-            row_digest(stream_id, expected_version + i, p.type, p.schema_version, stamp, p.data, p.metadata)
+            row_digest(
+                stream_id, expected_version + i, p.type, p.schema_version, stamp, p.data, p.metadata
+            )
             for i, p in enumerate(prepared, start=1)
         ]
         conn = self.connection()
@@ -203,22 +211,37 @@ class SQLiteEventStore(EventStore):
                 position, previous = (last[0], bytes.fromhex(last[1])) if last else (0, GENESIS)
                 first = position + 1
                 recorded: list[RecordedEvent] = []
-                for i, (event, p, digest) in enumerate(zip(events, prepared, digests, strict=True), 1):
+                for i, (event, p, digest) in enumerate(
+                    zip(events, prepared, digests, strict=True), 1
+                ):
                     position += 1
                     previous = link(previous, position, digest)
                     conn.execute(
                         f"INSERT INTO events ({_EVENT_COLUMNS}, call_id)"
                         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
-                            position, stream_id, expected_version + i, p.type, p.schema_version,
-                            p.data.decode(), p.metadata.decode(), stamp, previous.hex(), p.call_id,
+                            position,
+                            stream_id,
+                            expected_version + i,
+                            p.type,
+                            p.schema_version,
+                            p.data.decode(),
+                            p.metadata.decode(),
+                            stamp,
+                            previous.hex(),
+                            p.call_id,
                         ),
                     )
                     recorded.append(
                         RecordedEvent(
-                            position=position, stream_id=stream_id, version=expected_version + i,
-                            type=event.type, schema_version=p.schema_version, data=event.data,
-                            metadata=event.metadata, recorded_at=parse_timestamp(stamp),
+                            position=position,
+                            stream_id=stream_id,
+                            version=expected_version + i,
+                            type=event.type,
+                            schema_version=p.schema_version,
+                            data=event.data,
+                            metadata=event.metadata,
+                            recorded_at=parse_timestamp(stamp),
                             hash=previous.hex(),
                         )
                     )
@@ -285,7 +308,9 @@ class SQLiteEventStore(EventStore):
     def read_raw(self, after_position: int = 0, batch_size: int = 1000) -> Iterator[RawEvent]:
         for rows in self._pages(_EVENT_COLUMNS + ", call_id", after_position, batch_size):
             for r in rows:
-                yield RawEvent(r[0], r[1], r[2], r[3], r[4], r[5].encode(), r[6].encode(), r[7], r[8], r[9])
+                yield RawEvent(
+                    r[0], r[1], r[2], r[3], r[4], r[5].encode(), r[6].encode(), r[7], r[8], r[9]
+                )
 
     def head(self) -> Head:
         rows = self._query("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1")
@@ -321,7 +346,9 @@ class SQLiteEventStore(EventStore):
 
     def destroy_data_key(self, stream_id: str) -> bool:
         try:
-            cur = self.connection().execute("DELETE FROM data_keys WHERE stream_id = ?", (stream_id,))
+            cur = self.connection().execute(
+                "DELETE FROM data_keys WHERE stream_id = ?", (stream_id,)
+            )
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable("SQLite database is busy or unavailable") from exc
         return cur.rowcount > 0
@@ -333,9 +360,15 @@ class SQLiteEventStore(EventStore):
             "INSERT INTO rejections (at, path, reason, status, client_key, base_url, remote_addr,"
             " token_sha256, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                format_timestamp(rejection.at), rejection.path, rejection.reason, rejection.status,
-                rejection.client_key, rejection.base_url, rejection.remote_addr,
-                rejection.token_sha256, rejection.detail,
+                format_timestamp(rejection.at),
+                rejection.path,
+                rejection.reason,
+                rejection.status,
+                rejection.client_key,
+                rejection.base_url,
+                rejection.remote_addr,
+                rejection.token_sha256,
+                rejection.detail,
             ),
         )
 
@@ -347,8 +380,15 @@ class SQLiteEventStore(EventStore):
         )
         return [
             Rejection(
-                at=parse_timestamp(r[0]), path=r[1], reason=r[2], status=r[3], client_key=r[4],
-                base_url=r[5], remote_addr=r[6], token_sha256=r[7], detail=r[8],
+                at=parse_timestamp(r[0]),
+                path=r[1],
+                reason=r[2],
+                status=r[3],
+                client_key=r[4],
+                base_url=r[5],
+                remote_addr=r[6],
+                token_sha256=r[7],
+                detail=r[8],
             )
             for r in rows
         ]

@@ -51,7 +51,10 @@ def test_append_and_read_back_typed_events(store: EventStore) -> None:
     second = store.append(
         stream,
         [
-            NewEvent(BaseUrlChanged(from_="https://a.atlassian.net", to="https://b.atlassian.net"), meta("c2")),
+            NewEvent(
+                BaseUrlChanged(from_="https://a.atlassian.net", to="https://b.atlassian.net"),
+                meta("c2"),
+            ),
             NewEvent(DescriptorUpgraded(from_="1", to="2"), meta("c2")),
         ],
         expected_version=1,
@@ -61,7 +64,9 @@ def test_append_and_read_back_typed_events(store: EventStore) -> None:
     events = store.read_stream(stream)
     assert [e.type for e in events] == ["Installed", "BaseUrlChanged", "DescriptorUpgraded"]
     assert events[0].data == installed().data  # unknown payload fields survive the round trip
-    assert events[1].data == BaseUrlChanged(from_="https://a.atlassian.net", to="https://b.atlassian.net")
+    assert events[1].data == BaseUrlChanged(
+        from_="https://a.atlassian.net", to="https://b.atlassian.net"
+    )
     assert events[2].metadata.call_id == "c2"
     assert [e.hash for e in events] == [e.hash for e in first.events + second.events]
     assert store.stream_version(stream) == 3
@@ -141,7 +146,13 @@ def test_read_all_streams_lazily_in_batches_in_global_order(store: EventStore) -
     assert next(iterator).position == 1  # lazy: nothing beyond the first batch is required
     positions = [1] + [e.position for e in iterator]
     assert positions == list(range(1, 26))
-    assert [e.position for e in store.read_all(after_position=20, batch_size=3)] == [21, 22, 23, 24, 25]
+    assert [e.position for e in store.read_all(after_position=20, batch_size=3)] == [
+        21,
+        22,
+        23,
+        24,
+        25,
+    ]
     assert list(store.read_all(after_position=25)) == []
 
 
@@ -168,13 +179,18 @@ def test_old_event_shapes_are_upcast_on_read_never_rewritten(store_url: str) -> 
     data = '{"version":"7"}'
     metadata = '{"call_id":"legacy"}'
     stamp = "2024-01-02T03:04:05.000006Z"
-    digest = row_digest("tenant:old", 1, "DescriptorUpgraded", 1, stamp, data.encode(), metadata.encode())
+    digest = row_digest(
+        "tenant:old", 1, "DescriptorUpgraded", 1, stamp, data.encode(), metadata.encode()
+    )
     chained = link(GENESIS, 1, digest).hex()
     row = (1, "tenant:old", 1, "DescriptorUpgraded", 1, data, metadata, stamp, chained)
     if store_url.startswith("sqlite"):
         conn = sqlite3.connect(store_url.removeprefix("sqlite:///"))
-        conn.execute("INSERT INTO events (position, stream_id, version, type, schema_version, data,"
-                     " metadata, recorded_at, hash) VALUES (?,?,?,?,?,?,?,?,?)", row)
+        conn.execute(
+            "INSERT INTO events (position, stream_id, version, type, schema_version, data,"
+            " metadata, recorded_at, hash) VALUES (?,?,?,?,?,?,?,?,?)",
+            row,
+        )
         conn.commit()
         conn.close()
     else:
@@ -220,19 +236,25 @@ def test_events_cannot_be_changed_inside_the_database(store_url: str, statement:
 def test_verify_names_the_first_tampered_event(store_url: str) -> None:
     with open_store(store_url) as store:
         for i in range(5):
-            store.append(stream_id_for(f"t{i}"), [installed(f"t{i}", f"https://t{i}.atlassian.net")], 0)
+            store.append(
+                stream_id_for(f"t{i}"), [installed(f"t{i}", f"https://t{i}.atlassian.net")], 0
+            )
         assert store.verify().ok
     # A superuser disables the guard and rewrites history.
     if store_url.startswith("sqlite"):
         conn = sqlite3.connect(store_url.removeprefix("sqlite:///"))
         conn.execute("DROP TRIGGER events_no_update")
-        conn.execute("UPDATE events SET data = replace(data, 't2.atlassian', 'evil.atlassian') WHERE position = 3")
+        conn.execute(
+            "UPDATE events SET data = replace(data, 't2.atlassian', 'evil.atlassian') WHERE position = 3"
+        )
         conn.commit()
         conn.close()
     else:
         with psycopg.connect(store_url, autocommit=True) as pg:
             pg.execute("ALTER TABLE events DISABLE TRIGGER events_no_update_or_delete")
-            pg.execute("UPDATE events SET data = replace(data, 't2.atlassian', 'evil.atlassian') WHERE position = 3")
+            pg.execute(
+                "UPDATE events SET data = replace(data, 't2.atlassian', 'evil.atlassian') WHERE position = 3"
+            )
     with open_store(store_url) as store:
         report = store.verify()
     assert not report.ok

@@ -1,0 +1,162 @@
+"""The admin API (SPEC §7): JSON, behind ``Authorization: Bearer <LEDGER_ADMIN_TOKEN>``.
+
+Secrets never appear: events are shown through ``redact_event``, which replaces
+every sealed secret by a marker, and tenant objects never had one.
+"""
+
+from __future__ import annotations
+
+import hmac
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from starlette.concurrency import run_in_threadpool
+
+from eventstore.events import stream_id_for
+from eventstore.store import EventStore, RecordedEvent, format_timestamp, parse_timestamp
+from projections import tenants as tenants_fold
+
+REDACTED = "[redacted]"
+
+
+def require_admin(request: Request) -> None:
+    configured = request.app.state.settings.admin_token
+    header = request.headers.get("authorization", "")
+    scheme, _, presented = header.partition(" ")
+    # No token configured: everyone is refused. compare_digest keeps timing flat.
+    expected = configured.get_secret_value() if configured is not None else ""
+    if (
+        not expected
+        or scheme.lower() != "bearer"
+        or not hmac.compare_digest(presented.strip().encode(), expected.encode())
+    ):
+        raise HTTPException(
+            status_code=401,
+            detail={"error": "unauthorized", "detail": "a valid admin bearer token is required"},
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+def get_store(request: Request) -> EventStore:
+    store: EventStore = request.app.state.store
+    return store
+
+
+StoreDep = Annotated[EventStore, Depends(get_store)]
+
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+
+
+def redact_event(event: RecordedEvent) -> dict[str, Any]:
+    """An event object with SPEC §3 field names and every shared secret redacted."""
+    shown = event.as_dict()
+    data = shown["data"]
+    if "sharedSecret" in data:
+        data["sharedSecret"] = REDACTED
+    return shown
+
+
+def tenant_object(row: Any) -> dict[str, Any]:
+    out: dict[str, Any] = msgspec.to_builtins(row)
+    for name in ("installed_at", "updated_at", "last_seen_at"):
+        value = getattr(row, name, None)
+        if isinstance(value, datetime):
+            out[name] = format_timestamp(value)
+    return out
+
+
+def parse_as_of(value: str | None) -> int | datetime | None:
+    """``as_of`` is a log position (digits) or an RFC 3339 time."""
+    if value is None or value == "":
+        return None
+    if value.isdigit():
+        return int(value)
+    try:
+        parsed = parse_timestamp(value)
+    except ValueError:
+        raise HTTPException(
+            status_code=400,
+            detail={
+                "error": "invalid_as_of",
+                "detail": "as_of must be a position or an RFC 3339 time",
+            },
+        ) from None
+    return parsed
+
+
+@router.get("/tenants/{client_key}", summary="One tenant, folded from its stream")
+async def tenant(
+    client_key: str,
+    store: StoreDep,
+    as_of: Annotated[str | None, Query(description="a log position or an RFC 3339 time")] = None,
+) -> dict[str, Any]:
+    up_to = parse_as_of(as_of)
+    stream = stream_id_for(client_key)
+    events = await run_in_threadpool(store.read_stream, stream, up_to)
+    if not events:
+        everything = events if up_to is None else await run_in_threadpool(store.read_stream, stream)
+        if not everything:
+            raise HTTPException(
+                status_code=404, detail={"error": "unknown_tenant", "detail": "no such clientKey"}
+            )
+        raise HTTPException(
+            status_code=404,
+            detail={"error": "not_yet_installed", "detail": "the tenant did not exist at as_of"},
+        )
+    row = tenants_fold.fold(events)
+    if row is None:
+        raise HTTPException(
+            status_code=404, detail={"error": "unknown_tenant", "detail": "never installed"}
+        )
+    return tenant_object(row)
+
+
+@router.get("/tenants/{client_key}/events", summary="A tenant's events, oldest first")
+async def tenant_events(client_key: str, store: StoreDep) -> dict[str, Any]:
+    events = await run_in_threadpool(store.read_stream, stream_id_for(client_key))
+    if not events:
+        raise HTTPException(
+            status_code=404, detail={"error": "unknown_tenant", "detail": "no such clientKey"}
+        )
+    return {"events": [redact_event(e) for e in events]}
+
+
+@router.get("/events", summary="The log in global order, paged by position")
+async def events(
+    store: StoreDep,
+    after: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    def page() -> list[RecordedEvent]:
+        found: list[RecordedEvent] = []
+        for event in store.read_all(after_position=after, batch_size=limit):
+            found.append(event)
+            if len(found) == limit:
+                break
+        return found
+
+    found = await run_in_threadpool(page)
+    return {
+        "events": [redact_event(e) for e in found],
+        "next": found[-1].position if len(found) == limit else None,
+    }
+
+
+@router.get("/rejections", summary="Refused calls, newest first")
+async def rejections(
+    store: StoreDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> dict[str, Any]:
+    rows = await run_in_threadpool(store.list_rejections, limit)
+    return {"rejections": [r.as_dict() for r in rows]}
+
+
+@router.get("/verify", summary="Recompute the hash chain")
+async def verify(store: StoreDep) -> dict[str, Any]:
+    report = await run_in_threadpool(store.verify)
+    answer: dict[str, Any] = {"ok": report.ok, "events": report.events, "head": report.head}
+    if not report.ok:
+        answer["first_bad_position"] = report.first_bad_position
+        answer["reason"] = report.reason
+    return answer

@@ -1,0 +1,423 @@
+"""The imperative shell around a lifecycle call: body, token, key, state, decide, append.
+
+The order of checks is SPEC §4's; the first failure decides the answer. Every
+refusal becomes an ``Outcome`` with a reason code and one rejection-log row.
+Nothing here raises to the caller for a bad call: the routes only translate
+outcomes into HTTP.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from anyio import to_thread
+
+from app.install_keys import InstallKeyFetcher, InvalidKid, KeyServerUnavailable, UnknownKid
+from app.lifecycle import (
+    Accept,
+    Ignore,
+    LifecycleCall,
+    LifecycleEvent,
+    Refuse,
+    TenantState,
+    decide,
+    fold,
+)
+from app.payload import BodyError, LifecyclePayload, claimed_identity, parse_lifecycle_body
+from app.settings import Settings
+from app.tokens import (
+    TokenError,
+    UnverifiedToken,
+    is_valid_kid,
+    load_rsa_public_key,
+    parse_unverified,
+    query_string_hash,
+    relative_path,
+    token_sha256,
+    verify_install_token,
+    verify_shared_secret_token,
+)
+from eventstore.crypto import CryptoError, KeyRing, open_secret, seal_secret
+from eventstore.events import Metadata, SealedSecret, stream_id_for
+from eventstore.store import (
+    ConcurrencyConflict,
+    EventStore,
+    NewEvent,
+    Rejection,
+    StoreUnavailable,
+    format_timestamp,
+    utcnow,
+)
+
+log = logging.getLogger("ledger.ingest")
+
+MAX_CONFLICT_RETRIES = 25
+
+
+@dataclass(frozen=True, slots=True)
+class CallRequest:
+    event: LifecycleEvent
+    path: str
+    query: list[tuple[str, str]]
+    authorization: str | None
+    content_type: str | None
+    body: bytes
+    remote_addr: str | None
+    method: str = "POST"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    status: int
+    code: str  # "accepted", "duplicate" or a refusal reason
+    call_id: str
+    detail: str | None = None
+    client_key: str | None = None
+    events: int = 0
+    retry_after: int | None = None
+
+    @property
+    def refused(self) -> bool:
+        return self.code not in ("accepted", "duplicate")
+
+
+class _Refusal(Exception):
+    def __init__(self, status: int, code: str, detail: str, retry_after: int | None = None) -> None:
+        super().__init__(code)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+def extract_token(authorization: str | None, query: list[tuple[str, str]]) -> str | None:
+    if authorization:
+        scheme, _, value = authorization.strip().partition(" ")
+        if scheme.upper() == "JWT" and value.strip():
+            return value.strip()
+        return None
+    values = [v for k, v in query if k == "jwt"]
+    return values[0] if len(values) == 1 and values[0] else None
+
+
+class LifecycleIngestor:
+    def __init__(
+        self,
+        settings: Settings,
+        store: EventStore,
+        keyring: KeyRing,
+        fetcher: InstallKeyFetcher,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.keyring = keyring
+        self.fetcher = fetcher
+        self.clock = clock
+        self._parsed_keys: dict[str, Any] = {}
+
+    async def handle(self, request: CallRequest) -> Outcome:
+        call_id = uuid.uuid4().hex
+        token: str | None = None
+        payload: LifecyclePayload | None = None
+        try:
+            payload = self._parse_body(request)
+            token = extract_token(request.authorization, request.query)
+            if token is None:
+                raise _Refusal(401, "missing_token", "Authorization: JWT <token> is required")
+            try:
+                unverified = parse_unverified(token)
+            except TokenError as error:
+                raise _Refusal(401, error.code, error.detail) from None
+            install_key = await self._install_key(unverified)
+            outcome = await to_thread.run_sync(
+                self._verify_decide_append,
+                request,
+                payload,
+                token,
+                unverified,
+                install_key,
+                call_id,
+            )
+        except _Refusal as refusal:
+            outcome = Outcome(
+                status=refusal.status,
+                code=refusal.code,
+                call_id=call_id,
+                detail=refusal.detail,
+                client_key=payload.client_key if payload else None,
+                retry_after=refusal.retry_after,
+            )
+        if outcome.refused:
+            await to_thread.run_sync(self._record_rejection, request, payload, token, outcome)
+        return outcome
+
+    # -- rule 1
+
+    def _parse_body(self, request: CallRequest) -> LifecyclePayload:
+        try:
+            return parse_lifecycle_body(
+                request.body,
+                request.content_type,
+                app_key=self.settings.app_key,
+                allowed_hosts=self.settings.allowed_host_patterns,
+                dev_hosts=self.settings.dev_host_names,
+                require_secret=request.event == "installed",
+            )
+        except BodyError as error:
+            raise _Refusal(error.status, error.code, error.detail) from None
+
+    # -- rule 3: the install key, fetched by kid before any state is read
+
+    async def _install_key(self, unverified: UnverifiedToken) -> Any:
+        if unverified.alg != "RS256":
+            return None
+        kid = unverified.kid
+        if kid is None or not is_valid_kid(kid):
+            raise _Refusal(401, "invalid_kid", "the token's kid is missing or not allowed")
+        parsed = self._parsed_keys.get(kid)
+        if parsed is not None:
+            return parsed
+        try:
+            pem = await self.fetcher.get(kid)
+        except InvalidKid:
+            raise _Refusal(401, "invalid_kid", "the token's kid is not allowed") from None
+        except UnknownKid:
+            raise _Refusal(401, "unknown_kid", "the key server does not know this kid") from None
+        except KeyServerUnavailable:
+            raise _Refusal(
+                503,
+                "key_server_unavailable",
+                "the install key server cannot be reached; retry later",
+                retry_after=self.settings.retry_after_seconds,
+            ) from None
+        try:
+            parsed = load_rsa_public_key(pem)
+        except TokenError as error:
+            raise _Refusal(
+                503, "key_server_unavailable", error.detail, self.settings.retry_after_seconds
+            ) from None
+        self._parsed_keys[kid] = parsed
+        return parsed
+
+    # -- rules 3-8, in a worker thread: the store is synchronous
+
+    def _verify_decide_append(
+        self,
+        request: CallRequest,
+        payload: LifecyclePayload,
+        token: str,
+        unverified: UnverifiedToken,
+        install_key: Any,
+        call_id: str,
+    ) -> Outcome:
+        settings = self.settings
+        qsh = query_string_hash(
+            request.method, relative_path(request.path, settings.app_base_url), request.query
+        )
+        # Rule 5: the stream is chosen by the verified iss, which must equal clientKey.
+        stream_id = stream_id_for(payload.client_key)
+        descriptor_version = next((v for k, v in request.query if k == "v"), None)
+        try:
+            for _attempt in range(MAX_CONFLICT_RETRIES):
+                now = int(self.clock())
+                state = fold(stream_id, self.store.read_stream(stream_id))
+                current_secret = self._current_secret(state)
+                verified = self._verify(
+                    request,
+                    payload,
+                    token,
+                    unverified,
+                    install_key,
+                    state,
+                    current_secret,
+                    qsh,
+                    now,
+                )
+                if verified is None:
+                    return Outcome(
+                        204,
+                        "unknown_tenant",
+                        call_id,
+                        detail=f"{request.event} for a clientKey the ledger never installed",
+                        client_key=payload.client_key,
+                    )
+                # Rule 6: a token accepted before has an iat no later than the last one.
+                if (
+                    state.last_iat is not None
+                    and verified.iat <= state.last_iat
+                    and self.store.find_idempotent(verified.sha256) is not None
+                ):
+                    return Outcome(204, "duplicate", call_id, client_key=payload.client_key)
+                call = LifecycleCall(
+                    event=request.event,
+                    client_key=verified.iss,
+                    payload=payload.fields,
+                    shared_secret=payload.shared_secret if request.event == "installed" else None,
+                    iat=verified.iat,
+                    token_sha256=verified.sha256,
+                    descriptor_version=descriptor_version,
+                    metadata=Metadata(
+                        call_id=call_id,
+                        received_at=format_timestamp(utcnow()),
+                        token_sha256=verified.sha256,
+                        iat=verified.iat,
+                        alg=verified.alg,
+                        kid=verified.kid,
+                        remote_addr=request.remote_addr,
+                        path=request.path,
+                        descriptor_version=descriptor_version,
+                    ),
+                )
+                decision = decide(state, call, current_secret, self._sealer(stream_id, state))
+                if isinstance(decision, Refuse):
+                    return Outcome(
+                        decision.status, decision.code, call_id, decision.detail, payload.client_key
+                    )
+                if isinstance(decision, Ignore):
+                    return Outcome(204, decision.code, call_id, decision.detail, payload.client_key)
+                assert isinstance(decision, Accept)
+                try:
+                    result = self.store.append(
+                        stream_id,
+                        [NewEvent(data, call.metadata) for data in decision.events],
+                        expected_version=state.version,
+                        idempotency_key=verified.sha256,
+                    )
+                except ConcurrencyConflict:
+                    continue  # another call for this tenant won: re-read, re-verify, re-decide
+                if result.duplicate:
+                    return Outcome(204, "duplicate", call_id, client_key=payload.client_key)
+                return Outcome(
+                    204,
+                    "accepted",
+                    call_id,
+                    client_key=payload.client_key,
+                    events=len(result.events),
+                )
+            return Outcome(
+                503,
+                "contention",
+                call_id,
+                "too many concurrent calls for this tenant; retry",
+                payload.client_key,
+                retry_after=settings.retry_after_seconds,
+            )
+        except _Refusal as refusal:
+            return Outcome(
+                refusal.status,
+                refusal.code,
+                call_id,
+                refusal.detail,
+                payload.client_key,
+                retry_after=refusal.retry_after,
+            )
+        except StoreUnavailable:
+            return Outcome(
+                503,
+                "store_unavailable",
+                call_id,
+                "the ledger's store is unavailable; retry later",
+                payload.client_key,
+                retry_after=settings.retry_after_seconds,
+            )
+
+    def _verify(
+        self,
+        request: CallRequest,
+        payload: LifecyclePayload,
+        token: str,
+        unverified: UnverifiedToken,
+        install_key: Any,
+        state: TenantState,
+        current_secret: str | None,
+        qsh: str,
+        now: int,
+    ) -> Any:
+        """The verified token, or None for an HS256 call about a tenant never installed."""
+        leeway = self.settings.clock_skew_seconds
+        try:
+            if unverified.alg == "RS256":
+                return verify_install_token(
+                    token,
+                    install_key,
+                    client_key=payload.client_key,
+                    app_base_url=self.settings.app_base_url,
+                    qsh=qsh,
+                    now=now,
+                    leeway=leeway,
+                )
+            if unverified.alg == "HS256":
+                if not state.known:
+                    if request.event == "installed":
+                        raise _Refusal(
+                            401,
+                            "first_install_not_signed",
+                            "a first install must be signed by Atlassian (RS256)",
+                        )
+                    return None  # rule 7: nothing to verify with, nothing will be stored
+                if current_secret is None:
+                    raise _Refusal(401, "no_shared_secret", "the tenant's secret is not available")
+                return verify_shared_secret_token(
+                    token,
+                    current_secret,
+                    client_key=payload.client_key,
+                    qsh=qsh,
+                    now=now,
+                    leeway=leeway,
+                )
+        except TokenError as error:
+            raise _Refusal(401, error.code, error.detail) from None
+        raise _Refusal(401, "unsupported_alg", "only RS256 and HS256 tokens are accepted")
+
+    def _current_secret(self, state: TenantState) -> str | None:
+        if state.secret is None:
+            return None
+        try:
+            key = self.keyring.data_key(state.stream_id)
+            return open_secret(key, state.secret, state.secret.ad)
+        except CryptoError:
+            # A forgotten tenant: its secret is unreadable by design.
+            return None
+
+    def _sealer(self, stream_id: str, state: TenantState) -> Callable[[str, str], SealedSecret]:
+        def seal(secret: str, ad: str) -> SealedSecret:
+            return seal_secret(self.keyring.data_key(stream_id, create=True), secret, ad)
+
+        return seal
+
+    # -- the rejection log
+
+    def _record_rejection(
+        self,
+        request: CallRequest,
+        payload: LifecyclePayload | None,
+        token: str | None,
+        outcome: Outcome,
+    ) -> None:
+        client_key, base_url = (
+            (payload.client_key, payload.base_url) if payload else claimed_identity(request.body)
+        )
+        rejection = Rejection(
+            at=utcnow(),
+            path=request.path,
+            reason=outcome.code,
+            status=outcome.status,
+            client_key=client_key,
+            base_url=base_url,
+            remote_addr=request.remote_addr,
+            token_sha256=token_sha256(token) if token else None,
+            detail=outcome.detail,
+        )
+        try:
+            self.store.record_rejection(rejection)
+        except StoreUnavailable:
+            log.warning(
+                "rejection not stored: store unavailable",
+                extra={"call_id": outcome.call_id, "reason": outcome.code},
+            )

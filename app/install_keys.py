@@ -1,0 +1,179 @@
+"""Fetching Atlassian's signed-install public keys by kid (SPEC §4 step 3).
+
+Keys are immutable per kid, so a fetched key is cached for the life of the process.
+Failures are never cached: a key server outage must heal by itself, and an unknown
+kid may be published later.
+
+Single-flight: when a new kid appears, every install call carrying it arrives at
+once (Atlassian fans out); exactly one request per kid reaches the key server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from types import TracebackType
+from typing import ClassVar, Final
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+
+from app.tokens import TokenError, is_valid_kid, load_rsa_public_key
+
+__all__ = [
+    "InstallKey",
+    "InstallKeyError",
+    "InstallKeyFetcher",
+    "InvalidKid",
+    "KeyServerUnavailable",
+    "UnknownKid",
+]
+
+# A PEM RSA-4096 public key is under 1 KiB; anything far bigger is not a key.
+MAX_KEY_BYTES: Final = 16 * 1024
+
+
+class InstallKeyError(Exception):
+    code: ClassVar[str] = "install_key_error"
+
+
+class InvalidKid(InstallKeyError):
+    """The kid is not safe to put in a URL; no request was made. → 401."""
+
+    code = "invalid_kid"
+
+
+class UnknownKid(InstallKeyError):
+    """The key server answered 404 for this kid. → 401."""
+
+    code = "unknown_kid"
+
+
+class KeyServerUnavailable(InstallKeyError):
+    """Unreachable, timed out, non-200 or not a key: the host should retry. → 503."""
+
+    code = "key_server_unavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class InstallKey:
+    kid: str
+    pem: str
+    public_key: RSAPublicKey
+
+
+class InstallKeyFetcher:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float = 2.0,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self._base_url = base_url.rstrip("/")
+        self._timeout = timeout
+        self._owns_client = client is None
+        # No redirects: the configured key server answers itself, and following a
+        # Location header would let whoever controls it point us anywhere.
+        self._client = client or httpx.AsyncClient(timeout=timeout, follow_redirects=False)
+        self._cache: dict[str, InstallKey] = {}
+        self._inflight: dict[str, asyncio.Task[InstallKey]] = {}
+
+    async def get(self, kid: str) -> str:
+        """The PEM text of the install key named ``kid``."""
+        return (await self.get_key(kid)).pem
+
+    async def get_public_key(self, kid: str) -> RSAPublicKey:
+        """The loaded key, to spare the verifier a PEM parse per call."""
+        return (await self.get_key(kid)).public_key
+
+    async def get_key(self, kid: str) -> InstallKey:
+        if not is_valid_kid(kid):
+            # The kid is attacker-chosen: keep it out of the message (and the logs).
+            raise InvalidKid("the token's kid is not a valid key id")
+        cached = self._cache.get(kid)
+        if cached is not None:
+            return cached
+        task = self._inflight.get(kid)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._fetch(kid))
+            self._inflight[kid] = task
+            task.add_done_callback(lambda done: self._settle(kid, done))
+        # shield: one caller giving up (client disconnect) must not cancel the
+        # fetch the other callers are waiting on.
+        return await asyncio.shield(task)
+
+    def cached_kids(self) -> frozenset[str]:
+        return frozenset(self._cache)
+
+    def _settle(self, kid: str, task: asyncio.Task[InstallKey]) -> None:
+        if self._inflight.get(kid) is task:
+            del self._inflight[kid]
+        if not task.cancelled():
+            # Marks the exception retrieved even if every waiter has gone away.
+            task.exception()
+
+    async def _fetch(self, kid: str) -> InstallKey:
+        url = f"{self._base_url}/{kid}"
+        try:
+            # httpx's timeout is per phase (connect, each read); this one bounds
+            # the whole exchange, so a server dripping bytes cannot hold us.
+            async with (
+                asyncio.timeout(self._timeout),
+                self._client.stream("GET", url, timeout=self._timeout) as response,
+            ):
+                if response.status_code == 404:
+                    raise UnknownKid(f"the key server does not know kid {kid}")
+                if response.status_code != 200:
+                    raise KeyServerUnavailable(
+                        f"the key server answered {response.status_code} for kid {kid}"
+                    )
+                body = await _read_capped(response, MAX_KEY_BYTES)
+        except TimeoutError as exc:
+            raise KeyServerUnavailable(f"the key server timed out for kid {kid}") from exc
+        except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
+            raise KeyServerUnavailable(
+                f"the key server could not be reached for kid {kid} ({type(exc).__name__})"
+            ) from exc
+        key = _load_key(kid, body)
+        self._cache[kid] = key
+        return key
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def __aenter__(self) -> InstallKeyFetcher:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+async def _read_capped(response: httpx.Response, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise KeyServerUnavailable(f"the key server's answer exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _load_key(kid: str, body: bytes) -> InstallKey:
+    try:
+        pem = body.decode("ascii")
+        public_key = load_rsa_public_key(pem)
+    except (UnicodeDecodeError, TokenError):
+        # A 200 that is not a key (captive portal, HTML error page) is an outage
+        # of the key service, not a verdict on the token: the host should retry.
+        raise KeyServerUnavailable(
+            f"the key server's answer for kid {kid} is not a PEM RSA public key"
+        ) from None
+    return InstallKey(kid=kid, pem=pem, public_key=public_key)

@@ -1,0 +1,138 @@
+"""Rule 1 of SPEC §4: the body of a lifecycle call, checked before any token work. Pure."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import msgspec
+
+MAX_BODY_BYTES: Final = 64 * 1024
+MAX_CLIENT_KEY: Final = 255
+MAX_URL: Final = 2048
+MAX_SECRET: Final = 1024
+MAX_STRING: Final = 8192
+MAX_DEPTH: Final = 8
+
+_decoder = msgspec.json.Decoder()
+
+
+@dataclass(frozen=True, slots=True)
+class BodyError(Exception):
+    status: int
+    code: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class LifecyclePayload:
+    fields: dict[str, Any]  # the body without sharedSecret
+    client_key: str
+    base_url: str
+    shared_secret: str | None
+
+
+def claimed_identity(body: bytes) -> tuple[str | None, str | None]:
+    """Best-effort clientKey and baseUrl of a body that may be refused, for the rejection log."""
+    try:
+        value = _decoder.decode(body) if len(body) <= MAX_BODY_BYTES else None
+    except msgspec.DecodeError:
+        return None, None
+    if not isinstance(value, dict):
+        return None, None
+    key, url = value.get("clientKey"), value.get("baseUrl")
+    return (
+        key[:MAX_CLIENT_KEY] if isinstance(key, str) else None,
+        url[:MAX_URL] if isinstance(url, str) else None,
+    )
+
+
+def host_allowed(host: str, patterns: Iterable[str]) -> bool:
+    host = host.lower().rstrip(".")
+    return any(fnmatch.fnmatchcase(host, pattern) for pattern in patterns)
+
+
+def parse_lifecycle_body(
+    body: bytes,
+    content_type: str | None,
+    *,
+    app_key: str,
+    allowed_hosts: Iterable[str],
+    dev_hosts: Iterable[str],
+    require_secret: bool,
+) -> LifecyclePayload:
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        raise BodyError(400, "unsupported_media_type", "the body must be application/json")
+    if len(body) > MAX_BODY_BYTES:
+        raise BodyError(413, "body_too_large", f"the body exceeds {MAX_BODY_BYTES} bytes")
+    try:
+        value = _decoder.decode(body)
+    except msgspec.DecodeError:
+        raise BodyError(400, "malformed_json", "the body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise BodyError(400, "not_an_object", "the body must be a JSON object")
+    _check_sizes(value, 0)
+
+    key = _string(value, "key", MAX_STRING)
+    client_key = _string(value, "clientKey", MAX_CLIENT_KEY)
+    base_url = _string(value, "baseUrl", MAX_URL)
+    if any(ord(ch) < 0x20 or ch == "\x7f" for ch in client_key):
+        raise BodyError(400, "invalid_field", "clientKey contains control characters")
+    if key != app_key:
+        raise BodyError(401, "wrong_app_key", "the payload is for another app")
+
+    parts = urlsplit(base_url)
+    host = (parts.hostname or "").lower()
+    dev = host in set(dev_hosts)
+    if parts.scheme not in ("https", "http") or not host or parts.username or parts.password:
+        raise BodyError(400, "invalid_base_url", "baseUrl must be an absolute https URL")
+    if parts.scheme == "http" and not dev:
+        raise BodyError(400, "insecure_base_url", "baseUrl must use https")
+    if not dev and not host_allowed(host, allowed_hosts):
+        raise BodyError(400, "host_not_allowed", "baseUrl's host is not in the allowlist")
+
+    secret = value.get("sharedSecret")
+    if secret is not None and not isinstance(secret, str):
+        raise BodyError(400, "invalid_field", "sharedSecret must be a string")
+    if require_secret and not secret:
+        raise BodyError(400, "missing_field", "sharedSecret is required for installed")
+    if secret is not None and len(secret) > MAX_SECRET:
+        raise BodyError(400, "field_too_long", "sharedSecret is too long")
+    fields = {k: v for k, v in value.items() if k != "sharedSecret"}
+    return LifecyclePayload(
+        fields=fields, client_key=client_key, base_url=base_url, shared_secret=secret
+    )
+
+
+def _string(value: dict[str, Any], name: str, limit: int) -> str:
+    field = value.get(name)
+    if field is None:
+        raise BodyError(400, "missing_field", f"{name} is required")
+    if not isinstance(field, str) or not field:
+        raise BodyError(400, "invalid_field", f"{name} must be a non-empty string")
+    if len(field) > limit:
+        raise BodyError(400, "field_too_long", f"{name} is longer than {limit} characters")
+    return field
+
+
+def _check_sizes(value: Any, depth: int) -> None:
+    """Unknown fields are kept, so they too get limits: string length and nesting depth."""
+    if depth > MAX_DEPTH:
+        raise BodyError(400, "too_deep", f"the body nests deeper than {MAX_DEPTH} levels")
+    if isinstance(value, str):
+        if len(value) > MAX_STRING:
+            raise BodyError(
+                400, "field_too_long", f"a string is longer than {MAX_STRING} characters"
+            )
+    elif isinstance(value, dict):
+        for name, item in value.items():
+            if len(name) > 256:
+                raise BodyError(400, "field_too_long", "a field name is too long")
+            _check_sizes(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_sizes(item, depth + 1)

@@ -1,0 +1,269 @@
+"""The FastAPI app factory: lifecycle webhooks, descriptor, health and metrics."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import IO, Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app import admin
+from app.ingest import CallRequest, LifecycleIngestor, Outcome
+from app.install_keys import InstallKeyFetcher
+from app.lifecycle import LIFECYCLE_EVENTS, LifecycleEvent
+from app.logs import configure_logging
+from app.metrics import Metrics
+from app.payload import MAX_BODY_BYTES
+from app.settings import Settings
+from eventstore.crypto import KeyRing
+from eventstore.store import EventStore, StoreUnavailable, open_store
+
+log = logging.getLogger("ledger.service")
+
+
+class ErrorBody(BaseModel):
+    error: str
+    detail: str
+
+
+class Status(BaseModel):
+    status: str
+
+
+LIFECYCLE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    204: {"description": "Accepted, or a repeat of an accepted call: nothing more to do."},
+    400: {"model": ErrorBody, "description": "The body is malformed or not allowed."},
+    401: {"model": ErrorBody, "description": "The token, its key or the app key is wrong."},
+    409: {
+        "model": ErrorBody,
+        "description": "The token is older than the tenant's last accepted call.",
+    },
+    413: {"model": ErrorBody, "description": "The body is larger than 64 KiB."},
+    503: {
+        "model": ErrorBody,
+        "description": "The key server or the store is unavailable; retry after Retry-After.",
+    },
+}
+
+INSTALL_PAYLOAD_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["key", "clientKey", "baseUrl"],
+    "properties": {
+        "key": {"type": "string"},
+        "clientKey": {"type": "string", "maxLength": 255},
+        "baseUrl": {"type": "string", "format": "uri", "maxLength": 2048},
+        "sharedSecret": {"type": "string", "description": "installed only; stored encrypted"},
+        "displayUrl": {"type": "string"},
+        "productType": {"type": "string"},
+        "description": {"type": "string"},
+        "eventType": {"type": "string"},
+    },
+    "additionalProperties": True,
+}
+
+
+def create_app(
+    settings: Settings | None = None,
+    store: EventStore | None = None,
+    log_stream: IO[str] | None = None,
+) -> FastAPI:
+    """Build the service. ``store`` and the log stream may be injected (tests)."""
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging(stream=log_stream)
+        owned = store is None
+        opened: EventStore
+        if store is None:
+            opened = await run_in_threadpool(open_store, settings.database_url)
+        else:
+            opened = store
+        fetcher = InstallKeyFetcher(settings.install_keys_url)
+        keyring = KeyRing(opened, settings.master_keys())
+        app.state.settings = settings
+        app.state.store = opened
+        app.state.keyring = keyring
+        app.state.ingestor = LifecycleIngestor(settings, opened, keyring, fetcher)
+        try:
+            yield
+        finally:
+            await fetcher.aclose()
+            if owned:
+                opened.close()
+
+    app = FastAPI(
+        title="Tenant ledger",
+        version="0.1.0",
+        description=(
+            "Verifies Atlassian Connect lifecycle calls and keeps every accepted call as "
+            "immutable events. Secrets and tokens never appear in any answer."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.metrics = metrics
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        fields = ", ".join(".".join(str(p) for p in error["loc"]) for error in exc.errors())
+        return JSONResponse(
+            {"error": "invalid_request", "detail": f"invalid: {fields}"}, status_code=400
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def error_body(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Every error answer has the one shape {"error": code, "detail": words}.
+        if isinstance(exc.detail, dict) and "error" in exc.detail:
+            body = exc.detail
+        else:
+            body = {"error": f"http_{exc.status_code}", "detail": str(exc.detail)}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    @app.get("/atlassian-connect.json", tags=["connect"], summary="The app descriptor")
+    def descriptor() -> dict[str, Any]:
+        version = settings.descriptor_version
+        return {
+            "key": settings.app_key,
+            "name": "Tenant ledger",
+            "baseUrl": settings.app_base_url,
+            "authentication": {"type": "jwt"},
+            "apiMigrations": {"signed-install": True},
+            "lifecycle": {name: f"/{name}?v={version}" for name in LIFECYCLE_EVENTS},
+            "scopes": ["read"],
+            "modules": {},
+        }
+
+    for name in LIFECYCLE_EVENTS:
+        _add_lifecycle_route(app, name, metrics)
+
+    @app.get("/healthz", tags=["operations"], response_model=Status)
+    def healthz() -> Status:
+        return Status(status="ok")
+
+    @app.get(
+        "/readyz",
+        tags=["operations"],
+        response_model=Status,
+        responses={503: {"model": ErrorBody, "description": "The store cannot be reached."}},
+    )
+    async def readyz(request: Request) -> Any:
+        try:
+            await run_in_threadpool(request.app.state.store.ping)
+        except StoreUnavailable:
+            return JSONResponse(
+                {"error": "store_unavailable", "detail": "the store cannot be reached"},
+                status_code=503,
+                headers={"Retry-After": str(settings.retry_after_seconds)},
+            )
+        return Status(status="ready")
+
+    @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
+    def metrics_text() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    app.include_router(admin.router)
+    return app
+
+
+def _add_lifecycle_route(app: FastAPI, name: LifecycleEvent, metrics: Metrics) -> None:
+    async def lifecycle(request: Request) -> Response:
+        started = time.perf_counter()
+        body = await _read_capped(request)
+        ingestor: LifecycleIngestor = request.app.state.ingestor
+        outcome = await ingestor.handle(
+            CallRequest(
+                event=name,
+                path=request.url.path,
+                query=list(request.query_params.multi_items()),
+                authorization=request.headers.get("authorization"),
+                content_type=request.headers.get("content-type"),
+                body=body,
+                remote_addr=request.client.host if request.client else None,
+            )
+        )
+        elapsed = time.perf_counter() - started
+        metrics.observe_call(name, outcome.code, outcome.status, elapsed, outcome.refused)
+        _log_outcome(name, outcome, elapsed)
+        return _response(outcome)
+
+    app.add_api_route(
+        f"/{name}",
+        lifecycle,
+        methods=["POST"],
+        status_code=204,
+        tags=["lifecycle"],
+        summary=f"Atlassian Connect `{name}` lifecycle callback",
+        responses=LIFECYCLE_RESPONSES,
+        response_class=Response,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": INSTALL_PAYLOAD_SCHEMA}},
+            },
+            "parameters": [
+                {
+                    "name": "v",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "string"},
+                    "description": "The descriptor version the host runs.",
+                },
+                {
+                    "name": "Authorization",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string"},
+                    "description": "JWT <token> (or the jwt query parameter)",
+                },
+            ],
+        },
+        name=name,
+    )
+
+
+async def _read_capped(request: Request) -> bytes:
+    """The body, but never more than one byte past the limit (a 413 needs no more)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            break
+    return b"".join(chunks)
+
+
+def _response(outcome: Outcome) -> Response:
+    if outcome.status == 204:
+        return Response(status_code=204)
+    headers = {"Retry-After": str(outcome.retry_after)} if outcome.retry_after else None
+    return JSONResponse(
+        {"error": outcome.code, "detail": outcome.detail or outcome.code},
+        status_code=outcome.status,
+        headers=headers,
+    )
+
+
+def _log_outcome(endpoint: str, outcome: Outcome, elapsed: float) -> None:
+    log.info(
+        "lifecycle call",
+        extra={
+            "call_id": outcome.call_id,
+            "endpoint": endpoint,
+            "outcome": "refused" if outcome.refused else outcome.code,
+            "reason": outcome.code if outcome.refused else None,
+            "status": outcome.status,
+            "client_key": outcome.client_key,
+            "events": outcome.events,
+            "duration_ms": round(elapsed * 1000, 3),
+        },
+    )

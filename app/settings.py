@@ -1,0 +1,55 @@
+"""Settings from the environment (SPEC §7), every variable with its documented default."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from eventstore.crypto import MasterKeys, load_or_create_master_key
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(part.strip().lower() for part in value.split(",") if part.strip())
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LEDGER_", frozen=True, extra="ignore")
+
+    database_url: str = "sqlite:///./var/ledger.db"
+    app_base_url: str = "http://localhost:8000"
+    app_key: str = "tenant-ledger"
+    descriptor_version: str = "1"
+    install_keys_url: str = "https://connect-install-keys.atlassian.com"
+    host_allowlist: str = "*.atlassian.net,*.jira.com,*.jira-dev.com"
+    dev_hosts: str = "localhost,127.0.0.1"
+    master_key: SecretStr | None = None
+    admin_token: SecretStr | None = None
+    clock_skew_seconds: int = Field(default=30, ge=0, le=600)
+    workers: int = Field(default=1, ge=1, le=64)
+    # Not in the contract's list: how long a host waits before retrying after a 503.
+    retry_after_seconds: int = Field(default=5, ge=1)
+    # Where the embedded default keeps its generated master key.
+    var_dir: Path = Path("./var")
+
+    @cached_property
+    def allowed_host_patterns(self) -> tuple[str, ...]:
+        return _split(self.host_allowlist)
+
+    @cached_property
+    def dev_host_names(self) -> tuple[str, ...]:
+        return _split(self.dev_hosts)
+
+    @property
+    def uses_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite:")
+
+    def master_keys(self) -> MasterKeys:
+        """The configured master keys; on the embedded default, one generated on first start."""
+        if self.master_key is not None and self.master_key.get_secret_value().strip():
+            return MasterKeys.parse(self.master_key.get_secret_value())
+        if not self.uses_sqlite:
+            raise RuntimeError("LEDGER_MASTER_KEY must be set when the store is PostgreSQL")
+        return MasterKeys.parse(load_or_create_master_key(self.var_dir / "master.key"))

@@ -1,0 +1,242 @@
+"""Pure-fold cost of the four projections, with no database: how many events per
+second the folds themselves take, so the rebuild budget (SPEC §9: 1,000,000 events
+at >= 200,000 events/s including reading) knows what is left for I/O.
+
+Builds 1,000,000 synthetic ``RecordedEvent``s in memory first (250,000 tenants, a
+realistic mix: every tenant installs once, most later calls confirm, descriptor
+versions roll out, some secrets rotate, some sites rename, uninstall, reinstall or
+are reimported), then folds them through all four projections the way the runner
+does during a rebuild (batches of 1,000, ``apply_many`` per projection, all changed
+rows taken at the end), and also one ``apply`` call per event.
+
+Run: ``.venv/bin/python bench/fold_micro.py [--events N] [--tenants N]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import platform
+import random
+import resource
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from eventstore.events import (
+    BaseUrlChanged,
+    DescriptorUpgraded,
+    DetailsChanged,
+    Disabled,
+    Enabled,
+    EventData,
+    InstallConfirmed,
+    Installed,
+    Metadata,
+    SealedSecret,
+    SecretRotated,
+    Uninstalled,
+)
+from eventstore.store import RecordedEvent
+from projections.base_urls import BaseUrlsProjection
+from projections.descriptors import DescriptorsProjection
+from projections.reimports import ReimportsProjection
+from projections.tenants import TenantsProjection
+
+TARGET = 400_000  # events/s for all four folds together (the brief's budget)
+BATCH = 1_000
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+SECRET = SealedSecret(alg="A256GCM", nonce="bm9uY2Vub25jZQ==", ct="Y2lwaGVy", ad="YWQ=")
+HASH = "0" * 64
+
+
+def build_log(n_events: int, n_tenants: int, seed: int = 7) -> list[RecordedEvent]:
+    """A plausible log: installs spread over the whole run, then calls on them."""
+    rng = random.Random(seed)
+    metadata = [Metadata(descriptor_version=str(v)) for v in range(1, 11)]
+    no_metadata = Metadata()
+    details = {
+        "productType": "jira",
+        "description": "Atlassian JIRA at https://x",
+        "pluginsVersion": "1",
+    }
+    empty: dict[str, EventData] = {
+        "InstallConfirmed": InstallConfirmed(),
+        "Enabled": Enabled(),
+        "Disabled": Disabled(),
+        "Uninstalled": Uninstalled(),
+    }
+    rotated = SecretRotated(shared_secret=SECRET)
+    streams: list[str] = []
+    url_of: list[str] = []
+    version_of: list[int] = []
+    stream_version: list[int] = []
+    installed: list[bool] = []
+    events: list[RecordedEvent] = []
+    install_share = n_tenants / n_events
+    release_every = max(1, n_events // len(metadata))
+    step = timedelta(milliseconds=3)
+    at = T0
+
+    def emit(tenant: int, data: EventData, meta: Metadata) -> None:
+        stream_version[tenant] += 1
+        events.append(
+            RecordedEvent(
+                position=len(events) + 1,
+                stream_id=streams[tenant],
+                version=stream_version[tenant],
+                type=type(data).__name__,
+                schema_version=2 if isinstance(data, DescriptorUpgraded) else 1,
+                data=data,
+                metadata=meta,
+                recorded_at=at,
+                hash=HASH,
+            )
+        )
+
+    while len(events) < n_events:
+        at += step
+        current = min(len(events) // release_every, len(metadata) - 1)
+        remaining_installs = n_tenants - len(streams)
+        if remaining_installs and (not streams or rng.random() < install_share * 1.02):
+            tenant = len(streams)
+            client_key = f"{rng.getrandbits(128):032x}"
+            if streams and rng.random() < 0.01:  # a site reimport: an old URL, a new key
+                url = url_of[rng.randrange(len(streams))]
+            else:
+                url = f"https://site-{tenant}.atlassian.net"
+            streams.append("tenant:" + client_key)
+            url_of.append(url)
+            version_of.append(current)
+            stream_version.append(0)
+            installed.append(True)
+            data: EventData = Installed("tenant-ledger", client_key, url, SECRET, details)
+            emit(tenant, data, metadata[current] if rng.random() < 0.98 else no_metadata)
+            continue
+        tenant = rng.randrange(len(streams))
+        if not installed[tenant]:
+            if rng.random() < 0.3:
+                installed[tenant] = True
+                version_of[tenant] = current
+                data = Installed(
+                    "tenant-ledger", streams[tenant][7:], url_of[tenant], SECRET, details
+                )
+                emit(tenant, data, metadata[current])
+            else:
+                emit(tenant, empty["Disabled"], no_metadata)
+            continue
+        roll = rng.random()
+        if version_of[tenant] != current and roll < 0.35:
+            data = DescriptorUpgraded(str(version_of[tenant] + 1), str(current + 1))
+            version_of[tenant] = current
+            emit(tenant, data, metadata[current])
+        elif roll < 0.45:
+            emit(tenant, rotated, no_metadata)
+        elif roll < 0.52:
+            emit(tenant, DetailsChanged({"pluginsVersion": str(roll)}), no_metadata)
+        elif roll < 0.55:
+            new_url = f"https://renamed-{len(events)}.atlassian.net"
+            emit(tenant, BaseUrlChanged(url_of[tenant], new_url), no_metadata)
+            url_of[tenant] = new_url
+        elif roll < 0.60:
+            emit(tenant, empty["Disabled"], no_metadata)
+        elif roll < 0.65:
+            emit(tenant, empty["Enabled"], no_metadata)
+        elif roll < 0.69:
+            installed[tenant] = False
+            emit(tenant, empty["Uninstalled"], no_metadata)
+        else:
+            emit(tenant, empty["InstallConfirmed"], no_metadata)
+    return events
+
+
+def timed(label: str, run: Callable[[], Any], n: int) -> float:
+    start = time.perf_counter()
+    run()
+    elapsed = time.perf_counter() - start
+    rate = n / elapsed
+    print(f"  {label:<34} {elapsed:7.3f} s  {rate:>11,.0f} events/s")
+    return rate
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--tenants", type=int, default=250_000)
+    args = parser.parse_args(argv)
+
+    print(
+        f"fold_micro: {platform.python_implementation()} {platform.python_version()}, "
+        f"{platform.machine()}, {platform.processor() or platform.platform()}"
+    )
+    start = time.perf_counter()
+    events = build_log(args.events, args.tenants)
+    n = len(events)
+    mix = Counter(e.type for e in events)
+    print(
+        f"built {n:,} events for {sum(1 for e in events if e.version == 1):,} tenants "
+        f"in {time.perf_counter() - start:.1f} s; mix: "
+        + ", ".join(f"{t} {c / n:.1%}" for t, c in mix.most_common())
+    )
+    batches = [events[i : i + BATCH] for i in range(0, n, BATCH)]
+    gc.collect()
+    gc.freeze()  # the prebuilt log is input, not part of the fold's cost
+
+    projections: list[Any] = [
+        TenantsProjection(),
+        DescriptorsProjection(),
+        BaseUrlsProjection(),
+        ReimportsProjection(),
+    ]
+
+    print("each projection alone, apply_many per batch of 1,000:")
+    for projection in projections:
+
+        def one(p: Any = projection) -> None:
+            state = p.initial_state()
+            for batch in batches:
+                state = p.apply_many(state, batch)
+            state.take_changes()
+
+        timed(projection.name, one, n)
+
+    results: dict[str, int] = {}
+
+    def all_batched() -> None:
+        states = [p.initial_state() for p in projections]
+        for batch in batches:
+            for i, p in enumerate(projections):
+                states[i] = p.apply_many(states[i], batch)
+        for p, state in zip(projections, states, strict=True):
+            results[p.name] = len(state.take_changes())
+
+    def all_one_by_one() -> None:
+        states = [p.initial_state() for p in projections]
+        appliers = [p.apply for p in projections]
+        for event in events:
+            for i, apply in enumerate(appliers):
+                states[i] = apply(states[i], event)
+        for state in states:
+            state.take_changes()
+
+    print("all four together:")
+    rate = timed("apply_many, batches of 1,000", all_batched, n)
+    timed("apply, one call per event", all_one_by_one, n)
+    print("rows at the end: " + ", ".join(f"{k} {v:,}" for k, v in results.items()))
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS {peak_mb:,.0f} MB (includes the prebuilt log)")
+    print(
+        f"figure: {rate:,.0f} events/s; target >= {TARGET:,} events/s; "
+        f"ratio {rate / TARGET:.2f}x -> {'OK' if rate >= TARGET else 'BELOW TARGET'}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

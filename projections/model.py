@@ -1,0 +1,158 @@
+"""What the four read models share: their row types, the runner-facing protocol and
+the one base-URL normaliser.
+
+Rows are frozen ``msgspec.Struct``s with ``gc=False``: they hold only strings,
+datetimes, ints, bools and ``None``, so they can never be part of a reference
+cycle, and keeping them out of the cyclic garbage collector matters when a
+rebuild allocates hundreds of thousands of them.
+
+The contract between a projection and the runner that persists it
+(``Projection``/``ProjectionState``):
+
+* ``state = projection.initial_state()`` (or a ``from_rows`` constructor of the
+  state class, to resume from persisted rows);
+* ``state = projection.apply(state, event)`` for every event in log order, or
+  ``projection.apply_many(state, batch)`` (same result, faster). The fold is pure
+  in what it *computes*: the next state depends only on the state and the event,
+  never on a clock, a database or the network. For speed it *updates the state it
+  is given in place* and returns it, so the runner must treat the state it passed
+  in as consumed and keep only the returned one (they are the same object today).
+* ``state.take_changes()`` hands over the rows that changed since the previous
+  call (the latest version of each) and forgets them. Upserting every batch of
+  changes, in order, by ``key_fields`` reproduces the table a full rebuild would
+  produce; a rebuild simply calls it once at the end (or every N events to bound
+  memory). No projection ever deletes a row: rows are either current state that
+  stays (an uninstalled tenant keeps its row) or history.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Final, Literal, Protocol, TypeVar
+
+import msgspec
+
+from eventstore.store import RecordedEvent
+
+TenantState = Literal["installed", "uninstalled"]
+INSTALLED: Final = "installed"
+UNINSTALLED: Final = "uninstalled"
+
+ReimportKind = Literal["reimport", "url_reused"]
+REIMPORT: Final = "reimport"
+URL_REUSED: Final = "url_reused"
+
+
+class TenantRow(msgspec.Struct, frozen=True, gc=False):
+    """One tenant (clientKey) as it stands after the events folded so far."""
+
+    client_key: str
+    base_url: str
+    display_url: str | None
+    product_type: str | None
+    state: TenantState
+    enabled: bool
+    descriptor_version: str | None
+    installed_at: datetime
+    updated_at: datetime
+    last_seen_at: datetime
+    version: int  # the tenant stream's version after the last event folded
+
+
+class DescriptorRow(msgspec.Struct, frozen=True, gc=False):
+    """A descriptor version ever seen and the installed tenants on it now.
+
+    ``first_seen_position`` is the log position of the first sighting: "the latest
+    version" is the one first seen last *in log order*, which timestamps from
+    several writers cannot always tell (see ``descriptors.latest_version``).
+    """
+
+    version: str
+    first_seen_at: datetime
+    tenants: int
+    first_seen_position: int
+
+
+class BaseUrlRow(msgspec.Struct, frozen=True, gc=False, rename={"from_": "from"}):
+    """A tenant held ``base_url`` from ``from_`` until ``to`` (``None``: still holds it).
+
+    Encoded (``msgspec.to_builtins``/JSON) as ``from``/``to``. ``from_position`` is
+    the log position of the event that opened the interval: it orders arrivals
+    exactly, which the reimports state needs when it is rebuilt from these rows.
+    """
+
+    base_url: str
+    client_key: str
+    from_: datetime
+    to: datetime | None
+    from_position: int
+
+
+class ReimportRow(msgspec.Struct, frozen=True, gc=False):
+    """Evidence that a new clientKey appeared at a base URL another clientKey held.
+
+    Links are evidence for a person to judge, never an automatic migration.
+    """
+
+    base_url: str
+    previous_client_key: str
+    client_key: str
+    detected_at: datetime
+    kind: ReimportKind
+
+
+Row = TenantRow | DescriptorRow | BaseUrlRow | ReimportRow
+
+R_co = TypeVar("R_co", covariant=True)
+R = TypeVar("R")
+S = TypeVar("S")
+
+
+class ProjectionState(Protocol[R]):
+    """The fold state the runner owns between calls (see the module docstring)."""
+
+    def take_changes(self) -> list[R]:
+        """Rows changed since the previous call, latest version of each; resets."""
+        ...
+
+
+class Projection(Protocol[S, R_co]):
+    """A read model: a name, a row type with its key, and a pure fold."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def row_type(self) -> type[R_co]: ...
+
+    @property
+    def key_fields(self) -> tuple[str, ...]:
+        """Attribute names of ``row_type`` that identify a row (the upsert key)."""
+        ...
+
+    def initial_state(self) -> S: ...
+
+    def apply(self, state: S, event: RecordedEvent) -> S: ...
+
+    def apply_many(self, state: S, events: Iterable[RecordedEvent]) -> S: ...
+
+
+def normalize_base_url(url: str) -> str:
+    """The form base URLs are compared in: scheme and host lower-case, no trailing ``/``.
+
+    Sites' base URLs are ``https://<host>[/<path>]`` (Confluence adds ``/wiki``);
+    the path keeps its case. Written with plain string methods because it runs
+    for every install during a rebuild and ``urllib.parse`` is several times
+    slower. A string without ``://`` is compared as given, minus trailing ``/``.
+    """
+    if url.islower():  # the usual case: nothing to lower-case anywhere
+        return url.rstrip("/")
+    url = url.rstrip("/")
+    scheme_end = url.find("://")
+    if scheme_end < 0:
+        return url
+    host_end = url.find("/", scheme_end + 3)
+    if host_end < 0:
+        return url.lower()
+    return url[:host_end].lower() + url[host_end:]
