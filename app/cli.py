@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from app.settings import Settings
@@ -186,7 +187,7 @@ def show(
         title=f"tenant {client_key}" + (f" as of {as_of}" if as_of else ""), show_header=False
     )
     for name, value in shown.items():
-        table.add_row(name, "" if value is None else str(value))
+        table.add_row(name, "" if value is None else escape(str(value)))
     console.print(table)
 
 

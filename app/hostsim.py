@@ -94,8 +94,9 @@ class KeyServer:
     ``slow_seconds``; ``requests`` counts requests per kid (unknown kids too).
     """
 
-    def __init__(self, *, slow_seconds: float = 5.0) -> None:
+    def __init__(self, *, slow_seconds: float = 5.0, port: int = 0) -> None:
         self.slow_seconds = slow_seconds
+        self.port = port  # 0: any free port
         self.mode: KeyServerMode = "up"
         self.requests: dict[str, int] = {}
         self._keys: dict[str, str] = {}
@@ -107,7 +108,7 @@ class KeyServer:
     def start(self) -> KeyServer:
         if self._server is not None:
             return self
-        server = _Server(("127.0.0.1", 0), _Handler)
+        server = _Server(("127.0.0.1", self.port), _Handler)
         server.owner = self
         self._wake.clear()
         self._server = server

@@ -37,14 +37,20 @@ RowKey = tuple[str, str, datetime]
 
 
 class BaseUrlsState:
-    """Each tenant's open interval (by stream id) and the rows changed since the
-    last ``take_changes`` (by row identity)."""
+    """Each tenant's open interval (by stream id) and the rows not yet handed over.
 
-    __slots__ = ("_dirty", "_open")
+    Until the first ``take_changes`` nothing has been handed over, so closed
+    intervals simply pile up in ``_closed`` (a list append, no hashing) and the
+    first call returns them with the open ones: a rebuild pays nothing for change
+    tracking. After that, changes are tracked by row identity in ``_dirty``.
+    """
+
+    __slots__ = ("_closed", "_dirty", "_open")
 
     def __init__(self) -> None:
         self._open: dict[str, BaseUrlRow] = {}
-        self._dirty: dict[RowKey, BaseUrlRow] = {}
+        self._closed: list[BaseUrlRow] = []
+        self._dirty: dict[RowKey, BaseUrlRow] | None = None
 
     @classmethod
     def from_rows(cls, rows: Iterable[BaseUrlRow]) -> BaseUrlsState:
@@ -53,6 +59,7 @@ class BaseUrlsState:
         for row in rows:
             if row.to is None:
                 state._open[stream_id_for(row.client_key)] = row
+        state._dirty = {}
         return state
 
     def open_interval(self, client_key: str) -> BaseUrlRow | None:
@@ -62,45 +69,62 @@ class BaseUrlsState:
         return iter(self._open.values())
 
     def take_changes(self) -> list[BaseUrlRow]:
-        changed = list(self._dirty.values())
+        if self._dirty is None:
+            changed = self._closed
+            changed.extend(self._open.values())
+            self._closed = []
+        else:
+            changed = list(self._dirty.values())
         self._dirty = {}
         return changed
 
 
-def _arrive(state: BaseUrlsState, stream_id: str, url: str, event: RecordedEvent) -> None:
-    """The tenant now holds ``url``: close its other interval, open one here."""
-    current = state._open.get(stream_id)
-    if current is not None:
-        if url == current.base_url or normalize_base_url(url) == normalize_base_url(
-            current.base_url
-        ):
-            return
-        closed = BaseUrlRow(
-            current.base_url,
-            current.client_key,
-            current.from_,
-            event.recorded_at,
-            current.from_position,
-        )
-        state._dirty[(closed.client_key, closed.base_url, closed.from_)] = closed
-        client_key = current.client_key
+def _record(state: BaseUrlsState, row: BaseUrlRow) -> None:
+    if state._dirty is None:
+        if row.to is not None:
+            state._closed.append(row)
     else:
-        client_key = client_key_of(stream_id)
-    opened = BaseUrlRow(url, client_key, event.recorded_at, None, event.position)
+        state._dirty[(row.client_key, row.base_url, row.from_)] = row
+
+
+def _arrive(
+    state: BaseUrlsState, stream_id: str, current: BaseUrlRow, url: str, event: RecordedEvent
+) -> None:
+    """A tenant holding ``current`` now holds ``url``: close one, open the other,
+    unless they are the same URL."""
+    if url == current.base_url or normalize_base_url(url) == normalize_base_url(current.base_url):
+        return
+    at = event.recorded_at
+    _record(
+        state,
+        BaseUrlRow(current.base_url, current.client_key, current.from_, at, current.from_position),
+    )
+    opened = BaseUrlRow(url, current.client_key, at, None, event.position)
     state._open[stream_id] = opened
-    state._dirty[(client_key, url, opened.from_)] = opened
+    _record(state, opened)
 
 
 def _installed(state: BaseUrlsState, event: RecordedEvent) -> None:
     data: Installed = event.data  # type: ignore[assignment]  # by event.type
-    _arrive(state, event.stream_id, data.base_url, event)
+    stream_id = event.stream_id
+    current = state._open.get(stream_id)
+    if current is not None:  # a reinstall
+        _arrive(state, stream_id, current, data.base_url, event)
+        return
+    opened = BaseUrlRow(
+        data.base_url, client_key_of(stream_id), event.recorded_at, None, event.position
+    )
+    state._open[stream_id] = opened
+    if state._dirty is not None:
+        _record(state, opened)
 
 
 def _base_url_changed(state: BaseUrlsState, event: RecordedEvent) -> None:
     stream_id = event.stream_id
-    if stream_id in state._open:  # ignore a stream that never had an Installed
+    current = state._open.get(stream_id)
+    if current is not None:  # else a stream that never had an Installed: ignore
         data: BaseUrlChanged = event.data  # type: ignore[assignment]
-        _arrive(state, stream_id, data.to, event)
+        _arrive(state, stream_id, current, data.to, event)
 
 
 _HANDLERS: dict[str, Callable[[BaseUrlsState, RecordedEvent], None]] = {

@@ -89,18 +89,15 @@ class DescriptorsState:
         return DescriptorRow(version, first_seen_at, self._counts[version], position)
 
 
-def _see(state: DescriptorsState, version: str, event: RecordedEvent) -> None:
-    if version not in state._first_seen:
-        state._first_seen[version] = (event.recorded_at, event.position)
-        state._counts[version] = 0
-        state._latest = version
-        state._dirty.add(version)
+def _first_sighting(state: DescriptorsState, version: str, event: RecordedEvent) -> None:
+    state._first_seen[version] = (event.recorded_at, event.position)
+    state._counts[version] = 0
+    state._latest = version
+    state._dirty.add(version)
 
 
 def _move(state: DescriptorsState, old: str | None, new: str | None) -> None:
     """A tenant leaves ``old`` and joins ``new`` (either may be ``None``: nowhere)."""
-    if old == new:
-        return
     counts = state._counts
     if old is not None:
         counts[old] -= 1
@@ -112,27 +109,35 @@ def _move(state: DescriptorsState, old: str | None, new: str | None) -> None:
 
 def _installed(state: DescriptorsState, event: RecordedEvent) -> None:
     version = event.metadata.descriptor_version
-    if version is not None:
-        _see(state, version, event)
+    if version is not None and version not in state._first_seen:
+        _first_sighting(state, version, event)
+    version_of = state._version_of
     stream_id = event.stream_id
-    _move(state, state._version_of.get(stream_id), version)
-    state._version_of[stream_id] = version
+    old = version_of.get(stream_id)  # None: not installed, or installed on no version
+    version_of[stream_id] = version
+    if old != version:
+        _move(state, old, version)
 
 
 def _descriptor_upgraded(state: DescriptorsState, event: RecordedEvent) -> None:
     data: DescriptorUpgraded = event.data  # type: ignore[assignment]  # by event.type
     version = data.to
-    _see(state, version, event)
+    if version not in state._first_seen:
+        _first_sighting(state, version, event)
+    version_of = state._version_of
     stream_id = event.stream_id
-    if stream_id in state._version_of:  # only installed tenants count
-        _move(state, state._version_of[stream_id], version)
-        state._version_of[stream_id] = version
+    if stream_id in version_of:  # only installed tenants count
+        old = version_of[stream_id]
+        version_of[stream_id] = version
+        if old != version:
+            _move(state, old, version)
 
 
 def _uninstalled(state: DescriptorsState, event: RecordedEvent) -> None:
+    version_of = state._version_of
     stream_id = event.stream_id
-    if stream_id in state._version_of:
-        _move(state, state._version_of.pop(stream_id), None)
+    if stream_id in version_of:
+        _move(state, version_of.pop(stream_id), None)
 
 
 _HANDLERS: dict[str, Callable[[DescriptorsState, RecordedEvent], None]] = {

@@ -186,19 +186,25 @@ def fold(events: Iterable[RecordedEvent]) -> TenantRow | None:
 
 class TenantsState:
     """Every tenant's row, keyed by stream id, plus the rows changed since the last
-    ``take_changes``. Owned by the runner, updated in place by the fold."""
+    ``take_changes``. Owned by the runner, updated in place by the fold.
+
+    Until the first ``take_changes`` every row counts as changed (nothing has been
+    handed over yet), so a rebuild pays nothing for change tracking: ``_dirty`` is
+    ``None`` then, and the first call hands over all rows.
+    """
 
     __slots__ = ("_dirty", "_rows")
 
     def __init__(self) -> None:
         self._rows: dict[str, TenantRow] = {}
-        self._dirty: dict[str, TenantRow] = {}
+        self._dirty: dict[str, TenantRow] | None = None
 
     @classmethod
     def from_rows(cls, rows: Iterable[TenantRow]) -> TenantsState:
         """Resume from persisted rows (all of them, at the runner's checkpoint)."""
         state = cls()
         state._rows = {stream_id_for(row.client_key): row for row in rows}
+        state._dirty = {}
         return state
 
     def get(self, client_key: str) -> TenantRow | None:
@@ -211,7 +217,7 @@ class TenantsState:
         return len(self._rows)
 
     def take_changes(self) -> list[TenantRow]:
-        changed = list(self._dirty.values())
+        changed = list((self._rows if self._dirty is None else self._dirty).values())
         self._dirty = {}
         return changed
 
@@ -231,7 +237,8 @@ class TenantsProjection:
         row = _HANDLERS[event.type](state._rows.get(stream_id), event)
         if row is not None:
             state._rows[stream_id] = row
-            state._dirty[stream_id] = row
+            if state._dirty is not None:
+                state._dirty[stream_id] = row
         return state
 
     def apply_many(self, state: TenantsState, events: Iterable[RecordedEvent]) -> TenantsState:
@@ -244,7 +251,8 @@ class TenantsProjection:
             row = handlers[event.type](get(stream_id), event)
             if row is not None:
                 rows[stream_id] = row
-                dirty[stream_id] = row
+                if dirty is not None:
+                    dirty[stream_id] = row
         return state
 
 

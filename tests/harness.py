@@ -6,18 +6,14 @@ from __future__ import annotations
 import base64
 import io
 import os
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import httpx
-import uvicorn
 
+from app.embedded import embedded_service
 from app.hostsim import KeyServer, LifecycleCall, SimulatedHost, make_install_payload
-from app.service import create_app
 from app.settings import Settings
 from eventstore.events import stream_id_for
 from eventstore.store import EventStore, RecordedEvent, open_store
@@ -65,47 +61,30 @@ class RunningService:
         return self.client.get(path, headers=self.admin_headers, params=params)
 
 
-def free_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
 @contextmanager
 def running_service(store_url: str, **overrides: Any) -> Iterator[RunningService]:
     key_server = KeyServer().start()
     host = SimulatedHost(key_server=key_server)
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    options: dict[str, Any] = {
-        "database_url": store_url,
-        "app_base_url": f"http://127.0.0.1:{port}",
-        "install_keys_url": key_server.url,
-        "master_key": base64.b64encode(os.urandom(32)).decode(),
-        "admin_token": ADMIN_TOKEN,
-    }
-    settings = Settings(**(options | overrides))
     logs = io.StringIO()
+
+    def settings_for(url: str) -> Settings:
+        options: dict[str, Any] = {
+            "database_url": store_url,
+            "app_base_url": url,
+            "install_keys_url": key_server.url,
+            "master_key": base64.b64encode(os.urandom(32)).decode(),
+            "admin_token": ADMIN_TOKEN,
+        }
+        return Settings(**(options | overrides))
+
     store = open_store(store_url)
-    app = create_app(settings, log_stream=logs)
-    server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the service did not start")
-        time.sleep(0.01)
-    service = RunningService(f"http://127.0.0.1:{port}", settings, store, key_server, host, logs)
     try:
-        yield service
+        with embedded_service(settings_for, log_stream=logs) as (url, settings):
+            service = RunningService(url, settings, store, key_server, host, logs)
+            try:
+                yield service
+            finally:
+                service.client.close()
     finally:
-        service.client.close()
-        server.should_exit = True
-        thread.join(timeout=10)
         store.close()
         key_server.stop()
-        sock.close()
