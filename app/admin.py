@@ -7,16 +7,20 @@ every sealed secret by a marker, and tenant objects never had one.
 from __future__ import annotations
 
 import hmac
-from datetime import datetime
-from typing import Annotated, Any
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Literal
 
 import msgspec
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from eventstore.events import stream_id_for
-from eventstore.store import EventStore, RecordedEvent, format_timestamp, parse_timestamp
+from eventstore.store import EventStore, RecordedEvent, format_timestamp, parse_timestamp, utcnow
 from projections import tenants as tenants_fold
+from projections.descriptors import latest_version
+from projections.presumed_gone import silence_threshold
+from projections.runner import wait_for_position
+from projections.storage import ProjectionStorage
 
 REDACTED = "[redacted]"
 
@@ -160,3 +164,109 @@ async def verify(store: StoreDep) -> dict[str, Any]:
         answer["first_bad_position"] = report.first_bad_position
         answer["reason"] = report.reason
     return answer
+
+
+# ---------------------------------------------------------------- read models
+
+
+def get_projections(request: Request) -> ProjectionStorage:
+    storage: ProjectionStorage = request.app.state.projections
+    return storage
+
+
+ProjectionsDep = Annotated[ProjectionStorage, Depends(get_projections)]
+
+
+async def _caught_up(storage: ProjectionStorage, min_position: int | None) -> None:
+    """Let a caller that just wrote read its own write: wait for the runner (≤ 5 s)."""
+    if min_position is not None and not await run_in_threadpool(
+        wait_for_position, storage, min_position, 5.0
+    ):
+        raise HTTPException(
+            status_code=503,
+            detail={
+                "error": "projections_behind",
+                "detail": "the read models have not caught up yet",
+            },
+            headers={"Retry-After": "1"},
+        )
+
+
+@router.get("/tenants", summary="Tenants from the tenants projection, paged by clientKey")
+async def tenants(
+    storage: ProjectionsDep,
+    state: Annotated[Literal["installed", "uninstalled"] | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    after: Annotated[
+        str | None, Query(description="the last client_key of the previous page")
+    ] = None,
+    presumed_gone: Annotated[
+        bool, Query(description="only installed tenants presumed gone")
+    ] = False,
+    grace_hours: Annotated[float, Query(gt=0)] = 24,
+    min_position: Annotated[
+        int | None, Query(ge=0, description="wait until the log position is folded")
+    ] = None,
+) -> dict[str, Any]:
+    await _caught_up(storage, min_position)
+
+    def page() -> list[Any]:
+        if not presumed_gone:
+            return storage.list_tenants(state=state, after=after, limit=limit)
+        threshold = silence_threshold(
+            storage.load_rows("descriptors"), utcnow(), timedelta(hours=grace_hours)
+        )
+        if threshold is None:
+            return []
+        return storage.list_tenants(
+            state="installed", after=after, limit=limit, seen_before=threshold
+        )
+
+    rows = await run_in_threadpool(page)
+    return {
+        "tenants": [tenant_object(r) for r in rows],
+        "next": rows[-1].client_key if len(rows) == limit else None,
+    }
+
+
+@router.get("/descriptors", summary="Descriptor versions seen, and the latest")
+async def descriptors(
+    storage: ProjectionsDep,
+    min_position: Annotated[int | None, Query(ge=0)] = None,
+) -> dict[str, Any]:
+    await _caught_up(storage, min_position)
+    rows = await run_in_threadpool(storage.load_rows, "descriptors")
+    rows.sort(key=lambda r: r.first_seen_position)
+    return {
+        "latest": latest_version(rows),
+        "versions": [
+            {
+                "version": r.version,
+                "first_seen_at": format_timestamp(r.first_seen_at),
+                "tenants": r.tenants,
+            }
+            for r in rows
+        ],
+    }
+
+
+@router.get("/reimports", summary="Links between a new clientKey and the one that held its URL")
+async def reimports(
+    storage: ProjectionsDep,
+    min_position: Annotated[int | None, Query(ge=0)] = None,
+) -> dict[str, Any]:
+    await _caught_up(storage, min_position)
+    rows = await run_in_threadpool(storage.load_rows, "reimports")
+    rows.sort(key=lambda r: (r.detected_at, r.client_key))
+    return {
+        "links": [
+            {
+                "base_url": r.base_url,
+                "previous_client_key": r.previous_client_key,
+                "client_key": r.client_key,
+                "detected_at": format_timestamp(r.detected_at),
+                "kind": r.kind,
+            }
+            for r in rows
+        ]
+    }

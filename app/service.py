@@ -25,6 +25,8 @@ from app.payload import MAX_BODY_BYTES
 from app.settings import Settings
 from eventstore.crypto import KeyRing
 from eventstore.store import EventStore, StoreUnavailable, open_store
+from projections.runner import RunnerThread
+from projections.storage import storage_for
 
 log = logging.getLogger("ledger.service")
 
@@ -94,9 +96,15 @@ def create_app(
         app.state.store = opened
         app.state.keyring = keyring
         app.state.ingestor = LifecycleIngestor(settings, opened, keyring, fetcher)
+        storage = storage_for(opened)
+        await run_in_threadpool(storage.ensure)
+        app.state.projections = storage
+        runner = RunnerThread(opened).start() if settings.run_projections else None
         try:
             yield
         finally:
+            if runner is not None:
+                await run_in_threadpool(runner.stop)
             await fetcher.aclose()
             if owned:
                 opened.close()

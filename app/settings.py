@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1, le=64)
     # Not in the contract's list: how long a host waits before retrying after a 503.
     retry_after_seconds: int = Field(default=5, ge=1)
+    # Whether this process takes part in running the projections (leader or standby).
+    run_projections: bool = True
     # Where the embedded default keeps its generated master key.
     var_dir: Path = Path("./var")
 

@@ -1,0 +1,103 @@
+"""Shared plumbing of the PostgreSQL benchmarks (``bench/store.py``, ``bench/ingest.py``).
+
+What the run is on (CPU, cores, PostgreSQL version and durability settings), throw-away
+databases with unique names, and the one ``RESULT`` line format every figure ends with.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+
+DEFAULT_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def server_url() -> str:
+    """The maintenance database used to create and drop the benchmark's own databases."""
+    return os.environ.get("LEDGER_BENCH_SERVER_URL", DEFAULT_SERVER_URL)
+
+
+def database_url(name: str) -> str:
+    base = server_url().rsplit("/", 1)[0]
+    return f"{base}/{name}"
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def load_average() -> str:
+    try:
+        one, five, fifteen = os.getloadavg()
+    except OSError:
+        return "unknown"
+    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def print_environment(title: str) -> dict[str, str]:
+    """Print what the benchmark runs on; refuse to run unless fsync and synchronous_commit are on."""
+    with psycopg.connect(server_url(), autocommit=True) as conn:
+        settings: dict[str, str] = {}
+        for name in ("server_version", "fsync", "synchronous_commit", "wal_sync_method",
+                     "shared_buffers", "full_page_writes"):
+            row = conn.execute(f"SHOW {name}").fetchone()
+            settings[name] = str(row[0]) if row else "?"
+        version_row = conn.execute("SELECT version()").fetchone()
+    print(f"== {title}")
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, {platform.system()} "
+          f"{platform.release()}, Python {platform.python_version()}")
+    print(f"load average before the run (1/5/15 min): {load_average()}")
+    print(f"PostgreSQL: {version_row[0] if version_row else settings['server_version']}")
+    print(
+        f"SHOW fsync = {settings['fsync']}; SHOW synchronous_commit = "
+        f"{settings['synchronous_commit']}; wal_sync_method = {settings['wal_sync_method']};"
+        f" full_page_writes = {settings['full_page_writes']};"
+        f" shared_buffers = {settings['shared_buffers']}"
+    )
+    if settings["fsync"] != "on" or settings["synchronous_commit"] != "on":
+        raise SystemExit("fsync and synchronous_commit must both be on for these figures")
+    return settings
+
+
+@contextmanager
+def scratch_database(label: str) -> Iterator[str]:
+    """A fresh, uniquely named database for the duration of the block (dropped after)."""
+    name = f"ledger_bench_{label}_{os.getpid()}_{secrets.token_hex(3)}"
+    with psycopg.connect(server_url(), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield database_url(name)
+    finally:
+        with psycopg.connect(server_url(), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def result_line(
+    name: str, value: float, unit: str, target: float, *, lower_is_better: bool = False
+) -> str:
+    """``RESULT <name> <value> <unit> target <target> ratio <r>``; r >= 1.0 means met."""
+    if lower_is_better:
+        ratio = target / value if value > 0 else float("inf")
+    else:
+        ratio = value / target
+    return f"RESULT {name} {_number(value)} {unit} target {_number(target)} ratio {ratio:.3f}"
+
+
+def _number(value: float) -> str:
+    if float(value).is_integer():
+        return str(int(value))
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    return f"{value:.2f}"

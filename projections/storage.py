@@ -1,0 +1,320 @@
+"""Where projection rows and checkpoints live: one class per database, one interface.
+
+The checkpoint of a projection is written in the same transaction as its rows, and
+every batch first locks the checkpoint rows and checks they are where the writer
+left them: a rebuild that swapped tables in meanwhile is noticed, never overwritten.
+"""
+
+from __future__ import annotations
+
+import abc
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from eventstore.store import EventStore, format_timestamp
+from projections.model import Row, TenantRow
+from projections.tables import SPECS, TableSpec, create_table_sql, upsert_sql
+
+REBUILD_SUFFIX = "__rebuild"
+CatchUp = Callable[[], tuple[int, Mapping[str, Sequence[Row]]]]
+
+
+class ProjectionStorage(abc.ABC):
+    sqlite: bool
+
+    def ensure(self) -> None:
+        """Create the live tables and the checkpoints that are missing (idempotent)."""
+        with self._transaction() as tx:
+            tx.execute(
+                "CREATE TABLE IF NOT EXISTS projection_checkpoints ("
+                " name TEXT PRIMARY KEY, position BIGINT NOT NULL)"
+            )
+            for spec in SPECS.values():
+                if not self._table_exists(tx, spec.name):
+                    for statement in create_table_sql(spec, spec.name, self.sqlite):
+                        tx.execute(statement)
+                tx.execute(
+                    self._sql(
+                        "INSERT INTO projection_checkpoints VALUES (?, 0) ON CONFLICT DO NOTHING"
+                    ),
+                    (spec.name,),
+                )
+
+    def checkpoints(self) -> dict[str, int]:
+        rows = self._query("SELECT name, position FROM projection_checkpoints")
+        return {name: int(position) for name, position in rows}
+
+    def load_rows(self, name: str) -> list[Any]:
+        spec = SPECS[name]
+        rows = self._query(f"SELECT {', '.join(spec.column_names)} FROM {spec.name}")
+        return [spec.from_tuple(tuple(r), self.sqlite) for r in rows]
+
+    def commit_batch(
+        self,
+        expected: Mapping[str, int],
+        changes: Mapping[str, Sequence[Row]],
+        position: int,
+    ) -> bool:
+        """Upsert changed rows and move the checkpoints of ``expected``'s projections to
+        ``position``; False (nothing written) when a checkpoint was moved by someone else."""
+        written = False
+        with self._transaction() as tx:
+            current = self._lock_checkpoints(tx)
+            if any(current.get(name) != at for name, at in expected.items()):
+                tx.rollback()
+            else:
+                for name, rows in changes.items():
+                    if rows:
+                        spec = SPECS[name]
+                        tx.executemany(
+                            upsert_sql(spec, spec.name, self.sqlite),
+                            [spec.to_tuple(r, self.sqlite) for r in rows],
+                        )
+                tx.executemany(
+                    self._sql("UPDATE projection_checkpoints SET position = ? WHERE name = ?"),
+                    [(position, name) for name in expected],
+                )
+                written = True
+        return written
+
+    # -- rebuild: fresh tables filled in bulk, then swapped in atomically
+
+    def prepare_rebuild(self, names: Iterable[str]) -> None:
+        """Start clean: a half-built table from a killed rebuild is dropped here."""
+        with self._transaction() as tx:
+            for name in names:
+                table = name + REBUILD_SUFFIX
+                tx.execute(f"DROP TABLE IF EXISTS {table}")
+                for statement in create_table_sql(SPECS[name], table, self.sqlite):
+                    tx.execute(statement)
+
+    @abc.abstractmethod
+    def bulk_load(self, name: str, rows: Iterable[Row]) -> int:
+        """Insert rows into the rebuild table of ``name``; the number written."""
+
+    def swap(self, names: Sequence[str], catch_up: CatchUp) -> int:
+        """Lock the checkpoints (the runner waits), let ``catch_up`` fold what arrived
+        meanwhile, upsert that into the rebuild tables, then replace the live tables."""
+        with self._transaction() as tx:
+            self._lock_checkpoints(tx)
+            position, late = catch_up()
+            for name in names:
+                spec = SPECS[name]
+                rows = late.get(name, ())
+                if rows:
+                    tx.executemany(
+                        upsert_sql(spec, name + REBUILD_SUFFIX, self.sqlite),
+                        [spec.to_tuple(r, self.sqlite) for r in rows],
+                    )
+                tx.execute(f"DROP TABLE IF EXISTS {name}")
+                tx.execute(f"ALTER TABLE {name}{REBUILD_SUFFIX} RENAME TO {name}")
+                tx.execute(
+                    self._sql("UPDATE projection_checkpoints SET position = ? WHERE name = ?"),
+                    (position, name),
+                )
+        return position
+
+    # -- queries for the admin API and the CLI
+
+    def list_tenants(
+        self,
+        *,
+        state: str | None = None,
+        after: str | None = None,
+        limit: int = 100,
+        seen_before: datetime | None = None,
+    ) -> list[TenantRow]:
+        spec = SPECS["tenants"]
+        clauses: list[str] = []
+        params: list[Any] = []
+        if state is not None:
+            clauses.append("state = ?")
+            params.append(state)
+        if after is not None:
+            clauses.append("client_key > ?")
+            params.append(after)
+        if seen_before is not None:
+            clauses.append("last_seen_at < ?")
+            params.append(format_timestamp(seen_before) if self.sqlite else seen_before)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._query(
+            f"SELECT {', '.join(spec.column_names)} FROM tenants{where} ORDER BY client_key LIMIT ?",
+            (*params, limit),
+        )
+        return [spec.from_tuple(tuple(r), self.sqlite) for r in rows]
+
+    def count(self, name: str) -> int:
+        return int(self._query(f"SELECT count(*) FROM {SPECS[name].name}")[0][0])
+
+    # -- what each database does differently
+
+    @abc.abstractmethod
+    def _transaction(self) -> Any:
+        """A context manager yielding a transaction handle (execute, executemany, rollback)."""
+
+    @abc.abstractmethod
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]: ...
+
+    @abc.abstractmethod
+    def _table_exists(self, tx: Any, name: str) -> bool: ...
+
+    @abc.abstractmethod
+    def _lock_checkpoints(self, tx: Any) -> dict[str, int]: ...
+
+    def _sql(self, sql: str) -> str:
+        return sql if self.sqlite else sql.replace("?", "%s")
+
+
+class _SQLiteTx:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.rolled_back = False
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        return self.conn.execute(sql, params)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        self.conn.executemany(sql, rows)
+
+    def rollback(self) -> None:
+        self.conn.execute("ROLLBACK")
+        self.rolled_back = True
+
+
+class SQLiteProjectionStorage(ProjectionStorage):
+    sqlite = True
+
+    def __init__(self, store: EventStore) -> None:
+        from eventstore.sqlite import SQLiteEventStore
+
+        assert isinstance(store, SQLiteEventStore)
+        self._store = store
+
+    @contextmanager
+    def _transaction(self) -> Iterator[_SQLiteTx]:
+        conn = self._store.connection()
+        # IMMEDIATE takes the write lock first: the checkpoint check and the writes
+        # that follow cannot interleave with another writer's.
+        conn.execute("BEGIN IMMEDIATE")
+        tx = _SQLiteTx(conn)
+        try:
+            yield tx
+        except BaseException:
+            if not tx.rolled_back and conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        if not tx.rolled_back:
+            conn.execute("COMMIT")
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return self._store.connection().execute(sql, params).fetchall()
+
+    def _table_exists(self, tx: Any, name: str) -> bool:
+        row = tx.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
+        return row.fetchone() is not None
+
+    def _lock_checkpoints(self, tx: Any) -> dict[str, int]:
+        rows = tx.execute("SELECT name, position FROM projection_checkpoints").fetchall()
+        return {name: int(position) for name, position in rows}
+
+    def bulk_load(self, name: str, rows: Iterable[Row]) -> int:
+        spec = SPECS[name]
+        marks = ", ".join("?" * len(spec.columns))
+        count = 0
+
+        def tuples() -> Iterator[tuple[Any, ...]]:
+            nonlocal count
+            for row in rows:
+                count += 1
+                yield spec.to_tuple(row, True)
+
+        with self._transaction() as tx:
+            tx.executemany(
+                f"INSERT INTO {name}{REBUILD_SUFFIX} ({', '.join(spec.column_names)}) VALUES ({marks})",
+                tuples(),
+            )
+        return count
+
+
+class _PostgresTx:
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.rolled_back = False
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self.conn.execute(sql, params)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        with self.conn.cursor() as cur:
+            cur.executemany(sql, list(rows))
+
+    def rollback(self) -> None:
+        self.rolled_back = True
+        raise _Rollback
+
+
+class _Rollback(Exception):
+    pass
+
+
+class PostgresProjectionStorage(ProjectionStorage):
+    sqlite = False
+
+    def __init__(self, store: EventStore) -> None:
+        from eventstore.postgres import PostgresEventStore
+
+        assert isinstance(store, PostgresEventStore)
+        self._pool = store.pool
+
+    @contextmanager
+    def _transaction(self) -> Iterator[_PostgresTx]:
+        with self._pool.connection() as conn:
+            try:
+                with conn.transaction():
+                    yield _PostgresTx(conn)
+            except _Rollback:
+                pass
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self._pool.connection() as conn:
+            return conn.execute(self._sql(sql), params).fetchall()  # type: ignore[no-any-return]
+
+    def _table_exists(self, tx: Any, name: str) -> bool:
+        row = tx.execute("SELECT to_regclass(%s)", (name,)).fetchone()
+        return row is not None and row[0] is not None
+
+    def _lock_checkpoints(self, tx: Any) -> dict[str, int]:
+        rows = tx.execute(
+            "SELECT name, position FROM projection_checkpoints ORDER BY name FOR UPDATE"
+        ).fetchall()
+        return {name: int(position) for name, position in rows}
+
+    def bulk_load(self, name: str, rows: Iterable[Row]) -> int:
+        spec = SPECS[name]
+        count = 0
+        statement = f"COPY {name}{REBUILD_SUFFIX} ({', '.join(spec.column_names)}) FROM STDIN"
+        with (
+            self._pool.connection() as conn,
+            conn.transaction(),
+            conn.cursor() as cur,
+            cur.copy(statement) as copy,  # type: ignore[arg-type]
+        ):
+            for row in rows:
+                copy.write_row(spec.to_tuple(row, False))
+                count += 1
+        return count
+
+
+def storage_for(store: EventStore) -> ProjectionStorage:
+    from eventstore.sqlite import SQLiteEventStore
+
+    if isinstance(store, SQLiteEventStore):
+        return SQLiteProjectionStorage(store)
+    return PostgresProjectionStorage(store)
+
+
+def spec_of(name: str) -> TableSpec:
+    return SPECS[name]

@@ -1,0 +1,169 @@
+"""How each read model's rows map to a table: names, columns, keys, conversions.
+
+One spec per projection, shared by both databases; only column types and the
+timestamp representation differ (PostgreSQL timestamptz, SQLite ISO text).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from eventstore.store import format_timestamp, parse_timestamp
+from projections.model import BaseUrlRow, DescriptorRow, ReimportRow, Row, TenantRow
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str  # SQL column
+    field: str  # row attribute
+    kind: str  # text | bool | int | bigint | time
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str  # the projection's name and its live table's name
+    row_type: type[Any]
+    columns: tuple[Column, ...]
+    key: tuple[str, ...]  # SQL key columns
+    indexes: tuple[str, ...] = ()  # extra index column lists, e.g. "state, client_key"
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    def to_tuple(self, row: Row, sqlite: bool) -> tuple[Any, ...]:
+        values = []
+        for column in self.columns:
+            value = getattr(row, column.field)
+            if sqlite and column.kind == "time" and value is not None:
+                value = format_timestamp(value)
+            elif sqlite and column.kind == "bool":
+                value = int(value)
+            values.append(value)
+        return tuple(values)
+
+    def from_tuple(self, values: tuple[Any, ...], sqlite: bool) -> Any:
+        fields: dict[str, Any] = {}
+        for column, value in zip(self.columns, values, strict=True):
+            if column.kind == "time" and isinstance(value, str):
+                value = parse_timestamp(value)
+            elif column.kind == "bool" and value is not None:
+                value = bool(value)
+            fields[column.field] = value
+        return self.row_type(**fields)
+
+
+def _columns(*spec: tuple[str, str] | tuple[str, str, str]) -> tuple[Column, ...]:
+    return tuple(Column(s[0], s[2] if len(s) == 3 else s[0], s[1]) for s in spec)  # type: ignore[misc]
+
+
+TENANTS: Final = TableSpec(
+    "tenants",
+    TenantRow,
+    _columns(
+        ("client_key", "text"),
+        ("base_url", "text"),
+        ("display_url", "text"),
+        ("product_type", "text"),
+        ("state", "text"),
+        ("enabled", "bool"),
+        ("descriptor_version", "text"),
+        ("installed_at", "time"),
+        ("updated_at", "time"),
+        ("last_seen_at", "time"),
+        ("version", "int"),
+    ),
+    key=("client_key",),
+    indexes=("state, client_key", "descriptor_version"),
+)
+
+DESCRIPTORS: Final = TableSpec(
+    "descriptors",
+    DescriptorRow,
+    _columns(
+        ("version", "text"),
+        ("first_seen_at", "time"),
+        ("tenants", "int"),
+        ("first_seen_position", "bigint"),
+    ),
+    key=("version",),
+)
+
+BASE_URLS: Final = TableSpec(
+    "base_urls",
+    BaseUrlRow,
+    _columns(
+        ("base_url", "text"),
+        ("client_key", "text"),
+        ("valid_from", "time", "from_"),
+        ("valid_to", "time", "to"),
+        ("from_position", "bigint"),
+    ),
+    key=("client_key", "base_url", "from_position"),
+    indexes=("base_url",),
+)
+
+REIMPORTS: Final = TableSpec(
+    "reimports",
+    ReimportRow,
+    _columns(
+        ("base_url", "text"),
+        ("previous_client_key", "text"),
+        ("client_key", "text"),
+        ("detected_at", "time"),
+        ("kind", "text"),
+    ),
+    key=("client_key",),
+)
+
+SPECS: Final[dict[str, TableSpec]] = {
+    s.name: s for s in (TENANTS, DESCRIPTORS, BASE_URLS, REIMPORTS)
+}
+
+# Folds that resume from each other's rows are kept, rebuilt and checkpointed
+# together: descriptors counts tenants per version, reimports indexes base_urls.
+GROUPS: Final[tuple[tuple[str, ...], ...]] = (
+    ("tenants", "descriptors"),
+    ("base_urls", "reimports"),
+)
+
+
+def group_of(name: str) -> tuple[str, ...]:
+    for group in GROUPS:
+        if name in group:
+            return group
+    raise KeyError(f"unknown projection {name!r}; known: {', '.join(SPECS)}")
+
+
+SQL_TYPES: Final[dict[str, tuple[str, str]]] = {
+    # kind: (PostgreSQL, SQLite)
+    "text": ("text", "TEXT"),
+    "bool": ("boolean", "INTEGER"),
+    "int": ("integer", "INTEGER"),
+    "bigint": ("bigint", "INTEGER"),
+    "time": ("timestamptz", "TEXT"),
+}
+
+
+def create_table_sql(spec: TableSpec, table: str, sqlite: bool) -> list[str]:
+    """CREATE TABLE and its indexes. Index names carry a random tag because a rebuilt
+    table is renamed into service while its indexes keep their names."""
+    pick: Callable[[tuple[str, str]], str] = (lambda t: t[1]) if sqlite else (lambda t: t[0])
+    columns = ", ".join(f"{c.name} {pick(SQL_TYPES[c.kind])}" for c in spec.columns)
+    statements = [f"CREATE TABLE {table} ({columns}, PRIMARY KEY ({', '.join(spec.key)}))"]
+    tag = uuid.uuid4().hex[:8]
+    for number, index in enumerate(spec.indexes):
+        statements.append(f"CREATE INDEX {spec.name}_ix{number}_{tag} ON {table} ({index})")
+    return statements
+
+
+def upsert_sql(spec: TableSpec, table: str, sqlite: bool) -> str:
+    marks = ", ".join(["?" if sqlite else "%s"] * len(spec.columns))
+    updates = ", ".join(f"{c} = excluded.{c}" for c in spec.column_names if c not in spec.key)
+    return (
+        f"INSERT INTO {table} ({', '.join(spec.column_names)}) VALUES ({marks})"
+        f" ON CONFLICT ({', '.join(spec.key)}) DO UPDATE SET {updates}"
+    )
