@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import time
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -189,6 +190,150 @@ def show(
     for name, value in shown.items():
         table.add_row(name, "" if value is None else escape(str(value)))
     console.print(table)
+
+
+@cli.command()
+def tenants(
+    state: Annotated[str | None, typer.Option(help="installed or uninstalled")] = None,
+    presumed_gone: Annotated[
+        bool,
+        typer.Option(
+            "--presumed-gone", help="Installed tenants silent since a version older than the grace."
+        ),
+    ] = False,
+    grace_hours: Annotated[float, typer.Option(help="The grace for --presumed-gone.")] = 24.0,
+    limit: Annotated[int, typer.Option(help="At most this many rows.")] = 1000,
+    after: Annotated[str | None, typer.Option(help="Start after this client key.")] = None,
+    catch_up: Annotated[
+        bool,
+        typer.Option(
+            "--catch-up/--no-catch-up", help="Fold new events into the read models first."
+        ),
+    ] = True,
+    as_json: JsonOption = False,
+) -> None:
+    """Tenants from the tenants read model."""
+    from datetime import timedelta
+
+    from app.admin import tenant_object
+    from eventstore.store import utcnow
+    from projections.presumed_gone import silence_threshold
+    from projections.runner import Leadership, ProjectionRunner
+    from projections.storage import storage_for
+
+    with _store() as store:
+        storage = storage_for(store)
+        storage.ensure()
+        if catch_up:
+            # Only when no service's runner holds the leadership: never two writers.
+            leadership = Leadership(store)
+            try:
+                if leadership.acquire():
+                    ProjectionRunner(store, storage).run_once()
+            finally:
+                leadership.release()
+        if presumed_gone:
+            threshold = silence_threshold(
+                storage.load_rows("descriptors"), utcnow(), timedelta(hours=grace_hours)
+            )
+            rows = (
+                []
+                if threshold is None
+                else storage.list_tenants(
+                    state="installed", seen_before=threshold, after=after, limit=limit
+                )
+            )
+        else:
+            rows = storage.list_tenants(state=state, after=after, limit=limit)
+    shown = [tenant_object(r) for r in rows]
+    if as_json:
+        _print_json({"tenants": shown})
+        return
+    columns = (
+        "client_key",
+        "base_url",
+        "state",
+        "enabled",
+        "descriptor_version",
+        "last_seen_at",
+        "version",
+    )
+    table = Table(title="presumed gone" if presumed_gone else "tenants")
+    for column in columns:
+        table.add_column(column)
+    for tenant in shown:
+        table.add_row(*(escape(str(tenant[c])) for c in columns))
+    console.print(table)
+
+
+@cli.command()
+def rebuild(
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(help="tenants, descriptors, base_urls, reimports (default: all)."),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Replay the whole log into fresh tables and swap them in atomically.
+
+    The service keeps answering from the old tables meanwhile. A projection is
+    rebuilt together with the one that resumes from its rows (tenants with
+    descriptors, base_urls with reimports). Killed halfway, run it again: it starts
+    clean and never leaves a half-built table in service.
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from projections.rebuild import rebuild as run_rebuild
+    from projections.rebuild import with_dependencies
+
+    try:
+        chosen = with_dependencies(names or [])
+    except KeyError as error:
+        console.print(f"[red]{escape(str(error))}[/red]")
+        raise typer.Exit(2) from None
+    started = time.monotonic()
+    with _store() as store:
+        if sys.stdout.isatty() and not as_json:
+            with Progress(
+                TextColumn("rebuilding " + ", ".join(chosen)),
+                BarColumn(),
+                TextColumn("{task.completed:,.0f}/{task.total:,.0f} events"),
+                TextColumn("{task.fields[rate]:,.0f} events/s"),
+                TimeRemainingColumn(),
+                console=console,
+            ) as bar:
+                task = bar.add_task("rebuild", total=None, rate=0.0)
+
+                def show(position: int, head: int) -> None:
+                    rate = position / max(time.monotonic() - started, 1e-6)
+                    bar.update(task, completed=position, total=max(head, position), rate=rate)
+
+                report = run_rebuild(store, chosen, progress=show)
+        else:
+            last_print = [0.0]
+
+            def plain(position: int, head: int) -> None:
+                now = time.monotonic()
+                if now - last_print[0] >= 1.0 and not as_json:
+                    last_print[0] = now
+                    print(f"rebuild: {position}/{head} events", flush=True)
+
+            report = run_rebuild(store, chosen, progress=plain)
+    summary = {
+        "projections": list(report.names),
+        "events": report.events,
+        "position": report.position,
+        "rows": report.rows,
+        "seconds": round(report.seconds, 3),
+        "events_per_second": round(report.events_per_second),
+    }
+    if as_json:
+        _print_json(summary)
+    else:
+        console.print(
+            f"rebuilt {', '.join(report.names)} from {report.events:,} events in {report.seconds:.2f} s"
+            f" ({report.events_per_second:,.0f} events/s); swapped in at position {report.position}"
+        )
 
 
 @cli.command()

@@ -88,10 +88,7 @@ def result_line(
     name: str, value: float, unit: str, target: float, *, lower_is_better: bool = False
 ) -> str:
     """``RESULT <name> <value> <unit> target <target> ratio <r>``; r >= 1.0 means met."""
-    if lower_is_better:
-        ratio = target / value if value > 0 else float("inf")
-    else:
-        ratio = value / target
+    ratio = (target / value if value > 0 else float("inf")) if lower_is_better else value / target
     return f"RESULT {name} {_number(value)} {unit} target {_number(target)} ratio {ratio:.3f}"
 
 

@@ -142,7 +142,9 @@ def build_log(
             version_of.append(current)
             stream_version.append(0)
             installed.append(True)
-            data: EventData = Installed("tenant-ledger", client_key, url, SECRET, details)
+            data: EventData = Installed(
+                "tenant-ledger", client_key, url, SECRET, {**details, "displayUrl": url}
+            )
             emit(tenant, data, metadata[current] if rng.random() < 0.98 else no_metadata)
             continue
         tenant = rng.randrange(len(streams))

@@ -1,0 +1,773 @@
+"""Verified first installs over HTTP (SPEC §9): ``ledger serve --workers 2`` on PostgreSQL.
+
+Every call is a distinct tenant's first ``installed``, signed RS256 by a simulated
+Atlassian host (``app.hostsim.SimulatedHost``) whose public key this process serves
+through a ``KeyServer``; the service fetches it once per worker and caches it. All
+calls are pre-signed before the clock starts (RSA-2048 signing is ~1 ms a call, done
+by a few worker processes), with ``exp_in=600`` so none expires during the run.
+
+The service is a separate process tree (``.venv/bin/ledger serve --workers 2``, the
+production entry point) and the load comes from another process: ``wrk`` with a Lua
+script that walks a file of pre-signed requests, each sent exactly once (distinct
+path query, Authorization header and body), counting answers by status. A 2 s
+warm-up with its own requests, then 10 s measured. Without ``wrk`` (and when
+``apt-get install wrk`` is not possible) a Python multi-process keep-alive load
+generator does the same job.
+
+Afterwards the bench waits for the service to go idle and checks that the ledger
+holds exactly as many ``Installed`` events as there were 204 answers (calls cut off
+in flight when the load generator stops are accounted for separately), then sends
+every call a second time: each must answer 204 (a duplicate), and the ledger must
+then hold exactly one ``Installed`` per distinct call sent.
+
+Run: ``.venv/bin/python bench/ingest.py`` (full figures), or quicker:
+``.venv/bin/python bench/ingest.py --calls 6000 --seconds 4 --warmup 1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import collections
+import concurrent.futures
+import http.client
+import multiprocessing
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import psycopg  # noqa: E402
+from _benchkit import print_environment, result_line, scratch_database  # noqa: E402
+from cryptography.hazmat.primitives import serialization  # noqa: E402
+
+from app.hostsim import KeyServer, SimulatedHost, make_install_payload  # noqa: E402
+
+CALLS_TARGET = 1000.0
+P99_TARGET_MS = 50.0
+
+# One pre-signed call: path with query, Authorization header value, JSON body.
+Call = tuple[str, str, bytes]
+
+
+# ---------------------------------------------------------------- pre-signing
+
+
+def _sign_range(args: tuple[bytes, str, str, int, int]) -> list[Call]:
+    pem, kid, app_base_url, start, count = args
+    private_key = serialization.load_pem_private_key(pem, password=None)
+    host = SimulatedHost(kid=kid, private_key=private_key)  # type: ignore[arg-type]
+    calls: list[Call] = []
+    for n in range(start, start + count):
+        payload = make_install_payload(base_url=f"https://bench-{n:07d}-{os.getpid()}.atlassian.net")
+        call = host.lifecycle_call("installed", payload, app_base_url=app_base_url, exp_in=600)
+        calls.append((call.url_path_with_query, call.headers["Authorization"], call.body))
+    return calls
+
+
+def presign(host: SimulatedHost, app_base_url: str, count: int, processes: int) -> list[Call]:
+    pem = host.private_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    chunk = 500
+    jobs = [(pem, host.kid, app_base_url, start, min(chunk, count - start))
+            for start in range(0, count, chunk)]
+    context = multiprocessing.get_context("fork")
+    calls: list[Call] = []
+    with concurrent.futures.ProcessPoolExecutor(processes, mp_context=context) as pool:
+        for part in pool.map(_sign_range, jobs):
+            calls.extend(part)
+    return calls
+
+
+def write_request_file(path: Path, calls: Sequence[Call]) -> None:
+    with path.open("wb") as handle:
+        for target, authorization, body in calls:
+            if b"\t" in body or b"\n" in body:
+                raise ValueError("a body must be compact JSON on one line")
+            handle.write(target.encode() + b"\t" + authorization.encode() + b"\t" + body + b"\n")
+
+
+# ---------------------------------------------------------------- the service
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Service:
+    process: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+
+    def worker_pids(self) -> list[int]:
+        """uvicorn's worker processes (not multiprocessing's resource tracker)."""
+        pids = []
+        for pid in children_of(self.process.pid):
+            try:
+                command = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"resource_tracker" not in command:
+                pids.append(pid)
+        return pids
+
+
+def children_of(pid: int) -> list[int]:
+    found: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid:
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def start_service(database_url: str, port: int, key_server_url: str, workers: int,
+                  log_dir: Path) -> Service:
+    env = dict(os.environ)
+    env.update(
+        LEDGER_DATABASE_URL=database_url,
+        LEDGER_APP_BASE_URL=f"http://127.0.0.1:{port}",
+        LEDGER_INSTALL_KEYS_URL=key_server_url,
+        LEDGER_MASTER_KEY=base64.b64encode(os.urandom(32)).decode(),
+    )
+    log_path = log_dir / "service.log"
+    ledger = ROOT / ".venv" / "bin" / "ledger"
+    command = [str(ledger) if ledger.exists() else "ledger", "serve", "--host", "127.0.0.1",
+               "--port", str(port), "--workers", str(workers)]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   cwd=log_dir, start_new_session=True)
+    service = Service(process, f"http://127.0.0.1:{port}", log_path)
+    deadline = time.monotonic() + 60
+    while True:
+        if process.poll() is not None:
+            raise SystemExit(f"ledger serve exited: {log_path.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(service.url + "/healthz", timeout=1) as answer:  # noqa: S310
+                if answer.status == 200 and len(service.worker_pids()) >= workers:
+                    break
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            stop_service(service)
+            raise SystemExit("ledger serve did not answer /healthz within 60 s")
+        time.sleep(0.1)
+    return service
+
+
+def stop_service(service: Service) -> None:
+    if service.process.poll() is None:
+        service.process.send_signal(signal.SIGTERM)
+        try:
+            service.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(service.process.pid, signal.SIGKILL)
+            service.process.wait(timeout=5)
+
+
+# ---------------------------------------------------------------- CPU accounting
+
+
+def _clock_ticks() -> int:
+    return os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _clock_ticks()
+
+
+def postgres_cpu_seconds() -> float:
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            comm = (entry / "comm").read_text().strip()
+        except OSError:
+            continue
+        if comm == "postgres" or comm.startswith("postgres"):
+            total += process_cpu_seconds(int(entry.name))
+    return total
+
+
+def total_cpu_seconds() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine, in seconds."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]
+    return (sum(values) - idle) / _clock_ticks(), sum(values) / _clock_ticks()
+
+
+@dataclass
+class CpuSample:
+    workers: float
+    postgres: float
+    machine_busy: float
+    machine_total: float
+    children: float
+
+    @classmethod
+    def take(cls, service: Service) -> CpuSample:
+        busy, total = total_cpu_seconds()
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return cls(
+            workers=sum(process_cpu_seconds(p) for p in service.worker_pids()),
+            postgres=postgres_cpu_seconds(),
+            machine_busy=busy,
+            machine_total=total,
+            children=usage.ru_utime + usage.ru_stime,
+        )
+
+
+def describe_cpu(before: CpuSample, after: CpuSample, seconds: float) -> str:
+    cores = os.cpu_count() or 1
+    machine = after.machine_busy - before.machine_busy
+    workers = after.workers - before.workers
+    postgres = after.postgres - before.postgres
+    loadgen = after.children - before.children
+    other = machine - workers - postgres - loadgen
+    return (
+        f"CPU during the measured window ({cores} cores x {seconds:.1f} s = "
+        f"{cores * seconds:.1f} core-s): service workers {workers:.1f}, PostgreSQL (all"
+        f" backends) {postgres:.1f}, load generator {loadgen:.1f}, everything else "
+        f"{max(other, 0.0):.1f}; machine busy {machine / (cores * seconds):.0%}"
+    )
+
+
+# ---------------------------------------------------------------- load: wrk
+
+LUA_SCRIPT = r"""
+-- Walks a file of pre-signed calls (path \t authorization \t body), one line each,
+-- each sent exactly once. Thread n of N takes lines n, n+N, n+2N, ...
+threads = {}
+local counter = 0
+
+function setup(thread)
+   thread:set("tid", counter)
+   counter = counter + 1
+   table.insert(threads, thread)
+end
+
+n204, n2xx, n4xx, n5xx, nother, sent, exhausted = 0, 0, 0, 0, 0, 0, 0
+local reqs = {}
+local index = 0
+local fallback
+
+function init(args)
+   local path, nthreads = args[1], tonumber(args[2])
+   local tid = wrk.thread:get("tid")
+   local i = 0
+   for line in io.lines(path) do
+      if i % nthreads == tid then
+         local target, auth, body = line:match("^([^\t]*)\t([^\t]*)\t(.*)$")
+         reqs[#reqs + 1] = wrk.format("POST", target,
+            {["Authorization"] = auth, ["Content-Type"] = "application/json"}, body)
+      end
+      i = i + 1
+   end
+   fallback = wrk.format("GET", "/healthz")
+end
+
+function request()
+   index = index + 1
+   if index > #reqs then
+      exhausted = exhausted + 1
+      return fallback
+   end
+   sent = sent + 1
+   return reqs[index]
+end
+
+function response(status, headers, body)
+   if status == 204 then n204 = n204 + 1
+   elseif status >= 200 and status < 300 then n2xx = n2xx + 1
+   elseif status >= 400 and status < 500 then n4xx = n4xx + 1
+   elseif status >= 500 then n5xx = n5xx + 1
+   else nother = nother + 1 end
+end
+
+function done(summary, latency, requests)
+   local keys = {"n204", "n2xx", "n4xx", "n5xx", "nother", "sent", "exhausted"}
+   for _, key in ipairs(keys) do
+      local total = 0
+      for _, t in ipairs(threads) do total = total + (t:get(key) or 0) end
+      io.write(string.format("BENCH %s %d\n", key, total))
+   end
+   for i, t in ipairs(threads) do
+      io.write(string.format("BENCH sent_t%d %d\n", i - 1, t:get("sent") or 0))
+   end
+   io.write(string.format("BENCH duration_us %d\n", summary.duration))
+   io.write(string.format("BENCH requests %d\n", summary.requests))
+   for _, name in ipairs({"connect", "read", "write", "status", "timeout"}) do
+      io.write(string.format("BENCH err_%s %d\n", name, summary.errors[name]))
+   end
+   for _, p in ipairs({50, 90, 99, 99.9}) do
+      io.write(string.format("BENCH p%s_us %d\n", tostring(p), latency:percentile(p)))
+   end
+   io.write(string.format("BENCH mean_us %d\n", latency.mean))
+   io.write(string.format("BENCH max_us %d\n", latency.max))
+end
+"""
+
+
+@dataclass
+class LoadResult:
+    seconds: float
+    sent: int
+    status: dict[str, int]
+    errors: dict[str, int]
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    p999_ms: float
+    mean_ms: float
+    max_ms: float
+    exhausted: int
+    sent_per_part: list[int] = field(default_factory=list)  # part i sent calls[i::parts][:n]
+    raw: str = field(default="", repr=False)
+
+    def sent_calls(self, calls: Sequence[Call]) -> list[Call]:
+        """The calls actually sent: part i walks calls[i::parts] in order."""
+        parts = len(self.sent_per_part)
+        return [c for i, n in enumerate(self.sent_per_part) for c in calls[i::parts][:n]]
+
+    @property
+    def ok(self) -> int:
+        return self.status.get("204", 0) + self.status.get("2xx", 0)
+
+    @property
+    def answered(self) -> int:
+        return sum(self.status.values())
+
+    @property
+    def failed(self) -> int:
+        """Non-2xx answers plus calls that got no answer through a socket error or timeout."""
+        refused = self.answered - self.ok
+        return refused + sum(self.errors.values())
+
+
+def find_wrk(allow_install: bool) -> str | None:
+    found = shutil.which("wrk")
+    if found or not allow_install or os.geteuid() != 0:
+        return found
+    print("   wrk not found: trying `apt-get install -y wrk` (quietly)")
+    for command in (["apt-get", "install", "-y", "-qq", "wrk"],
+                    ["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "wrk"]):
+        subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       check=False, timeout=300, env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+        found = shutil.which("wrk")
+        if found:
+            return found
+    return None
+
+
+def run_wrk(wrk: str, url: str, request_file: Path, script: Path, seconds: float,
+            connections: int, threads: int) -> LoadResult:
+    command = [wrk, "-t", str(threads), "-c", str(connections), "-d", f"{seconds:g}s",
+               "--timeout", "10s", "--latency", "-s", str(script), url, "--",
+               str(request_file), str(threads)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False,
+                          timeout=seconds + 120)
+    if done.returncode != 0:
+        raise SystemExit(f"wrk failed ({done.returncode}): {done.stderr}\n{done.stdout}")
+    values: dict[str, float] = {}
+    for line in done.stdout.splitlines():
+        match = re.match(r"BENCH (\S+) (-?\d+)", line)
+        if match:
+            values[match.group(1)] = float(match.group(2))
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", done.stdout)
+    status = {
+        "204": int(values["n204"]),
+        "2xx": int(values["n2xx"]),
+        "4xx": int(values["n4xx"]),
+        "5xx": int(values["n5xx"]),
+        "other": int(values["nother"]),
+    }
+    if non_2xx and int(non_2xx.group(1)) != status["4xx"] + status["5xx"] + status["other"]:
+        print(f"   note: wrk's own non-2xx count is {non_2xx.group(1)}")
+    return LoadResult(
+        seconds=values["duration_us"] / 1e6,
+        sent=int(values["sent"]),
+        status=status,
+        errors={k: int(values[f"err_{k}"]) for k in ("connect", "read", "write", "timeout")},
+        p50_ms=values["p50_us"] / 1e3,
+        p90_ms=values["p90_us"] / 1e3,
+        p99_ms=values["p99_us"] / 1e3,
+        p999_ms=values["p99.9_us"] / 1e3,
+        mean_ms=values["mean_us"] / 1e3,
+        max_ms=values["max_us"] / 1e3,
+        exhausted=int(values["exhausted"]),
+        sent_per_part=[int(values[f"sent_t{t}"]) for t in range(threads)],
+        raw=done.stdout,
+    )
+
+
+# ---------------------------------------------------------------- load: Python fallback
+
+
+def _fallback_worker(args: tuple[str, int, list[Call], float, float]) -> dict[str, Any]:
+    """One process: ``connections`` keep-alive connections driven by threads."""
+    host_port, connections, calls, seconds, start_at = args
+    host, port = host_port.split(":")
+    while time.time() < start_at:
+        time.sleep(0.001)
+    deadline = time.perf_counter() + seconds
+    lock = threading.Lock()
+    iterator: Iterator[Call] = iter(calls)
+    latencies: list[float] = []
+    status: collections.Counter[str] = collections.Counter()
+    errors = 0
+    sent = 0
+    exhausted = False
+
+    def next_call() -> Call | None:
+        nonlocal sent, exhausted
+        with lock:
+            try:
+                call = next(iterator)
+            except StopIteration:
+                exhausted = True
+                return None
+            sent += 1
+            return call
+
+    def loop() -> None:
+        nonlocal errors
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        while time.perf_counter() < deadline:
+            call = next_call()
+            if call is None:
+                return
+            target, authorization, body = call
+            started = time.perf_counter()
+            try:
+                conn.request("POST", target, body=body, headers={
+                    "Authorization": authorization, "Content-Type": "application/json"})
+                answer = conn.getresponse()
+                answer.read()
+            except OSError:
+                with lock:
+                    errors += 1
+                conn.close()
+                conn = http.client.HTTPConnection(host, int(port), timeout=10)
+                continue
+            elapsed = time.perf_counter() - started
+            code = answer.status
+            key = "204" if code == 204 else "2xx" if code < 300 else "4xx" if code < 500 else "5xx"
+            with lock:
+                latencies.append(elapsed)
+                status[key] += 1
+        conn.close()
+
+    threads = [threading.Thread(target=loop) for _ in range(connections)]
+    began = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return {"latencies": latencies, "status": dict(status), "errors": errors, "sent": sent,
+            "exhausted": exhausted, "seconds": time.perf_counter() - began}
+
+
+def run_fallback(url: str, calls: Sequence[Call], seconds: float, connections: int,
+                 processes: int = 2) -> LoadResult:
+    host_port = url.split("://", 1)[1]
+    per_process = max(1, connections // processes)
+    slices = [list(calls[i::processes]) for i in range(processes)]
+    start_at = time.time() + 0.5
+    context = multiprocessing.get_context("fork")
+    with concurrent.futures.ProcessPoolExecutor(processes, mp_context=context) as pool:
+        parts = list(pool.map(_fallback_worker, [(host_port, per_process, s, seconds, start_at)
+                                                  for s in slices]))
+    latencies = sorted(x for p in parts for x in p["latencies"])
+    status: collections.Counter[str] = collections.Counter()
+    for p in parts:
+        status.update(p["status"])
+
+    def pct(q: float) -> float:
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1e3 if latencies else 0.0
+
+    return LoadResult(
+        seconds=max(p["seconds"] for p in parts),
+        sent=sum(p["sent"] for p in parts),
+        status={k: status.get(k, 0) for k in ("204", "2xx", "4xx", "5xx", "other")},
+        errors={"socket": sum(p["errors"] for p in parts)},
+        p50_ms=pct(0.50), p90_ms=pct(0.90), p99_ms=pct(0.99), p999_ms=pct(0.999),
+        mean_ms=(sum(latencies) / len(latencies) * 1e3) if latencies else 0.0,
+        max_ms=latencies[-1] * 1e3 if latencies else 0.0,
+        exhausted=sum(1 for p in parts if p["exhausted"]),
+        sent_per_part=[p["sent"] for p in parts],
+    )
+
+
+# ---------------------------------------------------------------- checks
+
+
+def ledger_counts(database_url: str) -> tuple[int, int, int]:
+    """(Installed events, all events, rejections) in the service's database."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FILTER (WHERE type = 'Installed'), count(*) FROM events"
+        ).fetchone()
+        rejections = conn.execute("SELECT count(*) FROM rejections").fetchone()
+    assert row is not None and rejections is not None
+    return int(row[0]), int(row[1]), int(rejections[0])
+
+
+def wait_until_idle(database_url: str, quiet: float = 1.0, limit: float = 30.0) -> int:
+    """Wait until the number of events stops changing (requests cut off in flight finish)."""
+    deadline = time.monotonic() + limit
+    last = -1
+    stable_since = time.monotonic()
+    while time.monotonic() < deadline:
+        count = ledger_counts(database_url)[1]
+        if count != last:
+            last, stable_since = count, time.monotonic()
+        elif time.monotonic() - stable_since >= quiet:
+            break
+        time.sleep(0.1)
+    return last
+
+
+def replay(url: str, calls: Sequence[Call], connections: int = 8) -> collections.Counter[int]:
+    """Send each call again (one keep-alive connection per thread); count the statuses."""
+    host_port = url.split("://", 1)[1]
+    host, port = host_port.split(":")
+    chunks = [calls[i::connections] for i in range(connections)]
+
+    def send_all(chunk: Sequence[Call]) -> collections.Counter[int]:
+        counts: collections.Counter[int] = collections.Counter()
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        for target, authorization, body in chunk:
+            conn.request("POST", target, body=body, headers={
+                "Authorization": authorization, "Content-Type": "application/json"})
+            answer = conn.getresponse()
+            answer.read()
+            counts[answer.status] += 1
+        conn.close()
+        return counts
+
+    total: collections.Counter[int] = collections.Counter()
+    with concurrent.futures.ThreadPoolExecutor(connections) as pool:
+        for counts in pool.map(send_all, chunks):
+            total.update(counts)
+    return total
+
+
+# ---------------------------------------------------------------- py-spy (optional)
+
+
+def start_py_spy(pids: Sequence[int], seconds: float, out_dir: Path) -> list[subprocess.Popen[bytes]]:
+    py_spy = shutil.which("py-spy") or str(ROOT / ".venv" / "bin" / "py-spy")
+    if not Path(py_spy).exists():
+        print("   py-spy is not installed (pip install py-spy): no profile")
+        return []
+    return [
+        subprocess.Popen(
+            [py_spy, "record", "--pid", str(pid), "--duration", str(int(seconds)),
+             "--rate", "200", "--nonblocking", "--format", "raw", "--threads", "--idle",
+             "--output", str(out_dir / f"py-spy-{pid}.txt")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        for pid in pids
+    ]
+
+
+def summarize_py_spy(out_dir: Path, top: int = 25) -> None:
+    own: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    idle = 0
+    for path in out_dir.glob("py-spy-*.txt"):
+        for line in path.read_text().splitlines():
+            stack, _, count_text = line.rpartition(" ")
+            if not count_text.isdigit():
+                continue
+            count = int(count_text)
+            frames = [f for f in stack.split(";")[1:] if f]
+            total += count
+            leaf = frames[-1] if frames else "?"
+            if re.search(r"\((selectors|threading|queue|socket)\.py\)|select \(|wait \(|_worker ", leaf):
+                idle += count
+            own[_short(leaf)] += count
+            for frame in set(map(_short, frames)):
+                inclusive[frame] += count
+    if not total:
+        print("   py-spy recorded nothing")
+        return
+    print(f"   py-spy over the service workers: {total} samples (all threads, idle included;"
+          f" ~{idle / total:.0%} idle/waiting)")
+    print("   top own time:")
+    for frame, count in own.most_common(top):
+        print(f"     {count / total:6.1%}  {frame}")
+    print("   top inclusive time:")
+    for frame, count in inclusive.most_common(top):
+        print(f"     {count / total:6.1%}  {frame}")
+
+
+def _short(frame: str) -> str:
+    return re.sub(r"/[^ ]*/(site-packages|main)/", "", frame)
+
+
+# ---------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--calls", type=int, default=25_000,
+                        help="pre-signed first installs (default 25000)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured window (default 10)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="warm-up (default 2 s)")
+    parser.add_argument("--connections", type=int, default=16, help="concurrent connections")
+    parser.add_argument("--workers", type=int, default=2, help="ledger serve --workers")
+    parser.add_argument("--wrk-threads", type=int, default=1)
+    parser.add_argument("--sign-processes", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--load", choices=("auto", "wrk", "python"), default="auto",
+                        help="load generator (auto: wrk, installing it with apt-get if missing)")
+    parser.add_argument("--no-replay", action="store_true",
+                        help="skip sending every call a second time")
+    parser.add_argument("--py-spy", action="store_true",
+                        help="profile the service workers with py-spy during the measured window")
+    args = parser.parse_args()
+    print_environment("bench/ingest.py: verified first installs over HTTP")
+    started = time.perf_counter()
+
+    wrk = None if args.load == "python" else find_wrk(allow_install=args.load in ("auto", "wrk"))
+    if wrk is None and args.load == "wrk":
+        raise SystemExit("wrk is not available")
+    generator = f"wrk ({wrk}), {args.wrk_threads} thread(s)" if wrk else "Python multi-process"
+    print(f"   load generator: {generator}, {args.connections} keep-alive connections")
+
+    port = free_port()
+    app_base_url = f"http://127.0.0.1:{port}"
+    host = SimulatedHost()
+    t0 = time.perf_counter()
+    calls = presign(host, app_base_url, args.calls, args.sign_processes)
+    print(f"   pre-signed {len(calls):,} RS256 first installs in {time.perf_counter() - t0:.1f} s"
+          f" ({args.sign_processes} processes; body {len(calls[0][2])} bytes, token"
+          f" {len(calls[0][1]) - 4} bytes)")
+    warm_count = min(len(calls) // 5, max(1000, int(args.warmup * 2500)))
+    warm_calls, measured_calls = calls[:warm_count], calls[warm_count:]
+
+    with tempfile.TemporaryDirectory(prefix="ledger-bench-ingest-") as tmp, \
+            scratch_database("ingest") as database_url, KeyServer() as key_server:
+        work = Path(tmp)
+        host.register_with(key_server)
+        script = work / "walk.lua"
+        script.write_text(LUA_SCRIPT)
+        warm_file, measured_file = work / "warmup.tsv", work / "measured.tsv"
+        write_request_file(warm_file, warm_calls)
+        write_request_file(measured_file, measured_calls)
+        service = start_service(database_url, port, key_server.url, args.workers, work)
+        try:
+            print(f"   ledger serve --workers {args.workers} up: parent {service.process.pid},"
+                  f" workers {service.worker_pids()}")
+
+            def load(request_file: Path, subset: Sequence[Call], seconds: float) -> LoadResult:
+                if wrk:
+                    return run_wrk(wrk, service.url, request_file, script, seconds,
+                                   args.connections, args.wrk_threads)
+                return run_fallback(service.url, subset, seconds, args.connections)
+
+            warm = load(warm_file, warm_calls, args.warmup)
+            print(f"   warm-up: {warm.answered:,} answers in {warm.seconds:.1f} s, statuses "
+                  f"{warm.status}, errors {warm.errors}")
+            wait_until_idle(database_url, quiet=0.3)
+            spies: list[subprocess.Popen[bytes]] = []
+            if args.py_spy:
+                spies = start_py_spy(service.worker_pids(), args.seconds, work)
+            before = CpuSample.take(service)
+            result = load(measured_file, measured_calls, args.seconds)
+            after = CpuSample.take(service)
+            for spy in spies:
+                spy.wait(timeout=60)
+
+            rate = result.ok / result.seconds
+            print(f"   measured: {result.answered:,} answers in {result.seconds:.2f} s: "
+                  f"{result.status}; socket errors/timeouts {result.errors}")
+            print(f"   latency ms: mean {result.mean_ms:.1f}, p50 {result.p50_ms:.1f}, p90 "
+                  f"{result.p90_ms:.1f}, p99 {result.p99_ms:.1f}, p99.9 {result.p999_ms:.1f}, "
+                  f"max {result.max_ms:.1f}")
+            print("   " + describe_cpu(before, after, result.seconds))
+            if result.exhausted or warm.exhausted:
+                print(f"   WARNING: the pre-signed calls ran out ({result.exhausted} requests went"
+                      " to /healthz instead): rerun with a larger --calls")
+            if spies:
+                summarize_py_spy(work)
+
+            # Exactly-once accounting.
+            wait_until_idle(database_url)
+            installed, events, rejections = ledger_counts(database_url)
+            answered_204 = warm.status["204"] + result.status["204"]
+            sent = warm.sent + result.sent
+            in_flight = sent - warm.answered - result.answered
+            print(f"   ledger: {installed:,} Installed events ({events:,} events, {rejections}"
+                  f" rejections); 204 answers seen: {answered_204:,}; calls sent {sent:,}, of"
+                  f" which {in_flight} were cut off in flight when the load generator stopped")
+            consistent = answered_204 <= installed <= answered_204 + max(in_flight, 0)
+            if installed == answered_204:
+                print("   check: the ledger holds exactly as many Installed events as 204 answers")
+            elif consistent:
+                print(f"   check: {installed - answered_204} more Installed events than 204 answers"
+                      " seen, all explained by calls the load generator cut off in flight")
+            else:
+                print("   CHECK FAILED: Installed events do not match the 204 answers")
+            if not args.no_replay:
+                sent_calls = warm.sent_calls(warm_calls) + result.sent_calls(measured_calls)
+                t1 = time.perf_counter()
+                statuses = replay(service.url, sent_calls)
+                wait_until_idle(database_url, quiet=0.3)
+                after_installed = ledger_counts(database_url)[0]
+                verdict = ("ok" if statuses == collections.Counter({204: len(sent_calls)})
+                           and after_installed == len(sent_calls) else "FAILED")
+                print(f"   replay check {verdict}: every one of the {len(sent_calls):,} calls sent"
+                      f" again in {time.perf_counter() - t1:.1f} s -> {dict(statuses)}; the ledger"
+                      f" now holds {after_installed:,} Installed events (one per distinct call)")
+        finally:
+            stop_service(service)
+        if result.failed or not consistent:
+            tail = service.log_path.read_text()[-3000:]
+            if tail.strip():
+                print("   service log tail:\n" + tail)
+
+    failures = result.failed + (0 if consistent else 1)
+    print(result_line("ingest_calls_per_s", rate, "calls/s", CALLS_TARGET))
+    print(result_line("ingest_p99_ms", result.p99_ms, "ms", P99_TARGET_MS, lower_is_better=True))
+    print(f"RESULT ingest_non_2xx {failures} responses target 0 ratio "
+          f"{1.0 if failures == 0 else 0.0:.1f}")
+    print(f"\ntotal run time {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""The projection runner and rebuild (SPEC §6), on every store."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from eventstore.store import EventStore, open_store
+from projections.rebuild import rebuild, with_dependencies
+from projections.runner import Leadership, ProjectionRunner, RunnerThread, wait_for_position
+from projections.storage import storage_for
+from projections.tables import SPECS
+from tests.log_builder import append_random_calls
+
+
+def snapshot(store: EventStore) -> dict[str, list[Any]]:
+    storage = storage_for(store)
+    return {
+        name: sorted(
+            storage.load_rows(name),
+            key=lambda r: tuple(str(getattr(r, f)) for f in r.__struct_fields__),
+        )
+        for name in SPECS
+    }
+
+
+def test_runner_folds_new_events_and_resumes_after_a_restart(store: EventStore) -> None:
+    rng = random.Random(7)
+    append_random_calls(store, rng, 60)
+    first = ProjectionRunner(store)
+    assert first.run_once() == store.head().position
+    assert first.run_once() == 0
+    append_random_calls(store, rng, 40)
+    # A new runner (a restart) resumes from the persisted rows and checkpoints.
+    second = ProjectionRunner(store)
+    second.run_once()
+    assert set(storage_for(store).checkpoints().values()) == {store.head().position}
+    incremental = snapshot(store)
+    rebuild(store)
+    assert snapshot(store) == incremental
+    assert incremental["tenants"], "the log produced tenants"
+
+
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(seed=st.integers(0, 2**32), cuts=st.lists(st.integers(1, 40), min_size=1, max_size=4))
+def test_incremental_runs_equal_a_full_rebuild(
+    seed: int, cuts: list[int], store_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    # A fresh database per example.
+    if store_url.startswith("sqlite"):
+        url = f"sqlite:///{tmp_path / f'h{time.monotonic_ns()}.db'}"
+    else:
+        url = request.getfixturevalue("postgres_databases").create()
+    rng = random.Random(seed)
+    with open_store(url) as store:
+        runner = ProjectionRunner(store, batch_size=7)
+        for calls in cuts:
+            append_random_calls(store, rng, calls)
+            runner.run_once()
+        incremental = snapshot(store)
+        rebuild(store, batch_size=5)
+        assert snapshot(store) == incremental
+
+
+def test_rebuild_while_events_are_appended(store_url: str) -> None:
+    with open_store(store_url) as store:
+        append_random_calls(store, random.Random(1), 300, tenants=40)
+        ProjectionRunner(store).run_once()
+        stop = threading.Event()
+
+        def writer() -> None:
+            with open_store(store_url) as own:
+                rng = random.Random(2)
+                while not stop.is_set():
+                    append_random_calls(own, rng, 5, tenants=40)
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        try:
+            time.sleep(0.2)
+            report = rebuild(store)
+            time.sleep(0.2)
+        finally:
+            stop.set()
+            thread.join()
+        runner = ProjectionRunner(store)
+        runner.run_once()
+        assert report.position >= 300
+        after_swap = snapshot(store)
+        rebuild(store)
+        assert snapshot(store) == after_swap  # nothing lost, nothing counted twice
+        assert set(storage_for(store).checkpoints().values()) == {store.head().position}
+
+
+def test_runner_notices_a_rebuild_and_reloads(store: EventStore) -> None:
+    rng = random.Random(3)
+    append_random_calls(store, rng, 50)
+    runner = ProjectionRunner(store)
+    runner.run_once()
+    append_random_calls(store, rng, 20)
+    rebuild(store, ["tenants"])  # moves the tenants group's checkpoints under the runner
+    append_random_calls(store, rng, 20)
+    runner.run_once()  # stale: reloads instead of overwriting
+    runner.run_once()
+    current = snapshot(store)
+    rebuild(store)
+    assert snapshot(store) == current
+
+
+def test_rebuild_names_bring_their_dependencies() -> None:
+    assert with_dependencies(["tenants"]) == ("tenants", "descriptors")
+    assert with_dependencies(["reimports"]) == ("base_urls", "reimports")
+    assert with_dependencies([]) == tuple(SPECS)
+    with pytest.raises(KeyError):
+        with_dependencies(["nope"])
+
+
+def test_rebuild_killed_halfway_leaves_the_live_tables_and_a_rerun_finishes(store_url: str) -> None:
+    with open_store(store_url) as store:
+        append_random_calls(store, random.Random(4), 200, tenants=30)
+        ProjectionRunner(store).run_once()
+        before = snapshot(store)
+    env = dict(os.environ, LEDGER_DATABASE_URL=store_url)
+    # Slow the rebuild down enough to kill it mid-fold: many small batches.
+    script = (
+        "import sys, time\n"
+        "from eventstore.store import open_store\n"
+        "from projections.rebuild import rebuild\n"
+        "store = open_store(sys.argv[1])\n"
+        "def slow(position, head):\n"
+        "    print('progress', position, flush=True); time.sleep(0.05)\n"
+        "rebuild(store, batch_size=5, progress=slow)\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, store_url], env=env, stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None
+    for _ in range(5):
+        assert process.stdout.readline().startswith("progress")
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=10)
+    with open_store(store_url) as store:
+        assert snapshot(store) == before  # the live tables never saw the half-built ones
+        report = rebuild(store)
+        assert report.position == store.head().position
+        assert snapshot(store) == before
+
+
+def _runner_process(url: str, role_file: str, stop_file: str) -> None:
+    thread = RunnerThread(
+        open_store(url),
+        poll_seconds=0.05,
+        standby_seconds=0.2,
+        on_state=lambda role: Path(role_file).write_text(role),
+    )
+    thread.start()
+    while not Path(stop_file).exists():
+        time.sleep(0.05)
+    thread.stop()
+
+
+def test_two_runners_one_active_and_the_standby_takes_over(store_url: str, tmp_path: Path) -> None:
+    context = multiprocessing.get_context("spawn")
+    roles = [tmp_path / "a.role", tmp_path / "b.role"]
+    stop = tmp_path / "stop"
+    with open_store(store_url) as store:
+        storage_for(store).ensure()
+        first = context.Process(target=_runner_process, args=(store_url, str(roles[0]), str(stop)))
+        first.start()
+        deadline = time.monotonic() + 30
+        while not (roles[0].exists() and roles[0].read_text() == "leader"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        second = context.Process(target=_runner_process, args=(store_url, str(roles[1]), str(stop)))
+        second.start()
+        while not roles[1].exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert roles[1].read_text() == "standby"
+        written = append_random_calls(store, random.Random(5), 30)
+        assert wait_for_position(storage_for(store), store.head().position, 10)
+        assert written > 0
+        first.kill()  # the leader dies without cleaning up
+        first.join()
+        while roles[1].read_text() != "leader":
+            assert time.monotonic() < deadline + 30, "the standby did not take over"
+            time.sleep(0.05)
+        append_random_calls(store, random.Random(6), 30)
+        assert wait_for_position(storage_for(store), store.head().position, 10)
+        stop.write_text("stop")
+        second.join(timeout=20)
+        assert second.exitcode == 0
+        current = snapshot(store)
+        rebuild(store)
+        assert snapshot(store) == current
+
+
+def test_leadership_is_exclusive_within_a_process_too(store: EventStore) -> None:
+    one, two = Leadership(store), Leadership(store)
+    try:
+        assert one.acquire() is True
+        assert two.acquire() is False
+        one.release()
+        assert two.acquire() is True
+    finally:
+        one.release()
+        two.release()
