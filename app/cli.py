@@ -192,6 +192,26 @@ def show(
     console.print(table)
 
 
+def _catch_up(store: EventStore, storage: Any) -> None:
+    """Bring the read models up to the log's head before reading them.
+
+    Folds here only when no service's runner holds the leadership (never two
+    writers); otherwise waits a little for that runner.
+    """
+    from projections.runner import Leadership, ProjectionRunner, wait_for_position
+
+    leadership = Leadership(store)
+    try:
+        if leadership.acquire():
+            ProjectionRunner(store, storage).run_once()
+            return
+    finally:
+        leadership.release()
+    head = store.head().position
+    if not wait_for_position(storage, head, 5.0):
+        console.print("[yellow]the read models are still catching up with the log[/yellow]")
+
+
 @cli.command()
 def tenants(
     state: Annotated[str | None, typer.Option(help="installed or uninstalled")] = None,
@@ -218,20 +238,13 @@ def tenants(
     from app.admin import tenant_object
     from eventstore.store import utcnow
     from projections.presumed_gone import silence_threshold
-    from projections.runner import Leadership, ProjectionRunner
     from projections.storage import storage_for
 
     with _store() as store:
         storage = storage_for(store)
         storage.ensure()
         if catch_up:
-            # Only when no service's runner holds the leadership: never two writers.
-            leadership = Leadership(store)
-            try:
-                if leadership.acquire():
-                    ProjectionRunner(store, storage).run_once()
-            finally:
-                leadership.release()
+            _catch_up(store, storage)
         if presumed_gone:
             threshold = silence_threshold(
                 storage.load_rows("descriptors"), utcnow(), timedelta(hours=grace_hours)

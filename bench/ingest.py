@@ -596,7 +596,7 @@ def start_py_spy(pids: Sequence[int], seconds: float, out_dir: Path) -> list[sub
     return [
         subprocess.Popen(
             [py_spy, "record", "--pid", str(pid), "--duration", str(int(seconds)),
-             "--rate", "200", "--nonblocking", "--format", "raw", "--threads", "--idle",
+             "--rate", "250", "--nonblocking", "--gil", "--format", "raw",
              "--output", str(out_dir / f"py-spy-{pid}.txt")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
@@ -608,7 +608,6 @@ def summarize_py_spy(out_dir: Path, top: int = 25) -> None:
     own: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
     total = 0
-    idle = 0
     for path in out_dir.glob("py-spy-*.txt"):
         for line in path.read_text().splitlines():
             stack, _, count_text = line.rpartition(" ")
@@ -618,16 +617,14 @@ def summarize_py_spy(out_dir: Path, top: int = 25) -> None:
             frames = [f for f in stack.split(";")[1:] if f]
             total += count
             leaf = frames[-1] if frames else "?"
-            if re.search(r"\((selectors|threading|queue|socket)\.py\)|select \(|wait \(|_worker ", leaf):
-                idle += count
             own[_short(leaf)] += count
             for frame in set(map(_short, frames)):
                 inclusive[frame] += count
     if not total:
         print("   py-spy recorded nothing")
         return
-    print(f"   py-spy over the service workers: {total} samples (all threads, idle included;"
-          f" ~{idle / total:.0%} idle/waiting)")
+    print(f"   py-spy --gil over the service workers: {total} samples of the thread holding"
+          " the GIL (where the workers' Python CPU time goes)")
     print("   top own time:")
     for frame, count in own.most_common(top):
         print(f"     {count / total:6.1%}  {frame}")
@@ -707,11 +704,15 @@ def main() -> None:
             spies: list[subprocess.Popen[bytes]] = []
             if args.py_spy:
                 spies = start_py_spy(service.worker_pids(), args.seconds, work)
+            workers_before = service.worker_pids()
             before = CpuSample.take(service)
             result = load(measured_file, measured_calls, args.seconds)
             after = CpuSample.take(service)
             for spy in spies:
                 spy.wait(timeout=60)
+            if service.worker_pids() != workers_before:
+                print(f"   WARNING: the service's workers changed during the run ({workers_before}"
+                      f" -> {service.worker_pids()}): uvicorn restarted a worker")
 
             rate = result.ok / result.seconds
             print(f"   measured: {result.answered:,} answers in {result.seconds:.2f} s: "

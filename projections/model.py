@@ -18,11 +18,17 @@ The contract between a projection and the runner that persists it
   is given in place* and returns it, so the runner must treat the state it passed
   in as consumed and keep only the returned one (they are the same object today).
 * ``state.take_changes()`` hands over the rows that changed since the previous
-  call (the latest version of each) and forgets them. Upserting every batch of
+  call (the latest version of each) and forgets them; the first call on a fresh
+  ``initial_state()`` hands over every row (all are new), which lets the folds
+  skip change tracking entirely during a rebuild. Upserting every batch of
   changes, in order, by ``key_fields`` reproduces the table a full rebuild would
-  produce; a rebuild simply calls it once at the end (or every N events to bound
-  memory). No projection ever deletes a row: rows are either current state that
-  stays (an uninstalled tenant keeps its row) or history.
+  produce; a rebuild simply calls it once at the end (or every N events). No
+  projection ever deletes a row: rows are either current state that stays (an
+  uninstalled tenant keeps its row) or history.
+* To resume after a restart, build the state with the state class's
+  ``from_rows`` from the persisted rows at the checkpoint (``descriptors`` also
+  needs the ``tenants`` rows and ``reimports`` the ``base_urls`` rows, at the same
+  checkpoint), or replay the log from the start without writing.
 """
 
 from __future__ import annotations
