@@ -353,13 +353,16 @@ class LifecycleIngestor:
                     leeway=leeway,
                 )
             if unverified.alg == "HS256":
+                # A reinstall after an uninstall starts the tenant afresh (a new
+                # Installed with a new secret), so like a first install it must be
+                # signed by Atlassian: an old secret must not buy a new tenancy.
+                if request.event == "installed" and state.status != "installed":
+                    raise _Refusal(
+                        401,
+                        "first_install_not_signed",
+                        "a first install, or a reinstall, must be signed by Atlassian (RS256)",
+                    )
                 if not state.known:
-                    if request.event == "installed":
-                        raise _Refusal(
-                            401,
-                            "first_install_not_signed",
-                            "a first install must be signed by Atlassian (RS256)",
-                        )
                     return None  # rule 7: nothing to verify with, nothing will be stored
                 if current_secret is None:
                     raise _Refusal(401, "no_shared_secret", "the tenant's secret is not available")

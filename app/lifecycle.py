@@ -26,6 +26,7 @@ from eventstore.events import (
     SealedSecret,
     SecretRotated,
     Uninstalled,
+    canonical_json,
 )
 from eventstore.store import RecordedEvent
 
@@ -219,7 +220,13 @@ def _decide_installed(
     if payload["baseUrl"] != state.base_url:
         events.append(BaseUrlChanged(from_=state.base_url or "", to=str(payload["baseUrl"])))
     events.extend(_upgrade(state, call))
-    changes = {k: v for k, v in details.items() if state.details.get(k) != v}
+    # Compared as canonical JSON: Python's == would take 1 for true. An absent field
+    # and a null one are alike (removal is recorded as null).
+    changes = {
+        k: v
+        for k, v in details.items()
+        if canonical_json(state.details.get(k)) != canonical_json(v)
+    }
     changes.update({k: None for k in state.details if k not in details})
     if changes:
         events.append(DetailsChanged(changes=changes))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -18,6 +20,12 @@ MAX_STRING: Final = 8192
 MAX_DEPTH: Final = 8
 
 _decoder = msgspec.json.Decoder()
+# What a hostile body can make the decoder raise besides DecodeError: invalid UTF-8
+# inside a string, and nesting deep enough to exhaust the recursion limit.
+_DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+_HOST = re.compile(
+    r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +47,7 @@ def claimed_identity(body: bytes) -> tuple[str | None, str | None]:
     """Best-effort clientKey and baseUrl of a body that may be refused, for the rejection log."""
     try:
         value = _decoder.decode(body) if len(body) <= MAX_BODY_BYTES else None
-    except msgspec.DecodeError:
+    except _DECODE_ERRORS:
         return None, None
     if not isinstance(value, dict):
         return None, None
@@ -71,7 +79,7 @@ def parse_lifecycle_body(
         raise BodyError(413, "body_too_large", f"the body exceeds {MAX_BODY_BYTES} bytes")
     try:
         value = _decoder.decode(body)
-    except msgspec.DecodeError:
+    except _DECODE_ERRORS:
         raise BodyError(400, "malformed_json", "the body is not valid JSON") from None
     if not isinstance(value, dict):
         raise BodyError(400, "not_an_object", "the body must be a JSON object")
@@ -85,12 +93,9 @@ def parse_lifecycle_body(
     if key != app_key:
         raise BodyError(401, "wrong_app_key", "the payload is for another app")
 
-    parts = urlsplit(base_url)
-    host = (parts.hostname or "").lower()
+    scheme, host = _base_url_host(base_url)
     dev = host in set(dev_hosts)
-    if parts.scheme not in ("https", "http") or not host or parts.username or parts.password:
-        raise BodyError(400, "invalid_base_url", "baseUrl must be an absolute https URL")
-    if parts.scheme == "http" and not dev:
+    if scheme == "http" and not dev:
         raise BodyError(400, "insecure_base_url", "baseUrl must use https")
     if not dev and not host_allowed(host, allowed_hosts):
         raise BodyError(400, "host_not_allowed", "baseUrl's host is not in the allowlist")
@@ -106,6 +111,35 @@ def parse_lifecycle_body(
     return LifecyclePayload(
         fields=fields, client_key=client_key, base_url=base_url, shared_secret=secret
     )
+
+
+def _base_url_host(base_url: str) -> tuple[str, str]:
+    """(scheme, host) of an absolute http(s) URL that a browser reads the same way:
+    anything ambiguous (backslashes, spaces, control characters, user info, a port
+    that is not a number, a host that is no DNS name or IP address) is refused."""
+    invalid = BodyError(400, "invalid_base_url", "baseUrl must be an absolute https URL")
+    if any(ch in "\\ " or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in base_url):
+        raise invalid
+    try:
+        parts = urlsplit(base_url)
+        parts.port  # noqa: B018 - raises for a port that is not a number in range
+    except ValueError:
+        raise invalid from None
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if scheme not in ("https", "http") or "@" in parts.netloc:
+        raise invalid
+    if not (_HOST.match(host.removesuffix(".")) or _is_ip(host)):
+        raise invalid
+    return scheme, host
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _string(value: dict[str, Any], name: str, limit: int) -> str:

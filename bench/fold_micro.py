@@ -7,7 +7,10 @@ realistic mix: every tenant installs once, most later calls confirm, descriptor
 versions roll out, some secrets rotate, some sites rename, uninstall, reinstall or
 are reimported), then folds them through all four projections the way the runner
 does during a rebuild (batches of 1,000, ``apply_many`` per projection, all changed
-rows taken at the end), and also one ``apply`` call per event.
+rows taken at the end), and also one ``apply`` call per event. For scale it also
+times a bare dict lookup per event by stream id in a dict of all tenants: every
+fold needs at least that, and at this size its cost is memory latency, which
+differs a lot between machines (and with whatever else the machine is running).
 
 Prints the figure as ``RESULT fold_all_events_per_s <n> events/s target 400000
 ratio <r>`` (best of ``--repeat`` runs: the fold's cost is the minimum, the rest is
@@ -29,6 +32,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -250,19 +254,38 @@ def measure(events: list[RecordedEvent], repeat: int, detail: bool) -> float:
         print(
             "  rows handed over: "
             + ", ".join(f"{p.name} {len(r):,}" for p, r in zip(projections(), rows, strict=True))
-            + f"; fold state and rows hold {rss_mb() - before:,.0f} MB"
+            + f"; +{rss_mb() - before:,.0f} MB RSS for fold states and rows (they share the"
+            " log's strings and datetimes)"
         )
         del rows
+        index = {e.stream_id: None for e in events}
+
+        def lookups() -> None:
+            get = index.get
+            for event in events:
+                get(event.stream_id)
+
+        best_rate("floor: one dict lookup by stream id", lookups, n, repeat)
+        del index
         for projection in projections():
             best_rate(
-                f"{projection.name} alone",
-                lambda p=projection: fold_batched(batches, [p]),
-                n,
-                repeat,
+                f"{projection.name} alone", partial(fold_batched, batches, [projection]), n, repeat
             )
         best_rate(
             "all four, apply() per event", lambda: fold_one_by_one(events, projections()), n, repeat
         )
+    if detail:
+        own = [
+            [[e for e in batch if e.type in p.event_types] for batch in batches]
+            for p in projections()
+        ]
+
+        def fold_own_types() -> None:
+            for p, batches_of_p in zip(projections(), own, strict=True):
+                fold_batched(batches_of_p, [p])
+
+        best_rate("all four, each fed only its event_types", fold_own_types, n, repeat)
+        del own
     rate = best_rate(
         "all four, apply_many() per batch of 1,000",
         lambda: fold_batched(batches, projections()),

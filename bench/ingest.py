@@ -150,7 +150,28 @@ def children_of(pid: int) -> list[int]:
 
 
 def start_service(database_url: str, port: int, key_server_url: str, workers: int,
-                  log_dir: Path) -> Service:
+                  log_dir: Path, attempts: int = 3) -> Service:
+    """Start ``ledger serve`` and wait until every worker answers; retry a failed start.
+
+    A start is retried (at most ``attempts`` times, loudly) when the service dies during
+    start-up, e.g. when two workers race to create the projection tables at once.
+    """
+    for attempt in range(1, attempts + 1):
+        service = _start_service_once(database_url, port, key_server_url, workers, log_dir)
+        # A worker that fails start-up takes the whole service down a moment later.
+        time.sleep(1.5)
+        if service.process.poll() is None and len(service.worker_pids()) >= workers:
+            return service
+        stop_service(service)
+        errors = [line for line in service.log_path.read_text().splitlines()
+                  if "Error" in line or "ERROR" in line or "error" in line]
+        print(f"   WARNING: ledger serve died during start-up (attempt {attempt}/{attempts});"
+              f" last errors: {errors[-3:]}")
+    raise SystemExit("ledger serve did not start")
+
+
+def _start_service_once(database_url: str, port: int, key_server_url: str, workers: int,
+                        log_dir: Path) -> Service:
     env = dict(os.environ)
     env.update(
         LEDGER_DATABASE_URL=database_url,
@@ -162,25 +183,24 @@ def start_service(database_url: str, port: int, key_server_url: str, workers: in
     ledger = ROOT / ".venv" / "bin" / "ledger"
     command = [str(ledger) if ledger.exists() else "ledger", "serve", "--host", "127.0.0.1",
                "--port", str(port), "--workers", str(workers)]
-    with log_path.open("wb") as log:
+    with log_path.open("ab") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
                                    cwd=log_dir, start_new_session=True)
     service = Service(process, f"http://127.0.0.1:{port}", log_path)
     deadline = time.monotonic() + 60
     while True:
         if process.poll() is not None:
-            raise SystemExit(f"ledger serve exited: {log_path.read_text()[-2000:]}")
+            return service  # the caller sees it died
         try:
             with urllib.request.urlopen(service.url + "/healthz", timeout=1) as answer:  # noqa: S310
                 if answer.status == 200 and len(service.worker_pids()) >= workers:
-                    break
+                    return service
         except OSError:
             pass
         if time.monotonic() > deadline:
             stop_service(service)
             raise SystemExit("ledger serve did not answer /healthz within 60 s")
         time.sleep(0.1)
-    return service
 
 
 def stop_service(service: Service) -> None:
@@ -545,6 +565,19 @@ def ledger_counts(database_url: str) -> tuple[int, int, int]:
     return int(row[0]), int(row[1]), int(rejections[0])
 
 
+def database_activity(database_url: str) -> dict[str, int]:
+    """pg_stat_database counters of the service's database (flushed about once a second)."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_force_next_flush()")
+        row = conn.execute(
+            "SELECT xact_commit, tup_inserted, tup_updated, tup_returned, tup_fetched"
+            " FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()
+    assert row is not None
+    keys = ("transactions", "rows inserted", "rows updated", "rows returned", "rows fetched")
+    return dict(zip(keys, (int(v) for v in row), strict=True))
+
+
 def wait_until_idle(database_url: str, quiet: float = 1.0, limit: float = 30.0) -> int:
     """Wait until the number of events stops changing (requests cut off in flight finish)."""
     deadline = time.monotonic() + limit
@@ -628,8 +661,13 @@ def summarize_py_spy(out_dir: Path, top: int = 25) -> None:
     print("   top own time:")
     for frame, count in own.most_common(top):
         print(f"     {count / total:6.1%}  {frame}")
-    print("   top inclusive time:")
-    for frame, count in inclusive.most_common(top):
+    print("   top inclusive time, this project's functions (app/, eventstore/, projections/):")
+    ours = [(f, c) for f, c in inclusive.most_common()
+            if re.search(r"\((app|eventstore|projections)/", f)]
+    for frame, count in ours[:top]:
+        print(f"     {count / total:6.1%}  {frame}")
+    print("   top inclusive time, libraries:")
+    for frame, count in [(f, c) for f, c in inclusive.most_common() if (f, c) not in ours][:top]:
         print(f"     {count / total:6.1%}  {frame}")
 
 
@@ -705,6 +743,7 @@ def main() -> None:
             if args.py_spy:
                 spies = start_py_spy(service.worker_pids(), args.seconds, work)
             workers_before = service.worker_pids()
+            activity_before = database_activity(database_url)
             before = CpuSample.take(service)
             result = load(measured_file, measured_calls, args.seconds)
             after = CpuSample.take(service)
@@ -712,7 +751,10 @@ def main() -> None:
                 spy.wait(timeout=60)
             if service.worker_pids() != workers_before:
                 print(f"   WARNING: the service's workers changed during the run ({workers_before}"
-                      f" -> {service.worker_pids()}): uvicorn restarted a worker")
+                      f" -> {service.worker_pids()}, parent exit code {service.process.poll()})")
+                print("   service log (without per-call lines):\n" + "\n".join(
+                    line for line in service.log_path.read_text().splitlines()
+                    if '"lifecycle call"' not in line)[-3000:])
 
             rate = result.ok / result.seconds
             print(f"   measured: {result.answered:,} answers in {result.seconds:.2f} s: "
@@ -729,6 +771,11 @@ def main() -> None:
 
             # Exactly-once accounting.
             wait_until_idle(database_url)
+            time.sleep(1.1)  # statistics reach pg_stat_database about once a second
+            activity = database_activity(database_url)
+            calls_done = max(1, result.answered)
+            print("   PostgreSQL work per measured call (incl. the projection runner): " + ", ".join(
+                f"{(activity[k] - activity_before[k]) / calls_done:.1f} {k}" for k in activity))
             installed, events, rejections = ledger_counts(database_url)
             answered_204 = warm.status["204"] + result.status["204"]
             sent = warm.sent + result.sent
@@ -737,6 +784,7 @@ def main() -> None:
                   f" rejections); 204 answers seen: {answered_204:,}; calls sent {sent:,}, of"
                   f" which {in_flight} were cut off in flight when the load generator stopped")
             consistent = answered_204 <= installed <= answered_204 + max(in_flight, 0)
+            replay_ok = True
             if installed == answered_204:
                 print("   check: the ledger holds exactly as many Installed events as 204 answers")
             elif consistent:
@@ -750,17 +798,19 @@ def main() -> None:
                 statuses = replay(service.url, sent_calls)
                 wait_until_idle(database_url, quiet=0.3)
                 after_installed = ledger_counts(database_url)[0]
-                verdict = ("ok" if statuses == collections.Counter({204: len(sent_calls)})
-                           and after_installed == len(sent_calls) else "FAILED")
+                replay_ok = (statuses == collections.Counter({204: len(sent_calls)})
+                             and after_installed == len(sent_calls))
+                verdict = "ok" if replay_ok else "FAILED"
                 print(f"   replay check {verdict}: every one of the {len(sent_calls):,} calls sent"
                       f" again in {time.perf_counter() - t1:.1f} s -> {dict(statuses)}; the ledger"
                       f" now holds {after_installed:,} Installed events (one per distinct call)")
         finally:
             stop_service(service)
-        if result.failed or not consistent:
-            tail = service.log_path.read_text()[-3000:]
+        if result.failed or not consistent or not replay_ok:
+            tail = "\n".join(line for line in service.log_path.read_text().splitlines()
+                             if '"outcome":"accepted"' not in line)[-3000:]
             if tail.strip():
-                print("   service log tail:\n" + tail)
+                print("   service log tail (accepted calls left out):\n" + tail)
 
     failures = result.failed + (0 if consistent else 1)
     print(result_line("ingest_calls_per_s", rate, "calls/s", CALLS_TARGET))
@@ -768,6 +818,8 @@ def main() -> None:
     print(f"RESULT ingest_non_2xx {failures} responses target 0 ratio "
           f"{1.0 if failures == 0 else 0.0:.1f}")
     print(f"\ntotal run time {time.perf_counter() - started:.0f} s")
+    if not consistent or not replay_ok:
+        raise SystemExit("the ledger's contents do not match the answers (see above)")
 
 
 if __name__ == "__main__":

@@ -72,7 +72,11 @@ class MasterKeys:
         return _WRAP_FORMAT + _key_id(current) + nonce + sealed
 
     def unwrap(self, stream_id: str, wrapped: bytes) -> bytes:
-        if not wrapped.startswith(_WRAP_FORMAT):
+        # 16: the AES-GCM tag; anything shorter was cut or is not a wrapped key.
+        if (
+            not wrapped.startswith(_WRAP_FORMAT)
+            or len(wrapped) < 1 + _KEY_ID_BYTES + _NONCE_BYTES + 16
+        ):
             raise CryptoError("unknown data key format")
         key_id = wrapped[1 : 1 + _KEY_ID_BYTES]
         nonce = wrapped[1 + _KEY_ID_BYTES : 1 + _KEY_ID_BYTES + _NONCE_BYTES]
@@ -109,7 +113,9 @@ def seal_secret(data_key: bytes, secret: str, ad: str) -> SealedSecret:
 def open_secret(data_key: bytes, sealed: SealedSecret, expected_ad: str) -> str:
     # The AD is checked twice on purpose: the stored label must be the event's own,
     # and AES-GCM refuses a ciphertext moved from another stream or version.
-    if sealed.alg != "A256GCM" or not secrets.compare_digest(sealed.ad, expected_ad):
+    if sealed.alg != "A256GCM" or not secrets.compare_digest(
+        sealed.ad.encode(), expected_ad.encode()
+    ):
         raise CryptoError("sealed secret is bound to another event")
     try:
         plain = AESGCM(data_key).decrypt(

@@ -417,14 +417,15 @@ class PostgresEventStore(EventStore):
 
     def put_data_key(self, stream_id: str, wrapped: bytes) -> bytes:
         with self._connection() as conn:
-            conn.execute(
-                "INSERT INTO data_keys (stream_id, wrapped) VALUES (%s, %s)"
-                " ON CONFLICT (stream_id) DO NOTHING",
-                [stream_id, wrapped],
-            )
             row = conn.execute(
-                "SELECT wrapped FROM data_keys WHERE stream_id = %s", [stream_id]
+                "INSERT INTO data_keys (stream_id, wrapped) VALUES (%s, %s)"
+                " ON CONFLICT (stream_id) DO NOTHING RETURNING wrapped",
+                [stream_id, wrapped],
             ).fetchone()
+            if row is None:  # another call created it first: that one is in force
+                row = conn.execute(
+                    "SELECT wrapped FROM data_keys WHERE stream_id = %s", [stream_id]
+                ).fetchone()
         assert row is not None
         return bytes(row[0])
 

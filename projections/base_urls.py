@@ -14,8 +14,9 @@ Decisions:
   at this URL since", and the tenant's state lives in the ``tenants`` model.
 * A reinstall (``Installed`` after ``Uninstalled``) at the same URL keeps the open
   interval; at a different URL it closes the old one and opens a new one.
-* Row identity is ``(client_key, base_url, from_)``; a tenant cannot return to a
-  URL within the same microsecond, so it is unique in practice.
+* Row identity is ``(client_key, base_url, from_position)``: the position of the
+  event that opened the interval stands in for ``from_``, which it orders exactly
+  and which stays unique even if two intervals began in the same microsecond.
 
 The fold keeps only each tenant's open interval; closed intervals are handed to
 the runner by ``take_changes`` and then forgotten (see ``projections.model``).
@@ -24,7 +25,6 @@ the runner by ``take_changes`` and then forgotten (see ``projections.model``).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime
 from typing import TYPE_CHECKING, ClassVar
 
 from eventstore.events import BaseUrlChanged, Installed, client_key_of, stream_id_for
@@ -33,7 +33,7 @@ from projections.model import BaseUrlRow, Projection, normalize_base_url
 
 __all__ = ["BaseUrlRow", "BaseUrlsProjection", "BaseUrlsState", "apply"]
 
-RowKey = tuple[str, str, datetime]
+RowKey = tuple[str, str, int]
 
 
 class BaseUrlsState:
@@ -84,7 +84,7 @@ def _record(state: BaseUrlsState, row: BaseUrlRow) -> None:
         if row.to is not None:
             state._closed.append(row)
     else:
-        state._dirty[(row.client_key, row.base_url, row.from_)] = row
+        state._dirty[(row.client_key, row.base_url, row.from_position)] = row
 
 
 def _arrive(
@@ -143,11 +143,12 @@ def apply(state: BaseUrlsState, event: RecordedEvent) -> BaseUrlsState:
 
 
 class BaseUrlsProjection:
-    """The ``base_urls`` projection for the runner (key: client, URL, from)."""
+    """The ``base_urls`` projection for the runner (key: client, URL, opening position)."""
 
     name: ClassVar[str] = "base_urls"
     row_type: ClassVar[type[BaseUrlRow]] = BaseUrlRow
-    key_fields: ClassVar[tuple[str, ...]] = ("client_key", "base_url", "from_")
+    key_fields: ClassVar[tuple[str, ...]] = ("client_key", "base_url", "from_position")
+    event_types: ClassVar[frozenset[str]] = frozenset(_HANDLERS)
 
     def initial_state(self) -> BaseUrlsState:
         return BaseUrlsState()

