@@ -563,3 +563,14 @@ def test_health_ready_metrics(service: RunningService) -> None:
     text = service.client.get("/metrics").text
     assert 'ledger_calls_total{endpoint="installed",outcome="accepted",status="204"} 1' in text
     assert "ledger_call_duration_seconds_bucket" in text
+
+
+def test_reinstall_after_uninstall_by_hs256_is_refused(service: RunningService) -> None:
+    """An old secret must not buy a new tenancy: a reinstall is signed like a first install."""
+    payload = service.install()
+    assert service.send(service.call("uninstalled", payload)).status_code == 204
+    before = len(service.stream(payload["clientKey"]))
+    takeover = dict(payload, sharedSecret="new-owner-secret")
+    call = service.call("installed", takeover, alg="HS256", shared_secret=payload["sharedSecret"])
+    refused(service, service.send(call), 401, "first_install_not_signed")
+    assert len(service.stream(payload["clientKey"])) == before
