@@ -218,7 +218,7 @@ def eventsourcing_recorder(url: str) -> tuple[Any, Any]:
 
 
 def bench_append(events: int, seconds: float, rounds: int) -> None:
-    import eventsourcing
+    from importlib.metadata import version
 
     print(
         f"\n-- a. single-event appends, one transaction each, one writer: up to {events} events"
@@ -228,7 +228,7 @@ def bench_append(events: int, seconds: float, rounds: int) -> None:
         store = PostgresEventStore(ledger_url, min_connections=1, max_connections=1)
         datastore, recorder = eventsourcing_recorder(es_url)
         print(
-            f"   eventsourcing {getattr(eventsourcing, '__version__', '?')}: "
+            f"   eventsourcing {version('eventsourcing')}: "
             f"PostgresApplicationRecorder, enable_db_functions={datastore.enable_db_functions}"
             " (library default: pipelined BEGIN; LOCK TABLE; NOTIFY; INSERT ... unnest; COMMIT)"
         )
