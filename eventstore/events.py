@@ -226,22 +226,27 @@ def decode_data(event_type: str, schema_version: int, raw: bytes | str) -> Event
     return data_from_dict(event_type, body)
 
 
+def _sealed(value: Any) -> SealedSecret:
+    # Built directly rather than by msgspec.convert: this runs for every install
+    # and rotation a rebuild reads.
+    if not isinstance(value, dict):
+        raise ValueError("sharedSecret must be a sealed secret object")
+    return SealedSecret(value["alg"], value["nonce"], value["ct"], value["ad"])
+
+
 def data_from_dict(event_type: str, body: dict[str, Any]) -> EventData:
     if event_type == "Installed":
         details = dict(body)
-        key = details.pop("key")
-        client_key = details.pop("clientKey")
-        base_url = details.pop("baseUrl")
         sealed = details.pop("sharedSecret", None)
         return Installed(
-            key=key,
-            client_key=client_key,
-            base_url=base_url,
-            shared_secret=msgspec.convert(sealed, SealedSecret) if sealed is not None else None,
-            details=details,
+            details.pop("key"),
+            details.pop("clientKey"),
+            details.pop("baseUrl"),
+            _sealed(sealed) if sealed is not None else None,
+            details,
         )
     if event_type == "SecretRotated":
-        return SecretRotated(shared_secret=msgspec.convert(body["sharedSecret"], SealedSecret))
+        return SecretRotated(_sealed(body["sharedSecret"]))
     if event_type == "BaseUrlChanged":
         return BaseUrlChanged(from_=body["from"], to=body["to"])
     if event_type == "DescriptorUpgraded":

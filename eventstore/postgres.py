@@ -176,18 +176,19 @@ _EVENT_COLUMNS = (
 )
 
 
-def _decode_row(row: TupleRow) -> RecordedEvent:
+def _decode_row(row: tuple[Any, ...]) -> RecordedEvent:
     position, stream_id, version, event_type, schema_version, data, metadata, recorded_at, h = row
+    # Positional: this runs once per event on every full read of the log.
     return RecordedEvent(
-        position=position,
-        stream_id=stream_id,
-        version=version,
-        type=event_type,
-        schema_version=schema_version,
-        data=decode_data(event_type, schema_version, data),
-        metadata=decode_metadata(metadata),
-        recorded_at=recorded_at,
-        hash=h,
+        position,
+        stream_id,
+        version,
+        event_type,
+        schema_version,
+        decode_data(event_type, schema_version, data),
+        decode_metadata(metadata),
+        recorded_at,
+        h,
     )
 
 
