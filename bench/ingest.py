@@ -179,7 +179,7 @@ def _start_service_once(database_url: str, port: int, key_server_url: str, worke
         LEDGER_INSTALL_KEYS_URL=key_server_url,
         LEDGER_MASTER_KEY=base64.b64encode(os.urandom(32)).decode(),
     )
-    log_path = log_dir / "service.log"
+    log_path = log_dir / f"service-{time.time_ns()}.log"
     ledger = ROOT / ".venv" / "bin" / "ledger"
     command = [str(ledger) if ledger.exists() else "ledger", "serve", "--host", "127.0.0.1",
                "--port", str(port), "--workers", str(workers)]
@@ -228,16 +228,23 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _clock_ticks()
 
 
-def postgres_cpu_seconds() -> float:
+def postgres_cpu_seconds(database: str) -> float:
+    """CPU of PostgreSQL's background processes and of the backends serving ``database``
+    (backends of other databases, e.g. someone else's tests, are left out)."""
     total = 0.0
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            comm = (entry / "comm").read_text().strip()
+            if not (entry / "comm").read_text().startswith("postgres"):
+                continue
+            title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if comm == "postgres" or comm.startswith("postgres"):
+        # A backend's title: "postgres: 15/main: <user> <database> <client> <state>".
+        parts = title.split()
+        is_backend = len(parts) >= 5 and "(" in parts[4]
+        if not is_backend or parts[3] == database:
             total += process_cpu_seconds(int(entry.name))
     return total
 
@@ -258,12 +265,12 @@ class CpuSample:
     children: float
 
     @classmethod
-    def take(cls, service: Service) -> CpuSample:
+    def take(cls, service: Service, database: str) -> CpuSample:
         busy, total = total_cpu_seconds()
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         return cls(
             workers=sum(process_cpu_seconds(p) for p in service.worker_pids()),
-            postgres=postgres_cpu_seconds(),
+            postgres=postgres_cpu_seconds(database),
             machine_busy=busy,
             machine_total=total,
             children=usage.ru_utime + usage.ru_stime,
@@ -279,8 +286,9 @@ def describe_cpu(before: CpuSample, after: CpuSample, seconds: float) -> str:
     other = machine - workers - postgres - loadgen
     return (
         f"CPU during the measured window ({cores} cores x {seconds:.1f} s = "
-        f"{cores * seconds:.1f} core-s): service workers {workers:.1f}, PostgreSQL (all"
-        f" backends) {postgres:.1f}, load generator {loadgen:.1f}, everything else "
+        f"{cores * seconds:.1f} core-s): service workers {workers:.1f}, PostgreSQL (its"
+        f" backends and background processes) {postgres:.1f}, load generator {loadgen:.1f},"
+        " everything else (other processes on the machine) "
         f"{max(other, 0.0):.1f}; machine busy {machine / (cores * seconds):.0%}"
     )
 
@@ -716,7 +724,7 @@ def main() -> None:
     warm_calls, measured_calls = calls[:warm_count], calls[warm_count:]
 
     with tempfile.TemporaryDirectory(prefix="ledger-bench-ingest-") as tmp, \
-            scratch_database("ingest") as database_url, KeyServer() as key_server:
+            KeyServer() as key_server:
         work = Path(tmp)
         host.register_with(key_server)
         script = work / "walk.lua"
@@ -724,102 +732,152 @@ def main() -> None:
         warm_file, measured_file = work / "warmup.tsv", work / "measured.tsv"
         write_request_file(warm_file, warm_calls)
         write_request_file(measured_file, measured_calls)
-        service = start_service(database_url, port, key_server.url, args.workers, work)
-        try:
-            print(f"   ledger serve --workers {args.workers} up: parent {service.process.pid},"
-                  f" workers {service.worker_pids()}")
+        attempts = 3
+        for attempt in range(1, attempts + 1):
+            # A fresh database per attempt: a service that died mid-way leaves events behind.
+            with scratch_database("ingest") as database_url:
+                outcome = run_attempt(
+                    args, wrk, port, key_server.url, database_url, work, script,
+                    (warm_file, warm_calls), (measured_file, measured_calls),
+                )
+            if outcome is not None:
+                break
+            print(f"   attempt {attempt}/{attempts} discarded: the service died (see above)")
+        else:
+            raise SystemExit(f"ledger serve did not stay up for {attempts} attempts")
 
-            def load(request_file: Path, subset: Sequence[Call], seconds: float) -> LoadResult:
-                if wrk:
-                    return run_wrk(wrk, service.url, request_file, script, seconds,
-                                   args.connections, args.wrk_threads)
-                return run_fallback(service.url, subset, seconds, args.connections)
-
-            warm = load(warm_file, warm_calls, args.warmup)
-            print(f"   warm-up: {warm.answered:,} answers in {warm.seconds:.1f} s, statuses "
-                  f"{warm.status}, errors {warm.errors}")
-            wait_until_idle(database_url, quiet=0.3)
-            spies: list[subprocess.Popen[bytes]] = []
-            if args.py_spy:
-                spies = start_py_spy(service.worker_pids(), args.seconds, work)
-            workers_before = service.worker_pids()
-            activity_before = database_activity(database_url)
-            before = CpuSample.take(service)
-            result = load(measured_file, measured_calls, args.seconds)
-            after = CpuSample.take(service)
-            for spy in spies:
-                spy.wait(timeout=60)
-            if service.worker_pids() != workers_before:
-                print(f"   WARNING: the service's workers changed during the run ({workers_before}"
-                      f" -> {service.worker_pids()}, parent exit code {service.process.poll()})")
-                print("   service log (without per-call lines):\n" + "\n".join(
-                    line for line in service.log_path.read_text().splitlines()
-                    if '"lifecycle call"' not in line)[-3000:])
-
-            rate = result.ok / result.seconds
-            print(f"   measured: {result.answered:,} answers in {result.seconds:.2f} s: "
-                  f"{result.status}; socket errors/timeouts {result.errors}")
-            print(f"   latency ms: mean {result.mean_ms:.1f}, p50 {result.p50_ms:.1f}, p90 "
-                  f"{result.p90_ms:.1f}, p99 {result.p99_ms:.1f}, p99.9 {result.p999_ms:.1f}, "
-                  f"max {result.max_ms:.1f}")
-            print("   " + describe_cpu(before, after, result.seconds))
-            if result.exhausted or warm.exhausted:
-                print(f"   WARNING: the pre-signed calls ran out ({result.exhausted} requests went"
-                      " to /healthz instead): rerun with a larger --calls")
-            if spies:
-                summarize_py_spy(work)
-
-            # Exactly-once accounting.
-            wait_until_idle(database_url)
-            time.sleep(1.1)  # statistics reach pg_stat_database about once a second
-            activity = database_activity(database_url)
-            calls_done = max(1, result.answered)
-            print("   PostgreSQL work per measured call (incl. the projection runner): " + ", ".join(
-                f"{(activity[k] - activity_before[k]) / calls_done:.1f} {k}" for k in activity))
-            installed, events, rejections = ledger_counts(database_url)
-            answered_204 = warm.status["204"] + result.status["204"]
-            sent = warm.sent + result.sent
-            in_flight = sent - warm.answered - result.answered
-            print(f"   ledger: {installed:,} Installed events ({events:,} events, {rejections}"
-                  f" rejections); 204 answers seen: {answered_204:,}; calls sent {sent:,}, of"
-                  f" which {in_flight} were cut off in flight when the load generator stopped")
-            consistent = answered_204 <= installed <= answered_204 + max(in_flight, 0)
-            replay_ok = True
-            if installed == answered_204:
-                print("   check: the ledger holds exactly as many Installed events as 204 answers")
-            elif consistent:
-                print(f"   check: {installed - answered_204} more Installed events than 204 answers"
-                      " seen, all explained by calls the load generator cut off in flight")
-            else:
-                print("   CHECK FAILED: Installed events do not match the 204 answers")
-            if not args.no_replay:
-                sent_calls = warm.sent_calls(warm_calls) + result.sent_calls(measured_calls)
-                t1 = time.perf_counter()
-                statuses = replay(service.url, sent_calls)
-                wait_until_idle(database_url, quiet=0.3)
-                after_installed = ledger_counts(database_url)[0]
-                replay_ok = (statuses == collections.Counter({204: len(sent_calls)})
-                             and after_installed == len(sent_calls))
-                verdict = "ok" if replay_ok else "FAILED"
-                print(f"   replay check {verdict}: every one of the {len(sent_calls):,} calls sent"
-                      f" again in {time.perf_counter() - t1:.1f} s -> {dict(statuses)}; the ledger"
-                      f" now holds {after_installed:,} Installed events (one per distinct call)")
-        finally:
-            stop_service(service)
-        if result.failed or not consistent or not replay_ok:
-            tail = "\n".join(line for line in service.log_path.read_text().splitlines()
-                             if '"outcome":"accepted"' not in line)[-3000:]
-            if tail.strip():
-                print("   service log tail (accepted calls left out):\n" + tail)
-
-    failures = result.failed + (0 if consistent else 1)
-    print(result_line("ingest_calls_per_s", rate, "calls/s", CALLS_TARGET))
+    result = outcome.result
+    failures = result.failed + (0 if outcome.consistent else 1)
+    print(result_line("ingest_calls_per_s", outcome.rate, "calls/s", CALLS_TARGET))
     print(result_line("ingest_p99_ms", result.p99_ms, "ms", P99_TARGET_MS, lower_is_better=True))
     print(f"RESULT ingest_non_2xx {failures} responses target 0 ratio "
           f"{1.0 if failures == 0 else 0.0:.1f}")
     print(f"\ntotal run time {time.perf_counter() - started:.0f} s")
-    if not consistent or not replay_ok:
+    if not outcome.consistent or not outcome.replay_ok:
         raise SystemExit("the ledger's contents do not match the answers (see above)")
+
+
+@dataclass
+class Outcome:
+    rate: float
+    result: LoadResult
+    consistent: bool
+    replay_ok: bool
+
+
+def _report_death(service: Service, when: str) -> None:
+    print(f"   WARNING: the service died {when} (parent exit code {service.process.poll()},"
+          f" workers now {service.worker_pids()}); its log without per-call lines:")
+    print("\n".join(line for line in service.log_path.read_text().splitlines()
+                    if '"lifecycle call"' not in line)[-2500:])
+
+
+def run_attempt(
+    args: argparse.Namespace,
+    wrk: str | None,
+    port: int,
+    key_server_url: str,
+    database_url: str,
+    work: Path,
+    script: Path,
+    warm_part: tuple[Path, Sequence[Call]],
+    measured_part: tuple[Path, Sequence[Call]],
+) -> Outcome | None:
+    """Warm-up, measured window and checks against one fresh service; None if it died."""
+    warm_file, warm_calls = warm_part
+    measured_file, measured_calls = measured_part
+    service = start_service(database_url, port, key_server_url, args.workers, work)
+    try:
+        workers_at_start = service.worker_pids()
+        print(f"   ledger serve --workers {args.workers} up: parent {service.process.pid},"
+              f" workers {workers_at_start}")
+
+        def alive() -> bool:
+            return service.process.poll() is None and service.worker_pids() == workers_at_start
+
+        def load(request_file: Path, subset: Sequence[Call], seconds: float) -> LoadResult:
+            if wrk:
+                return run_wrk(wrk, service.url, request_file, script, seconds,
+                               args.connections, args.wrk_threads)
+            return run_fallback(service.url, subset, seconds, args.connections)
+
+        warm = load(warm_file, warm_calls, args.warmup)
+        print(f"   warm-up: {warm.answered:,} answers in {warm.seconds:.1f} s, statuses "
+              f"{warm.status}, errors {warm.errors}")
+        wait_until_idle(database_url, quiet=0.3)
+        if not alive():
+            _report_death(service, "during start-up or warm-up")
+            return None
+        spies: list[subprocess.Popen[bytes]] = []
+        if args.py_spy:
+            spies = start_py_spy(service.worker_pids(), args.seconds, work)
+        activity_before = database_activity(database_url)
+        database = database_url.rsplit("/", 1)[1]
+        before = CpuSample.take(service, database)
+        result = load(measured_file, measured_calls, args.seconds)
+        after = CpuSample.take(service, database)
+        for spy in spies:
+            spy.wait(timeout=60)
+        if not alive():
+            _report_death(service, "during the measured window")
+            return None
+
+        rate = result.ok / result.seconds
+        print(f"   measured: {result.answered:,} answers in {result.seconds:.2f} s: "
+              f"{result.status}; socket errors/timeouts {result.errors}")
+        print(f"   latency ms: mean {result.mean_ms:.1f}, p50 {result.p50_ms:.1f}, p90 "
+              f"{result.p90_ms:.1f}, p99 {result.p99_ms:.1f}, p99.9 {result.p999_ms:.1f}, "
+              f"max {result.max_ms:.1f}")
+        print("   " + describe_cpu(before, after, result.seconds))
+        if result.exhausted or warm.exhausted:
+            print(f"   WARNING: the pre-signed calls ran out ({result.exhausted} requests went"
+                  " to /healthz instead): rerun with a larger --calls")
+        if spies:
+            summarize_py_spy(work)
+
+        # Exactly-once accounting.
+        wait_until_idle(database_url)
+        time.sleep(1.1)  # statistics reach pg_stat_database about once a second
+        activity = database_activity(database_url)
+        calls_done = max(1, result.answered)
+        print("   PostgreSQL work per measured call (incl. the projection runner): " + ", ".join(
+            f"{(activity[k] - activity_before[k]) / calls_done:.1f} {k}" for k in activity))
+        installed, events, rejections = ledger_counts(database_url)
+        answered_204 = warm.status["204"] + result.status["204"]
+        sent = warm.sent + result.sent
+        in_flight = sent - warm.answered - result.answered
+        print(f"   ledger: {installed:,} Installed events ({events:,} events, {rejections}"
+              f" rejections); 204 answers seen: {answered_204:,}; calls sent {sent:,}, of"
+              f" which {in_flight} were cut off in flight when the load generator stopped")
+        consistent = answered_204 <= installed <= answered_204 + max(in_flight, 0)
+        replay_ok = True
+        if installed == answered_204:
+            print("   check: the ledger holds exactly as many Installed events as 204 answers")
+        elif consistent:
+            print(f"   check: {installed - answered_204} more Installed events than 204 answers"
+                  " seen, all explained by calls the load generator cut off in flight")
+        else:
+            print("   CHECK FAILED: Installed events do not match the 204 answers")
+        if not args.no_replay:
+            sent_calls = warm.sent_calls(warm_calls) + result.sent_calls(measured_calls)
+            t1 = time.perf_counter()
+            statuses = replay(service.url, sent_calls)
+            wait_until_idle(database_url, quiet=0.3)
+            after_installed = ledger_counts(database_url)[0]
+            replay_ok = (statuses == collections.Counter({204: len(sent_calls)})
+                         and after_installed == len(sent_calls))
+            verdict = "ok" if replay_ok else "FAILED"
+            print(f"   replay check {verdict}: every one of the {len(sent_calls):,} calls sent"
+                  f" again in {time.perf_counter() - t1:.1f} s -> {dict(statuses)}; the ledger"
+                  f" now holds {after_installed:,} Installed events (one per distinct call)")
+    finally:
+        stop_service(service)
+    if result.failed or not consistent or not replay_ok:
+        tail = "\n".join(line for line in service.log_path.read_text().splitlines()
+                         if '"outcome":"accepted"' not in line)[-3000:]
+        if tail.strip():
+            print("   service log tail (accepted calls left out):\n" + tail)
+    return Outcome(rate, result, consistent, replay_ok)
 
 
 if __name__ == "__main__":

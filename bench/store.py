@@ -683,8 +683,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4, help="alternating rounds in part a")
     parser.add_argument("--read-events", type=int, default=1_000_000,
                         help="events bulk-loaded for part b (default 1000000)")
-    parser.add_argument("--batch-sizes", default="5000,10000,20000",
-                        help="read_all batch sizes to try (default 5000,10000,20000)")
+    parser.add_argument("--batch-sizes", default="5000,10000,20000,50000",
+                        help="read_all batch sizes to try (default 5000,10000,20000,50000)")
     parser.add_argument("--verify", choices=("prefix", "full"), default="prefix",
                         help="verify the bulk-loaded chain fully or its first 50,000 events")
     parser.add_argument("--no-profile", action="store_true", help="skip the cProfile pass")
