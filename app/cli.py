@@ -56,7 +56,10 @@ def serve(
     settings = Settings()
     # Create the schema (and, on the embedded default, the master key) once, before
     # the workers start, so they do not race to do it.
-    open_store(settings.database_url).close()
+    from projections.storage import storage_for
+
+    with open_store(settings.database_url) as store:
+        storage_for(store).ensure()
     settings.master_keys()
     uvicorn.run(
         "app.service:create_app",

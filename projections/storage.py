@@ -28,6 +28,7 @@ class ProjectionStorage(abc.ABC):
     def ensure(self) -> None:
         """Create the live tables and the checkpoints that are missing (idempotent)."""
         with self._transaction() as tx:
+            self._serialise_schema_changes(tx)
             tx.execute(
                 "CREATE TABLE IF NOT EXISTS projection_checkpoints ("
                 " name TEXT PRIMARY KEY, position BIGINT NOT NULL)"
@@ -164,6 +165,10 @@ class ProjectionStorage(abc.ABC):
     @abc.abstractmethod
     def _lock_checkpoints(self, tx: Any) -> dict[str, int]: ...
 
+    @abc.abstractmethod
+    def _serialise_schema_changes(self, tx: Any) -> None:
+        """Several processes starting at once must not race to create the tables."""
+
     def _sql(self, sql: str) -> str:
         return sql if self.sqlite else sql.replace("?", "%s")
 
@@ -215,6 +220,9 @@ class SQLiteProjectionStorage(ProjectionStorage):
     def _table_exists(self, tx: Any, name: str) -> bool:
         row = tx.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
         return row.fetchone() is not None
+
+    def _serialise_schema_changes(self, tx: Any) -> None:
+        pass  # BEGIN IMMEDIATE already holds SQLite's one write lock
 
     def _lock_checkpoints(self, tx: Any) -> dict[str, int]:
         rows = tx.execute("SELECT name, position FROM projection_checkpoints").fetchall()
@@ -285,6 +293,9 @@ class PostgresProjectionStorage(ProjectionStorage):
     def _table_exists(self, tx: Any, name: str) -> bool:
         row = tx.execute("SELECT to_regclass(%s)", (name,)).fetchone()
         return row is not None and row[0] is not None
+
+    def _serialise_schema_changes(self, tx: Any) -> None:
+        tx.execute("SELECT pg_advisory_xact_lock(7406000003)")
 
     def _lock_checkpoints(self, tx: Any) -> dict[str, int]:
         rows = tx.execute(

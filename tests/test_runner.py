@@ -220,3 +220,27 @@ def test_leadership_is_exclusive_within_a_process_too(store: EventStore) -> None
     finally:
         one.release()
         two.release()
+
+
+def test_processes_starting_at_once_create_the_tables_once(store_url: str) -> None:
+    """Several service workers call ensure() on a fresh database at the same moment."""
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def start() -> None:
+        with open_store(store_url) as own:
+            storage = storage_for(own)
+            barrier.wait()
+            try:
+                storage.ensure()
+            except BaseException as error:  # noqa: BLE001 - collected for the assertion
+                errors.append(error)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with open_store(store_url) as store:
+        assert set(storage_for(store).checkpoints()) == set(SPECS)
