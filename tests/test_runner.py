@@ -233,7 +233,7 @@ def test_processes_starting_at_once_create_the_tables_once(store_url: str) -> No
             barrier.wait()
             try:
                 storage.ensure()
-            except BaseException as error:  # noqa: BLE001 - collected for the assertion
+            except BaseException as error:
                 errors.append(error)
 
     threads = [threading.Thread(target=start) for _ in range(4)]
