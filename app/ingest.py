@@ -105,6 +105,40 @@ def extract_token(authorization: str | None, query: list[tuple[str, str]]) -> st
     return values[0] if len(values) == 1 and values[0] else None
 
 
+class _TenantKeys:
+    """One attempt's view of a tenant's data key: read once, or made new.
+
+    A tenant without a stored key (a first install, or one forgotten) gets a fresh
+    key that is stored by the same append that first uses it, so a first install
+    costs one transaction, and a lost race leaves no orphan key behind.
+    """
+
+    def __init__(self, keyring: KeyRing, stream_id: str, *, load: bool) -> None:
+        self._keyring = keyring
+        self._stream_id = stream_id
+        self._key: bytes | None = None
+        self.wrapped_new_key: bytes | None = None
+        if load:
+            try:
+                self._key = keyring.stored_key(stream_id)
+            except CryptoError:
+                self._key = None  # unwrappable: treated like a forgotten tenant
+
+    def open(self, sealed: SealedSecret | None) -> str | None:
+        """The plain current secret; None when there is none or it was forgotten."""
+        if sealed is None or self._key is None:
+            return None
+        try:
+            return open_secret(self._key, sealed, sealed.ad)
+        except CryptoError:
+            return None
+
+    def seal(self, secret: str, ad: str) -> SealedSecret:
+        if self._key is None:
+            self._key, self.wrapped_new_key = self._keyring.new_key(self._stream_id)
+        return seal_secret(self._key, secret, ad)
+
+
 class LifecycleIngestor:
     def __init__(
         self,
@@ -227,7 +261,8 @@ class LifecycleIngestor:
             for _attempt in range(MAX_CONFLICT_RETRIES):
                 now = int(self.clock())
                 state = fold(stream_id, self.store.read_stream(stream_id))
-                current_secret = self._current_secret(state)
+                keys = _TenantKeys(self.keyring, stream_id, load=state.known)
+                current_secret = keys.open(state.secret)
                 verified = self._verify(
                     request,
                     payload,
@@ -274,7 +309,7 @@ class LifecycleIngestor:
                         descriptor_version=descriptor_version,
                     ),
                 )
-                decision = decide(state, call, current_secret, self._sealer(stream_id, state))
+                decision = decide(state, call, current_secret, keys.seal)
                 if isinstance(decision, Refuse):
                     return Outcome(
                         decision.status, decision.code, call_id, decision.detail, payload.client_key
@@ -288,6 +323,7 @@ class LifecycleIngestor:
                         [NewEvent(data, call.metadata) for data in decision.events],
                         expected_version=state.version,
                         idempotency_key=verified.sha256,
+                        data_key=keys.wrapped_new_key,
                     )
                 except ConcurrencyConflict:
                     continue  # another call for this tenant won: re-read, re-verify, re-decide
@@ -377,22 +413,6 @@ class LifecycleIngestor:
         except TokenError as error:
             raise _Refusal(401, error.code, error.detail) from None
         raise _Refusal(401, "unsupported_alg", "only RS256 and HS256 tokens are accepted")
-
-    def _current_secret(self, state: TenantState) -> str | None:
-        if state.secret is None:
-            return None
-        try:
-            key = self.keyring.data_key(state.stream_id)
-            return open_secret(key, state.secret, state.secret.ad)
-        except CryptoError:
-            # A forgotten tenant: its secret is unreadable by design.
-            return None
-
-    def _sealer(self, stream_id: str, state: TenantState) -> Callable[[str, str], SealedSecret]:
-        def seal(secret: str, ad: str) -> SealedSecret:
-            return seal_secret(self.keyring.data_key(stream_id, create=True), secret, ad)
-
-        return seal
 
     # -- the rejection log
 

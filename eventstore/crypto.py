@@ -144,6 +144,17 @@ class KeyRing:
             )
         return self._master.unwrap(stream_id, wrapped)
 
+    def stored_key(self, stream_id: str) -> bytes | None:
+        """The stream's data key, or None when it has none (new, or forgotten)."""
+        wrapped = self._store.get_data_key(stream_id)
+        return None if wrapped is None else self._master.unwrap(stream_id, wrapped)
+
+    def new_key(self, stream_id: str) -> tuple[bytes, bytes]:
+        """A fresh data key and its wrapped form, to be stored with the append
+        (``EventStore.append(data_key=...)``) that first uses it."""
+        key = os.urandom(32)
+        return key, self._master.wrap(stream_id, key)
+
     def forget(self, stream_id: str) -> bool:
         return self._store.destroy_data_key(stream_id)
 

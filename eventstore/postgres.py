@@ -54,7 +54,6 @@ MIGRATIONS: list[str] = [
         call_id         text,
         UNIQUE (stream_id, version)
     );
-    CREATE INDEX events_recorded_at ON events (stream_id, recorded_at);
 
     CREATE FUNCTION events_are_immutable() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
@@ -106,7 +105,7 @@ MIGRATIONS: list[str] = [
     CREATE FUNCTION ledger_append(
         p_stream text, p_expected integer, p_key text, p_types text[],
         p_schemas smallint[], p_data text[], p_metadata text[], p_call_ids text[],
-        p_recorded_at timestamptz, p_digests bytea[]
+        p_recorded_at timestamptz, p_digests bytea[], p_data_key bytea
     ) RETURNS TABLE (o_position bigint, o_hash bytea, o_duplicate boolean)
     LANGUAGE plpgsql AS $$
     DECLARE
@@ -117,19 +116,9 @@ MIGRATIONS: list[str] = [
         v_last bigint;
         i integer;
     BEGIN
-        IF p_key IS NOT NULL THEN
-            SELECT first_position, last_position INTO v_first, v_last
-                FROM idempotency_keys WHERE key = p_key;
-            IF FOUND THEN
-                RETURN QUERY SELECT e.position, e.hash, true FROM events e
-                    WHERE e.position BETWEEN v_first AND v_last ORDER BY e.position;
-                RETURN;
-            END IF;
-        END IF;
-
         SELECT h.position, h.hash INTO v_position, v_hash FROM ledger_head h FOR UPDATE;
 
-        -- Checked again under the lock: a concurrent append with the same key waited here.
+        -- Under the lock, so a concurrent append with the same key is seen here.
         IF p_key IS NOT NULL THEN
             SELECT first_position, last_position INTO v_first, v_last
                 FROM idempotency_keys WHERE key = p_key;
@@ -144,6 +133,15 @@ MIGRATIONS: list[str] = [
             WHERE e.stream_id = p_stream;
         IF v_actual <> p_expected THEN
             RAISE EXCEPTION 'version conflict' USING ERRCODE = 'LD001', DETAIL = v_actual::text;
+        END IF;
+
+        -- A first install's data key is stored with its events, in one transaction.
+        IF p_data_key IS NOT NULL THEN
+            INSERT INTO data_keys (stream_id, wrapped) VALUES (p_stream, p_data_key)
+                ON CONFLICT (stream_id) DO NOTHING;
+            IF NOT FOUND THEN
+                RAISE EXCEPTION 'data key exists' USING ERRCODE = 'LD001', DETAIL = v_actual::text;
+            END IF;
         END IF;
 
         v_first := v_position + 1;
@@ -253,6 +251,7 @@ class PostgresEventStore(EventStore):
         events: Sequence[NewEvent],
         expected_version: int,
         idempotency_key: str | None = None,
+        data_key: bytes | None = None,
     ) -> AppendResult:
         if not events:
             raise ValueError("append needs at least one event")
@@ -276,13 +275,16 @@ class PostgresEventStore(EventStore):
             [p.call_id for p in prepared],
             recorded_at,
             digests,
+            data_key,
         ]
         try:
             with self._connection() as conn:
+                # %b: binary parameters. Text-format arrays would escape every quote
+                # of the JSON bodies on the client and parse them again on the server.
                 rows = conn.execute(
                     "SELECT o_position, encode(o_hash, 'hex'), o_duplicate FROM ledger_append("
-                    "%s, %s, %s, %s::text[], %s::smallint[], %s::text[], %s::text[], %s::text[],"
-                    " %s, %s::bytea[])",
+                    "%b, %b, %b, %b::text[], %b::smallint[], %b::text[], %b::text[], %b::text[],"
+                    " %b, %b::bytea[], %b::bytea)",
                     params,
                     prepare=True,
                 ).fetchall()

@@ -177,6 +177,7 @@ class SQLiteEventStore(EventStore):
         events: Sequence[NewEvent],
         expected_version: int,
         idempotency_key: str | None = None,
+        data_key: bytes | None = None,
     ) -> AppendResult:
         if not events:
             raise ValueError("append needs at least one event")
@@ -206,6 +207,13 @@ class SQLiteEventStore(EventStore):
                 ).fetchone()[0]
                 if actual != expected_version:
                     raise ConcurrencyConflict(stream_id, expected_version, actual)
+                if data_key is not None:
+                    stored = conn.execute(
+                        "INSERT INTO data_keys VALUES (?, ?, ?) ON CONFLICT (stream_id) DO NOTHING",
+                        (stream_id, data_key, stamp),
+                    )
+                    if stored.rowcount == 0:
+                        raise ConcurrencyConflict(stream_id, expected_version, actual)
                 last = conn.execute(
                     "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
                 ).fetchone()

@@ -196,12 +196,15 @@ class EventStore(abc.ABC):
         events: Sequence[NewEvent],
         expected_version: int,
         idempotency_key: str | None = None,
+        data_key: bytes | None = None,
     ) -> AppendResult:
         """Append all events atomically after ``expected_version`` (0: a new stream).
 
         Raises ConcurrencyConflict when the stream is at another version. When
         ``idempotency_key`` was used before, returns the events recorded then and
-        writes nothing (``duplicate=True``).
+        writes nothing (``duplicate=True``). ``data_key``, a wrapped data key, is
+        stored for the stream in the same transaction (a first install seals its
+        secret with it); ConcurrencyConflict if the stream has one already.
         """
 
     @abc.abstractmethod

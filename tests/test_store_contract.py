@@ -306,3 +306,20 @@ def test_postgres_is_unavailable_is_a_store_error() -> None:
     bad = ADMIN_URL.rsplit("@", 1)[0] + "@127.0.0.1:1/postgres"
     with pytest.raises(StoreUnavailable):
         open_store(bad, timeout=1.0)
+
+
+def test_a_first_install_stores_its_data_key_in_the_same_transaction(store: EventStore) -> None:
+    stream = stream_id_for("a")
+    store.append(stream, [installed()], 0, data_key=b"wrapped-1")
+    assert store.get_data_key(stream) == b"wrapped-1"
+    # A second key for the same stream is a conflict, and nothing of that call is stored.
+    other = stream_id_for("b")
+    store.put_data_key(other, b"already")
+    with pytest.raises(ConcurrencyConflict):
+        store.append(other, [installed("b")], 0, data_key=b"wrapped-2")
+    assert store.get_data_key(other) == b"already"
+    assert store.stream_version(other) == 0
+    # A version conflict stores no key either.
+    with pytest.raises(ConcurrencyConflict):
+        store.append(stream_id_for("c"), [installed("c")], 3, data_key=b"wrapped-3")
+    assert store.get_data_key(stream_id_for("c")) is None
