@@ -177,21 +177,7 @@ def canonical_json(value: Any) -> bytes:
 
 def data_to_json(data: EventData) -> bytes:
     """The stored (wire) shape of an event's data: camelCase payload fields."""
-    if isinstance(data, Installed):
-        body: dict[str, Any] = dict(data.details)
-        body["key"] = data.key
-        body["clientKey"] = data.client_key
-        body["baseUrl"] = data.base_url
-        if data.shared_secret is not None:
-            body["sharedSecret"] = msgspec.to_builtins(data.shared_secret)
-        return _json_encoder.encode(body)
-    if isinstance(data, SecretRotated):
-        return _json_encoder.encode({"sharedSecret": data.shared_secret})
-    if isinstance(data, BaseUrlChanged | DescriptorUpgraded):
-        return _json_encoder.encode({"from": data.from_, "to": data.to})
-    if isinstance(data, DetailsChanged):
-        return _json_encoder.encode(data.changes)
-    return b"{}"
+    return _json_encoder.encode(data_as_dict(data))
 
 
 def metadata_to_json(metadata: Metadata) -> bytes:
@@ -260,5 +246,18 @@ def data_from_dict(event_type: str, body: dict[str, Any]) -> EventData:
 
 def data_as_dict(data: EventData) -> dict[str, Any]:
     """The wire shape as a plain dict (for APIs and exports; secrets still sealed)."""
-    result: dict[str, Any] = _json_decoder.decode(data_to_json(data))
-    return result
+    if isinstance(data, Installed):
+        body: dict[str, Any] = dict(data.details)
+        body["key"] = data.key
+        body["clientKey"] = data.client_key
+        body["baseUrl"] = data.base_url
+        if data.shared_secret is not None:
+            body["sharedSecret"] = msgspec.structs.asdict(data.shared_secret)
+        return body
+    if isinstance(data, SecretRotated):
+        return {"sharedSecret": msgspec.structs.asdict(data.shared_secret)}
+    if isinstance(data, BaseUrlChanged | DescriptorUpgraded):
+        return {"from": data.from_, "to": data.to}
+    if isinstance(data, DetailsChanged):
+        return dict(data.changes)
+    return {}

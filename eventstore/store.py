@@ -166,7 +166,9 @@ def utcnow() -> datetime:
 
 def format_timestamp(value: datetime) -> str:
     """The one text form of a time used in hashes, exports and answers (microseconds, Z)."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat is several times cheaper than strftime, and this runs for every
+    # event an answer or an export shows.
+    return value.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def parse_timestamp(text: str) -> datetime:

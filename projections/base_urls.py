@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, ClassVar
 
-from eventstore.events import BaseUrlChanged, Installed, client_key_of, stream_id_for
+from eventstore.events import BaseUrlChanged, Installed, stream_id_for
 from eventstore.store import RecordedEvent
 from projections.model import BaseUrlRow, Projection, normalize_base_url
 
@@ -111,9 +111,9 @@ def _installed(state: BaseUrlsState, event: RecordedEvent) -> None:
     if current is not None:  # a reinstall
         _arrive(state, stream_id, current, data.base_url, event)
         return
-    opened = BaseUrlRow(
-        data.base_url, client_key_of(stream_id), event.recorded_at, None, event.position
-    )
+    # data.client_key is the stream's (the service picks the stream by it) and is
+    # the same string object the tenants row keeps: one copy per tenant in a rebuild.
+    opened = BaseUrlRow(data.base_url, data.client_key, event.recorded_at, None, event.position)
     state._open[stream_id] = opened
     if state._dirty is not None:
         _record(state, opened)

@@ -53,7 +53,7 @@ def rebuild(
     names: Sequence[str] = (),
     *,
     storage: ProjectionStorage | None = None,
-    batch_size: int = 10_000,
+    batch_size: int = 2_000,
     progress: Progress | None = None,
 ) -> RebuildReport:
     started = time.perf_counter()

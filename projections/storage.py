@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import sqlite3
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -16,7 +17,7 @@ from typing import Any
 
 from eventstore.store import EventStore, format_timestamp
 from projections.model import Row, TenantRow
-from projections.tables import SPECS, TableSpec, create_table_sql, upsert_sql
+from projections.tables import SPECS, SQL_TYPES, TableSpec, create_table_sql, upsert_sql
 
 REBUILD_SUFFIX = "__rebuild"
 CatchUp = Callable[[], tuple[int, Mapping[str, Sequence[Row]]]]
@@ -303,20 +304,41 @@ class PostgresProjectionStorage(ProjectionStorage):
         ).fetchall()
         return {name: int(position) for name, position in rows}
 
+    def prepare_rebuild(self, names: Iterable[str]) -> None:
+        """Bare tables: the key and indexes are built once the rows are in (faster
+        than maintaining them row by row during COPY)."""
+        with self._transaction() as tx:
+            for name in names:
+                table = name + REBUILD_SUFFIX
+                tx.execute(f"DROP TABLE IF EXISTS {table}")
+                columns = ", ".join(f"{c.name} {SQL_TYPES[c.kind][0]}" for c in SPECS[name].columns)
+                tx.execute(f"CREATE TABLE {table} ({columns})")
+
     def bulk_load(self, name: str, rows: Iterable[Row]) -> int:
         spec = SPECS[name]
+        table = name + REBUILD_SUFFIX
         count = 0
-        statement = f"COPY {name}{REBUILD_SUFFIX} ({', '.join(spec.column_names)}) FROM STDIN"
-        with (
-            self._pool.connection() as conn,
-            conn.transaction(),
-            conn.cursor() as cur,
-            cur.copy(statement) as copy,  # type: ignore[arg-type]
-        ):
-            for row in rows:
-                copy.write_row(spec.to_tuple(row, False))
-                count += 1
+        statement = f"COPY {table} ({', '.join(spec.column_names)}) FROM STDIN (FORMAT BINARY)"
+        with self._pool.connection() as conn, conn.transaction():
+            with conn.cursor() as cur, cur.copy(statement) as copy:  # type: ignore[arg-type]
+                copy.set_types([_COPY_TYPES[c.kind] for c in spec.columns])
+                for row in rows:
+                    copy.write_row(spec.to_tuple(row, False))
+                    count += 1
+            conn.execute(f"ALTER TABLE {table} ADD PRIMARY KEY ({', '.join(spec.key)})")  # type: ignore[arg-type]
+            tag = uuid.uuid4().hex[:8]
+            for number, index in enumerate(spec.indexes):
+                conn.execute(f"CREATE INDEX {name}_ix{number}_{tag} ON {table} ({index})")  # type: ignore[arg-type]
         return count
+
+
+_COPY_TYPES: dict[str, str] = {
+    "text": "text",
+    "bool": "bool",
+    "int": "int4",
+    "bigint": "int8",
+    "time": "timestamptz",
+}
 
 
 def storage_for(store: EventStore) -> ProjectionStorage:

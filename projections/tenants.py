@@ -59,7 +59,6 @@ from eventstore.events import (
     DescriptorUpgraded,
     DetailsChanged,
     Installed,
-    client_key_of,
     stream_id_for,
 )
 from eventstore.store import RecordedEvent
@@ -104,7 +103,7 @@ def _installed(event: RecordedEvent) -> _Tenant:
     details = data.details
     at = event.recorded_at
     return _Tenant(
-        client_key=client_key_of(event.stream_id),
+        client_key=data.client_key,  # == the stream's, and shared with base_urls rows
         base_url=data.base_url,
         display_url=details.get("displayUrl"),
         product_type=details.get("productType"),
