@@ -14,6 +14,18 @@ import msgspec
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from starlette.concurrency import run_in_threadpool
 
+from app.answers import (
+    DescriptorsAnswer,
+    EventsAnswer,
+    EventsPage,
+    FastJSONResponse,
+    ReimportsAnswer,
+    RejectionsAnswer,
+    TenantAnswer,
+    TenantsPage,
+    VerifyAnswer,
+    documented,
+)
 from eventstore.events import stream_id_for
 from eventstore.store import EventStore, RecordedEvent, format_timestamp, parse_timestamp, utcnow
 from projections import tenants as tenants_fold
@@ -90,12 +102,16 @@ def parse_as_of(value: str | None) -> int | datetime | None:
     return parsed
 
 
-@router.get("/tenants/{client_key}", summary="One tenant, folded from its stream")
+@router.get(
+    "/tenants/{client_key}",
+    summary="One tenant, folded from its stream",
+    **documented(TenantAnswer, 400, 404),
+)
 async def tenant(
     client_key: str,
     store: StoreDep,
     as_of: Annotated[str | None, Query(description="a log position or an RFC 3339 time")] = None,
-) -> dict[str, Any]:
+) -> FastJSONResponse:
     up_to = parse_as_of(as_of)
     stream = stream_id_for(client_key)
     events = await run_in_threadpool(store.read_stream, stream, up_to)
@@ -114,25 +130,31 @@ async def tenant(
         raise HTTPException(
             status_code=404, detail={"error": "unknown_tenant", "detail": "never installed"}
         )
-    return tenant_object(row)
+    return FastJSONResponse(tenant_object(row))
 
 
-@router.get("/tenants/{client_key}/events", summary="A tenant's events, oldest first")
-async def tenant_events(client_key: str, store: StoreDep) -> dict[str, Any]:
+@router.get(
+    "/tenants/{client_key}/events",
+    summary="A tenant's events, oldest first",
+    **documented(EventsAnswer, 404),
+)
+async def tenant_events(client_key: str, store: StoreDep) -> FastJSONResponse:
     events = await run_in_threadpool(store.read_stream, stream_id_for(client_key))
     if not events:
         raise HTTPException(
             status_code=404, detail={"error": "unknown_tenant", "detail": "no such clientKey"}
         )
-    return {"events": [redact_event(e) for e in events]}
+    return FastJSONResponse({"events": [redact_event(e) for e in events]})
 
 
-@router.get("/events", summary="The log in global order, paged by position")
+@router.get(
+    "/events", summary="The log in global order, paged by position", **documented(EventsPage)
+)
 async def events(
     store: StoreDep,
     after: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> dict[str, Any]:
+) -> FastJSONResponse:
     def page() -> list[RecordedEvent]:
         found: list[RecordedEvent] = []
         for event in store.read_all(after_position=after, batch_size=limit):
@@ -142,28 +164,30 @@ async def events(
         return found
 
     found = await run_in_threadpool(page)
-    return {
-        "events": [redact_event(e) for e in found],
-        "next": found[-1].position if len(found) == limit else None,
-    }
+    return FastJSONResponse(
+        {
+            "events": [redact_event(e) for e in found],
+            "next": found[-1].position if len(found) == limit else None,
+        }
+    )
 
 
-@router.get("/rejections", summary="Refused calls, newest first")
+@router.get("/rejections", summary="Refused calls, newest first", **documented(RejectionsAnswer))
 async def rejections(
     store: StoreDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100
-) -> dict[str, Any]:
+) -> FastJSONResponse:
     rows = await run_in_threadpool(store.list_rejections, limit)
-    return {"rejections": [r.as_dict() for r in rows]}
+    return FastJSONResponse({"rejections": [r.as_dict() for r in rows]})
 
 
-@router.get("/verify", summary="Recompute the hash chain")
-async def verify(store: StoreDep) -> dict[str, Any]:
+@router.get("/verify", summary="Recompute the hash chain", **documented(VerifyAnswer))
+async def verify(store: StoreDep) -> FastJSONResponse:
     report = await run_in_threadpool(store.verify)
     answer: dict[str, Any] = {"ok": report.ok, "events": report.events, "head": report.head}
     if not report.ok:
         answer["first_bad_position"] = report.first_bad_position
         answer["reason"] = report.reason
-    return answer
+    return FastJSONResponse(answer)
 
 
 # ---------------------------------------------------------------- read models
@@ -192,7 +216,11 @@ async def _caught_up(storage: ProjectionStorage, min_position: int | None) -> No
         )
 
 
-@router.get("/tenants", summary="Tenants from the tenants projection, paged by clientKey")
+@router.get(
+    "/tenants",
+    summary="Tenants from the tenants projection, paged by clientKey",
+    **documented(TenantsPage, 503),
+)
 async def tenants(
     storage: ProjectionsDep,
     state: Annotated[Literal["installed", "uninstalled"] | None, Query()] = None,
@@ -207,7 +235,7 @@ async def tenants(
     min_position: Annotated[
         int | None, Query(ge=0, description="wait until the log position is folded")
     ] = None,
-) -> dict[str, Any]:
+) -> FastJSONResponse:
     await _caught_up(storage, min_position)
 
     def page() -> list[Any]:
@@ -223,50 +251,64 @@ async def tenants(
         )
 
     rows = await run_in_threadpool(page)
-    return {
-        "tenants": [tenant_object(r) for r in rows],
-        "next": rows[-1].client_key if len(rows) == limit else None,
-    }
+    return FastJSONResponse(
+        {
+            "tenants": [tenant_object(r) for r in rows],
+            "next": rows[-1].client_key if len(rows) == limit else None,
+        }
+    )
 
 
-@router.get("/descriptors", summary="Descriptor versions seen, and the latest")
+@router.get(
+    "/descriptors",
+    summary="Descriptor versions seen, and the latest",
+    **documented(DescriptorsAnswer, 503),
+)
 async def descriptors(
     storage: ProjectionsDep,
     min_position: Annotated[int | None, Query(ge=0)] = None,
-) -> dict[str, Any]:
+) -> FastJSONResponse:
     await _caught_up(storage, min_position)
     rows = await run_in_threadpool(storage.load_rows, "descriptors")
     rows.sort(key=lambda r: r.first_seen_position)
-    return {
-        "latest": latest_version(rows),
-        "versions": [
-            {
-                "version": r.version,
-                "first_seen_at": format_timestamp(r.first_seen_at),
-                "tenants": r.tenants,
-            }
-            for r in rows
-        ],
-    }
+    return FastJSONResponse(
+        {
+            "latest": latest_version(rows),
+            "versions": [
+                {
+                    "version": r.version,
+                    "first_seen_at": format_timestamp(r.first_seen_at),
+                    "tenants": r.tenants,
+                }
+                for r in rows
+            ],
+        }
+    )
 
 
-@router.get("/reimports", summary="Links between a new clientKey and the one that held its URL")
+@router.get(
+    "/reimports",
+    summary="Links between a new clientKey and the one that held its URL",
+    **documented(ReimportsAnswer, 503),
+)
 async def reimports(
     storage: ProjectionsDep,
     min_position: Annotated[int | None, Query(ge=0)] = None,
-) -> dict[str, Any]:
+) -> FastJSONResponse:
     await _caught_up(storage, min_position)
     rows = await run_in_threadpool(storage.load_rows, "reimports")
     rows.sort(key=lambda r: (r.detected_at, r.client_key))
-    return {
-        "links": [
-            {
-                "base_url": r.base_url,
-                "previous_client_key": r.previous_client_key,
-                "client_key": r.client_key,
-                "detected_at": format_timestamp(r.detected_at),
-                "kind": r.kind,
-            }
-            for r in rows
-        ]
-    }
+    return FastJSONResponse(
+        {
+            "links": [
+                {
+                    "base_url": r.base_url,
+                    "previous_client_key": r.previous_client_key,
+                    "client_key": r.client_key,
+                    "detected_at": format_timestamp(r.detected_at),
+                    "kind": r.kind,
+                }
+                for r in rows
+            ]
+        }
+    )

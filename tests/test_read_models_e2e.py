@@ -155,3 +155,35 @@ def test_openapi_document_lists_the_interfaces(service: RunningService) -> None:
         "413",
         "503",
     }
+
+
+def test_admin_answers_follow_their_documented_models(service: RunningService) -> None:
+    from app import answers
+
+    payload = service.install()
+    key = payload["clientKey"]
+    service.install(dict(payload, baseUrl="https://moved-on.atlassian.net"), descriptor_version="2")
+    service.install(make_install_payload(base_url=payload["baseUrl"]))
+    head = service.store.head().position
+    checks = {
+        "/admin/tenants": answers.TenantsPage,
+        f"/admin/tenants/{key}": answers.TenantAnswer,
+        f"/admin/tenants/{key}/events": answers.EventsAnswer,
+        "/admin/events": answers.EventsPage,
+        "/admin/descriptors": answers.DescriptorsAnswer,
+        "/admin/reimports": answers.ReimportsAnswer,
+        "/admin/rejections": answers.RejectionsAnswer,
+        "/admin/verify": answers.VerifyAnswer,
+    }
+    for path, model in checks.items():
+        params = {"min_position": head} if path in ("/admin/tenants", "/admin/reimports") else {}
+        response = service.admin(path, **params)
+        assert response.status_code == 200, (path, response.text)
+        assert response.headers["content-type"].startswith("application/json")
+        model.model_validate(response.json(), strict=False)
+    assert service.admin("/admin/reimports").json()["links"][0]["kind"] == "url_reused"
+    document = service.client.get("/openapi.json").json()
+    schema = document["paths"]["/admin/tenants"]["get"]["responses"]["200"]["content"][
+        "application/json"
+    ]["schema"]
+    assert schema["$ref"].endswith("/TenantsPage")

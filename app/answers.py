@@ -1,0 +1,124 @@
+"""The admin API's answers: pydantic models that document them in the OpenAPI
+document, and the response class that sends them.
+
+The handlers build plain dicts and send them with ``FastJSONResponse`` (one msgspec
+encode) instead of letting FastAPI validate and re-encode every nested event: a
+200-event history is the hot read of the admin API. The models below are the
+contract those dicts follow; ``tests/test_read_models_e2e.py`` checks answers
+against them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+from pydantic import BaseModel, Field
+from starlette.responses import Response
+
+
+class FastJSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return msgspec.json.encode(content)
+
+
+class TenantAnswer(BaseModel):
+    client_key: str
+    base_url: str
+    display_url: str | None
+    product_type: str | None
+    state: Literal["installed", "uninstalled"]
+    enabled: bool
+    descriptor_version: str | None
+    installed_at: str = Field(description="RFC 3339, UTC")
+    updated_at: str
+    last_seen_at: str
+    version: int = Field(description="the tenant stream's version")
+
+
+class TenantsPage(BaseModel):
+    tenants: list[TenantAnswer]
+    next: str | None = Field(description="pass as ?after= for the next page; null on the last")
+
+
+class EventAnswer(BaseModel):
+    position: int
+    stream_id: str
+    version: int
+    type: str
+    schema_version: int
+    data: dict[str, Any] = Field(description="payload fields; sharedSecret is always '[redacted]'")
+    metadata: dict[str, Any]
+    recorded_at: str
+    hash: str
+
+
+class EventsAnswer(BaseModel):
+    events: list[EventAnswer]
+
+
+class EventsPage(EventsAnswer):
+    next: int | None = Field(description="pass as ?after= for the next page; null on the last")
+
+
+class DescriptorVersion(BaseModel):
+    version: str
+    first_seen_at: str
+    tenants: int = Field(description="installed tenants on this version now")
+
+
+class DescriptorsAnswer(BaseModel):
+    latest: str | None
+    versions: list[DescriptorVersion]
+
+
+class ReimportLink(BaseModel):
+    base_url: str
+    previous_client_key: str
+    client_key: str
+    detected_at: str
+    kind: Literal["reimport", "url_reused"]
+
+
+class ReimportsAnswer(BaseModel):
+    links: list[ReimportLink]
+
+
+class RejectionAnswer(BaseModel):
+    at: str
+    path: str
+    reason: str
+    status: int
+    client_key: str | None = None
+    base_url: str | None = None
+    remote_addr: str | None = None
+    token_sha256: str | None = None
+    detail: str | None = None
+
+
+class RejectionsAnswer(BaseModel):
+    rejections: list[RejectionAnswer]
+
+
+class VerifyAnswer(BaseModel):
+    ok: bool
+    events: int
+    head: str
+    first_bad_position: int | None = None
+    reason: str | None = None
+
+
+class ErrorAnswer(BaseModel):
+    error: str
+    detail: str
+
+
+def documented(model: type[BaseModel], *errors: int) -> dict[str, Any]:
+    """Route options: the answer's model in the OpenAPI document, sent by FastJSONResponse."""
+    responses: dict[int | str, dict[str, Any]] = {200: {"model": model}}
+    responses[401] = {"model": ErrorAnswer, "description": "missing or wrong admin token"}
+    for status in errors:
+        responses[status] = {"model": ErrorAnswer}
+    return {"response_class": FastJSONResponse, "responses": responses}
