@@ -14,10 +14,20 @@ leaves the chain verifiable.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 
 from eventstore.events import canonical_json
-from eventstore.store import RawEvent, VerifyReport
+from eventstore.store import (
+    NewEvent,
+    PreparedEvent,
+    RawEvent,
+    VerifyReport,
+    format_timestamp,
+    prepare,
+    utcnow,
+)
 
 GENESIS = bytes(32)
 
@@ -74,3 +84,31 @@ def verify_chain(rows: Iterable[RawEvent]) -> VerifyReport:
         previous = computed
         count += 1
     return VerifyReport(ok=True, events=count, head=previous.hex())
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedAppend:
+    """An append's events as the exact bytes to store, with their row digests."""
+
+    recorded_at: datetime
+    stamp: str
+    events: list[PreparedEvent]
+    digests: list[bytes]
+
+
+def prepare_append(
+    stream_id: str, events: Sequence[NewEvent], expected_version: int
+) -> PreparedAppend:
+    """Encoding and digests, done before any lock is taken (every store's first step)."""
+    if not events:
+        raise ValueError("append needs at least one event")
+    recorded_at = utcnow()
+    stamp = format_timestamp(recorded_at)
+    prepared = [prepare(e) for e in events]
+    digests = [
+        row_digest(
+            stream_id, expected_version + i, p.type, p.schema_version, stamp, p.data, p.metadata
+        )
+        for i, p in enumerate(prepared, start=1)
+    ]
+    return PreparedAppend(recorded_at, stamp, prepared, digests)

@@ -20,7 +20,7 @@ from psycopg.rows import TupleRow
 from psycopg.types.string import ByteaBinaryLoader
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from eventstore.chain import GENESIS, row_digest
+from eventstore.chain import GENESIS, prepare_append
 from eventstore.events import decode_data, decode_metadata
 from eventstore.store import (
     AppendResult,
@@ -32,9 +32,6 @@ from eventstore.store import (
     RecordedEvent,
     Rejection,
     StoreUnavailable,
-    format_timestamp,
-    prepare,
-    utcnow,
 )
 
 CONFLICT_SQLSTATE = "LD001"
@@ -254,17 +251,8 @@ class PostgresEventStore(EventStore):
         idempotency_key: str | None = None,
         data_key: bytes | None = None,
     ) -> AppendResult:
-        if not events:
-            raise ValueError("append needs at least one event")
-        recorded_at = utcnow()
-        stamp = format_timestamp(recorded_at)
-        prepared = [prepare(e) for e in events]
-        digests = [
-            row_digest(
-                stream_id, expected_version + i, p.type, p.schema_version, stamp, p.data, p.metadata
-            )
-            for i, p in enumerate(prepared, start=1)
-        ]
+        batch = prepare_append(stream_id, events, expected_version)
+        recorded_at, prepared, digests = batch.recorded_at, batch.events, batch.digests
         params: list[Any] = [
             stream_id,
             expected_version,

@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from eventstore.chain import GENESIS, link, row_digest
+from eventstore.chain import GENESIS, link, prepare_append
 from eventstore.events import decode_data, decode_metadata
 from eventstore.store import (
     AppendResult,
@@ -29,7 +29,6 @@ from eventstore.store import (
     StoreUnavailable,
     format_timestamp,
     parse_timestamp,
-    prepare,
     utcnow,
 )
 
@@ -179,17 +178,8 @@ class SQLiteEventStore(EventStore):
         idempotency_key: str | None = None,
         data_key: bytes | None = None,
     ) -> AppendResult:
-        if not events:
-            raise ValueError("append needs at least one event")
-        recorded_at = utcnow()
-        stamp = format_timestamp(recorded_at)
-        prepared = [prepare(e) for e in events]
-        digests = [
-            row_digest(
-                stream_id, expected_version + i, p.type, p.schema_version, stamp, p.data, p.metadata
-            )
-            for i, p in enumerate(prepared, start=1)
-        ]
+        batch = prepare_append(stream_id, events, expected_version)
+        stamp, prepared, digests = batch.stamp, batch.events, batch.digests
         conn = self.connection()
         try:
             conn.execute("BEGIN IMMEDIATE")
