@@ -201,52 +201,6 @@ def woven(rows: Iterator[Row], spread: SpreadTenant, every: int) -> Iterator[Row
             yield spread.row(row[7], base_iat + n)
 
 
-def copy_log(url: str, rows: Iterator[Row]) -> tuple[int, bytes, Counter[str]]:
-    """COPY chained rows into a migrated, empty store (``bench/store.py``'s ``bulk_load``
-    with the rows given rather than generated inside); returns (head, hash, mix)."""
-    import psycopg
-
-    from eventstore.chain import GENESIS, link, row_digest
-
-    previous = GENESIS
-    mix: Counter[str] = Counter()
-    position = 0
-    chunk: list[str] = []
-    with psycopg.connect(url) as conn:
-        with conn.cursor() as cur:
-            row = cur.execute("SELECT position FROM ledger_head").fetchone()
-            if not row or row[0] != 0:
-                raise RuntimeError("copy_log needs an empty log")
-            with cur.copy(
-                "COPY events (position, stream_id, version, type, schema_version, data,"
-                " metadata, recorded_at, hash, call_id) FROM STDIN"
-            ) as copy:
-                for stream_id, version, event_type, schema, data, metadata, call_id, stamp in rows:
-                    position += 1
-                    digest = row_digest(stream_id, version, event_type, schema, stamp, data,
-                                        metadata)
-                    previous = link(previous, position, digest)
-                    mix[event_type] += 1
-                    # COPY text format: compact JSON holds no raw tab or newline; only
-                    # backslashes need escaping.
-                    chunk.append(
-                        f"{position}\t{stream_id}\t{version}\t{event_type}\t{schema}\t"
-                        f"{data.decode().replace(chr(92), chr(92) * 2)}\t"
-                        f"{metadata.decode().replace(chr(92), chr(92) * 2)}\t"
-                        f"{stamp}\t\\\\x{previous.hex()}\t{call_id}\n"
-                    )
-                    if len(chunk) >= 5000:
-                        copy.write("".join(chunk))
-                        chunk.clear()
-                if chunk:
-                    copy.write("".join(chunk))
-            cur.execute("UPDATE ledger_head SET position = %s, hash = %s", [position, previous])
-        conn.commit()
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("VACUUM (FREEZE, ANALYZE) events")
-    return position, previous, mix
-
-
 def check_prefix(url: str, head_position: int, head_hash: bytes) -> None:
     """The store's own chain check on the first 50,000 events, and its head."""
     from itertools import islice
@@ -277,7 +231,10 @@ def generate(url: str, events: int, tenants: int, seed: int) -> tuple[int, bytes
     spread = SpreadTenant(generator, spread_count)
     started = time.perf_counter()
     rows = woven(generator.rows(base_count, START, STEP), spread, max(1, base_count // spread_count))
-    position, head_hash, mix = copy_log(url, rows)
+    from store import copy_rows
+
+    position, head_hash, counts = copy_rows(url, rows)
+    mix = Counter(counts)
     elapsed = time.perf_counter() - started
     check_prefix(url, position, head_hash)
     shares = ", ".join(f"{k} {v:,} ({v / position:.1%})" for k, v in mix.most_common())

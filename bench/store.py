@@ -435,6 +435,14 @@ def bulk_load(url: str, count: int, seed: int = 7) -> tuple[int, bytes, dict[str
     generator = LogGenerator(seed)
     # About 40 events a minute, microseconds included (as the store writes them).
     rows = generator.rows(count, datetime(2024, 1, 1, tzinfo=UTC), timedelta(microseconds=1_500_017))
+    return copy_rows(url, rows)
+
+
+def copy_rows(
+    url: str, rows: Iterator[tuple[str, int, str, int, bytes, bytes, str, str]]
+) -> tuple[int, bytes, dict[str, int]]:
+    """COPY rows as ``LogGenerator.rows`` yields them, chained like the store chains
+    them, into a migrated, empty store; returns (head position, head hash, mix)."""
     previous = GENESIS
     mix: dict[str, int] = {}
     position = 0
