@@ -11,6 +11,9 @@ index lookups and inserts, and the whole append is one round trip.
 
 from __future__ import annotations
 
+import itertools
+import queue
+import threading
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
@@ -361,38 +364,81 @@ class PostgresEventStore(EventStore):
     def read_all(self, after_position: int = 0, batch_size: int = 1000) -> Iterator[RecordedEvent]:
         # The hot path of every rebuild and full read: binary rows (timestamps arrive
         # as integers, the hash as bytes), text columns as bytes that msgspec decodes
-        # without an intermediate str, and event type names shared per page.
+        # without an intermediate str, and event type names shared per page. When the
+        # first page is full, the next pages are fetched by a helper thread while
+        # this one decodes: the server (on another core) and the decoding overlap.
+        types: dict[bytes, str] = {}
+        first = self._binary_page(after_position, batch_size)
+        pages: Iterator[list[Any]] = iter([first])
+        stop = threading.Event()
+        if len(first) == batch_size:
+            pages = itertools.chain(pages, self._prefetched(first[-1][0], batch_size, stop))
+        try:
+            for rows in pages:
+                for position, stream_id, version, kind, schema, data, metadata, at, digest in rows:
+                    event_type = types.get(kind)
+                    if event_type is None:
+                        event_type = types[kind] = kind.decode()
+                    yield RecordedEvent(
+                        position,
+                        stream_id.decode(),
+                        version,
+                        event_type,
+                        schema,
+                        decode_data(event_type, schema, data),
+                        decode_metadata(metadata),
+                        at,
+                        digest.hex(),
+                    )
+        finally:
+            stop.set()  # a reader that stops early releases the helper thread
+
+    def _binary_page(self, after: int, batch_size: int) -> list[Any]:
         query = (
             "SELECT position, stream_id, version, type, schema_version, data, metadata,"
             " recorded_at, hash FROM events WHERE position > %s ORDER BY position LIMIT %s"
         )
-        after = after_position
-        types: dict[bytes, str] = {}
-        while True:
+        try:
+            with self._connection() as conn, conn.cursor(binary=True) as cur:
+                cur.adapters.register_loader("text", ByteaBinaryLoader)
+                return cur.execute(query, [after, batch_size], prepare=True).fetchall()
+        except psycopg.Error as exc:
+            raise _unavailable(exc) from exc
+
+    def _prefetched(
+        self, after: int, batch_size: int, stop: threading.Event
+    ) -> Iterator[list[Any]]:
+        """Pages after ``after``, fetched one ahead by a daemon thread."""
+        box: queue.Queue[list[Any] | BaseException | None] = queue.Queue(maxsize=2)
+
+        def hand_over(item: list[Any] | BaseException | None) -> bool:
+            while not stop.is_set():
+                try:
+                    box.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def fetch() -> None:
+            position = after
             try:
-                with self._connection() as conn, conn.cursor(binary=True) as cur:
-                    cur.adapters.register_loader("text", ByteaBinaryLoader)
-                    rows = cur.execute(query, [after, batch_size], prepare=True).fetchall()
-            except psycopg.Error as exc:
-                raise _unavailable(exc) from exc
-            for position, stream_id, version, kind, schema, data, metadata, at, digest in rows:
-                event_type = types.get(kind)
-                if event_type is None:
-                    event_type = types[kind] = kind.decode()
-                yield RecordedEvent(
-                    position,
-                    stream_id.decode(),
-                    version,
-                    event_type,
-                    schema,
-                    decode_data(event_type, schema, data),
-                    decode_metadata(metadata),
-                    at,
-                    digest.hex(),
-                )
-            if len(rows) < batch_size:
-                return
-            after = rows[-1][0]
+                while not stop.is_set():
+                    rows = self._binary_page(position, batch_size)
+                    if rows and not hand_over(rows):
+                        return
+                    if len(rows) < batch_size:
+                        break
+                    position = rows[-1][0]
+                hand_over(None)
+            except BaseException as error:  # handed to the reader, raised there
+                hand_over(error)
+
+        threading.Thread(target=fetch, name="ledger-read-ahead", daemon=True).start()
+        while (item := box.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
 
     def read_raw(self, after_position: int = 0, batch_size: int = 1000) -> Iterator[RawEvent]:
         columns = (

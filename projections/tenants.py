@@ -97,19 +97,31 @@ def _thaw(row: TenantRow) -> _Tenant:
 # isinstance or cast call per event.
 
 
+# Small repeated values (product types, descriptor versions) shared by every row that
+# holds them: 250,000 tenants otherwise keep 500,000 copies of a few strings.
+_SHARED: dict[str, str] = {}
+
+
 def _installed(event: RecordedEvent) -> _Tenant:
     """A fresh record: an install (or reinstall) sets everything."""
     data: Installed = event.data  # type: ignore[assignment]
     details = data.details
     at = event.recorded_at
+    base_url = data.base_url
+    display_url = details.get("displayUrl")
+    if display_url == base_url:
+        display_url = base_url  # one string object for the usual case
+    product_type = details.get("productType")
+    version = event.metadata.descriptor_version
     return _Tenant(
         client_key=data.client_key,  # == the stream's, and shared with base_urls rows
-        base_url=data.base_url,
-        display_url=details.get("displayUrl"),
-        product_type=details.get("productType"),
+        base_url=base_url,
+        display_url=display_url,
+        # A handful of distinct values across every tenant: kept once each.
+        product_type=_SHARED.setdefault(product_type, product_type) if product_type else None,
         state=INSTALLED,
         enabled=True,
-        descriptor_version=event.metadata.descriptor_version,
+        descriptor_version=_SHARED.setdefault(version, version) if version else None,
         installed_at=at,
         updated_at=at,
         last_seen_at=at,
@@ -253,9 +265,14 @@ class TenantsState:
 
     def take_changes(self) -> list[TenantRow]:
         """Frozen snapshots: later events never change a row already handed over."""
+        return list(self.drain_changes())
+
+    def drain_changes(self) -> Iterator[TenantRow]:
+        """``take_changes`` as a stream: a rebuild writes every row once, and need not
+        hold all of them frozen in a list beside the records."""
         changed = self._records if self._dirty is None else self._dirty
         self._dirty = {}
-        return list(map(_freeze, changed.values()))
+        return map(_freeze, changed.values())
 
 
 class TenantsProjection:
