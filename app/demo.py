@@ -113,11 +113,17 @@ def show_tenants(
     columns = ("client_key", "base_url", "state", "enabled", "descriptor_version", "version")
     for column in columns:
         table.add_column(column)
+    known: list[str] = []
     for key in client_keys:
-        tenant = client.get(f"/admin/tenants/{key}", headers=headers).json()
+        answer = client.get(f"/admin/tenants/{key}", headers=headers)
+        if answer.status_code != 200:
+            table.add_row(key, f"({answer.status_code} {answer.json().get('error', '')})")
+            continue
+        known.append(key)
+        tenant = answer.json()
         table.add_row(*(str(tenant.get(c)) for c in columns))
     console.print(table)
-    for key in client_keys:
+    for key in known:
         events = client.get(f"/admin/tenants/{key}/events", headers=headers).json()["events"]
         history = Table(title=f"history of {key}")
         for column in ("position", "version", "type", "data", "alg"):
@@ -182,7 +188,11 @@ def run_demo(console: Console, *, url: str | None, key_port: int) -> None:
                 show_tenants(console, host.client, token, keys)
         else:
             console.print(f"driving {url}; install keys are served at {key_server.url}")
-            host = DemoHost(console, url, url, key_server)
+            # The service's own idea of its base URL (the tokens' audience), which
+            # need not be the address this demo reaches it by.
+            with httpx.Client(base_url=url, timeout=10) as probe:
+                app_base_url = probe.get("/atlassian-connect.json").json()["baseUrl"]
+            host = DemoHost(console, url, app_base_url, key_server)
             keys = drive(host)
             console.print(host.results)
             admin_token = Settings().admin_token

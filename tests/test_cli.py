@@ -143,3 +143,17 @@ def test_help_explains_every_command() -> None:
         "demo",
     ):
         assert command in output
+
+
+def test_demo_drives_a_throw_away_service_through_a_tenants_life() -> None:
+    from rich.console import Console
+
+    from app.demo import run_demo
+
+    console = Console(record=True, width=200)
+    run_demo(console, url=None, key_port=0)
+    text = console.export_text()
+    assert text.count("│ 204") == 10  # every genuine call accepted
+    assert "401 bad_signature" in text  # the forged install refused
+    assert "reimport" in text and "uninstalled" in text
+    assert "acme-corp.atlassian.net" in text
