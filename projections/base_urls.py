@@ -68,6 +68,10 @@ class BaseUrlsState:
     def open_intervals(self) -> Iterator[BaseUrlRow]:
         return iter(self._open.values())
 
+    def drain_changes(self) -> Iterator[BaseUrlRow]:
+        """``take_changes`` as an iterator (these rows exist already; nothing to stream)."""
+        return iter(self.take_changes())
+
     def take_changes(self) -> list[BaseUrlRow]:
         if self._dirty is None:
             changed = self._closed

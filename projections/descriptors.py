@@ -79,6 +79,10 @@ class DescriptorsState:
     def rows(self) -> Iterator[DescriptorRow]:
         return (self._row(version) for version in self._first_seen)
 
+    def drain_changes(self) -> Iterator[DescriptorRow]:
+        """``take_changes`` as an iterator (these rows exist already; nothing to stream)."""
+        return iter(self.take_changes())
+
     def take_changes(self) -> list[DescriptorRow]:
         changed = [self._row(version) for version in self._dirty]
         self._dirty = set()

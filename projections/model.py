@@ -33,7 +33,7 @@ The contract between a projection and the runner that persists it
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Final, Literal, Protocol, TypeVar
 
@@ -120,6 +120,11 @@ class ProjectionState(Protocol[R]):
 
     def take_changes(self) -> list[R]:
         """Rows changed since the previous call, latest version of each; resets."""
+        ...
+
+    def drain_changes(self) -> Iterator[R]:
+        """The same rows as ``take_changes``, produced lazily (a rebuild streams them
+        into COPY instead of holding a second copy of every row)."""
         ...
 
 

@@ -37,13 +37,6 @@ class RebuildReport:
         return self.events / self.seconds if self.seconds else 0.0
 
 
-def _drain(state: Any) -> Iterable[Row]:
-    """All rows of a fresh fold, streamed where the state can (the tenants fold)."""
-    drain = getattr(state, "drain_changes", None)
-    rows: Iterable[Row] = drain() if drain is not None else state.take_changes()
-    return rows
-
-
 def with_dependencies(names: Iterable[str]) -> tuple[str, ...]:
     """The named projections plus those whose folds resume from their rows."""
     wanted = list(names) or list(SPECS)
@@ -81,7 +74,7 @@ def rebuild(
         if progress:
             progress(position, head)
 
-    rows = {name: storage.bulk_load(name, _drain(states[name])) for name in chosen}
+    rows = {name: storage.bulk_load(name, states[name].drain_changes()) for name in chosen}
 
     def catch_up() -> tuple[int, Mapping[str, Sequence[Row]]]:
         nonlocal position, events

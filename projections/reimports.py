@@ -22,7 +22,7 @@ latest holder, tenant → its current URL); ``apply`` updates them in place.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, ClassVar
 
 from eventstore.events import BaseUrlChanged, Installed, client_key_of, stream_id_for
@@ -72,6 +72,10 @@ class ReimportsState:
         """The clientKey that last arrived at ``base_url`` (``None``: nobody yet)."""
         stream_id = self._holder.get(normalize_base_url(base_url))
         return None if stream_id is None else client_key_of(stream_id)
+
+    def drain_changes(self) -> Iterator[ReimportRow]:
+        """``take_changes`` as an iterator (these rows exist already; nothing to stream)."""
+        return iter(self.take_changes())
 
     def take_changes(self) -> list[ReimportRow]:
         new, self._new = self._new, []
