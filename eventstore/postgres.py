@@ -24,7 +24,6 @@ from psycopg.types.string import ByteaBinaryLoader
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from eventstore.chain import GENESIS, prepare_append
-from eventstore.events import decode_data, decode_metadata
 from eventstore.store import (
     AppendResult,
     ConcurrencyConflict,
@@ -35,6 +34,7 @@ from eventstore.store import (
     RecordedEvent,
     Rejection,
     StoreUnavailable,
+    decode_event,
 )
 
 CONFLICT_SQLSTATE = "LD001"
@@ -176,19 +176,7 @@ _EVENT_COLUMNS = (
 
 
 def _decode_row(row: tuple[Any, ...]) -> RecordedEvent:
-    position, stream_id, version, event_type, schema_version, data, metadata, recorded_at, h = row
-    # Positional: this runs once per event on every full read of the log.
-    return RecordedEvent(
-        position,
-        stream_id,
-        version,
-        event_type,
-        schema_version,
-        decode_data(event_type, schema_version, data),
-        decode_metadata(metadata),
-        recorded_at,
-        h,
-    )
+    return decode_event(*row)
 
 
 def _libpq_url(url: str) -> str:
@@ -379,14 +367,14 @@ class PostgresEventStore(EventStore):
                     event_type = types.get(kind)
                     if event_type is None:
                         event_type = types[kind] = kind.decode()
-                    yield RecordedEvent(
+                    yield decode_event(
                         position,
                         stream_id.decode(),
                         version,
                         event_type,
                         schema,
-                        decode_data(event_type, schema, data),
-                        decode_metadata(metadata),
+                        data,
+                        metadata,
                         at,
                         digest.hex(),
                     )

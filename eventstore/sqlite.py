@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from eventstore.chain import GENESIS, link, prepare_append
-from eventstore.events import decode_data, decode_metadata
 from eventstore.store import (
     AppendResult,
     ConcurrencyConflict,
@@ -27,6 +26,7 @@ from eventstore.store import (
     RecordedEvent,
     Rejection,
     StoreUnavailable,
+    decode_event,
     format_timestamp,
     parse_timestamp,
     utcnow,
@@ -88,15 +88,14 @@ _EVENT_COLUMNS = (
 
 def _decode_row(row: tuple[Any, ...]) -> RecordedEvent:
     position, stream_id, version, event_type, schema_version, data, metadata, recorded_at, h = row
-    # Positional: this runs once per event on every full read of the log.
-    return RecordedEvent(
+    return decode_event(
         position,
         stream_id,
         version,
         event_type,
         schema_version,
-        decode_data(event_type, schema_version, data),
-        decode_metadata(metadata),
+        data,
+        metadata,
         parse_timestamp(recorded_at),
         h,
     )

@@ -17,6 +17,8 @@ from eventstore.events import (
     canonical_json,
     data_as_dict,
     data_to_json,
+    decode_data,
+    decode_metadata,
     metadata_to_json,
 )
 
@@ -81,6 +83,32 @@ class RecordedEvent(msgspec.Struct, frozen=True, gc=False):
             "recorded_at": format_timestamp(self.recorded_at),
             "hash": self.hash,
         }
+
+
+def decode_event(
+    position: int,
+    stream_id: str,
+    version: int,
+    event_type: str,
+    schema_version: int,
+    data: bytes | str,
+    metadata: bytes | str,
+    recorded_at: datetime,
+    hash_hex: str,
+) -> RecordedEvent:
+    """A stored row's columns → the typed event (upcast to the current schema)."""
+    # Positional: this runs once per event on every full read of the log.
+    return RecordedEvent(
+        position,
+        stream_id,
+        version,
+        event_type,
+        schema_version,
+        decode_data(event_type, schema_version, data),
+        decode_metadata(metadata),
+        recorded_at,
+        hash_hex,
+    )
 
 
 @dataclass(frozen=True, slots=True)
