@@ -519,20 +519,8 @@ class PostgresEventStore(EventStore):
                 " token_sha256, detail FROM rejections ORDER BY id DESC LIMIT %s",
                 [limit],
             ).fetchall()
-        return [
-            Rejection(
-                at=r[0],
-                path=r[1],
-                reason=r[2],
-                status=r[3],
-                client_key=r[4],
-                base_url=r[5],
-                remote_addr=r[6],
-                token_sha256=r[7],
-                detail=r[8],
-            )
-            for r in rows
-        ]
+        # Columns in the order of Rejection's fields.
+        return [Rejection(*r) for r in rows]
 
     # -- plumbing
 

@@ -376,20 +376,8 @@ class SQLiteEventStore(EventStore):
             " detail FROM rejections ORDER BY id DESC LIMIT ?",
             (limit,),
         )
-        return [
-            Rejection(
-                at=parse_timestamp(r[0]),
-                path=r[1],
-                reason=r[2],
-                status=r[3],
-                client_key=r[4],
-                base_url=r[5],
-                remote_addr=r[6],
-                token_sha256=r[7],
-                detail=r[8],
-            )
-            for r in rows
-        ]
+        # Columns in the order of Rejection's fields; SQLite keeps the time as text.
+        return [Rejection(parse_timestamp(r[0]), *r[1:]) for r in rows]
 
     def ping(self) -> None:
         self._query("SELECT 1")
