@@ -13,6 +13,7 @@ as hot standbys and try again every second.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -161,7 +162,12 @@ class Leadership:
 
     def release(self) -> None:
         if self._conn is not None:
-            self._conn.close()  # the server releases the advisory lock with the session
+            # Unlock explicitly: the server drops a closed session's locks only when
+            # its backend exits, a moment after close() returns. An error means the
+            # session is gone already, and its locks with it.
+            with contextlib.suppress(psycopg.Error):
+                self._conn.execute("SELECT pg_advisory_unlock_all()")
+            self._conn.close()
             self._conn = None
         if self._fd is not None:
             os.close(self._fd)
