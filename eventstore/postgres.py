@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
+import msgspec
 import psycopg
 from psycopg.rows import TupleRow
 from psycopg.types.string import ByteaBinaryLoader
@@ -499,17 +500,8 @@ class PostgresEventStore(EventStore):
             conn.execute(
                 "INSERT INTO rejections (at, path, reason, status, client_key, base_url,"
                 " remote_addr, token_sha256, detail) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                [
-                    rejection.at,
-                    rejection.path,
-                    rejection.reason,
-                    rejection.status,
-                    rejection.client_key,
-                    rejection.base_url,
-                    rejection.remote_addr,
-                    rejection.token_sha256,
-                    rejection.detail,
-                ],
+                # Fields in the order of the columns (as list_rejections reads them).
+                msgspec.structs.astuple(rejection),
             )
 
     def list_rejections(self, limit: int = 100) -> list[Rejection]:

@@ -15,6 +15,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from eventstore.chain import GENESIS, link, prepare_append
 from eventstore.store import (
     AppendResult,
@@ -357,17 +359,8 @@ class SQLiteEventStore(EventStore):
         self._query(
             "INSERT INTO rejections (at, path, reason, status, client_key, base_url, remote_addr,"
             " token_sha256, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                format_timestamp(rejection.at),
-                rejection.path,
-                rejection.reason,
-                rejection.status,
-                rejection.client_key,
-                rejection.base_url,
-                rejection.remote_addr,
-                rejection.token_sha256,
-                rejection.detail,
-            ),
+            # Fields in column order; SQLite keeps the time as text.
+            (format_timestamp(rejection.at), *msgspec.structs.astuple(rejection)[1:]),
         )
 
     def list_rejections(self, limit: int = 100) -> list[Rejection]:
