@@ -42,8 +42,15 @@ from app.tokens import (
     verify_install_token,
     verify_shared_secret_token,
 )
-from eventstore.crypto import CryptoError, KeyRing, open_secret, seal_secret
-from eventstore.events import Metadata, SealedSecret, stream_id_for
+from eventstore.crypto import (
+    CryptoError,
+    KeyRing,
+    MasterKeyUnavailable,
+    open_secret,
+    seal_secret,
+    secret_ad,
+)
+from eventstore.events import Metadata, SealedSecret, client_key_of, stream_id_for
 from eventstore.store import (
     ConcurrencyConflict,
     EventStore,
@@ -106,37 +113,91 @@ def extract_token(authorization: str | None, query: list[tuple[str, str]]) -> st
 
 
 class _TenantKeys:
-    """One attempt's view of a tenant's data key: read once, or made new.
+    """One attempt's view of a tenant's data key: read once when first needed, or made new.
 
     A tenant without a stored key (a first install, or one forgotten) gets a fresh
     key that is stored by the same append that first uses it, so a first install
-    costs one transaction, and a lost race leaves no orphan key behind.
+    costs one transaction, and a lost race leaves no orphan key behind. A stored key
+    that does not unwrap is a configuration error (its master key was dropped from
+    ``LEDGER_MASTER_KEY``), never taken for a forgotten tenant: the call is refused
+    with a retryable 503 until the operator puts the key back.
     """
 
-    def __init__(self, keyring: KeyRing, stream_id: str, *, load: bool) -> None:
+    def __init__(
+        self, keyring: KeyRing, stream_id: str, *, load: bool, retry_after: int
+    ) -> None:
         self._keyring = keyring
         self._stream_id = stream_id
+        self._retry_after = retry_after
         self._key: bytes | None = None
+        self._loaded = not load  # a tenant never installed has nothing to load
         self.wrapped_new_key: bytes | None = None
-        if load:
-            try:
-                self._key = keyring.stored_key(stream_id)
-            except CryptoError:
-                self._key = None  # unwrappable: treated like a forgotten tenant
 
-    def open(self, sealed: SealedSecret | None) -> str | None:
-        """The plain current secret; None when there is none or it was forgotten."""
-        if sealed is None or self._key is None:
-            return None
+    def _stored(self) -> bytes | None:
+        if not self._loaded:
+            self._key = self._unwrap_stored()
+            self._loaded = True
+        return self._key
+
+    def _unwrap_stored(self) -> bytes | None:
+        client_key = client_key_of(self._stream_id)
         try:
-            return open_secret(self._key, sealed, sealed.ad)
+            return self._keyring.stored_key(self._stream_id)
+        except MasterKeyUnavailable as error:
+            log.error(
+                "master key %s is not configured (LEDGER_MASTER_KEY holds %s): the data key"
+                " of this tenant does not unwrap; put the key back, or run `ledger rewrap`"
+                " while it is still configured",
+                error.key_id,
+                ", ".join(self._keyring.master_key_ids),
+                extra={"reason": "master_key_unavailable", "client_key": client_key},
+            )
+            raise _Refusal(
+                503,
+                "master_key_unavailable",
+                "the master key that protects this tenant's secret is not configured; retry later",
+                retry_after=self._retry_after,
+            ) from None
         except CryptoError:
+            log.error(
+                "the stored data key of this tenant is damaged or belongs to another stream",
+                extra={"reason": "data_key_unreadable", "client_key": client_key},
+            )
+            raise _Refusal(
+                503,
+                "data_key_unreadable",
+                "this tenant's data key cannot be read; retry later",
+                retry_after=self._retry_after,
+            ) from None
+
+    def open(self, sealed: SealedSecret | None, version: int) -> str | None:
+        """The plain current secret; None when there is none or it was forgotten.
+
+        It opens only with the associated data of the event that carried it
+        (stream and version), so a ciphertext copied into a later event does not.
+        """
+        if sealed is None:
+            return None
+        key = self._stored()
+        if key is None:
+            return None  # forgotten: `ledger forget` destroyed the data key
+        try:
+            return open_secret(key, sealed, secret_ad(self._stream_id, version))
+        except CryptoError:
+            log.error(
+                "the tenant's current secret does not open with the associated data of the"
+                " event that carries it (version %d)",
+                version,
+                extra={"reason": "secret_unreadable", "client_key": client_key_of(self._stream_id)},
+            )
             return None
 
     def seal(self, secret: str, ad: str) -> SealedSecret:
-        if self._key is None:
-            self._key, self.wrapped_new_key = self._keyring.new_key(self._stream_id)
-        return seal_secret(self._key, secret, ad)
+        key = self._stored()
+        if key is None:
+            key, self.wrapped_new_key = self._keyring.new_key(self._stream_id)
+            self._key = key
+        return seal_secret(key, secret, ad)
 
 
 class LifecycleIngestor:
@@ -261,8 +322,18 @@ class LifecycleIngestor:
             for _attempt in range(MAX_CONFLICT_RETRIES):
                 now = int(self.clock())
                 state = fold(stream_id, self.store.read_stream(stream_id))
-                keys = _TenantKeys(self.keyring, stream_id, load=state.known)
-                current_secret = keys.open(state.secret)
+                keys = _TenantKeys(
+                    self.keyring,
+                    stream_id,
+                    load=state.known,
+                    retry_after=settings.retry_after_seconds,
+                )
+                # Only HS256 verification and an `installed` decision need the secret: a
+                # signed uninstall goes through even while a master key is missing.
+                needs_secret = unverified.alg == "HS256" or request.event == "installed"
+                current_secret = (
+                    keys.open(state.secret, state.secret_version) if needs_secret else None
+                )
                 verified = self._verify(
                     request,
                     payload,

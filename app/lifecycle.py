@@ -56,6 +56,9 @@ class TenantState:
     base_url: str | None = None
     details: Mapping[str, Any] = field(default_factory=dict)
     secret: SealedSecret | None = None
+    # The version of the event that carried ``secret``: the secret opens only with
+    # this event's associated data, so a ciphertext re-appended later does not.
+    secret_version: int = 0
     descriptor_version: str | None = None
     last_iat: int | None = None
 
@@ -82,10 +85,11 @@ def evolve(state: TenantState, event: RecordedEvent) -> TenantState:
             base_url=data.base_url,
             details=dict(data.details),
             secret=data.shared_secret,
+            secret_version=event.version,
             descriptor_version=event.metadata.descriptor_version,
         )
     if isinstance(data, SecretRotated):
-        return replace(state, secret=data.shared_secret)
+        return replace(state, secret=data.shared_secret, secret_version=event.version)
     if isinstance(data, BaseUrlChanged):
         return replace(state, base_url=data.to)
     if isinstance(data, DescriptorUpgraded):

@@ -25,6 +25,8 @@ from eventstore.store import EventStore
 _WRAP_FORMAT = b"\x01"
 _KEY_ID_BYTES = 8
 _NONCE_BYTES = 12
+# format byte, key id, nonce and the 16-byte AES-GCM tag: anything shorter was cut.
+_WRAPPED_MIN = 1 + _KEY_ID_BYTES + _NONCE_BYTES + 16
 
 
 class CryptoError(Exception):
@@ -35,8 +37,36 @@ class DataKeyDestroyed(CryptoError):
     """The tenant was forgotten: its data key no longer exists."""
 
 
+class MasterKeyUnavailable(CryptoError):
+    """A data key was wrapped by a master key that is not configured (any more).
+
+    A configuration error, not a forgotten tenant: put the key back in
+    ``LEDGER_MASTER_KEY`` (or run ``ledger rewrap`` before dropping it).
+    """
+
+    def __init__(self, key_id: str) -> None:
+        super().__init__(f"data key was wrapped by master key {key_id}, which is not configured")
+        self.key_id = key_id
+
+
 def _key_id(key: bytes) -> bytes:
     return hashlib.sha256(b"ledger-master-key-id" + key).digest()[:_KEY_ID_BYTES]
+
+
+def key_id(key: bytes) -> str:
+    """A master key's public name (16 hex digits), as stored in every key it wraps.
+
+    A one-way digest of the key, so it can be logged and compared by operators
+    without revealing key material.
+    """
+    return _key_id(key).hex()
+
+
+def wrapped_key_id(wrapped: bytes) -> str | None:
+    """The id of the master key that wrapped a data key, or None for an unknown format."""
+    if not wrapped.startswith(_WRAP_FORMAT) or len(wrapped) < _WRAPPED_MIN:
+        return None
+    return wrapped[1 : 1 + _KEY_ID_BYTES].hex()
 
 
 @dataclass(frozen=True)
@@ -65,6 +95,14 @@ class MasterKeys:
     def __repr__(self) -> str:  # never print key bytes
         return f"MasterKeys(<{len(self.keys)} keys>)"
 
+    @property
+    def key_ids(self) -> tuple[str, ...]:
+        return tuple(key_id(k) for k in self.keys)
+
+    @property
+    def current_key_id(self) -> str:
+        return key_id(self.keys[0])
+
     def wrap(self, stream_id: str, data_key: bytes) -> bytes:
         current = self.keys[0]
         nonce = os.urandom(_NONCE_BYTES)
@@ -72,22 +110,31 @@ class MasterKeys:
         return _WRAP_FORMAT + _key_id(current) + nonce + sealed
 
     def unwrap(self, stream_id: str, wrapped: bytes) -> bytes:
-        # 16: the AES-GCM tag; anything shorter was cut or is not a wrapped key.
-        if (
-            not wrapped.startswith(_WRAP_FORMAT)
-            or len(wrapped) < 1 + _KEY_ID_BYTES + _NONCE_BYTES + 16
-        ):
+        """The data key; MasterKeyUnavailable when its master key is not configured,
+        CryptoError when the wrapped key is damaged or belongs to another stream."""
+        wrapped_by = wrapped_key_id(wrapped)
+        if wrapped_by is None:
             raise CryptoError("unknown data key format")
-        key_id = wrapped[1 : 1 + _KEY_ID_BYTES]
         nonce = wrapped[1 + _KEY_ID_BYTES : 1 + _KEY_ID_BYTES + _NONCE_BYTES]
         body = wrapped[1 + _KEY_ID_BYTES + _NONCE_BYTES :]
         for key in self.keys:
-            if secrets.compare_digest(_key_id(key), key_id):
+            if secrets.compare_digest(key_id(key), wrapped_by):
                 try:
                     return AESGCM(key).decrypt(nonce, body, _wrap_ad(stream_id))
                 except InvalidTag:
                     raise CryptoError("data key does not belong to this stream") from None
-        raise CryptoError("data key was wrapped by a master key that is not configured")
+        raise MasterKeyUnavailable(wrapped_by)
+
+    def rewrap(self, stream_id: str, wrapped: bytes) -> bytes | None:
+        """The data key wrapped by the current master key, or None when it already is.
+
+        The key is unwrapped either way, so a damaged key never counts as current.
+        Raises like ``unwrap``.
+        """
+        data_key = self.unwrap(stream_id, wrapped)
+        if wrapped_key_id(wrapped) == self.current_key_id:
+            return None
+        return self.wrap(stream_id, data_key)
 
 
 def _wrap_ad(stream_id: str) -> bytes:
@@ -132,6 +179,10 @@ class KeyRing:
     def __init__(self, store: EventStore, master: MasterKeys) -> None:
         self._store = store
         self._master = master
+
+    @property
+    def master_key_ids(self) -> tuple[str, ...]:
+        return self._master.key_ids
 
     def data_key(self, stream_id: str, *, create: bool = False) -> bytes:
         wrapped = self._store.get_data_key(stream_id)
