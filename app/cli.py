@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from app.cli_keys import rewrap
 from app.settings import Settings
 from eventstore.events import stream_id_for
 from eventstore.store import EventStore, RecordedEvent, format_timestamp, open_store
@@ -378,6 +379,9 @@ def forget(
     console.print(
         f"data key of {client_key} destroyed" if destroyed else f"no data key for {client_key}"
     )
+
+
+cli.command()(rewrap)
 
 
 @cli.command()

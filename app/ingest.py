@@ -123,9 +123,7 @@ class _TenantKeys:
     with a retryable 503 until the operator puts the key back.
     """
 
-    def __init__(
-        self, keyring: KeyRing, stream_id: str, *, load: bool, retry_after: int
-    ) -> None:
+    def __init__(self, keyring: KeyRing, stream_id: str, *, load: bool, retry_after: int) -> None:
         self._keyring = keyring
         self._stream_id = stream_id
         self._retry_after = retry_after

@@ -13,7 +13,8 @@ import binascii
 import hashlib
 import os
 import secrets
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -208,6 +209,92 @@ class KeyRing:
 
     def forget(self, stream_id: str) -> bool:
         return self._store.destroy_data_key(stream_id)
+
+
+@dataclass(frozen=True)
+class Unwrappable:
+    """A data key that no configured master key opens: ``key_id`` names the master key
+    that wrapped it (None when the stored key is damaged or not in a known format)."""
+
+    stream_id: str
+    key_id: str | None
+    reason: str
+
+
+@dataclass
+class RewrapReport:
+    current_key_id: str
+    rewrapped: int = 0
+    current: int = 0  # already wrapped by the current master key
+    forgotten: int = 0  # destroyed by `ledger forget` while the rewrap ran
+    changing: int = 0  # replaced by someone else on every attempt: run it again
+    unwrappable: list[Unwrappable] = field(default_factory=list)
+
+    @property
+    def seen(self) -> int:
+        return (
+            self.rewrapped + self.current + self.forgotten + self.changing + len(self.unwrappable)
+        )
+
+    @property
+    def ok(self) -> bool:
+        return not self.unwrappable and not self.changing
+
+
+_SWAP_ATTEMPTS = 5
+
+
+def rewrap_data_keys(
+    store: EventStore,
+    master: MasterKeys,
+    batch_size: int = 500,
+    progress: Callable[[RewrapReport], None] | None = None,
+) -> RewrapReport:
+    """Re-wrap every data key under the current master key, so older ones can retire.
+
+    Idempotent, and safe while the service runs: the data keys themselves never
+    change (only their wrapping), and each is replaced by compare-and-swap, so a key
+    destroyed by `forget` meanwhile stays destroyed and is never written back.
+    """
+    report = RewrapReport(current_key_id=master.current_key_id)
+    after = ""
+    while batch := store.list_data_keys(after, batch_size):
+        for stream_id, wrapped in batch:
+            _rewrap_one(store, master, stream_id, wrapped, report)
+        after = batch[-1][0]
+        if progress is not None:
+            progress(report)
+        if len(batch) < batch_size:
+            break
+    return report
+
+
+def _rewrap_one(
+    store: EventStore, master: MasterKeys, stream_id: str, wrapped: bytes, report: RewrapReport
+) -> None:
+    for _attempt in range(_SWAP_ATTEMPTS):
+        try:
+            rewrapped = master.rewrap(stream_id, wrapped)
+        except MasterKeyUnavailable as error:
+            report.unwrappable.append(
+                Unwrappable(stream_id, error.key_id, "master key not configured")
+            )
+            return
+        except CryptoError as error:
+            report.unwrappable.append(Unwrappable(stream_id, wrapped_key_id(wrapped), str(error)))
+            return
+        if rewrapped is None:
+            report.current += 1
+            return
+        if store.swap_data_key(stream_id, wrapped, rewrapped):
+            report.rewrapped += 1
+            return
+        latest = store.get_data_key(stream_id)
+        if latest is None:
+            report.forgotten += 1
+            return
+        wrapped = latest  # changed meanwhile (another rewrap): look again
+    report.changing += 1
 
 
 def load_or_create_master_key(path: Path) -> str:

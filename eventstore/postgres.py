@@ -493,6 +493,23 @@ class PostgresEventStore(EventStore):
             cur = conn.execute("DELETE FROM data_keys WHERE stream_id = %s", [stream_id])
             return cur.rowcount > 0
 
+    def list_data_keys(self, after: str = "", limit: int = 500) -> list[tuple[str, bytes]]:
+        with self._connection() as conn:
+            rows = conn.execute(
+                "SELECT stream_id, wrapped FROM data_keys WHERE stream_id > %s"
+                " ORDER BY stream_id LIMIT %s",
+                [after, limit],
+            ).fetchall()
+        return [(r[0], bytes(r[1])) for r in rows]
+
+    def swap_data_key(self, stream_id: str, expected: bytes, wrapped: bytes) -> bool:
+        with self._connection() as conn:
+            cur = conn.execute(
+                "UPDATE data_keys SET wrapped = %s WHERE stream_id = %s AND wrapped = %s",
+                [wrapped, stream_id, expected],
+            )
+            return cur.rowcount > 0
+
     # -- rejections
 
     def record_rejection(self, rejection: Rejection) -> None:

@@ -353,6 +353,24 @@ class SQLiteEventStore(EventStore):
             raise StoreUnavailable("SQLite database is busy or unavailable") from exc
         return cur.rowcount > 0
 
+    def list_data_keys(self, after: str = "", limit: int = 500) -> list[tuple[str, bytes]]:
+        rows = self._query(
+            "SELECT stream_id, wrapped FROM data_keys WHERE stream_id > ?"
+            " ORDER BY stream_id LIMIT ?",
+            (after, limit),
+        )
+        return [(r[0], bytes(r[1])) for r in rows]
+
+    def swap_data_key(self, stream_id: str, expected: bytes, wrapped: bytes) -> bool:
+        try:
+            cur = self.connection().execute(
+                "UPDATE data_keys SET wrapped = ? WHERE stream_id = ? AND wrapped = ?",
+                (wrapped, stream_id, expected),
+            )
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable("SQLite database is busy or unavailable") from exc
+        return cur.rowcount > 0
+
     # -- rejections
 
     def record_rejection(self, rejection: Rejection) -> None:

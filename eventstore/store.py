@@ -277,6 +277,15 @@ class EventStore(abc.ABC):
     def destroy_data_key(self, stream_id: str) -> bool:
         """Delete the stream's data key; True if there was one."""
 
+    @abc.abstractmethod
+    def list_data_keys(self, after: str = "", limit: int = 500) -> list[tuple[str, bytes]]:
+        """(stream_id, wrapped) pairs in stream_id order after ``after``: one batch."""
+
+    @abc.abstractmethod
+    def swap_data_key(self, stream_id: str, expected: bytes, wrapped: bytes) -> bool:
+        """Replace the stream's wrapped key only if it is still ``expected``
+        (compare-and-swap: a key destroyed or changed meanwhile is left alone)."""
+
     # -- rejection log
 
     @abc.abstractmethod

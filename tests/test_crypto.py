@@ -11,18 +11,22 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from app.lifecycle import fold
 from eventstore.crypto import (
     CryptoError,
     DataKeyDestroyed,
     KeyRing,
     MasterKeys,
+    MasterKeyUnavailable,
+    key_id,
     load_or_create_master_key,
     open_secret,
     seal_secret,
     secret_ad,
+    wrapped_key_id,
 )
-from eventstore.events import SealedSecret
-from eventstore.store import EventStore, open_store
+from eventstore.events import Installed, Metadata, SealedSecret, SecretRotated
+from eventstore.store import EventStore, RecordedEvent, open_store, utcnow
 
 STREAM_A = "tenant:client-a"
 STREAM_B = "tenant:client-b"
@@ -189,6 +193,87 @@ def test_truncated_wrapped_key_fails_with_crypto_error() -> None:
         master.unwrap(STREAM_A, wrapped[: PREFIX + 4])
 
 
+# ---------------------------------------------------------------- key ids and rewrap
+
+
+def test_key_id_is_a_stable_public_digest_of_the_master_key() -> None:
+    key = new_key()
+    assert key_id(key) == key_id(bytes(key))
+    assert len(key_id(key)) == 16 and int(key_id(key), 16) >= 0
+    assert key_id(key) != key_id(new_key())
+    assert key_id(key) not in (key.hex(), b64(key))
+    assert key.hex()[:16] != key_id(key)  # a digest, not a prefix of the key
+
+
+def test_wrapped_key_carries_the_id_of_the_master_key_that_wrapped_it() -> None:
+    old, new = new_key(), new_key()
+    rotated = MasterKeys.parse(f"{b64(new)},{b64(old)}")
+    assert rotated.key_ids == (key_id(new), key_id(old))
+    assert rotated.current_key_id == key_id(new)
+    assert wrapped_key_id(rotated.wrap(STREAM_A, new_key())) == key_id(new)
+    assert wrapped_key_id(single(old).wrap(STREAM_A, new_key())) == key_id(old)
+
+
+@pytest.mark.parametrize("wrapped", [b"", b"garbage", b"\x02" + b"\x00" * 60, b"\x01" * 20])
+def test_wrapped_key_id_of_an_unknown_format_is_none(wrapped: bytes) -> None:
+    assert wrapped_key_id(wrapped) is None
+
+
+def test_a_key_wrapped_before_key_ids_were_named_still_unwraps() -> None:
+    # Made by the code before this change (format 1: key id, nonce, AES-GCM).
+    master = MasterKeys.parse(b64(bytes(range(32))))
+    wrapped = bytes.fromhex(
+        "01a2ea318406831644d8bddbd1c81b2b5235af2251bde482a89a71f502712501f6f2a2248d7f075b"
+        "6d60cf680c37c97beec437291f380fe2324e5764979d60a4e988cd4e05"
+    )
+    assert master.unwrap("tenant:vector", wrapped) == bytes(range(100, 132))
+    assert wrapped_key_id(wrapped) == key_id(bytes(range(32))) == "a2ea318406831644"
+
+
+def test_missing_master_key_is_named_by_id_never_by_bytes() -> None:
+    dropped = new_key()
+    wrapped = single(dropped).wrap(STREAM_A, new_key())
+    with pytest.raises(MasterKeyUnavailable) as raised:
+        single(new_key()).unwrap(STREAM_A, wrapped)
+    assert raised.value.key_id == key_id(dropped)
+    assert key_id(dropped) in str(raised.value)
+    for material in (b64(dropped), dropped.hex()):
+        assert material not in str(raised.value)
+
+
+def test_a_damaged_key_is_not_reported_as_a_missing_master_key() -> None:
+    master = single(new_key())
+    wrapped = bytearray(master.wrap(STREAM_A, new_key()))
+    wrapped[-1] ^= 0x01
+    with pytest.raises(CryptoError) as raised:
+        master.unwrap(STREAM_A, bytes(wrapped))
+    assert not isinstance(raised.value, MasterKeyUnavailable)
+
+
+def test_rewrap_moves_a_key_to_the_current_master_key_and_keeps_the_data_key() -> None:
+    old, new = new_key(), new_key()
+    data_key = new_key()
+    wrapped = single(old).wrap(STREAM_A, data_key)
+    rotated = MasterKeys.parse(f"{b64(new)},{b64(old)}")
+
+    rewrapped = rotated.rewrap(STREAM_A, wrapped)
+
+    assert rewrapped is not None and wrapped_key_id(rewrapped) == key_id(new)
+    assert single(new).unwrap(STREAM_A, rewrapped) == data_key
+    assert rotated.rewrap(STREAM_A, rewrapped) is None  # already current: nothing to do
+
+
+def test_rewrap_refuses_what_it_cannot_unwrap() -> None:
+    wrapped = single(new_key()).wrap(STREAM_A, new_key())
+    with pytest.raises(MasterKeyUnavailable):
+        single(new_key()).rewrap(STREAM_A, wrapped)
+    current = single(new_key())
+    damaged = bytearray(current.wrap(STREAM_A, new_key()))
+    damaged[-1] ^= 0x01
+    with pytest.raises(CryptoError):  # a damaged key never counts as current
+        current.rewrap(STREAM_A, bytes(damaged))
+
+
 # ---------------------------------------------------------------- seal / open
 
 
@@ -286,6 +371,40 @@ def test_seal_open_round_trip_for_a_non_ascii_stream() -> None:
     data_key = new_key()
     ad = secret_ad("tenant:café-ключ", 1)
     assert open_secret(data_key, seal_secret(data_key, "s3cr3t", ad), ad) == "s3cr3t"
+
+
+def _recorded(version: int, data: Installed | SecretRotated) -> RecordedEvent:
+    return RecordedEvent(
+        position=version,
+        stream_id=STREAM_A,
+        version=version,
+        type=type(data).__name__,
+        schema_version=1,
+        data=data,
+        metadata=Metadata(),
+        recorded_at=utcnow(),
+        hash="",
+    )
+
+
+def test_a_secret_opens_only_with_the_version_of_the_event_that_carried_it() -> None:
+    data_key = new_key()
+    first = seal_secret(data_key, "first", secret_ad(STREAM_A, 1))
+    second = seal_secret(data_key, "second", secret_ad(STREAM_A, 2))
+    installed = Installed("app", "client-a", "https://a.atlassian.net", first, {})
+    stream = [_recorded(1, installed), _recorded(2, SecretRotated(second))]
+
+    state = fold(STREAM_A, stream)
+    assert state.secret is not None and state.secret_version == 2
+    assert open_secret(data_key, state.secret, secret_ad(STREAM_A, 2)) == "second"
+
+    # The first ciphertext, label and all, re-appended as version 3: it carries its own
+    # (valid) associated data, but not the data of the event that now carries it.
+    replayed = fold(STREAM_A, [*stream, _recorded(3, SecretRotated(first))])
+    assert replayed.secret == first and replayed.secret_version == 3
+    assert open_secret(data_key, first, first.ad) == "first"  # what the old check did
+    with pytest.raises(CryptoError):
+        open_secret(data_key, first, secret_ad(STREAM_A, replayed.secret_version))
 
 
 # ---------------------------------------------------------------- the master key file

@@ -1,0 +1,127 @@
+"""`ledger rewrap`: re-wrap every data key under the current master key (SPEC §5, §7).
+
+Rotating the master key: put the new key first in ``LEDGER_MASTER_KEY`` (keeping
+the old one after it), run ``ledger rewrap`` until it reports nothing unwrappable,
+then drop the old key. Safe while the service runs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+from app.settings import Settings
+from eventstore.crypto import CryptoError, MasterKeys, RewrapReport, rewrap_data_keys
+from eventstore.events import client_key_of
+from eventstore.store import EventStore, StoreUnavailable, open_store
+
+console = Console()
+_SHOWN_UNWRAPPABLE = 20  # on a terminal; --json lists every one
+
+
+def _master_keys(settings: Settings) -> MasterKeys:
+    try:
+        return settings.master_keys()
+    except (CryptoError, RuntimeError) as error:
+        console.print(f"[red]LEDGER_MASTER_KEY: {escape(str(error))}[/red]")
+        raise typer.Exit(2) from None
+
+
+def _count(store: EventStore, batch_size: int) -> int:
+    total, after = 0, ""
+    while batch := store.list_data_keys(after, batch_size):
+        total += len(batch)
+        after = batch[-1][0]
+    return total
+
+
+def _with_bar(store: EventStore, master: MasterKeys, batch_size: int) -> RewrapReport:
+    total = _count(store, batch_size)
+    with Progress(
+        TextColumn(f"rewrapping data keys under master key {master.current_key_id}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=console,
+    ) as bar:
+        task = bar.add_task("rewrap", total=total)
+        return rewrap_data_keys(
+            store,
+            master,
+            batch_size,
+            # Keys created while it runs are wrapped by the current key already.
+            progress=lambda report: bar.update(
+                task, completed=report.seen, total=max(total, report.seen)
+            ),
+        )
+
+
+def summary(report: RewrapReport) -> dict[str, object]:
+    return {
+        "current_key_id": report.current_key_id,
+        "rewrapped": report.rewrapped,
+        "already_current": report.current,
+        "unwrappable": len(report.unwrappable),
+        "forgotten_meanwhile": report.forgotten,
+        "still_changing": report.changing,
+        "unwrappable_keys": [
+            {"client_key": client_key_of(u.stream_id), "key_id": u.key_id, "reason": u.reason}
+            for u in report.unwrappable
+        ],
+    }
+
+
+def _print_summary(report: RewrapReport) -> None:
+    line = (
+        f"rewrap: {report.rewrapped} rewrapped, {report.current} already current,"
+        f" {len(report.unwrappable)} unwrappable (current master key {report.current_key_id})"
+    )
+    if report.forgotten:
+        line += f"; {report.forgotten} forgotten meanwhile"
+    if report.changing:
+        line += f"; {report.changing} kept changing, run it again"
+    console.print(line, soft_wrap=True, highlight=False)
+    for item in report.unwrappable[:_SHOWN_UNWRAPPABLE]:
+        by = f"master key {item.key_id}" if item.key_id else "an unknown format"
+        console.print(
+            f"  {escape(client_key_of(item.stream_id))}: wrapped by {by}: {escape(item.reason)}",
+            soft_wrap=True,
+            highlight=False,
+        )
+    if len(report.unwrappable) > _SHOWN_UNWRAPPABLE:
+        console.print(f"  … and {len(report.unwrappable) - _SHOWN_UNWRAPPABLE} more (see --json)")
+
+
+def rewrap(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON for scripts instead of a summary.")
+    ] = False,
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=10_000, help="Data keys read per batch.")
+    ] = 500,
+) -> None:
+    """Re-wrap every data key under the current (first) master key, so an old one can retire.
+
+    Idempotent, safe while the service runs. Exits 1 if some key unwraps with no configured key.
+    """
+    settings = Settings()
+    master = _master_keys(settings)
+    try:
+        with open_store(settings.database_url) as store:
+            if sys.stdout.isatty() and not as_json:
+                report = _with_bar(store, master, batch_size)
+            else:
+                report = rewrap_data_keys(store, master, batch_size)
+    except StoreUnavailable:
+        console.print("[red]the store is unavailable; nothing is lost, run it again[/red]")
+        raise typer.Exit(1) from None
+    if as_json:
+        sys.stdout.write(json.dumps(summary(report), indent=2) + "\n")
+    else:
+        _print_summary(report)
+    raise typer.Exit(0 if report.ok else 1)
