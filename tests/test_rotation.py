@@ -162,6 +162,24 @@ def test_a_dropped_master_key_answers_503_names_its_id_and_stores_nothing(
         assert store.get_data_key(stream_id_for(key)) == before
 
 
+def test_a_damaged_data_key_is_not_taken_for_a_forgotten_tenant(store_url: str) -> None:
+    with running_service(store_url) as service:
+        payload = service.install()
+        stream = stream_id_for(payload["clientKey"])
+        wrapped = service.store.get_data_key(stream)
+        assert wrapped is not None
+        damaged = wrapped[:-1] + bytes([wrapped[-1] ^ 1])
+        assert service.store.swap_data_key(stream, wrapped, damaged)
+        head = service.store.head()
+
+        response = hs256(service, "enabled", payload)
+
+        assert (response.status_code, response.json()["error"]) == (503, "data_key_unreadable")
+        assert "Retry-After" in response.headers
+        assert service.store.head() == head
+        assert service.store.list_rejections(1)[0].reason == "data_key_unreadable"
+
+
 # ---------------------------------------------------------------- associated data
 
 
