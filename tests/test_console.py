@@ -47,6 +47,7 @@ class Scenario:
     replaced: dict[str, Any]  # its site was reimported: `reimported` took its URL
     reimported: dict[str, Any]
     straggler: dict[str, Any]
+    silent: dict[str, Any]  # installed before version 2 appeared, never called again
     secrets: list[str]
     first_position: int
 
@@ -57,6 +58,7 @@ RENAMED_URL = "https://alpha-renamed.atlassian.net"
 
 def build_scenario(service: RunningService) -> Scenario:
     """Installs, a rename, a descriptor upgrade, an HS256 call, a reimport, a forged call."""
+    silent = service.install()
     renamed = service.install(make_install_payload(base_url=FIRST_URL))
     first_position = service.stream(renamed["clientKey"])[-1].position
     service.install(dict(renamed, baseUrl=RENAMED_URL, displayUrl=RENAMED_URL))
@@ -75,11 +77,16 @@ def build_scenario(service: RunningService) -> Scenario:
     # An attacker posts an install for a tenant it does not own, signed with its own secret.
     forged = dict(renamed, sharedSecret="attacker-secret-0123456789abcdef0123456789")
     assert service.send(service.call("installed", forged, alg="HS256")).status_code == 401
+    time.sleep(0.05)  # version 2 is now older than a grace of 0.00001 h (36 ms)
     head = service.store.head().position
     caught_up = service.admin("/admin/tenants", min_position=head)
     assert caught_up.status_code == 200, caught_up.text
-    secrets = [p["sharedSecret"] for p in (renamed, replaced, reimported, straggler, forged)]
-    return Scenario(service, renamed, replaced, reimported, straggler, secrets, first_position)
+    secrets = [
+        p["sharedSecret"] for p in (silent, renamed, replaced, reimported, straggler, forged)
+    ]
+    return Scenario(
+        service, renamed, replaced, reimported, straggler, silent, secrets, first_position
+    )
 
 
 @pytest.fixture
@@ -286,8 +293,6 @@ def test_a_person_reads_the_console_in_a_browser(chromium: Any, scenario: Scenar
         base_urls = page.locator("#base-urls tbody tr")
         assert base_urls.count() == 2 and FIRST_URL in base_urls.nth(0).inner_text()
         assert page.locator("#descriptor-history tbody tr").count() == 2
-        if os.environ.get("LEDGER_CONSOLE_SCREENSHOT"):
-            page.screenshot(path=os.environ["LEDGER_CONSOLE_SCREENSHOT"], full_page=True)
         contents.append(page.content())
 
         # As of its first event: the old URL and version; now is shown beside it.
@@ -298,6 +303,8 @@ def test_a_person_reads_the_console_in_a_browser(chromium: Any, scenario: Scenar
         assert page.locator("#then .descriptor-version").inner_text() == "1"
         assert page.locator("#now .base-url").inner_text() == RENAMED_URL
         assert page.locator("ol.timeline li.later").count() == len(events) - 1
+        if os.environ.get("LEDGER_CONSOLE_SCREENSHOT"):
+            page.screenshot(path=os.environ["LEDGER_CONSOLE_SCREENSHOT"], full_page=True)
         contents.append(page.content())
 
         # The reimported site: a link out from the old tenant to the new one.
@@ -308,7 +315,7 @@ def test_a_person_reads_the_console_in_a_browser(chromium: Any, scenario: Scenar
 
         # Tenants: every tenant listed, each row links to its page.
         page.click("nav >> text=Tenants")
-        assert page.locator("tr.tenant-row").count() == 4
+        assert page.locator("tr.tenant-row").count() == 5
         page.click(f"a:text('{scenario.straggler['clientKey']}')")
         page.wait_for_selector("ol.timeline")
         assert "&lt;script&gt;" in page.content()  # shown as text, never run
@@ -327,8 +334,14 @@ def test_a_person_reads_the_console_in_a_browser(chromium: Any, scenario: Scenar
         assert not any(key in row for row in stragglers)
         contents.append(page.content())
 
+        # Presumed gone: with a grace shorter than version 2's age, the silent tenant.
         page.click("nav >> text=Presumed gone")
-        assert page.locator("h1").inner_text() == "Presumed gone"
+        assert "Nobody is presumed gone" in page.locator("table").inner_text()
+        page.fill("input[name=grace_hours]", "0.00001")
+        page.click("button:has-text('Show')")
+        page.wait_for_url("**grace_hours=0.00001**")
+        gone = page.locator("tr.tenant-row").all_inner_texts()
+        assert len(gone) == 1 and scenario.silent["clientKey"] in gone[0]
         contents.append(page.content())
 
         # Rejections: the forged call, charted by reason and listed.

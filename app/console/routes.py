@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.console import auth, pages
 from app.settings import Settings
-from eventstore.store import StoreUnavailable
+from eventstore.store import StoreUnavailable, format_timestamp
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 
@@ -30,6 +30,7 @@ _env = jinja2.Environment(
     undefined=jinja2.StrictUndefined,
 )
 _env.globals["tenant_url"] = lambda key: "/console/tenants/" + quote(key, safe="")
+_env.filters["ts"] = format_timestamp  # one text form of a time everywhere (UTC, Z)
 templates = Jinja2Templates(env=_env)
 
 # Inline styles only, nothing loaded from anywhere, no script at all, not framable.

@@ -11,6 +11,7 @@ Every bar is a ``<rect class="bar" data-series=… data-column=…>`` with a ``<
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
@@ -56,7 +57,9 @@ def stacked_columns(
     the axis reads 0 to 100 %; otherwise the axis runs from 0 to the tallest column.
     """
     colours = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(series)}
-    top = 1.0 if share else max((sum(c.values.values()) for c in columns), default=0.0) or 1.0
+    tallest = max((sum(c.values.values()) for c in columns), default=0.0)
+    # Counts: an axis top that splits into four whole steps (1, 2, 3, 4 rather than 0.2 …).
+    top = 1.0 if share else float(math.ceil(max(tallest, 1) / 4) * 4)
     slot = (WIDTH - PLOT_LEFT - 8) / max(len(columns), 1)
     bar_width = max(min(slot * 0.7, 48), 2)
     legend_rows = (len(series) + 3) // 4
