@@ -373,3 +373,25 @@ def test_a_person_reads_the_console_in_a_browser(chromium: Any, scenario: Scenar
             fresh.close()
     finally:
         context.close()
+
+
+def test_hostile_parameters_get_a_page_never_a_500(store_url: str) -> None:
+    with running_service(store_url) as service:
+        key = service.install()["clientKey"]
+        client = service.client
+        log_in(client)
+        for path, params in [
+            ("/console", {"q": "\x00", "after": "\x00"}),
+            ("/console", {"state": "\x00bogus", "q": "a" * 10_000}),
+            ("/console/tenants/%00", {}),
+            (tenant_path(key), {"as_of": "9" * 40}),
+            (tenant_path(key), {"as_of": "0001-01-01T00:00:00-01:00"}),
+            (tenant_path(key), {"as_of": "\x00"}),
+            ("/console/presumed-gone", {"grace_hours": "nan", "after": "\x00"}),
+            ("/console/presumed-gone", {"grace_hours": "1e400"}),
+        ]:
+            response = client.get(path, params=params)
+            assert response.status_code in (200, 404), (path, params, response.text[:200])
+            assert response.headers["content-type"].startswith("text/html")
+        now = client.get(tenant_path(key), params={"as_of": "9" * 40})
+        assert 'id="then"' in now.text and "out of range" not in now.text

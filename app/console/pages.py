@@ -25,6 +25,7 @@ PAGE_SIZE = 50
 REJECTIONS_CHARTED = 2000
 REJECTIONS_LISTED = 100
 STRAGGLERS_SHOWN = 500
+MAX_POSITION = 2**63 - 1  # positions are BIGINT
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,9 +56,13 @@ def tenant_view(
     if as_of:
         try:
             up_to = admin.parse_as_of(as_of)
+            if isinstance(up_to, int):
+                up_to = min(up_to, MAX_POSITION)  # beyond the head is "now"
             then = admin.read_tenant(store, client_key, up_to)
         except HTTPException as refused:
             as_of_problem = refused.detail["detail"] if isinstance(refused.detail, dict) else ""
+        except OverflowError:
+            as_of_problem = "as_of is out of range"
     links = [
         r
         for r in admin.reimport_rows(storage)

@@ -45,6 +45,12 @@ HEADERS = {
 }
 MAX_LOGIN_BODY = 4096
 MAX_SEARCH = 200
+MAX_KEY = 1024
+
+
+def _printable(text: str) -> str:
+    """Control characters never reach a query (PostgreSQL refuses NUL in text)."""
+    return "".join(ch for ch in text if ch.isprintable())
 
 
 def _render(
@@ -104,8 +110,8 @@ async def tenants(
 ) -> Response:
     query = pages.TenantQuery(
         state=state if state in ("installed", "uninstalled") else None,
-        search=q.strip()[:MAX_SEARCH] or None,
-        after=after or None,
+        search=_printable(q.strip())[:MAX_SEARCH] or None,
+        after=_printable(after or "") or None,
     )
     return await _page(
         request, "tenants.html", "tenants", pages.tenants_page, _projections(request), query
@@ -114,6 +120,8 @@ async def tenants(
 
 @router.get("/tenants/{client_key:path}")
 async def tenant(request: Request, client_key: str, as_of: str = "") -> Response:
+    if _printable(client_key) != client_key or len(client_key) > MAX_KEY:
+        client_key = ""  # no stream has such a name; the page says "no such clientKey"
     return await _page(
         request,
         "tenant.html",
@@ -154,7 +162,7 @@ async def presumed_gone(
         pages.presumed_gone_page,
         _projections(request),
         grace,
-        after or None,
+        _printable(after or "") or None,
     )
 
 
