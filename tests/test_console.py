@@ -9,22 +9,31 @@ screenshot of the tenant page there (the one in the README).
 from __future__ import annotations
 
 import os
-import shutil
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import httpx
+import msgspec
 import pytest
 
 from app.console import auth
+from app.console.adoption import adoption_by_day, rejections_by_day
+from app.console.pages import PAGE_SIZE
+from app.console.svg import Column, stacked_columns
+from app.console.timeline import timeline
 from app.hostsim import make_install_payload
 from app.settings import Settings
+from eventstore.events import Metadata
+from eventstore.store import Rejection
 from tests.conftest import IN_CI
 from tests.harness import ADMIN_TOKEN, RunningService, running_service
+from tests.projection_events import T0, Log
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -209,6 +218,10 @@ def test_pages_escape_what_tenants_send_and_never_show_a_secret(tmp_path: Path) 
             text = client.get(path).text
             for secret in [*seen.secrets, ADMIN_TOKEN]:
                 assert secret not in text, path
+            # Read-only: every form is a GET, except logging out (and in).
+            for form in re.findall(r"<form[^>]*>", text):
+                assert 'method="get"' in form or 'action="/console/logout"' in form, form
+            assert "<script" not in text.replace("&lt;script&gt;", "")
         unknown = client.get(tenant_path("no-such-tenant"))
         assert unknown.status_code == 404 and "no such clientKey" in unknown.text
         bad_as_of = client.get(tenant_path(seen.renamed["clientKey"]), params={"as_of": "soon"})
@@ -229,16 +242,29 @@ def test_search_and_state_filter(tmp_path: Path) -> None:
         assert "No tenant matches" in gone
 
 
+def test_the_tenant_list_is_paged(sqlite_service: RunningService) -> None:
+    keys = sorted(sqlite_service.install()["clientKey"] for _ in range(PAGE_SIZE + 1))
+    head = sqlite_service.store.head().position
+    assert sqlite_service.admin("/admin/tenants", min_position=head).status_code == 200
+    client = sqlite_service.client
+    log_in(client)
+    first = client.get("/console").text
+    assert first.count('class="tenant-row"') == PAGE_SIZE and keys[-1] not in first
+    after = re.search(r'rel="next" href="([^"]+)"', first)
+    assert after is not None
+    second = client.get(after.group(1).replace("&amp;", "&")).text
+    assert second.count('class="tenant-row"') == 1 and keys[-1] in second
+    assert 'rel="next"' not in second
+
+
 # ------------------------------------------------------------------ in a real browser
 
 
 @pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
     problem = None
-    if not Path(CHROMIUM).exists():
+    if not os.access(CHROMIUM, os.X_OK):
         problem = f"{CHROMIUM} is missing (Debian package chromium; `make browser` installs it)"
-    elif shutil.which("chromium") is None and not os.access(CHROMIUM, os.X_OK):
-        problem = f"{CHROMIUM} is not executable"
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -395,3 +421,67 @@ def test_hostile_parameters_get_a_page_never_a_500(store_url: str) -> None:
             assert response.headers["content-type"].startswith("text/html")
         now = client.get(tenant_path(key), params={"as_of": "9" * 40})
         assert 'id="then"' in now.text and "out of range" not in now.text
+
+
+# ------------------------------------------------------------------ pure parts
+
+
+def test_adoption_counts_installed_tenants_per_version_at_each_day_end() -> None:
+    log = Log(step=timedelta(days=1))
+    log.installed("a", "https://a.atlassian.net", descriptor_version="1")
+    log.installed("b", "https://b.atlassian.net", descriptor_version="1", at=log.now)
+    log.descriptor_upgraded("a", "1", "2")
+    log.now += timedelta(days=1)  # a quiet day
+    log.uninstalled("b")
+    days = adoption_by_day(log.events, (log.now + timedelta(days=1)).date())
+    assert [(d.isoformat(), dict(c)) for d, c in days] == [
+        ("2024-01-02", {"1": 2}),
+        ("2024-01-03", {"1": 1, "2": 1}),
+        ("2024-01-04", {"1": 1, "2": 1}),
+        ("2024-01-05", {"2": 1}),
+        ("2024-01-06", {"2": 1}),
+    ]
+    assert adoption_by_day([], T0.date()) == []
+
+
+def test_rejections_are_counted_per_reason_per_day() -> None:
+    at = T0 + timedelta(hours=1)
+    rows = [
+        Rejection(at=at + timedelta(days=1), path="/installed", reason="bad_signature", status=401),
+        Rejection(at=at, path="/installed", reason="bad_signature", status=401),
+        Rejection(at=at, path="/enabled", reason="unknown_tenant", status=204),
+    ]
+    assert [(d.isoformat(), dict(c)) for d, c in rejections_by_day(rows)] == [
+        ("2024-01-01", {"bad_signature": 1, "unknown_tenant": 1}),
+        ("2024-01-02", {"bad_signature": 1}),
+    ]
+
+
+def test_an_hs256_call_names_the_secret_in_force_before_it() -> None:
+    log = Log()
+    log.installed("k", "https://k.atlassian.net")
+    log.secret_rotated("k")
+    log.enabled("k")
+    signed = [
+        msgspec.structs.replace(e, metadata=Metadata(call_id=f"c{e.position}", alg=alg, kid=kid))
+        for e, alg, kid in zip(
+            log.events, ["RS256", "HS256", "HS256"], ["key-1", None, None], strict=True
+        )
+    ]
+    entries = timeline(signed, as_of=2)
+    assert [e.verified_by for e in entries] == [
+        "RS256 · Atlassian install key key-1",
+        "HS256 · tenant's shared secret from v1",  # the rotation was signed with the old one
+        "HS256 · tenant's shared secret from v2",
+    ]
+    assert [e.after_as_of for e in entries] == [False, False, True]
+    assert all("Y2lwaGVy" not in str(e.changes) for e in entries)  # not even the ciphertext
+
+
+def test_a_chart_has_one_bar_per_value_and_escapes_its_labels() -> None:
+    columns = [Column("day 1", {"<v1>": 2, "v2": 0}), Column("day 2", {"<v1>": 1, "v2": 3})]
+    svg = str(stacked_columns(columns, ["<v1>", "v2"], title="a & b"))
+    assert svg.count('class="bar"') == 3
+    assert "<v1>" not in svg and "&lt;v1&gt;" in svg and "a &amp; b" in svg
+    share = str(stacked_columns(columns, ["<v1>", "v2"], title="t", share=True))
+    assert "(75%)" in share and "100 %" in share
