@@ -20,7 +20,8 @@ from starlette.concurrency import run_in_threadpool
 
 from app.console import auth, pages
 from app.settings import Settings
-from eventstore.store import StoreUnavailable, format_timestamp
+from eventstore.store import EventStore, StoreUnavailable, format_timestamp
+from projections.storage import ProjectionStorage
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 
@@ -93,12 +94,14 @@ async def _page(
     return _render(request, template, {"section": section, **context})
 
 
-def _store(request: Request) -> Any:
-    return request.app.state.store
+def _store(request: Request) -> EventStore:
+    store: EventStore = request.app.state.store
+    return store
 
 
-def _projections(request: Request) -> Any:
-    return request.app.state.projections
+def _projections(request: Request) -> ProjectionStorage:
+    storage: ProjectionStorage = request.app.state.projections
+    return storage
 
 
 # ------------------------------------------------------------------- pages
