@@ -30,6 +30,7 @@ from eventstore.events import stream_id_for
 from eventstore.store import EventStore, RecordedEvent, format_timestamp, parse_timestamp, utcnow
 from projections import tenants as tenants_fold
 from projections.descriptors import latest_version
+from projections.model import DescriptorRow, ReimportRow, TenantRow
 from projections.presumed_gone import silence_threshold
 from projections.runner import wait_for_position
 from projections.storage import ProjectionStorage
@@ -112,11 +113,18 @@ async def tenant(
     store: StoreDep,
     as_of: Annotated[str | None, Query(description="a log position or an RFC 3339 time")] = None,
 ) -> FastJSONResponse:
-    up_to = parse_as_of(as_of)
+    row = await run_in_threadpool(read_tenant, store, client_key, parse_as_of(as_of))
+    return FastJSONResponse(tenant_object(row))
+
+
+def read_tenant(store: EventStore, client_key: str, up_to: int | datetime | None) -> TenantRow:
+    """The tenant folded from its stream up to ``up_to``; HTTP 404 when there is none.
+
+    Shared with the web console (``app.console``)."""
     stream = stream_id_for(client_key)
-    events = await run_in_threadpool(store.read_stream, stream, up_to)
+    events = store.read_stream(stream, up_to)
     if not events:
-        everything = events if up_to is None else await run_in_threadpool(store.read_stream, stream)
+        everything = events if up_to is None else store.read_stream(stream)
         if not everything:
             raise HTTPException(
                 status_code=404, detail={"error": "unknown_tenant", "detail": "no such clientKey"}
@@ -130,7 +138,7 @@ async def tenant(
         raise HTTPException(
             status_code=404, detail={"error": "unknown_tenant", "detail": "never installed"}
         )
-    return FastJSONResponse(tenant_object(row))
+    return row
 
 
 @router.get(
@@ -182,12 +190,17 @@ async def rejections(
 
 @router.get("/verify", summary="Recompute the hash chain", **documented(VerifyAnswer))
 async def verify(store: StoreDep) -> FastJSONResponse:
-    report = await run_in_threadpool(store.verify)
+    return FastJSONResponse(await run_in_threadpool(verify_answer, store))
+
+
+def verify_answer(store: EventStore) -> dict[str, Any]:
+    """The chain recomputed, as the admin API and the console show it."""
+    report = store.verify()
     answer: dict[str, Any] = {"ok": report.ok, "events": report.events, "head": report.head}
     if not report.ok:
         answer["first_bad_position"] = report.first_bad_position
         answer["reason"] = report.reason
-    return FastJSONResponse(answer)
+    return answer
 
 
 # ---------------------------------------------------------------- read models
@@ -216,6 +229,28 @@ async def _caught_up(storage: ProjectionStorage, min_position: int | None) -> No
         )
 
 
+def tenants_page(
+    storage: ProjectionStorage,
+    state: str | None,
+    after: str | None,
+    limit: int,
+    presumed_gone: bool = False,
+    grace_hours: float = 24,
+    search: str | None = None,
+) -> list[TenantRow]:
+    """One page of tenants (or of those presumed gone); shared with the console."""
+    if not presumed_gone:
+        return storage.list_tenants(state=state, after=after, limit=limit, search=search)
+    threshold = silence_threshold(
+        storage.load_rows("descriptors"), utcnow(), timedelta(hours=grace_hours)
+    )
+    if threshold is None:
+        return []
+    return storage.list_tenants(
+        state="installed", after=after, limit=limit, seen_before=threshold, search=search
+    )
+
+
 @router.get(
     "/tenants",
     summary="Tenants from the tenants projection, paged by clientKey",
@@ -238,25 +273,29 @@ async def tenants(
 ) -> FastJSONResponse:
     await _caught_up(storage, min_position)
 
-    def page() -> list[Any]:
-        if not presumed_gone:
-            return storage.list_tenants(state=state, after=after, limit=limit)
-        threshold = silence_threshold(
-            storage.load_rows("descriptors"), utcnow(), timedelta(hours=grace_hours)
-        )
-        if threshold is None:
-            return []
-        return storage.list_tenants(
-            state="installed", after=after, limit=limit, seen_before=threshold
-        )
-
-    rows = await run_in_threadpool(page)
+    rows = await run_in_threadpool(
+        tenants_page, storage, state, after, limit, presumed_gone, grace_hours
+    )
     return FastJSONResponse(
         {
             "tenants": [tenant_object(r) for r in rows],
             "next": rows[-1].client_key if len(rows) == limit else None,
         }
     )
+
+
+def descriptor_rows(storage: ProjectionStorage) -> list[DescriptorRow]:
+    """Descriptor versions in the order first seen; shared with the console."""
+    rows: list[DescriptorRow] = storage.load_rows("descriptors")
+    rows.sort(key=lambda r: r.first_seen_position)
+    return rows
+
+
+def reimport_rows(storage: ProjectionStorage) -> list[ReimportRow]:
+    """Reimport links, oldest first; shared with the console."""
+    rows: list[ReimportRow] = storage.load_rows("reimports")
+    rows.sort(key=lambda r: (r.detected_at, r.client_key))
+    return rows
 
 
 @router.get(
@@ -269,8 +308,7 @@ async def descriptors(
     min_position: Annotated[int | None, Query(ge=0)] = None,
 ) -> FastJSONResponse:
     await _caught_up(storage, min_position)
-    rows = await run_in_threadpool(storage.load_rows, "descriptors")
-    rows.sort(key=lambda r: r.first_seen_position)
+    rows = await run_in_threadpool(descriptor_rows, storage)
     return FastJSONResponse(
         {
             "latest": latest_version(rows),
@@ -296,8 +334,7 @@ async def reimports(
     min_position: Annotated[int | None, Query(ge=0)] = None,
 ) -> FastJSONResponse:
     await _caught_up(storage, min_position)
-    rows = await run_in_threadpool(storage.load_rows, "reimports")
-    rows.sort(key=lambda r: (r.detected_at, r.client_key))
+    rows = await run_in_threadpool(reimport_rows, storage)
     return FastJSONResponse(
         {
             "links": [

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app import admin
+from app import admin, console
 from app.ingest import CallRequest, LifecycleIngestor, Outcome
 from app.install_keys import InstallKeyFetcher
 from app.lifecycle import LIFECYCLE_EVENTS, LifecycleEvent
@@ -179,6 +179,7 @@ def create_app(
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
     app.include_router(admin.router)
+    app.include_router(console.router)
     return app
 
 

@@ -128,10 +128,18 @@ class ProjectionStorage(abc.ABC):
         after: str | None = None,
         limit: int = 100,
         seen_before: datetime | None = None,
+        search: str | None = None,
     ) -> list[TenantRow]:
+        """``search``: a case-insensitive substring of the client key or the base URL."""
         spec = SPECS["tenants"]
         clauses: list[str] = []
         params: list[Any] = []
+        if search:
+            pattern = "%" + _escape_like(search.lower()) + "%"
+            clauses.append(
+                "(lower(client_key) LIKE ? ESCAPE '\\' OR lower(base_url) LIKE ? ESCAPE '\\')"
+            )
+            params += [pattern, pattern]
         if state is not None:
             clauses.append("state = ?")
             params.append(state)
@@ -339,6 +347,11 @@ _COPY_TYPES: dict[str, str] = {
     "bigint": "int8",
     "time": "timestamptz",
 }
+
+
+def _escape_like(text: str) -> str:
+    """``%``, ``_`` and ``\\`` match themselves in a LIKE pattern."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def storage_for(store: EventStore) -> ProjectionStorage:
