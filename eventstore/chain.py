@@ -132,6 +132,7 @@ class ChainCheck:
     stored_head: Head | None = None
     # position -> (label, expected hash hex): digests the chain must pass through
     checkpoints: Mapping[int, tuple[str, str]] = field(default_factory=dict)
+    head_label: str = "the stored head"  # what claims ``stored_head``, for the reason
 
 
 def verify_links(links: Iterable[Link], check: ChainCheck) -> VerifyReport:
@@ -197,7 +198,7 @@ def _finish(previous: bytes, position: int, check: ChainCheck) -> VerifyReport:
             count,
             previous.hex(),
             min(stored.position, position) + 1,
-            f"log ends at {position} but the stored head says {stored.position}",
+            f"log ends at {position} but {check.head_label} says {stored.position}",
         )
     if stored.hash != previous.hex():
         return VerifyReport(
@@ -205,7 +206,7 @@ def _finish(previous: bytes, position: int, check: ChainCheck) -> VerifyReport:
             count,
             previous.hex(),
             position,
-            f"the recomputed head at {position} differs from the stored head hash",
+            f"the recomputed head at {position} differs from the hash {check.head_label} gives",
         )
     return ok
 
