@@ -109,18 +109,10 @@ def link(previous: bytes, position: int, digest: bytes) -> bytes:
     return hashlib.sha256(previous + position.to_bytes(8, "big") + digest).digest()
 
 
-@dataclass(frozen=True, slots=True)
-class Link:
-    """One row as the chain sees it: its position, stored hash and link input.
-
-    ``link_input`` is None when the row could not be read (an export line that is
-    not a row); ``problem`` then says why.
-    """
-
-    position: int
-    hash: str
-    link_input: bytes | None
-    problem: str | None = None
+# One row as the chain sees it: (position, stored hash, link input, problem). The link
+# input is None when the row could not be read (an export line that is not a row), and
+# the problem says why. A plain tuple: verify builds one per event.
+Link = tuple[int, str, bytes | None, str | None]
 
 
 @dataclass(slots=True)
@@ -143,25 +135,24 @@ def verify_links(links: Iterable[Link], check: ChainCheck) -> VerifyReport:
     and hash must equal ``check.stored_head`` when one is given.
     """
     previous, position = check.previous, check.after
-    for row in links:
+    points = check.checkpoints
+    sha256 = hashlib.sha256
+    for row_position, stored, data, problem in links:
         expected = position + 1
-        problem: str | None = None
-        if row.link_input is None:
-            problem = row.problem or f"position {expected}: not a row"
-        elif row.position != expected:
-            problem = _misplaced(row.position, expected)
+        if data is None or row_position != expected:
+            problem = problem or _misplaced(row_position, expected)
         else:
-            computed = link(previous, row.position, row.link_input)
-            checkpoint = check.checkpoints.get(expected)
-            if computed.hex() != row.hash:
+            computed = sha256(previous + expected.to_bytes(8, "big") + data).digest()
+            hex_hash = computed.hex()
+            if hex_hash != stored:
                 problem = (
                     f"position {expected}: the stored hash does not match the row's contents"
                     " and the previous hash"
                 )
-            elif checkpoint is not None and checkpoint[1] != computed.hex():
+            elif points and expected in points and points[expected][1] != hex_hash:
                 problem = (
-                    f"{checkpoint[0]}: position {expected} hashes to {computed.hex()},"
-                    f" not to the digest's head {checkpoint[1]}"
+                    f"{points[expected][0]}: position {expected} hashes to {hex_hash},"
+                    f" not to the digest's head {points[expected][1]}"
                 )
         if problem is not None:
             return VerifyReport(False, position - check.after, previous.hex(), expected, problem)
@@ -212,11 +203,24 @@ def _finish(previous: bytes, position: int, check: ChainCheck) -> VerifyReport:
 
 
 def raw_links(rows: Iterable[RawEvent]) -> Iterator[Link]:
+    """Stored rows as links; version 2 inlined (verify runs it once per event)."""
+    streams: dict[str, bytes] = {}  # a stream's hash, reused across its events
+    sha256 = hashlib.sha256
     for row in rows:
-        try:
-            yield Link(row.position, row.hash, link_input(row))
-        except ValueError as error:
-            yield Link(row.position, row.hash, None, str(error))
+        if row.chain_version != 2:
+            try:
+                yield (row.position, row.hash, link_input(row), None)
+            except ValueError as error:
+                yield (row.position, row.hash, None, str(error))
+            continue
+        stream = streams.get(row.stream_id)
+        if stream is None:
+            if len(streams) >= 100_000:
+                streams.clear()
+            stream = streams[row.stream_id] = sha256(row.stream_id.encode()).digest()
+        head = canonical_json([row.version, row.type, row.schema_version, row.recorded_at])
+        rest = sha256(head + b"\n" + row.data + b"\n" + row.metadata).digest()
+        yield (row.position, row.hash, b"\x02" + sha256(stream + rest).digest(), None)
 
 
 def verify_chain(rows: Iterable[RawEvent], stored_head: Head | None = None) -> VerifyReport:

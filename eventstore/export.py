@@ -136,22 +136,22 @@ def _row_link(line: Mapping[str, Any], proof: _Proof | None) -> Link:
         if proof is not None and row.stream_id == proof.stream_id:
             if proof.last_version is not None and row.version != proof.last_version + 1:
                 missing = proof.last_version + 1
-                return Link(position, stored, None, f"the stream's version {missing} is missing")
+                return (position, stored, None, f"the stream's version {missing} is missing")
             proof.events, proof.last_version = proof.events + 1, row.version
-        return Link(position, stored, link_input(row))
+        return (position, stored, link_input(row), None)
     if chain == 1:
         digest = bytes.fromhex(line["digest"])
         if len(digest) != 32:
             raise ValueError("a digest has 32 bytes")
         if proof is not None:  # a version 1 row's stream cannot be told
             proof.complete_from = position + 1
-        return Link(position, stored, digest)
+        return (position, stored, digest, None)
     if chain == 2:
         if proof is not None and line["stream_sha256"] == proof.stream_sha256:
             reason = f"position {position} belongs to {proof.stream_id} but is not shown"
-            return Link(position, stored, None, reason)
+            return (position, stored, None, reason)
         inner = bytes.fromhex(line["stream_sha256"]), bytes.fromhex(line["rest_sha256"])
-        return Link(position, stored, link_input_v2(*inner))
+        return (position, stored, link_input_v2(*inner), None)
     raise ValueError(f"unknown chain version {chain}")
 
 
@@ -161,7 +161,7 @@ def _links(lines: Iterator[str], first: int, proof: _Proof | None) -> Iterator[L
             yield _row_link(json.loads(text), proof)
         except (ValueError, TypeError, KeyError, AttributeError):
             problem = f"line {number} is not a row of a verifiable export"
-            yield Link(first + number - 2, "", None, problem)
+            yield (first + number - 2, "", None, problem)
 
 
 def verify_export(
