@@ -6,6 +6,7 @@ alike. Exit codes: 0 ok, 1 a check failed or a tenant was not found, 2 usage.
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from collections.abc import Iterator
@@ -164,7 +165,13 @@ def export(
         if stream is not None and store.stream_version(stream) == 0:
             typer.echo(f"no tenant {tenant!r}", err=True)
             raise typer.Exit(1)
-        for line in export_lines(store, after, stream):
+        lines = export_lines(store, after, stream)
+        try:
+            header = next(lines)
+        except LookupError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(1) from None
+        for line in itertools.chain([header], lines):
             out.write(json.dumps(line, separators=(",", ":")) + "\n")
 
 

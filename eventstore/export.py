@@ -84,12 +84,16 @@ def export_lines(
     """The header, then every row after ``after`` up to the head read first.
 
     With ``stream_id``, a proof: that stream's rows in full, the others opaque.
+    LookupError (before any line) when the row at ``after`` is missing.
     """
     head = store.head()
     after = max(0, min(after, head.position))
     previous = GENESIS.hex()
     if after:
-        previous = next(iter(store.read_raw(after - 1, 1))).hash
+        row = next(iter(store.read_raw(after - 1, 1)), None)
+        if row is None or row.position != after:
+            raise LookupError(f"position {after} is missing from the log (see ledger verify)")
+        previous = row.hash
     header: dict[str, Any] = {
         "format": FORMAT,
         "kind": "full" if stream_id is None else "proof",

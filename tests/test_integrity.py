@@ -243,6 +243,11 @@ def test_attacks_on_the_database_are_found(log_url: str, tmp_path: Path, attack:
         assert plain_code == 1 and plain["first_bad_position"] == position
     if attack == "drop":
         assert "position 4 missing" in plain["reason"]
+        assert ledger("export", "--verifiable", "--after", "4")[0] == 1
+    # An export of the damaged log shows the same damage to both offline verifiers.
+    export = export_file(tmp_path, "damaged.jsonl", "--verifiable")
+    code, offline = both_verifiers(export, digest_file)
+    assert code == 1 and offline["first_bad_position"] == position
 
 
 def test_losing_the_last_events_is_found(log_url: str, tmp_path: Path) -> None:
