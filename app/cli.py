@@ -17,7 +17,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from app import cli_integrity
 from app.settings import Settings
 from eventstore.events import stream_id_for
 from eventstore.store import EventStore, RecordedEvent, format_timestamp, open_store
@@ -367,7 +366,9 @@ def demo(
     run_demo(console, url=url, key_port=key_port)
 
 
-cli_integrity.register(cli)  # digest, verify, export
+from app.cli_integrity import register  # noqa: E402  (digest, verify, export)
+
+register(cli)
 
 
 def main() -> None:
