@@ -315,9 +315,7 @@ class SQLiteEventStore(EventStore):
         columns = _EVENT_COLUMNS + ", call_id, chain_version"
         for rows in self._pages(columns, after_position, batch_size):
             for r in rows:
-                yield RawEvent(
-                    r[0], r[1], r[2], r[3], r[4], r[5].encode(), r[6].encode(), *r[7:]
-                )
+                yield RawEvent(r[0], r[1], r[2], r[3], r[4], r[5].encode(), r[6].encode(), *r[7:])
 
     def head(self) -> Head:
         rows = self._query("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1")
