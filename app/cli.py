@@ -6,7 +6,6 @@ service does. Read commands print tables for people and JSON with ``--json``.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import time
@@ -82,23 +81,6 @@ def migrate() -> None:
         store.migrate()
         head = store.head()
     console.print(f"schema is current; the log holds {head.position} events")
-
-
-@cli.command()
-def verify(as_json: JsonOption = False) -> None:
-    """Recompute the hash chain and name the first event that does not match."""
-    with _store() as store:
-        report = store.verify()
-    if as_json:
-        _print_json(dataclasses.asdict(report))
-    elif report.ok:
-        console.print(f"[green]ok[/green]: {report.events} events, head {report.head}")
-    else:
-        console.print(
-            f"[red]broken[/red] at position {report.first_bad_position}: {report.reason}"
-            f" ({report.events} events verify before it)"
-        )
-    raise typer.Exit(0 if report.ok else 1)
 
 
 def _describe(event: RecordedEvent) -> str:
@@ -354,19 +336,6 @@ def rebuild(
 
 
 @cli.command()
-def export(
-    after: Annotated[int, typer.Option("--after", help="Start after this position.")] = 0,
-) -> None:
-    """Every event after a position as JSON lines, secrets redacted."""
-    from app.admin import redact_event
-
-    out = sys.stdout
-    with _store() as store:
-        for event in store.read_all(after_position=after, batch_size=5000):
-            out.write(json.dumps(redact_event(event), separators=(",", ":")) + "\n")
-
-
-@cli.command()
 def forget(
     client_key: str,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
@@ -399,6 +368,11 @@ def demo(
     from app.demo import run_demo
 
     run_demo(console, url=url, key_port=key_port)
+
+
+from app.cli_integrity import register  # noqa: E402  (digest, verify, export)
+
+register(cli)
 
 
 def main() -> None:

@@ -554,7 +554,7 @@ def append_history(url: str, master_key: str, count: int, head: tuple[int, bytes
     """A ``count``-event tenant appended one call at a time with the store's own append."""
     from store import make_metadata
 
-    from eventstore.chain import link, row_digest
+    from eventstore.chain import link, link_input
     from eventstore.crypto import KeyRing, MasterKeys, seal_secret, secret_ad
     from eventstore.events import (
         DetailsChanged,
@@ -604,9 +604,7 @@ def append_history(url: str, master_key: str, count: int, head: tuple[int, bytes
                          idempotency_key=metadata.token_sha256)
         # The first real append links onto the bulk-loaded head.
         first = next(store.read_raw(head[0], 1))
-        digest = row_digest(first.stream_id, first.version, first.type, first.schema_version,
-                            first.recorded_at, first.data, first.metadata)
-        if link(head[1], first.position, digest).hex() != first.hash:
+        if link(head[1], first.position, link_input(first)).hex() != first.hash:
             raise SystemExit("a real append on top of the bulk-loaded log does not chain")
     finally:
         store.close()

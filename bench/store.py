@@ -675,9 +675,9 @@ def check_chain(store: PostgresEventStore, verify: str) -> None:
     rows = list(store.read_raw(recorded.position - 2, 10))
     previous = bytes.fromhex(rows[0].hash)
     last = rows[1]
-    digest = row_digest(last.stream_id, last.version, last.type, last.schema_version,
-                        last.recorded_at, last.data, last.metadata)
-    if link(previous, last.position, digest).hex() != recorded.hash:
+    from eventstore.chain import link_input
+
+    if link(previous, last.position, link_input(last)).hex() != recorded.hash:
         raise SystemExit("a real append on top of the bulk-loaded log does not chain")
     print("   a real store.append() on top of the bulk-loaded head chains correctly")
 

@@ -1,12 +1,24 @@
 """The hash chain over the log (SPEC §3).
 
-hash(n) = SHA-256( hash(n-1) ‖ position as 8 bytes big-endian ‖ digest(row n) )
-digest(row) = SHA-256( canonical JSON of [stream_id, version, type, schema_version,
-              recorded_at] ‖ "\\n" ‖ data bytes ‖ "\\n" ‖ metadata bytes )
+hash(n) = SHA-256( hash(n-1) ‖ position as 8 bytes big-endian ‖ link input of row n )
 
-The row digest is computed by the writer, outside any lock; only the cheap link
+Chain version 1 (rows written before migration 2), link input = digest(row):
+  digest(row) = SHA-256( canonical JSON of [stream_id, version, type, schema_version,
+                recorded_at] ‖ "\\n" ‖ data bytes ‖ "\\n" ‖ metadata bytes )
+
+Chain version 2 (every row appended since), link input = 0x02 ‖ digest2(row):
+  digest2(row) = SHA-256( SHA-256(stream_id) ‖ SHA-256(rest) )
+  rest = canonical JSON of [version, type, schema_version, recorded_at] ‖ "\\n" ‖ data
+         bytes ‖ "\\n" ‖ metadata bytes
+A tenant's proof shows other rows only as their two inner hashes: enough to link
+the chain and to see that the row belongs to another stream, nothing of its
+contents. The version byte makes a version-2 link input 33 bytes long, so a row
+hashed as version 2 can never be passed off as an opaque version-1 digest (which
+a proof could not attribute to a stream).
+
+Row digests are computed by the writer, outside any lock; only the cheap link
 step needs the previous hash, so PostgreSQL can do it inside the append function
-in the same round trip (``sha256(prev || int8send(position) || digest)``).
+in the same round trip (``sha256(prev || int8send(position) || link input)``).
 Data bytes are the stored ciphertext-bearing JSON, so destroying a data key
 leaves the chain verifiable.
 """
@@ -14,12 +26,14 @@ leaves the chain verifiable.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from eventstore.events import canonical_json
 from eventstore.store import (
+    Head,
     NewEvent,
     PreparedEvent,
     RawEvent,
@@ -29,7 +43,11 @@ from eventstore.store import (
     utcnow,
 )
 
+if TYPE_CHECKING:
+    from eventstore.store import EventStore
+
 GENESIS = bytes(32)
+CHAIN_VERSION = 2  # the version every new row is hashed with
 
 
 def row_digest(
@@ -41,29 +59,36 @@ def row_digest(
     data: bytes,
     metadata: bytes,
 ) -> bytes:
+    """Chain version 1's row digest (and its link input)."""
     head = canonical_json([stream_id, version, event_type, schema_version, recorded_at])
     return hashlib.sha256(head + b"\n" + data + b"\n" + metadata).digest()
 
 
-def link(previous: bytes, position: int, digest: bytes) -> bytes:
-    return hashlib.sha256(previous + position.to_bytes(8, "big") + digest).digest()
+def stream_digest(stream_id: str) -> bytes:
+    return hashlib.sha256(stream_id.encode()).digest()
 
 
-def verify_chain(rows: Iterable[RawEvent]) -> VerifyReport:
-    """Recompute the chain from the first row; name the first row that does not match."""
-    previous = GENESIS
-    count = 0
-    for row in rows:
-        expected_position = count + 1
-        if row.position != expected_position:
-            return VerifyReport(
-                ok=False,
-                events=count,
-                head=previous.hex(),
-                first_bad_position=row.position,
-                reason=f"position {row.position} follows {count}: an event is missing",
-            )
-        digest = row_digest(
+def rest_digest(
+    version: int,
+    event_type: str,
+    schema_version: int,
+    recorded_at: str,
+    data: bytes,
+    metadata: bytes,
+) -> bytes:
+    head = canonical_json([version, event_type, schema_version, recorded_at])
+    return hashlib.sha256(head + b"\n" + data + b"\n" + metadata).digest()
+
+
+def link_input_v2(stream_sha256: bytes, rest_sha256: bytes) -> bytes:
+    """Chain version 2's link input from a row's two inner hashes."""
+    return b"\x02" + hashlib.sha256(stream_sha256 + rest_sha256).digest()
+
+
+def link_input(row: RawEvent) -> bytes:
+    """What the chain hashes for a stored row, by the version that hashed it."""
+    if row.chain_version == 1:
+        return row_digest(
             row.stream_id,
             row.version,
             row.type,
@@ -72,28 +97,168 @@ def verify_chain(rows: Iterable[RawEvent]) -> VerifyReport:
             row.data,
             row.metadata,
         )
-        computed = link(previous, row.position, digest)
-        if computed.hex() != row.hash:
-            return VerifyReport(
-                ok=False,
-                events=count,
-                head=previous.hex(),
-                first_bad_position=row.position,
-                reason="stored hash does not match the row's contents and the previous hash",
-            )
-        previous = computed
-        count += 1
-    return VerifyReport(ok=True, events=count, head=previous.hex())
+    if row.chain_version == 2:
+        rest = rest_digest(
+            row.version, row.type, row.schema_version, row.recorded_at, row.data, row.metadata
+        )
+        return link_input_v2(stream_digest(row.stream_id), rest)
+    raise ValueError(f"position {row.position}: unknown chain version {row.chain_version}")
+
+
+def link(previous: bytes, position: int, digest: bytes) -> bytes:
+    return hashlib.sha256(previous + position.to_bytes(8, "big") + digest).digest()
+
+
+# One row as the chain sees it: (position, stored hash, link input, problem). The link
+# input is None when the row could not be read (an export line that is not a row), and
+# the problem says why. A plain tuple: verify builds one per event.
+Link = tuple[int, str, bytes | None, str | None]
+
+
+@dataclass(slots=True)
+class ChainCheck:
+    """Where a chain walk starts and what it must meet on the way and at the end."""
+
+    after: int = 0
+    previous: bytes = GENESIS
+    stored_head: Head | None = None
+    # position -> (label, expected hash hex): digests the chain must pass through
+    checkpoints: Mapping[int, tuple[str, str]] = field(default_factory=dict)
+    head_label: str = "the stored head"  # what claims ``stored_head``, for the reason
+
+
+def verify_links(links: Iterable[Link], check: ChainCheck) -> VerifyReport:
+    """Recompute the chain; name the first position that is missing, misplaced or wrong.
+
+    Positions must run contiguously from ``check.after + 1``; each recomputed hash
+    must equal the stored one and every checkpoint on the way; the last position
+    and hash must equal ``check.stored_head`` when one is given.
+    """
+    previous, position = check.previous, check.after
+    points = check.checkpoints
+    sha256 = hashlib.sha256
+    for row_position, stored, data, problem in links:
+        expected = position + 1
+        if data is None or row_position != expected:
+            problem = problem or _misplaced(row_position, expected)
+        else:
+            computed = sha256(previous + expected.to_bytes(8, "big") + data).digest()
+            hex_hash = computed.hex()
+            if hex_hash != stored:
+                problem = (
+                    f"position {expected}: the stored hash does not match the row's contents"
+                    " and the previous hash"
+                )
+            elif points and expected in points and points[expected][1] != hex_hash:
+                problem = (
+                    f"{points[expected][0]}: position {expected} hashes to {hex_hash},"
+                    f" not to the digest's head {points[expected][1]}"
+                )
+        if problem is not None:
+            return VerifyReport(False, position - check.after, previous.hex(), expected, problem)
+        previous, position = computed, expected
+    return _finish(previous, position, check)
+
+
+def _misplaced(found: int, expected: int) -> str:
+    if found > expected:
+        missing = f"{expected}" if found == expected + 1 else f"{expected} to {found - 1}"
+        return f"position {missing} missing (the next row is position {found})"
+    return f"position {found} appears again or out of order where position {expected} belongs"
+
+
+def _finish(previous: bytes, position: int, check: ChainCheck) -> VerifyReport:
+    count = position - check.after
+    ok = VerifyReport(True, count, previous.hex())
+    beyond = sorted(p for p in check.checkpoints if p > position)
+    if beyond:
+        label = check.checkpoints[beyond[0]][0]
+        return VerifyReport(
+            False,
+            count,
+            previous.hex(),
+            position + 1,
+            f"{label}: position {beyond[0]} is beyond the log's end at {position}",
+        )
+    stored = check.stored_head
+    if stored is None:
+        return ok
+    if stored.position != position:
+        return VerifyReport(
+            False,
+            count,
+            previous.hex(),
+            min(stored.position, position) + 1,
+            f"log ends at {position} but {check.head_label} says {stored.position}",
+        )
+    if stored.hash != previous.hex():
+        return VerifyReport(
+            False,
+            count,
+            previous.hex(),
+            position,
+            f"the recomputed head at {position} differs from the hash {check.head_label} gives",
+        )
+    return ok
+
+
+def raw_links(rows: Iterable[RawEvent]) -> Iterator[Link]:
+    """Stored rows as links; version 2 inlined (verify runs it once per event)."""
+    streams: dict[str, bytes] = {}  # a stream's hash, reused across its events
+    sha256 = hashlib.sha256
+    for row in rows:
+        if row.chain_version != 2:
+            try:
+                yield (row.position, row.hash, link_input(row), None)
+            except ValueError as error:
+                yield (row.position, row.hash, None, str(error))
+            continue
+        stream = streams.get(row.stream_id)
+        if stream is None:
+            if len(streams) >= 100_000:
+                streams.clear()
+            stream = streams[row.stream_id] = sha256(row.stream_id.encode()).digest()
+        head = canonical_json([row.version, row.type, row.schema_version, row.recorded_at])
+        rest = sha256(head + b"\n" + row.data + b"\n" + row.metadata).digest()
+        yield (row.position, row.hash, b"\x02" + sha256(stream + rest).digest(), None)
+
+
+def verify_chain(rows: Iterable[RawEvent], stored_head: Head | None = None) -> VerifyReport:
+    """Recompute the chain of stored rows from the first (see ``verify_links``)."""
+    return verify_links(raw_links(rows), ChainCheck(stored_head=stored_head))
+
+
+def verify_store(
+    store: EventStore, checkpoints: Mapping[int, tuple[str, str]] | None = None
+) -> VerifyReport:
+    """The whole log against the head the store keeps (and any digests' heads).
+
+    The head is read first and the rows up to it are checked: events appended
+    meanwhile lie beyond it and are left for the next run.
+    """
+    stored = store.head()
+    return verify_links(
+        raw_links(_until(store.read_raw(0, 5000), stored.position)),
+        ChainCheck(stored_head=stored, checkpoints=checkpoints or {}),
+    )
+
+
+def _until(rows: Iterable[RawEvent], last: int) -> Iterator[RawEvent]:
+    for row in rows:
+        yield row
+        if row.position >= last:
+            return
 
 
 @dataclass(frozen=True, slots=True)
 class PreparedAppend:
-    """An append's events as the exact bytes to store, with their row digests."""
+    """An append's events as the exact bytes to store, with their link inputs."""
 
     recorded_at: datetime
     stamp: str
     events: list[PreparedEvent]
     digests: list[bytes]
+    chain_version: int = CHAIN_VERSION
 
 
 def prepare_append(
@@ -105,9 +270,11 @@ def prepare_append(
     recorded_at = utcnow()
     stamp = format_timestamp(recorded_at)
     prepared = [prepare(e) for e in events]
+    stream = stream_digest(stream_id)
     digests = [
-        row_digest(
-            stream_id, expected_version + i, p.type, p.schema_version, stamp, p.data, p.metadata
+        link_input_v2(
+            stream,
+            rest_digest(expected_version + i, p.type, p.schema_version, stamp, p.data, p.metadata),
         )
         for i, p in enumerate(prepared, start=1)
     ]

@@ -168,6 +168,80 @@ MIGRATIONS: list[str] = [
         PERFORM pg_notify('ledger_events', v_position::text);
     END $$;
     """,
+    # 2: chain version 2 (eventstore/chain.py): each row records which row digest hashed
+    # it; rows written before this migration keep version 1. ledger_append is the same
+    # as in 1 but for the chain_version it stores.
+    r"""
+    ALTER TABLE events ADD COLUMN chain_version smallint NOT NULL DEFAULT 1;
+
+    CREATE OR REPLACE FUNCTION ledger_append(
+        p_stream text, p_expected integer, p_key text, p_types text[],
+        p_schemas smallint[], p_data text[], p_metadata text[], p_call_ids text[],
+        p_recorded_at timestamptz, p_digests bytea[], p_data_key bytea
+    ) RETURNS TABLE (o_position bigint, o_hash bytea, o_duplicate boolean)
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        v_position bigint;
+        v_hash bytea;
+        v_actual integer;
+        v_first bigint;
+        v_last bigint;
+        i integer;
+    BEGIN
+        SELECT h.position, h.hash INTO v_position, v_hash FROM ledger_head h FOR UPDATE;
+
+        -- Under the lock, so a concurrent append with the same key is seen here.
+        IF p_key IS NOT NULL THEN
+            SELECT first_position, last_position INTO v_first, v_last
+                FROM idempotency_keys WHERE key = p_key;
+            IF FOUND THEN
+                RETURN QUERY SELECT e.position, e.hash, true FROM events e
+                    WHERE e.position BETWEEN v_first AND v_last ORDER BY e.position;
+                RETURN;
+            END IF;
+        END IF;
+
+        SELECT coalesce(max(e.version), 0) INTO v_actual FROM events e
+            WHERE e.stream_id = p_stream;
+        IF v_actual <> p_expected THEN
+            RAISE EXCEPTION 'version conflict' USING ERRCODE = 'LD001', DETAIL = v_actual::text;
+        END IF;
+
+        -- A first install's data key is stored with its events, in one transaction.
+        IF p_data_key IS NOT NULL THEN
+            INSERT INTO data_keys (stream_id, wrapped) VALUES (p_stream, p_data_key)
+                ON CONFLICT (stream_id) DO NOTHING;
+            IF NOT FOUND THEN
+                RAISE EXCEPTION 'data key exists' USING ERRCODE = 'LD001', DETAIL = v_actual::text;
+            END IF;
+        END IF;
+
+        v_first := v_position + 1;
+        FOR i IN 1 .. array_length(p_types, 1) LOOP
+            v_position := v_position + 1;
+            v_hash := sha256(v_hash || int8send(v_position) || p_digests[i]);
+            -- A chain version 2 link input is its version byte and a digest (33 bytes);
+            -- a 32-byte one is a version 1 row digest (a writer from before).
+            INSERT INTO events (position, stream_id, version, type, schema_version, data,
+                                metadata, recorded_at, hash, call_id, chain_version)
+                VALUES (v_position, p_stream, p_expected + i, p_types[i], p_schemas[i],
+                        p_data[i], p_metadata[i], p_recorded_at, v_hash, p_call_ids[i],
+                        CASE WHEN octet_length(p_digests[i]) = 33
+                             THEN get_byte(p_digests[i], 0) ELSE 1 END);
+            o_position := v_position;
+            o_hash := v_hash;
+            o_duplicate := false;
+            RETURN NEXT;
+        END LOOP;
+
+        UPDATE ledger_head SET position = v_position, hash = v_hash;
+        IF p_key IS NOT NULL THEN
+            INSERT INTO idempotency_keys VALUES (p_key, p_stream, v_first, v_position);
+        END IF;
+        -- A wake-up hint for projection runners; the log itself stays the truth.
+        PERFORM pg_notify('ledger_events', v_position::text);
+    END $$;
+    """,
 ]
 
 _EVENT_COLUMNS = (
@@ -433,13 +507,11 @@ class PostgresEventStore(EventStore):
         columns = (
             "position, stream_id, version, type, schema_version, data, metadata,"
             " to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),"
-            " encode(hash, 'hex'), call_id"
+            " encode(hash, 'hex'), call_id, chain_version"
         )
         for rows in self._pages(columns, after_position, batch_size):
             for r in rows:
-                yield RawEvent(
-                    r[0], r[1], r[2], r[3], r[4], r[5].encode(), r[6].encode(), r[7], r[8], r[9]
-                )
+                yield RawEvent(r[0], r[1], r[2], r[3], r[4], r[5].encode(), r[6].encode(), *r[7:])
 
     def head(self) -> Head:
         with self._connection() as conn:

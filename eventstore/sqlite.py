@@ -81,6 +81,11 @@ MIGRATIONS: list[str] = [
         detail        TEXT
     );
     """,
+    # 2: chain version 2 (eventstore/chain.py): each row records which row digest hashed
+    # it; rows written before this migration keep version 1.
+    """
+    ALTER TABLE events ADD COLUMN chain_version INTEGER NOT NULL DEFAULT 1;
+    """,
 ]
 
 _EVENT_COLUMNS = (
@@ -217,8 +222,8 @@ class SQLiteEventStore(EventStore):
                     position += 1
                     previous = link(previous, position, digest)
                     conn.execute(
-                        f"INSERT INTO events ({_EVENT_COLUMNS}, call_id)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        f"INSERT INTO events ({_EVENT_COLUMNS}, call_id, chain_version)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             position,
                             stream_id,
@@ -230,6 +235,7 @@ class SQLiteEventStore(EventStore):
                             stamp,
                             previous.hex(),
                             p.call_id,
+                            batch.chain_version,
                         ),
                     )
                     recorded.append(
@@ -306,11 +312,10 @@ class SQLiteEventStore(EventStore):
             yield from map(_decode_row, rows)
 
     def read_raw(self, after_position: int = 0, batch_size: int = 1000) -> Iterator[RawEvent]:
-        for rows in self._pages(_EVENT_COLUMNS + ", call_id", after_position, batch_size):
+        columns = _EVENT_COLUMNS + ", call_id, chain_version"
+        for rows in self._pages(columns, after_position, batch_size):
             for r in rows:
-                yield RawEvent(
-                    r[0], r[1], r[2], r[3], r[4], r[5].encode(), r[6].encode(), r[7], r[8], r[9]
-                )
+                yield RawEvent(r[0], r[1], r[2], r[3], r[4], r[5].encode(), r[6].encode(), *r[7:])
 
     def head(self) -> Head:
         rows = self._query("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1")

@@ -125,6 +125,7 @@ class RawEvent:
     recorded_at: str
     hash: str
     call_id: str | None = None
+    chain_version: int = 1  # which row digest hashed it (eventstore.chain)
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,9 +304,9 @@ class EventStore(abc.ABC):
     def close(self) -> None: ...
 
     def verify(self) -> VerifyReport:
-        from eventstore.chain import verify_chain
+        from eventstore.chain import verify_store
 
-        return verify_chain(self.read_raw(0, 5000))
+        return verify_store(self)
 
     def __enter__(self) -> EventStore:
         return self

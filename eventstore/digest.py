@@ -1,0 +1,100 @@
+"""Digests: the log's head as a small document an operator keeps out of the database's reach.
+
+``ledger verify --digest FILE`` then confirms that the log still passes through every
+saved head: a log rewritten from some position on, even with its whole chain
+recomputed, no longer hashes to a digest taken before the rewrite.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from eventstore.store import EventStore
+
+
+class DigestError(ValueError):
+    """A digest file that cannot be read as a digest (a usage error, not a failed check)."""
+
+
+class DigestConflict(Exception):
+    """Two digests name different heads at one position: at most one is this log's."""
+
+
+@dataclass(frozen=True, slots=True)
+class Digest:
+    label: str  # where it came from (a file name), to name it in a report
+    position: int
+    head: str
+
+
+def store_identity(url: str) -> dict[str, str]:
+    """The store's kind and database, never a user name or a password."""
+    if url.startswith("sqlite:"):
+        return {"kind": "sqlite", "database": str(Path(url.removeprefix("sqlite:///")).resolve())}
+    parts = urlsplit(url)
+    host = parts.hostname or "localhost"
+    port = parts.port or 5432
+    return {"kind": "postgresql", "database": f"{host}:{port}{parts.path or '/'}"}
+
+
+def make_digest(store: EventStore) -> dict[str, Any]:
+    """``{"position", "head", "recorded_at", "store"}``: the head now, and when it was written."""
+    head = store.head()
+    recorded_at = None
+    if head.position:
+        row = next(iter(store.read_raw(head.position - 1, 1)), None)
+        recorded_at = row.recorded_at if row is not None else None
+    return {
+        "position": head.position,
+        "head": head.hash,
+        "recorded_at": recorded_at,
+        "store": store_identity(store.url),
+    }
+
+
+def parse_digest(text: str, label: str) -> Digest:
+    try:
+        document = json.loads(text)
+        position, head = document["position"], document["head"]
+    except (ValueError, TypeError, KeyError):
+        raise DigestError(f"{label}: not a digest (JSON with position and head)") from None
+    valid_head = isinstance(head, str) and len(head) == 64
+    if not valid_head or not isinstance(position, int) or position < 0:
+        raise DigestError(f"{label}: not a digest (a position and a 64-digit hex head)")
+    try:
+        bytes.fromhex(head)
+    except ValueError:
+        raise DigestError(f"{label}: the head is not hexadecimal") from None
+    return Digest(label, position, head.lower())
+
+
+def read_digests(paths: Iterable[Path]) -> list[Digest]:
+    """Digests from files of one or more lines (``ledger digest >> file`` appends one)."""
+    digests = []
+    for path in paths:
+        try:
+            text = path.read_text()
+        except OSError as error:
+            raise DigestError(f"{path}: cannot be read ({error.strerror})") from None
+        lines = [line for line in text.splitlines() if line.strip()] or [""]
+        for number, line in enumerate(lines, start=1):
+            label = str(path) if len(lines) == 1 else f"{path}:{number}"
+            digests.append(parse_digest(line, label))
+    return digests
+
+
+def checkpoints(digests: Iterable[Digest]) -> Mapping[int, tuple[str, str]]:
+    """position → (digest label, head); DigestConflict if two disagree on a position."""
+    found: dict[int, tuple[str, str]] = {}
+    for digest in digests:
+        seen = found.setdefault(digest.position, (digest.label, digest.head))
+        if seen[1] != digest.head:
+            raise DigestConflict(
+                f"{seen[0]} and {digest.label} name different heads at position {digest.position}"
+            )
+    return found
