@@ -14,6 +14,7 @@ from fastapi import HTTPException
 from app import admin
 from app.console import adoption, timeline
 from app.console.svg import Column, stacked_columns
+from eventstore.digest import make_digest
 from eventstore.events import stream_id_for
 from eventstore.store import EventStore, format_timestamp, utcnow
 from projections.descriptors import latest_version
@@ -153,18 +154,4 @@ def rejections_page(store: EventStore) -> dict[str, Any]:
 
 
 def integrity_page(store: EventStore) -> dict[str, Any]:
-    return {"verify": admin.verify_answer(store), "digest": current_digest(store)}
-
-
-def current_digest(store: EventStore) -> dict[str, Any]:
-    """``{"position", "head", "recorded_at", "store"}``: what ``ledger digest`` prints.
-
-    ``recorded_at`` is the head event's stored text (the exact bytes the chain covers).
-    """
-    head = store.head()
-    recorded_at = None
-    if head.position:
-        row = next(store.read_raw(head.position - 1, 1), None)
-        recorded_at = row.recorded_at if row is not None else None
-    kind = "sqlite" if store.url.startswith("sqlite") else "postgresql"
-    return {"position": head.position, "head": head.hash, "recorded_at": recorded_at, "store": kind}
+    return {"verify": admin.verify_answer(store), "digest": make_digest(store)}
