@@ -128,6 +128,7 @@ class ProjectionStorage(abc.ABC):
         after: str | None = None,
         limit: int = 100,
         seen_before: datetime | None = None,
+        not_version: str | None = None,
     ) -> list[TenantRow]:
         spec = SPECS["tenants"]
         clauses: list[str] = []
@@ -141,6 +142,9 @@ class ProjectionStorage(abc.ABC):
         if seen_before is not None:
             clauses.append("last_seen_at < ?")
             params.append(format_timestamp(seen_before) if self.sqlite else seen_before)
+        if not_version is not None:  # the stragglers of a descriptor version
+            clauses.append("(descriptor_version IS NULL OR descriptor_version <> ?)")
+            params.append(not_version)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = self._query(
             f"SELECT {', '.join(spec.column_names)} FROM tenants{where} ORDER BY client_key LIMIT ?",
