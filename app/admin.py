@@ -62,12 +62,21 @@ router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(requir
 
 def parse_as_of(value: str | None) -> int | datetime | None:
     """``as_of`` is a log position (digits) or an RFC 3339 time."""
+    if value is None or value == "":
+        return None
+    if value.isdigit():
+        return int(value)
     try:
-        return reads.parse_as_of(value)
-    except ValueError as error:
+        parsed = parse_timestamp(value)
+    except ValueError:
         raise HTTPException(
-            status_code=400, detail={"error": "invalid_as_of", "detail": str(error)}
+            status_code=400,
+            detail={
+                "error": "invalid_as_of",
+                "detail": "as_of must be a position or an RFC 3339 time",
+            },
         ) from None
+    return parsed
 
 
 def not_found(error: reads.NotFound) -> HTTPException:

@@ -99,10 +99,16 @@ def _read_models(catch_up: bool = True) -> Iterator[tuple[EventStore, Projection
 
 
 def _as_of(value: str | None) -> int | datetime | None:
+    """The admin API's rule for as_of; a value it refuses is a usage error (exit 2)."""
+    from fastapi import HTTPException
+
+    from app.admin import parse_as_of
+
     try:
-        return reads.parse_as_of(value)
-    except ValueError as error:
-        raise typer.BadParameter(str(error), param_hint="'--as-of'") from None
+        return parse_as_of(value)
+    except HTTPException as error:
+        detail = error.detail.get("detail") if isinstance(error.detail, dict) else None
+        raise typer.BadParameter(str(detail or error.detail), param_hint="'--as-of'") from None
 
 
 def parse_since(value: str, now: datetime) -> datetime:

@@ -4,7 +4,8 @@ the CLI (and anything else that shows the ledger), so both give the same answer.
 Each function takes a store or the projection storage and returns the admin API's
 JSON document (a dict of builtins). Secrets never appear: events go through
 ``redact_event``, and tenant rows never held one. A missing tenant raises
-``NotFound``; a malformed argument raises ``ValueError``.
+``NotFound``. Arguments arrive parsed (``app.admin.parse_as_of`` is the one rule
+for ``as_of``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from eventstore.store import (
     EventStore,
     RecordedEvent,
     format_timestamp,
-    parse_timestamp,
     utcnow,
 )
 from projections import tenants as tenants_fold
@@ -57,18 +57,6 @@ def tenant_object(row: Any) -> dict[str, Any]:
         if isinstance(value, datetime):
             out[name] = format_timestamp(value)
     return out
-
-
-def parse_as_of(value: str | None) -> int | datetime | None:
-    """``as_of`` is a log position (digits) or an RFC 3339 time; ValueError otherwise."""
-    if value is None or value == "":
-        return None
-    if value.isdigit():
-        return int(value)
-    try:
-        return parse_timestamp(value)
-    except ValueError:
-        raise ValueError("as_of must be a position or an RFC 3339 time") from None
 
 
 def _stream_or_not_found(
