@@ -52,10 +52,12 @@ def _print_json(value: Any) -> None:
     )
 )
 def serve(
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    host: Annotated[
+        str, typer.Option(metavar="ADDRESS", help="Interface to listen on.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(metavar="PORT", help="TCP port.")] = 8000,
     workers: Annotated[
-        int | None, typer.Option(help="Service processes (default: LEDGER_WORKERS).")
+        int | None, typer.Option(metavar="N", help="Service processes (default: LEDGER_WORKERS).")
     ] = None,
 ) -> None:
     """Run the HTTP service (lifecycle webhooks, descriptor, admin API) on uvicorn."""
@@ -112,7 +114,9 @@ def verify(as_json: JsonOption = False) -> None:
 def rebuild(
     names: Annotated[
         list[str] | None,
-        typer.Argument(help="tenants, descriptors, base_urls, reimports (default: all)."),
+        typer.Argument(
+            metavar="NAME", help="tenants, descriptors, base_urls, reimports (default: all)."
+        ),
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -180,7 +184,9 @@ def rebuild(
 
 @cli.command(epilog=examples("ledger export > log.jsonl", "ledger export --after 1000 | jq .type"))
 def export(
-    after: Annotated[int, typer.Option("--after", help="Start after this position.")] = 0,
+    after: Annotated[
+        int, typer.Option("--after", metavar="POSITION", help="Start after this position.")
+    ] = 0,
 ) -> None:
     """Every event after a position as JSON lines, secrets redacted."""
     from app.reads import redact_event
@@ -215,11 +221,14 @@ def demo(
     url: Annotated[
         str | None,
         typer.Option(
+            metavar="URL",
             help="Drive this running service instead of starting one (it must fetch install"
-            " keys from this demo: LEDGER_INSTALL_KEYS_URL=http://127.0.0.1:<key-port>)."
+            " keys from this demo: LEDGER_INSTALL_KEYS_URL=http://127.0.0.1:<key-port>).",
         ),
     ] = None,
-    key_port: Annotated[int, typer.Option(help="Port of the demo's install-key server.")] = 8765,
+    key_port: Annotated[
+        int, typer.Option(metavar="PORT", help="Port of the demo's install-key server.")
+    ] = 8765,
 ) -> None:
     """A simulated Atlassian host drives the service through a tenant's whole life."""
     from app.demo import run_demo

@@ -176,6 +176,7 @@ def test_rejections_filter_by_reason_time_and_client_key(service: RunningService
     assert len(tsv(run("rejections", "--limit", "1"))) == 1
     by_api = service.admin("/admin/rejections", reason="unknown_tenant").json()["rejections"]
     assert [r["client_key"] for r in by_api] == [stranger["clientKey"]]
+    assert service.admin("/admin/rejections", since="soon").status_code == 400
 
 
 def test_exit_codes(service: RunningService) -> None:
