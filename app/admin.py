@@ -220,7 +220,7 @@ async def tenants(
 ) -> FastJSONResponse:
     await _caught_up(storage, min_position)
     answer = await run_in_threadpool(
-        lambda: reads.tenants_page(
+        lambda: reads.tenants_answer(
             storage,
             state=state,
             after=after,

@@ -144,7 +144,7 @@ def tenants(
 ) -> None:
     """List tenants (the tenants read model), ordered by clientKey."""
     with _read_models(catch_up) as (_, storage):
-        answer = reads.tenants_page(
+        answer = reads.tenants_answer(
             storage,
             state=state,
             after=after,
@@ -177,7 +177,7 @@ def presumed_gone(
     A presumption for a person to check, not a state change.
     """
     with _read_models(catch_up) as (_, storage):
-        answer = reads.tenants_page(
+        answer = reads.tenants_answer(
             storage, limit=limit, presumed_gone=True, grace_hours=grace_hours
         )
     print_records(

@@ -24,7 +24,7 @@ from eventstore.store import (
 )
 from projections import tenants as tenants_fold
 from projections.descriptors import latest_version
-from projections.model import INSTALLED
+from projections.model import INSTALLED, DescriptorRow, ReimportRow, TenantRow
 from projections.presumed_gone import silence_threshold
 from projections.storage import ProjectionStorage
 
@@ -91,38 +91,51 @@ def tenant_events_answer(
 
 def tenants_page(
     storage: ProjectionStorage,
+    state: str | None,
+    after: str | None,
+    limit: int,
+    presumed_gone: bool = False,
+    grace_hours: float = 24,
+    now: datetime | None = None,
+) -> list[TenantRow]:
+    """One page of tenants by clientKey (or of the installed ones presumed gone)."""
+    if not presumed_gone:
+        return storage.list_tenants(state=state, after=after, limit=limit)
+    threshold = silence_threshold(
+        storage.load_rows("descriptors"), now or utcnow(), timedelta(hours=grace_hours)
+    )
+    if threshold is None:
+        return []
+    return storage.list_tenants(state=INSTALLED, after=after, limit=limit, seen_before=threshold)
+
+
+def tenants_answer(
+    storage: ProjectionStorage,
     *,
     state: str | None = None,
     after: str | None = None,
     limit: int = 100,
     presumed_gone: bool = False,
     grace_hours: float = 24,
-    now: datetime | None = None,
 ) -> dict[str, Any]:
-    """``GET /admin/tenants``: a page of the tenants projection (or the presumed gone)."""
-    if not presumed_gone:
-        rows = storage.list_tenants(state=state, after=after, limit=limit)
-    else:
-        threshold = silence_threshold(
-            storage.load_rows("descriptors"), now or utcnow(), timedelta(hours=grace_hours)
-        )
-        rows = (
-            []
-            if threshold is None
-            else storage.list_tenants(
-                state=INSTALLED, after=after, limit=limit, seen_before=threshold
-            )
-        )
+    """``GET /admin/tenants``: a page of tenants and the cursor of the next one."""
+    rows = tenants_page(storage, state, after, limit, presumed_gone, grace_hours)
     return {
         "tenants": [tenant_object(r) for r in rows],
         "next": rows[-1].client_key if len(rows) == limit else None,
     }
 
 
+def descriptor_rows(storage: ProjectionStorage) -> list[DescriptorRow]:
+    """Descriptor versions in the order first seen."""
+    rows: list[DescriptorRow] = storage.load_rows("descriptors")
+    rows.sort(key=lambda r: r.first_seen_position)
+    return rows
+
+
 def descriptors_answer(storage: ProjectionStorage) -> dict[str, Any]:
     """``GET /admin/descriptors``: versions seen, the latest, and who is not on it yet."""
-    rows = storage.load_rows("descriptors")
-    rows.sort(key=lambda r: r.first_seen_position)
+    rows = descriptor_rows(storage)
     latest = latest_version(rows)
     stragglers = (
         []
@@ -143,10 +156,15 @@ def descriptors_answer(storage: ProjectionStorage) -> dict[str, Any]:
     }
 
 
+def reimport_rows(storage: ProjectionStorage) -> list[ReimportRow]:
+    """Reimport links, oldest first."""
+    rows: list[ReimportRow] = storage.load_rows("reimports")
+    rows.sort(key=lambda r: (r.detected_at, r.client_key))
+    return rows
+
+
 def reimports_answer(storage: ProjectionStorage) -> dict[str, Any]:
     """``GET /admin/reimports``: links between a new clientKey and the one that held its URL."""
-    rows = storage.load_rows("reimports")
-    rows.sort(key=lambda r: (r.detected_at, r.client_key))
     return {
         "links": [
             {
@@ -156,7 +174,7 @@ def reimports_answer(storage: ProjectionStorage) -> dict[str, Any]:
                 "detected_at": format_timestamp(r.detected_at),
                 "kind": r.kind,
             }
-            for r in rows
+            for r in reimport_rows(storage)
         ]
     }
 
