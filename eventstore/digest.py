@@ -6,9 +6,22 @@ module and its full version replaces this one (same function, same answer).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from eventstore.store import EventStore, format_timestamp
+from eventstore.store import EventStore
+
+
+def store_identity(url: str) -> dict[str, str]:
+    """The store's kind and database, never a user name or a password."""
+    if url.startswith("sqlite:"):
+        return {"kind": "sqlite", "database": str(Path(url.removeprefix("sqlite:///")).resolve())}
+    parts = urlsplit(url)
+    return {
+        "kind": "postgresql",
+        "database": f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path or '/'}",
+    }
 
 
 def make_digest(store: EventStore) -> dict[str, Any]:
@@ -16,7 +29,11 @@ def make_digest(store: EventStore) -> dict[str, Any]:
     head = store.head()
     recorded_at = None
     if head.position:
-        last = next(store.read_all(after_position=head.position - 1, batch_size=1), None)
-        recorded_at = None if last is None else format_timestamp(last.recorded_at)
-    kind = "postgresql" if store.url.startswith("postgres") else "sqlite"
-    return {"position": head.position, "head": head.hash, "recorded_at": recorded_at, "store": kind}
+        row = next(iter(store.read_raw(head.position - 1, 1)), None)
+        recorded_at = row.recorded_at if row is not None else None
+    return {
+        "position": head.position,
+        "head": head.hash,
+        "recorded_at": recorded_at,
+        "store": store_identity(store.url),
+    }
