@@ -20,6 +20,7 @@ from rich.markup import escape
 from app import cli_reads
 from app.cli_output import stdout_console
 from app.cli_reads import JsonOption, examples
+from app.cli_reads import catch_up_read_models as _catch_up  # noqa: F401  (other CLI modules import it here)
 from app.settings import Settings
 from eventstore.events import stream_id_for
 from eventstore.store import EventStore, open_store

@@ -67,7 +67,7 @@ def _store() -> EventStore:
     return open_store(Settings().database_url)
 
 
-def _catch_up(store: EventStore, storage: ProjectionStorage) -> None:
+def catch_up_read_models(store: EventStore, storage: ProjectionStorage) -> None:
     """Bring the read models up to the log's head before reading them.
 
     Folds here only when no service's runner holds the leadership (never two
@@ -94,7 +94,7 @@ def _read_models(catch_up: bool = True) -> Iterator[tuple[EventStore, Projection
         storage = storage_for(store)
         storage.ensure()
         if catch_up:
-            _catch_up(store, storage)
+            catch_up_read_models(store, storage)
         yield store, storage
 
 
