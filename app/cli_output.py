@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
 import typer
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -106,11 +107,49 @@ def _write_tsv(
     out.flush()
 
 
-def _table(title: str | None, columns: Sequence[str], show_header: bool = True) -> Table:
+SHORT_VALUE = 28  # a timestamp with microseconds, a version, a state: kept on one line
+FOLDED_MIN = 8  # the narrowest a folded column is made while short ones stay whole
+WEIGHT_CAP = 40  # a very long value does not take all the room from the others
+
+
+def column_widths(
+    rows: Sequence[Sequence[str]], columns: Sequence[str], width: int
+) -> list[int] | None:
+    """Widths for a table too wide for the terminal: short columns (times, states) stay
+    whole, long ones (keys, URLs, hashes) share the rest and fold. ``None``: the table
+    fits as it is, or the terminal is too narrow for any plan (Rich then shares it)."""
+    natural = [max([cell_len(c), *(cell_len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
+    room = width - (3 * len(columns) + 1)  # borders and padding
+    if sum(natural) <= room or room < len(columns):
+        return None
+    widths = [n if n <= SHORT_VALUE else 0 for n in natural]
+    longs = [i for i, w in enumerate(widths) if w == 0]
+    left = room - sum(widths)
+    if longs and left >= FOLDED_MIN * len(longs):
+        weights = sum(min(natural[i], WEIGHT_CAP) for i in longs)
+        for i in longs:
+            widths[i] = max(FOLDED_MIN, left * min(natural[i], WEIGHT_CAP) // weights)
+    else:  # not even the short ones fit: everyone folds, in proportion
+        weights = sum(min(n, WEIGHT_CAP) for n in natural)
+        widths = [max(1, room * min(n, WEIGHT_CAP) // weights) for n in natural]
+    return widths if sum(widths) <= room else None
+
+
+def _table(
+    title: str | None,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    width: int,
+    show_header: bool = True,
+) -> Table:
     table = Table(title=title, show_header=show_header, header_style="bold", title_style="bold")
-    for column in columns:
+    widths: Sequence[int | None] = column_widths(rows, columns, width) or [None] * len(columns)
+    for column, fixed in zip(columns, widths, strict=True):
         # fold: a long value continues on the next line of its cell, never "…".
-        table.add_column(column, overflow="fold", no_wrap=False, min_width=1)
+        table.add_column(column, overflow="fold", no_wrap=False, min_width=1, width=fixed)
+    for row in rows:
+        # Text, not markup: a value like "[red]" is shown as it is.
+        table.add_row(*(Text(value) for value in row))
     return table
 
 
@@ -130,10 +169,8 @@ def print_records(
     elif not console.is_terminal:
         _write_tsv(console, records, columns)
     else:
-        table = _table(title, columns)
-        for record in records:
-            # Text, not markup: a value like "[red]" is shown as it is.
-            table.add_row(*(Text(cell(record.get(c))) for c in columns))
+        rows = [[cell(record.get(c)) for c in columns] for record in records]
+        table = _table(title, columns, rows, console.width)
         if not records:
             table.caption = "(none)"
         console.print(table)
@@ -154,9 +191,8 @@ def print_record(
             [record], list(record), json_output, document=document or record, console=console
         )
         return
-    table = _table(title, ("field", "value"), show_header=False)
-    for name, value in record.items():
-        table.add_row(Text(name, style="bold"), Text(cell(value)))
+    rows = [[name, cell(value)] for name, value in record.items()]
+    table = _table(title, ("field", "value"), rows, console.width, show_header=False)
     console.print(table)
 
 

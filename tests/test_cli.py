@@ -212,6 +212,33 @@ def test_a_narrow_terminal_folds_long_values_never_cuts_them(
     assert key not in output  # it was folded: the test did exercise a narrow table
 
 
+@pytest.mark.parametrize("width", [40, 60, 80, 110, 200])
+def test_terminal_tables_fit_the_width_and_keep_every_value_whole(width: int) -> None:
+    record = {
+        "at": "2026-12-02T16:09:47.279983Z",
+        "status": 401,
+        "reason": "bad_signature",
+        "client_key": long_key(),
+        "base_url": f"https://{LONG_HOST}.atlassian.net",
+        "token_sha256": secrets.token_hex(32),
+    }
+    screen = io.StringIO()
+    print_records(
+        [record, record],
+        list(record),
+        console=Console(file=screen, force_terminal=True, width=width, no_color=True),
+    )
+    text = re.sub(r"\x1b\[[0-9;]*m", "", screen.getvalue())  # bold is allowed
+    lines = text.splitlines()
+    assert all(len(line) <= width for line in lines)
+    body = [line for line in lines if line.startswith("│")]
+    for index, value in enumerate(record.values(), start=1):
+        column = "".join(line.split("│")[index].strip() for line in body)
+        assert column.count(str(value)) == 2, (width, value)
+    if width >= 110:  # room enough: the time stays on one line, the long values fold
+        assert record["at"] in text
+
+
 def test_tsv_keeps_one_record_a_line_and_colour_obeys_no_color(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
