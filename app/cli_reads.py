@@ -248,7 +248,7 @@ def descriptors(
             ("version", "first_seen_at", "tenants", "latest"),
             as_json,
             document=answer,
-            title=f"descriptor versions (latest: {answer['latest']})",
+            title=f"descriptor versions (latest: {answer['latest'] or 'none seen yet'})",
         )
     from app.cli_output import stdout_console
 
