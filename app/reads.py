@@ -71,14 +71,19 @@ def _stream_or_not_found(
     return events
 
 
+def tenant_row(store: EventStore, client_key: str, as_of: int | datetime | None) -> TenantRow:
+    """The tenant folded from its stream (up to as_of); NotFound when there is none."""
+    row = tenants_fold.fold(_stream_or_not_found(store, client_key, as_of))
+    if row is None:
+        raise NotFound("unknown_tenant", "never installed")
+    return row
+
+
 def tenant_answer(
     store: EventStore, client_key: str, as_of: int | datetime | None
 ) -> dict[str, Any]:
     """``GET /admin/tenants/{clientKey}``: the tenant folded from its stream (up to as_of)."""
-    row = tenants_fold.fold(_stream_or_not_found(store, client_key, as_of))
-    if row is None:
-        raise NotFound("unknown_tenant", "never installed")
-    return tenant_object(row)
+    return tenant_object(tenant_row(store, client_key, as_of))
 
 
 def tenant_events_answer(
