@@ -7,13 +7,13 @@ every sealed secret by a marker, and tenant objects never had one.
 from __future__ import annotations
 
 import hmac
-from datetime import datetime, timedelta
-from typing import Annotated, Any, Literal
+from datetime import datetime
+from typing import Annotated, Literal
 
-import msgspec
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from starlette.concurrency import run_in_threadpool
 
+from app import reads
 from app.answers import (
     DescriptorsAnswer,
     EventsAnswer,
@@ -26,16 +26,10 @@ from app.answers import (
     VerifyAnswer,
     documented,
 )
-from eventstore.events import stream_id_for
-from eventstore.store import EventStore, RecordedEvent, format_timestamp, parse_timestamp, utcnow
-from projections import tenants as tenants_fold
-from projections.descriptors import latest_version
-from projections.model import DescriptorRow, ReimportRow, TenantRow
-from projections.presumed_gone import silence_threshold
+from app.reads import REDACTED, redact_event, tenant_object  # noqa: F401  (re-exported)
+from eventstore.store import EventStore, RecordedEvent, parse_timestamp
 from projections.runner import wait_for_position
 from projections.storage import ProjectionStorage
-
-REDACTED = "[redacted]"
 
 
 def require_admin(request: Request) -> None:
@@ -66,24 +60,6 @@ StoreDep = Annotated[EventStore, Depends(get_store)]
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
 
 
-def redact_event(event: RecordedEvent) -> dict[str, Any]:
-    """An event object with SPEC §3 field names and every shared secret redacted."""
-    shown = event.as_dict()
-    data = shown["data"]
-    if "sharedSecret" in data:
-        data["sharedSecret"] = REDACTED
-    return shown
-
-
-def tenant_object(row: Any) -> dict[str, Any]:
-    out: dict[str, Any] = msgspec.to_builtins(row)
-    for name in ("installed_at", "updated_at", "last_seen_at"):
-        value = getattr(row, name, None)
-        if isinstance(value, datetime):
-            out[name] = format_timestamp(value)
-    return out
-
-
 def parse_as_of(value: str | None) -> int | datetime | None:
     """``as_of`` is a log position (digits) or an RFC 3339 time."""
     if value is None or value == "":
@@ -103,6 +79,10 @@ def parse_as_of(value: str | None) -> int | datetime | None:
     return parsed
 
 
+def not_found(error: reads.NotFound) -> HTTPException:
+    return HTTPException(status_code=404, detail={"error": error.error, "detail": error.detail})
+
+
 @router.get(
     "/tenants/{client_key}",
     summary="One tenant, folded from its stream",
@@ -113,32 +93,12 @@ async def tenant(
     store: StoreDep,
     as_of: Annotated[str | None, Query(description="a log position or an RFC 3339 time")] = None,
 ) -> FastJSONResponse:
-    row = await run_in_threadpool(read_tenant, store, client_key, parse_as_of(as_of))
-    return FastJSONResponse(tenant_object(row))
-
-
-def read_tenant(store: EventStore, client_key: str, up_to: int | datetime | None) -> TenantRow:
-    """The tenant folded from its stream up to ``up_to``; HTTP 404 when there is none.
-
-    Shared with the web console (``app.console``)."""
-    stream = stream_id_for(client_key)
-    events = store.read_stream(stream, up_to)
-    if not events:
-        everything = events if up_to is None else store.read_stream(stream)
-        if not everything:
-            raise HTTPException(
-                status_code=404, detail={"error": "unknown_tenant", "detail": "no such clientKey"}
-            )
-        raise HTTPException(
-            status_code=404,
-            detail={"error": "not_yet_installed", "detail": "the tenant did not exist at as_of"},
-        )
-    row = tenants_fold.fold(events)
-    if row is None:
-        raise HTTPException(
-            status_code=404, detail={"error": "unknown_tenant", "detail": "never installed"}
-        )
-    return row
+    up_to = parse_as_of(as_of)
+    try:
+        answer = await run_in_threadpool(reads.tenant_answer, store, client_key, up_to)
+    except reads.NotFound as error:
+        raise not_found(error) from None
+    return FastJSONResponse(answer)
 
 
 @router.get(
@@ -147,12 +107,11 @@ def read_tenant(store: EventStore, client_key: str, up_to: int | datetime | None
     **documented(EventsAnswer, 404),
 )
 async def tenant_events(client_key: str, store: StoreDep) -> FastJSONResponse:
-    events = await run_in_threadpool(store.read_stream, stream_id_for(client_key))
-    if not events:
-        raise HTTPException(
-            status_code=404, detail={"error": "unknown_tenant", "detail": "no such clientKey"}
-        )
-    return FastJSONResponse({"events": [redact_event(e) for e in events]})
+    try:
+        answer = await run_in_threadpool(reads.tenant_events_answer, store, client_key)
+    except reads.NotFound as error:
+        raise not_found(error) from None
+    return FastJSONResponse(answer)
 
 
 @router.get(
@@ -182,25 +141,30 @@ async def events(
 
 @router.get("/rejections", summary="Refused calls, newest first", **documented(RejectionsAnswer))
 async def rejections(
-    store: StoreDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    store: StoreDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    reason: Annotated[str | None, Query(max_length=200, description="a reason code")] = None,
+    since: Annotated[str | None, Query(description="RFC 3339: at or after this time")] = None,
+    client_key: Annotated[str | None, Query(max_length=200)] = None,
 ) -> FastJSONResponse:
-    rows = await run_in_threadpool(store.list_rejections, limit)
-    return FastJSONResponse({"rejections": [r.as_dict() for r in rows]})
+    try:
+        after = None if since is None else parse_timestamp(since)
+    except ValueError:
+        raise HTTPException(
+            status_code=400,
+            detail={"error": "invalid_since", "detail": "since must be an RFC 3339 time"},
+        ) from None
+    answer = await run_in_threadpool(
+        lambda: reads.rejections_answer(
+            store, limit=limit, reason=reason, since=after, client_key=client_key
+        )
+    )
+    return FastJSONResponse(answer)
 
 
 @router.get("/verify", summary="Recompute the hash chain", **documented(VerifyAnswer))
 async def verify(store: StoreDep) -> FastJSONResponse:
-    return FastJSONResponse(await run_in_threadpool(verify_answer, store))
-
-
-def verify_answer(store: EventStore) -> dict[str, Any]:
-    """The chain recomputed, as the admin API and the console show it."""
-    report = store.verify()
-    answer: dict[str, Any] = {"ok": report.ok, "events": report.events, "head": report.head}
-    if not report.ok:
-        answer["first_bad_position"] = report.first_bad_position
-        answer["reason"] = report.reason
-    return answer
+    return FastJSONResponse(await run_in_threadpool(reads.verify_answer, store))
 
 
 # ---------------------------------------------------------------- read models
@@ -229,28 +193,6 @@ async def _caught_up(storage: ProjectionStorage, min_position: int | None) -> No
         )
 
 
-def tenants_page(
-    storage: ProjectionStorage,
-    state: str | None,
-    after: str | None,
-    limit: int,
-    presumed_gone: bool = False,
-    grace_hours: float = 24,
-    search: str | None = None,
-) -> list[TenantRow]:
-    """One page of tenants (or of those presumed gone); shared with the console."""
-    if not presumed_gone:
-        return storage.list_tenants(state=state, after=after, limit=limit, search=search)
-    threshold = silence_threshold(
-        storage.load_rows("descriptors"), utcnow(), timedelta(hours=grace_hours)
-    )
-    if threshold is None:
-        return []
-    return storage.list_tenants(
-        state="installed", after=after, limit=limit, seen_before=threshold, search=search
-    )
-
-
 @router.get(
     "/tenants",
     summary="Tenants from the tenants projection, paged by clientKey",
@@ -272,30 +214,17 @@ async def tenants(
     ] = None,
 ) -> FastJSONResponse:
     await _caught_up(storage, min_position)
-
-    rows = await run_in_threadpool(
-        tenants_page, storage, state, after, limit, presumed_gone, grace_hours
+    answer = await run_in_threadpool(
+        lambda: reads.tenants_answer(
+            storage,
+            state=state,
+            after=after,
+            limit=limit,
+            presumed_gone=presumed_gone,
+            grace_hours=grace_hours,
+        )
     )
-    return FastJSONResponse(
-        {
-            "tenants": [tenant_object(r) for r in rows],
-            "next": rows[-1].client_key if len(rows) == limit else None,
-        }
-    )
-
-
-def descriptor_rows(storage: ProjectionStorage) -> list[DescriptorRow]:
-    """Descriptor versions in the order first seen; shared with the console."""
-    rows: list[DescriptorRow] = storage.load_rows("descriptors")
-    rows.sort(key=lambda r: r.first_seen_position)
-    return rows
-
-
-def reimport_rows(storage: ProjectionStorage) -> list[ReimportRow]:
-    """Reimport links, oldest first; shared with the console."""
-    rows: list[ReimportRow] = storage.load_rows("reimports")
-    rows.sort(key=lambda r: (r.detected_at, r.client_key))
-    return rows
+    return FastJSONResponse(answer)
 
 
 @router.get(
@@ -308,20 +237,7 @@ async def descriptors(
     min_position: Annotated[int | None, Query(ge=0)] = None,
 ) -> FastJSONResponse:
     await _caught_up(storage, min_position)
-    rows = await run_in_threadpool(descriptor_rows, storage)
-    return FastJSONResponse(
-        {
-            "latest": latest_version(rows),
-            "versions": [
-                {
-                    "version": r.version,
-                    "first_seen_at": format_timestamp(r.first_seen_at),
-                    "tenants": r.tenants,
-                }
-                for r in rows
-            ],
-        }
-    )
+    return FastJSONResponse(await run_in_threadpool(reads.descriptors_answer, storage))
 
 
 @router.get(
@@ -334,18 +250,4 @@ async def reimports(
     min_position: Annotated[int | None, Query(ge=0)] = None,
 ) -> FastJSONResponse:
     await _caught_up(storage, min_position)
-    rows = await run_in_threadpool(reimport_rows, storage)
-    return FastJSONResponse(
-        {
-            "links": [
-                {
-                    "base_url": r.base_url,
-                    "previous_client_key": r.previous_client_key,
-                    "client_key": r.client_key,
-                    "detected_at": format_timestamp(r.detected_at),
-                    "kind": r.kind,
-                }
-                for r in rows
-            ]
-        }
-    )
+    return FastJSONResponse(await run_in_threadpool(reads.reimports_answer, storage))

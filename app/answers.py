@@ -72,6 +72,9 @@ class DescriptorVersion(BaseModel):
 class DescriptorsAnswer(BaseModel):
     latest: str | None
     versions: list[DescriptorVersion]
+    stragglers: list[TenantAnswer] = Field(
+        default=[], description="installed tenants not on the latest version (the first 100)"
+    )
 
 
 class ReimportLink(BaseModel):

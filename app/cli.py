@@ -1,7 +1,9 @@
 """`ledger`: the command line of the tenant ledger (Typer + Rich).
 
 Every command reads LEDGER_DATABASE_URL (SQLite by default, or PostgreSQL) like the
-service does. Read commands print tables for people and JSON with ``--json``.
+service does. Read commands (``app.cli_reads``) print as ``app.cli_output`` says:
+Rich tables on a terminal, tab-separated lines when piped, the admin API's JSON with
+``--json``. Exit codes: 0 ok, 1 not found or a check failed, 2 usage error.
 """
 
 from __future__ import annotations
@@ -9,29 +11,31 @@ from __future__ import annotations
 import json
 import sys
 import time
-from datetime import datetime
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
+from app import cli_reads
 from app.cli_keys import rewrap
+from app.cli_output import stdout_console
+from app.cli_reads import JsonOption, examples
+from app.cli_reads import catch_up_read_models as _catch_up  # noqa: F401  (other CLI modules import it here)
 from app.settings import Settings
 from eventstore.events import stream_id_for
-from eventstore.store import EventStore, RecordedEvent, format_timestamp, open_store
+from eventstore.store import EventStore, open_store
 
 cli = typer.Typer(
     name="ledger",
-    help="The tenant ledger: verified Atlassian Connect lifecycle calls kept as immutable events.",
+    help="The tenant ledger: verified Atlassian Connect lifecycle calls kept as immutable events."
+    "\n\nExit codes: 0 ok, 1 not found or a check failed, 2 usage error.",
     no_args_is_help=True,
     add_completion=False,
+    # Plain click help: Rich's help panels print "<bool>" beside every flag.
+    rich_markup_mode=None,
 )
-console = Console()
-JsonOption = Annotated[
-    bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")
-]
+console = stdout_console()
+cli_reads.register(cli)
 
 
 def _store() -> EventStore:
@@ -42,12 +46,19 @@ def _print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
 
 
-@cli.command()
+@cli.command(
+    epilog=examples(
+        "ledger serve",
+        "LEDGER_DATABASE_URL=postgresql://ledger@db/ledger ledger serve --workers 4 --host 0.0.0.0",
+    )
+)
 def serve(
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    host: Annotated[
+        str, typer.Option(metavar="ADDRESS", help="Interface to listen on.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(metavar="PORT", help="TCP port.")] = 8000,
     workers: Annotated[
-        int | None, typer.Option(help="Service processes (default: LEDGER_WORKERS).")
+        int | None, typer.Option(metavar="N", help="Service processes (default: LEDGER_WORKERS).")
     ] = None,
 ) -> None:
     """Run the HTTP service (lifecycle webhooks, descriptor, admin API) on uvicorn."""
@@ -74,7 +85,7 @@ def serve(
     )
 
 
-@cli.command()
+@cli.command(epilog=examples("ledger migrate"))
 def migrate() -> None:
     """Create or upgrade the database schema (idempotent)."""
     with _store() as store:
@@ -83,193 +94,13 @@ def migrate() -> None:
     console.print(f"schema is current; the log holds {head.position} events")
 
 
-def _describe(event: RecordedEvent) -> str:
-    from app.admin import redact_event
-
-    data = redact_event(event)["data"]
-    if event.type == "Installed":
-        return f"installed at {data.get('baseUrl')}"
-    if event.type in ("BaseUrlChanged", "DescriptorUpgraded"):
-        return f"{data.get('from')} → {data.get('to')}"
-    if event.type == "SecretRotated":
-        return "shared secret rotated"
-    if event.type == "DetailsChanged":
-        return ", ".join(f"{k}={v}" for k, v in data.items())
-    return ""
-
-
-def _how_verified(event: RecordedEvent) -> str:
-    meta = event.metadata
-    if meta.alg == "RS256":
-        return f"RS256 (Atlassian key {meta.kid})"
-    if meta.alg == "HS256":
-        return "HS256 (tenant's shared secret)"
-    return meta.alg or ""
-
-
-@cli.command()
-def history(client_key: str, as_json: JsonOption = False) -> None:
-    """A tenant's events: position, time, type, what changed and how the call was verified."""
-    from app.admin import redact_event
-
-    with _store() as store:
-        events = store.read_stream(stream_id_for(client_key))
-    if not events:
-        console.print(f"no tenant {client_key!r}")
-        raise typer.Exit(1)
-    if as_json:
-        _print_json({"events": [redact_event(e) for e in events]})
-        return
-    table = Table(title=f"history of {client_key}")
-    for column in (
-        "position",
-        "version",
-        "recorded at",
-        "type",
-        "what changed",
-        "verified by",
-        "descriptor",
-    ):
-        table.add_column(column)
-    for e in events:
-        table.add_row(
-            str(e.position),
-            str(e.version),
-            format_timestamp(e.recorded_at),
-            e.type,
-            _describe(e),
-            _how_verified(e),
-            e.metadata.descriptor_version or "",
-        )
-    console.print(table)
-
-
-@cli.command()
-def show(
-    client_key: str,
-    as_of: Annotated[
-        str | None, typer.Option("--as-of", help="A log position or an RFC 3339 time.")
-    ] = None,
-    as_json: JsonOption = False,
-) -> None:
-    """One tenant folded from its stream, now or as of a position or time."""
-    from app.admin import tenant_object
-    from projections.tenants import fold
-
-    up_to: int | datetime | None = None
-    if as_of:
-        up_to = (
-            int(as_of) if as_of.isdigit() else datetime.fromisoformat(as_of.replace("Z", "+00:00"))
-        )
-    with _store() as store:
-        row = fold(store.read_stream(stream_id_for(client_key), up_to))
-    if row is None:
-        console.print(f"no tenant {client_key!r}" + (f" as of {as_of}" if as_of else ""))
-        raise typer.Exit(1)
-    shown = tenant_object(row)
-    if as_json:
-        _print_json(shown)
-        return
-    table = Table(
-        title=f"tenant {client_key}" + (f" as of {as_of}" if as_of else ""), show_header=False
-    )
-    for name, value in shown.items():
-        table.add_row(name, "" if value is None else escape(str(value)))
-    console.print(table)
-
-
-def _catch_up(store: EventStore, storage: Any) -> None:
-    """Bring the read models up to the log's head before reading them.
-
-    Folds here only when no service's runner holds the leadership (never two
-    writers); otherwise waits a little for that runner.
-    """
-    from projections.runner import Leadership, ProjectionRunner, wait_for_position
-
-    leadership = Leadership(store)
-    try:
-        if leadership.acquire():
-            ProjectionRunner(store, storage).run_once()
-            return
-    finally:
-        leadership.release()
-    head = store.head().position
-    if not wait_for_position(storage, head, 5.0):
-        console.print("[yellow]the read models are still catching up with the log[/yellow]")
-
-
-@cli.command()
-def tenants(
-    state: Annotated[str | None, typer.Option(help="installed or uninstalled")] = None,
-    presumed_gone: Annotated[
-        bool,
-        typer.Option(
-            "--presumed-gone", help="Installed tenants silent since a version older than the grace."
-        ),
-    ] = False,
-    grace_hours: Annotated[float, typer.Option(help="The grace for --presumed-gone.")] = 24.0,
-    limit: Annotated[int, typer.Option(help="At most this many rows.")] = 1000,
-    after: Annotated[str | None, typer.Option(help="Start after this client key.")] = None,
-    catch_up: Annotated[
-        bool,
-        typer.Option(
-            "--catch-up/--no-catch-up", help="Fold new events into the read models first."
-        ),
-    ] = True,
-    as_json: JsonOption = False,
-) -> None:
-    """Tenants from the tenants read model."""
-    from datetime import timedelta
-
-    from app.admin import tenant_object
-    from eventstore.store import utcnow
-    from projections.presumed_gone import silence_threshold
-    from projections.storage import storage_for
-
-    with _store() as store:
-        storage = storage_for(store)
-        storage.ensure()
-        if catch_up:
-            _catch_up(store, storage)
-        if presumed_gone:
-            threshold = silence_threshold(
-                storage.load_rows("descriptors"), utcnow(), timedelta(hours=grace_hours)
-            )
-            rows = (
-                []
-                if threshold is None
-                else storage.list_tenants(
-                    state="installed", seen_before=threshold, after=after, limit=limit
-                )
-            )
-        else:
-            rows = storage.list_tenants(state=state, after=after, limit=limit)
-    shown = [tenant_object(r) for r in rows]
-    if as_json:
-        _print_json({"tenants": shown})
-        return
-    columns = (
-        "client_key",
-        "base_url",
-        "state",
-        "enabled",
-        "descriptor_version",
-        "last_seen_at",
-        "version",
-    )
-    table = Table(title="presumed gone" if presumed_gone else "tenants")
-    for column in columns:
-        table.add_column(column)
-    for tenant in shown:
-        table.add_row(*(escape(str(tenant[c])) for c in columns))
-    console.print(table)
-
-
-@cli.command()
+@cli.command(epilog=examples("ledger rebuild", "ledger rebuild reimports"))
 def rebuild(
     names: Annotated[
         list[str] | None,
-        typer.Argument(help="tenants, descriptors, base_urls, reimports (default: all)."),
+        typer.Argument(
+            metavar="NAME", help="tenants, descriptors, base_urls, reimports (default: all)."
+        ),
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -335,9 +166,11 @@ def rebuild(
         )
 
 
-@cli.command()
+@cli.command(epilog=examples("ledger forget 2596cc1a-6a04-3c4e-b8e0-f3a6c0d9e5b1 --yes"))
 def forget(
-    client_key: str,
+    client_key: Annotated[
+        str, typer.Argument(metavar="CLIENT_KEY", help="The tenant whose data key to destroy.")
+    ],
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Destroy a tenant's data key: its secrets become unreadable, the log still verifies."""
@@ -350,25 +183,29 @@ def forget(
     )
 
 
-cli.command()(rewrap)
-
-
-@cli.command()
+@cli.command(
+    epilog=examples("ledger demo", "ledger demo > demo.txt     # prints everything, then returns")
+)
 def demo(
     url: Annotated[
         str | None,
         typer.Option(
+            metavar="URL",
             help="Drive this running service instead of starting one (it must fetch install"
-            " keys from this demo: LEDGER_INSTALL_KEYS_URL=http://127.0.0.1:<key-port>)."
+            " keys from this demo: LEDGER_INSTALL_KEYS_URL=http://127.0.0.1:<key-port>).",
         ),
     ] = None,
-    key_port: Annotated[int, typer.Option(help="Port of the demo's install-key server.")] = 8765,
+    key_port: Annotated[
+        int, typer.Option(metavar="PORT", help="Port of the demo's install-key server.")
+    ] = 8765,
 ) -> None:
     """A simulated Atlassian host drives the service through a tenant's whole life."""
     from app.demo import run_demo
 
     run_demo(console, url=url, key_port=key_port)
 
+
+cli.command()(rewrap)
 
 from app.cli_integrity import register  # noqa: E402  (digest, verify, export)
 

@@ -36,6 +36,7 @@ from eventstore.store import (
     Rejection,
     StoreUnavailable,
     decode_event,
+    rejection_filters,
 )
 
 CONFLICT_SQLSTATE = "LD001"
@@ -593,12 +594,20 @@ class PostgresEventStore(EventStore):
                 msgspec.structs.astuple(rejection),
             )
 
-    def list_rejections(self, limit: int = 100) -> list[Rejection]:
+    def list_rejections(
+        self,
+        limit: int = 100,
+        *,
+        reason: str | None = None,
+        since: datetime | None = None,
+        client_key: str | None = None,
+    ) -> list[Rejection]:
+        where, params = rejection_filters("%s", reason, since, client_key)
         with self._connection() as conn:
             rows = conn.execute(
                 "SELECT at, path, reason, status, client_key, base_url, remote_addr,"
-                " token_sha256, detail FROM rejections ORDER BY id DESC LIMIT %s",
-                [limit],
+                f" token_sha256, detail FROM rejections{where} ORDER BY id DESC LIMIT %s",
+                [*params, limit],
             ).fetchall()
         # Columns in the order of Rejection's fields.
         return [Rejection(*r) for r in rows]

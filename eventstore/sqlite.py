@@ -31,6 +31,7 @@ from eventstore.store import (
     decode_event,
     format_timestamp,
     parse_timestamp,
+    rejection_filters,
     utcnow,
 )
 
@@ -386,11 +387,21 @@ class SQLiteEventStore(EventStore):
             (format_timestamp(rejection.at), *msgspec.structs.astuple(rejection)[1:]),
         )
 
-    def list_rejections(self, limit: int = 100) -> list[Rejection]:
+    def list_rejections(
+        self,
+        limit: int = 100,
+        *,
+        reason: str | None = None,
+        since: datetime | None = None,
+        client_key: str | None = None,
+    ) -> list[Rejection]:
+        where, params = rejection_filters(
+            "?", reason, None if since is None else format_timestamp(since), client_key
+        )
         rows = self._query(
             "SELECT at, path, reason, status, client_key, base_url, remote_addr, token_sha256,"
-            " detail FROM rejections ORDER BY id DESC LIMIT ?",
-            (limit,),
+            f" detail FROM rejections{where} ORDER BY id DESC LIMIT ?",
+            (*params, limit),
         )
         # Columns in the order of Rejection's fields; SQLite keeps the time as text.
         return [Rejection(parse_timestamp(r[0]), *r[1:]) for r in rows]

@@ -189,6 +189,23 @@ class Rejection(msgspec.Struct, frozen=True, omit_defaults=True):
         return dict(out)
 
 
+def rejection_filters(
+    mark: str, reason: str | None, since: Any, client_key: str | None
+) -> tuple[str, list[Any]]:
+    """The WHERE clause (with ``mark`` as placeholder) and parameters of a rejection query."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, op, value in (
+        ("reason", "=", reason),
+        ("at", ">=", since),
+        ("client_key", "=", client_key),
+    ):
+        if value is not None:
+            clauses.append(f"{column} {op} {mark}")
+            params.append(value)
+    return (f" WHERE {' AND '.join(clauses)}" if clauses else ""), params
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -293,8 +310,15 @@ class EventStore(abc.ABC):
     def record_rejection(self, rejection: Rejection) -> None: ...
 
     @abc.abstractmethod
-    def list_rejections(self, limit: int = 100) -> list[Rejection]:
-        """Newest first."""
+    def list_rejections(
+        self,
+        limit: int = 100,
+        *,
+        reason: str | None = None,
+        since: datetime | None = None,
+        client_key: str | None = None,
+    ) -> list[Rejection]:
+        """Newest first; only those with this reason, at or after ``since``, for this clientKey."""
 
     @abc.abstractmethod
     def ping(self) -> None:

@@ -129,6 +129,7 @@ class ProjectionStorage(abc.ABC):
         limit: int = 100,
         seen_before: datetime | None = None,
         search: str | None = None,
+        not_version: str | None = None,
     ) -> list[TenantRow]:
         """``search``: a case-insensitive substring of the client key or the base URL."""
         spec = SPECS["tenants"]
@@ -149,6 +150,9 @@ class ProjectionStorage(abc.ABC):
         if seen_before is not None:
             clauses.append("last_seen_at < ?")
             params.append(format_timestamp(seen_before) if self.sqlite else seen_before)
+        if not_version is not None:  # the stragglers of a descriptor version
+            clauses.append("(descriptor_version IS NULL OR descriptor_version <> ?)")
+            params.append(not_version)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = self._query(
             f"SELECT {', '.join(spec.column_names)} FROM tenants{where} ORDER BY client_key LIMIT ?",

@@ -11,7 +11,7 @@ from typing import Any
 
 from fastapi import HTTPException
 
-from app import admin
+from app import admin, reads
 from app.console import adoption, timeline
 from app.console.svg import Column, stacked_columns
 from eventstore.digest import make_digest
@@ -37,7 +37,7 @@ class TenantQuery:
 
 
 def tenants_page(storage: ProjectionStorage, query: TenantQuery) -> dict[str, Any]:
-    rows = admin.tenants_page(
+    rows = reads.tenants_page(
         storage, query.state, query.after, PAGE_SIZE, search=query.search or None
     )
     return {
@@ -51,7 +51,10 @@ def tenant_view(
     store: EventStore, storage: ProjectionStorage, client_key: str, as_of: str | None
 ) -> dict[str, Any]:
     """The tenant now, and as it stood at ``as_of`` when one is given (404 if unknown)."""
-    now = admin.read_tenant(store, client_key, None)
+    try:
+        now = reads.tenant_row(store, client_key, None)
+    except reads.NotFound as error:
+        raise admin.not_found(error) from None
     events = store.read_stream(stream_id_for(client_key))
     up_to, then, as_of_problem = None, None, None
     if as_of:
@@ -59,14 +62,16 @@ def tenant_view(
             up_to = admin.parse_as_of(as_of)
             if isinstance(up_to, int):
                 up_to = min(up_to, MAX_POSITION)  # beyond the head is "now"
-            then = admin.read_tenant(store, client_key, up_to)
+            then = reads.tenant_row(store, client_key, up_to)
+        except reads.NotFound as error:
+            as_of_problem = error.detail
         except HTTPException as refused:
             as_of_problem = refused.detail["detail"] if isinstance(refused.detail, dict) else ""
         except OverflowError:
             as_of_problem = "as_of is out of range"
     links = [
         r
-        for r in admin.reimport_rows(storage)
+        for r in reads.reimport_rows(storage)
         if client_key in (r.client_key, r.previous_client_key)
     ]
     return {
@@ -84,7 +89,7 @@ def tenant_view(
 
 
 def descriptors_page(store: EventStore, storage: ProjectionStorage) -> dict[str, Any]:
-    rows = admin.descriptor_rows(storage)
+    rows = reads.descriptor_rows(storage)
     latest = latest_version(rows)
     days = adoption.adoption_by_day(store.read_all(batch_size=5000), utcnow().date())
     versions = [r.version for r in rows]
@@ -114,7 +119,7 @@ def _stragglers(storage: ProjectionStorage, latest: str | None) -> list[TenantRo
     found: list[TenantRow] = []
     after: str | None = None
     while latest is not None and len(found) < STRAGGLERS_SHOWN:
-        rows = admin.tenants_page(storage, INSTALLED, after, 1000)
+        rows = reads.tenants_page(storage, INSTALLED, after, 1000)
         found += [r for r in rows if r.descriptor_version != latest]
         if len(rows) < 1000:
             break
@@ -125,9 +130,9 @@ def _stragglers(storage: ProjectionStorage, latest: str | None) -> list[TenantRo
 def presumed_gone_page(
     storage: ProjectionStorage, grace_hours: float, after: str | None
 ) -> dict[str, Any]:
-    rows = admin.tenants_page(storage, None, after, PAGE_SIZE, True, grace_hours)
+    rows = reads.tenants_page(storage, None, after, PAGE_SIZE, True, grace_hours)
     threshold = silence_threshold(
-        admin.descriptor_rows(storage), utcnow(), timedelta(hours=grace_hours)
+        reads.descriptor_rows(storage), utcnow(), timedelta(hours=grace_hours)
     )
     return {
         "tenants": rows,
@@ -154,4 +159,4 @@ def rejections_page(store: EventStore) -> dict[str, Any]:
 
 
 def integrity_page(store: EventStore) -> dict[str, Any]:
-    return {"verify": admin.verify_answer(store), "digest": make_digest(store)}
+    return {"verify": reads.verify_answer(store), "digest": make_digest(store)}
