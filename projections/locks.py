@@ -105,6 +105,7 @@ class AdvisoryLock(ExclusiveLock):
         self.key = key
         self._conn: psycopg.Connection[Any] | None = None
         self._held = False
+        self._channels: set[str] = set()
 
     def try_acquire(self) -> bool:
         if self._held:
@@ -114,7 +115,9 @@ class AdvisoryLock(ExclusiveLock):
         return self._held
 
     def listen(self, channel: str) -> None:
-        self._execute(f"LISTEN {channel}")
+        if channel not in self._channels:
+            self._execute(f"LISTEN {channel}")
+            self._channels.add(channel)
 
     def wait_for_notify(self, timeout: float) -> None:
         if self._conn is None:
@@ -138,6 +141,7 @@ class AdvisoryLock(ExclusiveLock):
                 self._conn.close()
             self._conn = None
         self._held = False
+        self._channels.clear()
 
     def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
         """One statement on the lock's own connection (opened on first use): its first row."""

@@ -76,8 +76,8 @@ def rebuild(
     if not wait and not lock.try_acquire():
         lock.release()
         raise RebuildRunning("another rebuild is running on this database")
-    lock.acquire(on_wait)
     try:
+        lock.acquire(on_wait)
         return _rebuild(store, names, storage or storage_for(store), batch_size, progress)
     finally:
         lock.release()

@@ -27,6 +27,7 @@ from projections.health import RunnerHealth, backoff_delay, short_message
 from projections.locks import ADVISORY_KEYS, AdvisoryLock, lock_for
 from projections.runner import ProjectionRunner, RunnerThread
 from projections.storage import storage_for
+from projections.tables import SPECS
 from tests.conftest import ADMIN_URL
 from tests.harness import running_service
 from tests.log_builder import append_random_calls
@@ -380,3 +381,23 @@ def test_the_leadership_connection_has_a_statement_timeout(postgres_databases: A
             assert row is not None and row[0] == "5s"
         finally:
             lock.release()
+
+
+def test_readyz_shows_a_healthy_runner_and_a_process_without_one(tmp_path: Any) -> None:
+    url = f"sqlite:///{tmp_path / 'ready.db'}"
+    with running_service(url) as service:
+        service.install()
+        head = service.store.head().position
+
+        def current() -> dict[str, Any] | None:
+            runner = service.client.get("/readyz").json()["runner"]
+            return runner if runner["head"] == head and runner["lag_events"] == 0 else None
+
+        runner = until(current, "the runner folds the install")
+        assert runner["role"] == "leader" and runner["failures"] == 0
+        assert runner["last_error"] is None and set(runner["projections"]) == set(SPECS)
+        assert metric(service.client.get("/metrics").text, "ledger_projection_failures_total") == 0
+    with running_service(url, run_projections=False) as service:
+        answer = service.client.get("/readyz")
+        assert answer.status_code == 200
+        assert answer.json()["runner"]["role"] == "stopped"
