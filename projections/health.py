@@ -72,6 +72,7 @@ class RunnerHealth:
         self._observed_at: datetime | None = None
         self._failures = 0
         self._in_a_row = 0
+        self._store_streak = False  # every failure of the current streak was the store's
         self._last_error: LastError | None = None
 
     @property
@@ -88,15 +89,23 @@ class RunnerHealth:
             self._checkpoints = dict(checkpoints)
             self._observed_at = utcnow()
 
-    def succeeded(self) -> None:
+    def succeeded(self, *, as_leader: bool) -> None:
+        """A pass worked. A standby's pass (the store answered) ends a streak of store
+        failures only: a streak of events this code cannot fold ends when it folds
+        them as leader. Otherwise several processes on old code, taking turns as
+        leader, would each restart their backoff at 0.5 s."""
         with self._lock:
-            self._in_a_row = 0
+            if as_leader or self._store_streak:
+                self._in_a_row = 0
 
-    def failed(self, error: LastError) -> float:
+    def failed(self, error: LastError, *, store_failure: bool) -> float:
         """Record a failure; the seconds to back off before the next attempt."""
         with self._lock:
             self._failures += 1
             self._in_a_row += 1
+            self._store_streak = (
+                store_failure if self._in_a_row == 1 else (self._store_streak and store_failure)
+            )
             self._last_error = error
             return backoff_delay(self._in_a_row, self.initial, self.cap)
 

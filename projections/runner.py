@@ -258,14 +258,14 @@ class RunnerThread:
                         runner = None
                         self._set_role("standby")
                         self.health.observed(self.store.head().position, storage.checkpoints())
-                        self.health.succeeded()
+                        self.health.succeeded(as_leader=False)
                         self._stop.wait(self.standby_seconds)
                         continue
                     self._set_role("leader")
                     runner = runner or ProjectionRunner(self.store, storage)
                     folded = runner.run_once()
                     self.health.observed(self.store.head().position, runner.checkpoints)
-                    self.health.succeeded()
+                    self.health.succeeded(as_leader=True)
                     if folded == 0:
                         leadership.wait_for_events(self.poll_seconds)
                 except Exception as error:
@@ -283,7 +283,10 @@ class RunnerThread:
         position = error.position if isinstance(error, EventNotFoldable) else None
         kind = type(error).__name__
         message = short_message(error)
-        delay = self.health.failed(LastError(kind, message, utcnow(), position))
+        delay = self.health.failed(
+            LastError(kind, message, utcnow(), position),
+            store_failure=isinstance(error, StoreError),
+        )
         log.error(
             f"projection runner failed ({kind}: {message});"
             f" retrying in {delay:.1f} s (failure {self.health.failures})",

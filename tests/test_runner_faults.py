@@ -23,7 +23,7 @@ import pytest
 from eventstore import events as catalog
 from eventstore.events import stream_id_for
 from eventstore.store import EventStore, StoreError, StoreUnavailable, format_timestamp, utcnow
-from projections.health import RunnerHealth, backoff_delay, short_message
+from projections.health import LastError, RunnerHealth, backoff_delay, short_message
 from projections.locks import ADVISORY_KEYS, AdvisoryLock, lock_for
 from projections.runner import EventNotFoldable, ProjectionRunner, RunnerThread
 from projections.storage import storage_for
@@ -107,6 +107,22 @@ def test_backoff_doubles_from_half_a_second_and_stops_at_thirty() -> None:
     assert set(delays[6:]) == {30.0}
     assert backoff_delay(0) == 0.0
     assert backoff_delay(10_000) == 30.0
+
+
+def test_a_standby_ends_a_streak_of_store_failures_but_not_of_unfoldable_events() -> None:
+    health = RunnerHealth()
+    store_down = LastError("StoreUnavailable", "PostgreSQL is unavailable", utcnow())
+    assert [health.failed(store_down, store_failure=True) for _ in range(3)] == [0.5, 1.0, 2.0]
+    health.succeeded(as_leader=False)  # the store answers again
+    assert health.snapshot()["consecutive_failures"] == 0
+    unfoldable = LastError("EventNotFoldable", "event at position 9 ...", utcnow(), 9)
+    assert [health.failed(unfoldable, store_failure=False) for _ in range(2)] == [0.5, 1.0]
+    health.succeeded(as_leader=False)  # another process leads (and may fail in turn)
+    assert health.failed(unfoldable, store_failure=False) == 2.0  # the backoff keeps growing
+    health.succeeded(as_leader=True)
+    snapshot = health.snapshot()
+    assert snapshot["consecutive_failures"] == 0 and snapshot["failures"] == 6
+    assert snapshot["last_error"]["position"] == 9
 
 
 def test_error_text_is_one_short_line_without_credentials() -> None:
