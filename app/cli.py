@@ -103,18 +103,36 @@ def rebuild(
         ),
     ] = None,
     as_json: JsonOption = False,
+    no_wait: Annotated[
+        bool, typer.Option("--no-wait", help="Exit 1 if another rebuild is running.")
+    ] = False,
 ) -> None:
     """Replay the whole log into fresh tables and swap them in atomically.
 
     The service keeps answering from the old tables meanwhile. A projection is
     rebuilt together with the one that resumes from its rows (tenants with
     descriptors, base_urls with reimports). Killed halfway, run it again: it starts
-    clean and never leaves a half-built table in service.
+    clean and never leaves a half-built table in service. One rebuild at a time: a
+    second one waits for the first (or, with --no-wait, exits 1).
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from projections.rebuild import rebuild as run_rebuild
-    from projections.rebuild import with_dependencies
+    from projections.rebuild import RebuildReport, RebuildRunning, with_dependencies
+    from projections.rebuild import rebuild as rebuild_once
+
+    def run_rebuild(*args: Any, **kwargs: Any) -> RebuildReport:
+        def waiting() -> None:
+            print("waiting for the rebuild already running…", file=sys.stderr, flush=True)
+
+        try:
+            return rebuild_once(*args, wait=not no_wait, on_wait=waiting, **kwargs)
+        except RebuildRunning:
+            print(
+                "another rebuild is running on this database; run again when it has"
+                " finished, or without --no-wait to wait for it",
+                file=sys.stderr,
+            )
+            raise typer.Exit(1) from None
 
     try:
         chosen = with_dependencies(names or [])

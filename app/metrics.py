@@ -5,7 +5,8 @@ from __future__ import annotations
 import threading
 from bisect import bisect_left
 from collections import defaultdict
-from typing import Final
+from collections.abc import Callable
+from typing import Any, Final
 
 LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -17,6 +18,8 @@ class Metrics:
         self._buckets: dict[str, list[int]] = defaultdict(lambda: [0] * (len(LATENCY_BUCKETS) + 1))
         self._sums: dict[str, float] = defaultdict(float)
         self._rejections: dict[str, int] = defaultdict(int)
+        # The projection runner's state (projections.health snapshot), set by the service.
+        self.runner_status: Callable[[], dict[str, Any]] | None = None
 
     def observe_call(
         self, endpoint: str, outcome: str, status: int, seconds: float, refused: bool
@@ -62,4 +65,24 @@ class Metrics:
                 lines.append(
                     f'ledger_call_duration_seconds_count{{endpoint="{endpoint}"}} {cumulative}'
                 )
+        if self.runner_status is not None:
+            lines += _runner_lines(self.runner_status())
         return "\n".join(lines) + "\n"
+
+
+def _runner_lines(status: dict[str, Any]) -> list[str]:
+    lines = [
+        "# HELP ledger_projection_lag_events Events in the log not yet folded, by projection.",
+        "# TYPE ledger_projection_lag_events gauge",
+    ]
+    for name, progress in status["projections"].items():
+        if progress["lag_events"] is not None:
+            lines.append(
+                f'ledger_projection_lag_events{{projection="{name}"}} {progress["lag_events"]}'
+            )
+    lines += [
+        "# HELP ledger_projection_failures_total Projection runner failures (each one retried).",
+        "# TYPE ledger_projection_failures_total counter",
+        f"ledger_projection_failures_total {status['failures']}",
+    ]
+    return lines

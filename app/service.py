@@ -22,6 +22,7 @@ from app.lifecycle import LIFECYCLE_EVENTS, LifecycleEvent
 from app.logs import configure_logging
 from app.metrics import Metrics
 from app.payload import MAX_BODY_BYTES
+from app.readiness import Readiness, runner_status
 from app.settings import Settings
 from eventstore.crypto import KeyRing
 from eventstore.store import EventStore, StoreUnavailable, open_store
@@ -100,6 +101,8 @@ def create_app(
         await run_in_threadpool(storage.ensure)
         app.state.projections = storage
         runner = RunnerThread(opened).start() if settings.run_projections else None
+        app.state.runner = runner
+        metrics.runner_status = lambda: runner_status(runner)
         try:
             yield
         finally:
@@ -160,7 +163,7 @@ def create_app(
     @app.get(
         "/readyz",
         tags=["operations"],
-        response_model=Status,
+        response_model=Readiness,
         responses={503: {"model": ErrorBody, "description": "The store cannot be reached."}},
     )
     async def readyz(request: Request) -> Any:
@@ -172,7 +175,8 @@ def create_app(
                 status_code=503,
                 headers={"Retry-After": str(settings.retry_after_seconds)},
             )
-        return Status(status="ready")
+        runner = runner_status(request.app.state.runner)
+        return Readiness.model_validate({"status": "ready", "runner": runner})
 
     @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
     def metrics_text() -> PlainTextResponse:

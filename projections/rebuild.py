@@ -6,6 +6,12 @@ live tables; the rows are then written in bulk (COPY on PostgreSQL) into fresh
 the events that arrived meanwhile are folded too and the fresh tables replace the
 live ones in the same transaction. A rebuild killed at any point leaves the live
 tables untouched; the next one drops the half-built tables and starts clean.
+
+Two rebuilds never run at once: each holds the "rebuild" lock (PostgreSQL advisory
+lock, ``flock`` on SQLite; see ``projections.locks``) from before it touches the
+rebuild tables until after the swap. A second one waits for it, or with
+``wait=False`` raises RebuildRunning. The lock dies with its process, so a killed
+rebuild never blocks the next one.
 """
 
 from __future__ import annotations
@@ -16,12 +22,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from eventstore.store import EventStore
+from projections.locks import lock_for
 from projections.model import Row
 from projections.runner import PROJECTIONS, chunks
 from projections.storage import ProjectionStorage, storage_for
 from projections.tables import SPECS, group_of
 
 Progress = Callable[[int, int], None]  # (position folded, head position when started)
+
+
+class RebuildRunning(Exception):
+    """Another rebuild holds the lock (and the caller chose not to wait)."""
 
 
 @dataclass(frozen=True)
@@ -55,9 +66,31 @@ def rebuild(
     storage: ProjectionStorage | None = None,
     batch_size: int = 2_000,
     progress: Progress | None = None,
+    wait: bool = True,
+    on_wait: Callable[[], None] | None = None,
+) -> RebuildReport:
+    """Rebuild ``names`` (and their dependencies), one rebuild at a time: a second
+    one waits for the first (``on_wait`` is told once), or with ``wait=False``
+    raises RebuildRunning."""
+    lock = lock_for(store, "rebuild")
+    if not wait and not lock.try_acquire():
+        lock.release()
+        raise RebuildRunning("another rebuild is running on this database")
+    try:
+        lock.acquire(on_wait)
+        return _rebuild(store, names, storage or storage_for(store), batch_size, progress)
+    finally:
+        lock.release()
+
+
+def _rebuild(
+    store: EventStore,
+    names: Sequence[str],
+    storage: ProjectionStorage,
+    batch_size: int,
+    progress: Progress | None,
 ) -> RebuildReport:
     started = time.perf_counter()
-    storage = storage or storage_for(store)
     storage.ensure()
     chosen = with_dependencies(names)
     storage.prepare_rebuild(chosen)

@@ -5,28 +5,29 @@ checkpoints are written in one transaction. A crash loses only the uncommitted
 batch, which the next run folds again from the checkpoint: nothing is applied
 twice, nothing skipped.
 
-Leadership: exactly one runner works at a time. On PostgreSQL it holds a session
-advisory lock on a connection of its own (released by the server if the process
-dies); on SQLite an exclusive ``flock`` on a file beside the database. Others wait
-as hot standbys and try again every second.
+Leadership: exactly one runner works at a time (see ``projections.locks``). Others
+wait as hot standbys and try again every second.
+
+The runner thread never dies of an error: whatever goes wrong (the store, an event
+this code cannot read during a rolling deploy, a bug in a fold) is logged as one
+line, counted, shown in ``/readyz`` and ``/metrics``, and retried after a bounded
+exponential backoff, from the last checkpoint, with state reloaded from the tables.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
-import psycopg
-
-from eventstore.store import EventStore, RecordedEvent, StoreError
+from eventstore.store import EventStore, RecordedEvent, StoreError, utcnow
 from projections.base_urls import BaseUrlsProjection, BaseUrlsState
 from projections.descriptors import DescriptorsProjection, DescriptorsState
+from projections.health import LastError, RunnerHealth, short_message
+from projections.locks import ExclusiveLock, lock_for
 from projections.reimports import ReimportsProjection, ReimportsState
 from projections.storage import ProjectionStorage, storage_for
 from projections.tables import GROUPS, SPECS
@@ -40,8 +41,21 @@ PROJECTIONS: Final[dict[str, Any]] = {
     "base_urls": BaseUrlsProjection(),
     "reimports": ReimportsProjection(),
 }
-ADVISORY_LOCK_KEY: Final = 7406000002
 NOTIFY_CHANNEL: Final = "ledger_events"
+
+
+class EventNotFoldable(Exception):
+    """An event this code cannot read or fold, e.g. a type or schema version from a
+    newer release. The runner stops before it and retries until new code is deployed."""
+
+    def __init__(self, position: int, event_type: str, schema_version: int, reason: str) -> None:
+        super().__init__(
+            f"event at position {position} ({event_type}, schema version {schema_version})"
+            f" cannot be folded by this code: {reason}"
+        )
+        self.position = position
+        self.event_type = event_type
+        self.schema_version = schema_version
 
 
 def chunks(events: Iterator[RecordedEvent], size: int) -> Iterator[list[RecordedEvent]]:
@@ -68,7 +82,10 @@ def resume_states(storage: ProjectionStorage) -> dict[str, Any]:
 
 
 class ProjectionRunner:
-    """Folds new events into the persisted read models. Not thread-safe: one per process."""
+    """Folds new events into the persisted read models. Not thread-safe: one per process.
+
+    After an exception the in-memory folds may be half-applied: drop the runner and
+    make a new one (it resumes from the committed rows)."""
 
     def __init__(
         self, store: EventStore, storage: ProjectionStorage | None = None, batch_size: int = 2000
@@ -79,6 +96,7 @@ class ProjectionRunner:
         self.storage.ensure()
         self._states: dict[str, Any] = {}
         self._positions: dict[str, int] = {}
+        self._unreadable: Exception | None = None
         self.reload()
 
     def reload(self) -> None:
@@ -89,93 +107,103 @@ class ProjectionRunner:
     def position(self) -> int:
         return min(self._positions.values()) if self._positions else 0
 
+    @property
+    def checkpoints(self) -> dict[str, int]:
+        return dict(self._positions)
+
     def run_once(self) -> int:
-        """Fold and persist every event committed so far; the number folded."""
+        """Fold and persist every event committed so far; the number folded.
+
+        Events up to one this code cannot read are folded and committed first; then
+        EventNotFoldable names the unreadable one."""
         folded = 0
-        for batch in chunks(self.store.read_all(self.position, self.batch_size), self.batch_size):
-            for group in GROUPS:
-                after = self._positions[group[0]]
-                pending = (
-                    batch if batch[0].position > after else [e for e in batch if e.position > after]
-                )
-                if pending:
-                    for name in group:
+        self._unreadable = None
+        events = self._readable(self.store.read_all(self.position, self.batch_size))
+        for batch in chunks(events, self.batch_size):
+            if not self._fold_and_commit(batch):
+                return folded
+            folded += len(batch)
+        if self._unreadable is not None:
+            raise self._not_foldable(self._unreadable) from self._unreadable
+        return folded
+
+    def _fold_and_commit(self, batch: list[RecordedEvent]) -> bool:
+        for group in GROUPS:
+            after = self._positions[group[0]]
+            pending = (
+                batch if batch[0].position > after else [e for e in batch if e.position > after]
+            )
+            if pending:
+                for name in group:
+                    try:
                         self._states[name] = PROJECTIONS[name].apply_many(
                             self._states[name], pending
                         )
-            last = batch[-1].position
-            changes = {name: self._states[name].take_changes() for name in SPECS}
-            if not self.storage.commit_batch(dict(self._positions), changes, last):
-                # A rebuild swapped tables in: our in-memory folds are stale.
-                log.info("projection checkpoints moved; reloading", extra={"position": last})
-                self.reload()
-                return folded
-            self._positions = dict.fromkeys(self._positions, last)
-            folded += len(batch)
-        return folded
+                    except Exception as error:
+                        raise _fold_failed(name, pending, error) from error
+        last = batch[-1].position
+        changes = {name: self._states[name].take_changes() for name in SPECS}
+        if not self.storage.commit_batch(dict(self._positions), changes, last):
+            # A rebuild swapped tables in: our in-memory folds are stale.
+            log.info("projection checkpoints moved; reloading", extra={"position": last})
+            self.reload()
+            return False
+        self._positions = dict.fromkeys(self._positions, last)
+        return True
+
+    def _readable(self, events: Iterator[RecordedEvent]) -> Iterator[RecordedEvent]:
+        """The events up to the first one that cannot be decoded (remembered, not raised:
+        the ones before it are still folded)."""
+        try:
+            yield from events
+        except StoreError:
+            raise
+        except Exception as error:
+            self._unreadable = error
+
+    def _not_foldable(self, error: Exception) -> Exception:
+        """Name the row after the checkpoint that could not be read, from its raw form."""
+        raw = next(iter(self.store.read_raw(self.position, 1)), None)
+        if raw is None:
+            return error
+        reason = f"{type(error).__name__}: {short_message(error)}"
+        return EventNotFoldable(raw.position, raw.type, raw.schema_version, reason)
+
+
+def _fold_failed(name: str, events: list[RecordedEvent], error: Exception) -> EventNotFoldable:
+    first, last = events[0], events[-1]
+    reason = (
+        f"the {name} fold failed in positions {first.position}-{last.position}:"
+        f" {type(error).__name__}: {short_message(error)}"
+    )
+    return EventNotFoldable(first.position, first.type, first.schema_version, reason)
 
 
 class Leadership:
     """Who may run the projections: acquire() is non-blocking, release() idempotent."""
 
     def __init__(self, store: EventStore) -> None:
-        self.store = store
-        self._conn: psycopg.Connection[Any] | None = None
-        self._fd: int | None = None
-
-    @property
-    def postgres(self) -> bool:
-        return not self.store.url.startswith("sqlite:")
+        self._lock: ExclusiveLock = lock_for(store, "runner")
 
     def acquire(self) -> bool:
-        if self.postgres:
-            if self._conn is None:
-                from eventstore.postgres import _libpq_url
-
-                self._conn = psycopg.connect(_libpq_url(self.store.url), autocommit=True)
-            row = self._conn.execute(
-                "SELECT pg_try_advisory_lock(%s)", [ADVISORY_LOCK_KEY]
-            ).fetchone()
-            if row and row[0]:
-                self._conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-                return True
+        if not self._lock.try_acquire():
             return False
-        from eventstore.sqlite import sqlite_path
-
-        if self._fd is None:
-            self._fd = os.open(
-                sqlite_path(self.store.url) + ".runner.lock", os.O_RDWR | os.O_CREAT, 0o600
-            )
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
+        self._lock.listen(NOTIFY_CHANNEL)
         return True
 
     def wait_for_events(self, timeout: float) -> None:
         """Sleep until a NOTIFY (PostgreSQL) or the timeout: a hint, never the truth."""
-        if self._conn is not None:
-            for _ in self._conn.notifies(timeout=timeout, stop_after=1):
-                pass
-        else:
-            time.sleep(timeout)
+        self._lock.wait_for_notify(timeout)
 
     def release(self) -> None:
-        if self._conn is not None:
-            # Unlock explicitly: the server drops a closed session's locks only when
-            # its backend exits, a moment after close() returns. An error means the
-            # session is gone already, and its locks with it.
-            with contextlib.suppress(psycopg.Error):
-                self._conn.execute("SELECT pg_advisory_unlock_all()")
-            self._conn.close()
-            self._conn = None
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self._lock.release()
 
 
 class RunnerThread:
-    """The runner in a daemon thread of a service process: leader or hot standby."""
+    """The runner in a daemon thread of a service process: leader or hot standby.
+
+    Roles: ``standby`` (another process leads, or this one is backing off after a
+    failure), ``leader``, ``stopped`` (the thread has ended)."""
 
     def __init__(
         self,
@@ -183,14 +211,26 @@ class RunnerThread:
         poll_seconds: float = 0.2,
         standby_seconds: float = 1.0,
         on_state: Callable[[str], None] | None = None,
+        health: RunnerHealth | None = None,
     ) -> None:
         self.store = store
         self.poll_seconds = poll_seconds
         self.standby_seconds = standby_seconds
         self.on_state = on_state
-        self.role = "starting"
+        self.health = health or RunnerHealth()
+        self._reported: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="projection-runner", daemon=True)
+
+    @property
+    def role(self) -> str:
+        return self.health.role
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def status(self) -> dict[str, Any]:
+        return self.health.snapshot()
 
     def start(self) -> RunnerThread:
         self._thread.start()
@@ -201,31 +241,61 @@ class RunnerThread:
         self._thread.join(timeout)
 
     def _set_role(self, role: str) -> None:
-        self.role = role
-        if self.on_state:
-            self.on_state(role)
+        if role != self._reported:
+            self._reported = role
+            self.health.set_role(role)
+            if self.on_state:
+                self.on_state(role)
 
     def _run(self) -> None:
         leadership = Leadership(self.store)
+        storage = storage_for(self.store)
+        runner: ProjectionRunner | None = None
         try:
             while not self._stop.is_set():
                 try:
                     if not leadership.acquire():
+                        runner = None
                         self._set_role("standby")
+                        self.health.observed(self.store.head().position, storage.checkpoints())
+                        self.health.succeeded(as_leader=False)
                         self._stop.wait(self.standby_seconds)
                         continue
                     self._set_role("leader")
-                    runner = ProjectionRunner(self.store)
-                    while not self._stop.is_set():
-                        if runner.run_once() == 0:
-                            leadership.wait_for_events(self.poll_seconds)
-                except (StoreError, psycopg.Error, OSError):
-                    log.warning("projection runner failed; retrying", exc_info=True)
-                    leadership.release()
+                    runner = runner or ProjectionRunner(self.store, storage)
+                    folded = runner.run_once()
+                    self.health.observed(self.store.head().position, runner.checkpoints)
+                    self.health.succeeded(as_leader=True)
+                    if folded == 0:
+                        leadership.wait_for_events(self.poll_seconds)
+                except Exception as error:
+                    runner = None  # its folds may be half-applied: reload from the tables
+                    delay = self._failed(error, storage)
+                    leadership.release()  # another runner (maybe newer code) may take over
                     self._set_role("standby")
-                    self._stop.wait(self.standby_seconds)
+                    self._stop.wait(delay)
         finally:
             leadership.release()
+            self._set_role("stopped")
+
+    def _failed(self, error: Exception, storage: ProjectionStorage) -> float:
+        """Log and count a failure; the seconds to back off."""
+        position = error.position if isinstance(error, EventNotFoldable) else None
+        kind = type(error).__name__
+        message = short_message(error)
+        delay = self.health.failed(
+            LastError(kind, message, utcnow(), position),
+            store_failure=isinstance(error, StoreError),
+        )
+        log.error(
+            f"projection runner failed ({kind}: {message});"
+            f" retrying in {delay:.1f} s (failure {self.health.failures})",
+            extra={"position": position},
+        )
+        # Best effort: keep the lag current while failing (the store may be the failure).
+        with contextlib.suppress(Exception):
+            self.health.observed(self.store.head().position, storage.checkpoints())
+        return delay
 
 
 def wait_for_position(

@@ -3,6 +3,10 @@
 The checkpoint of a projection is written in the same transaction as its rows, and
 every batch first locks the checkpoint rows and checks they are where the writer
 left them: a rebuild that swapped tables in meanwhile is noticed, never overwritten.
+
+Error boundary: no driver exception leaves this module. Every statement runs inside
+``_errors()``, and each backend's ``_translate`` is the one place that decides what is
+retryable (``StoreUnavailable``) and what is not (``StoreError``).
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
-from eventstore.store import EventStore, format_timestamp
+import psycopg
+
+from eventstore.store import EventStore, StoreError, StoreUnavailable, format_timestamp
 from projections.model import Row, TenantRow
 from projections.tables import SPECS, SQL_TYPES, TableSpec, create_table_sql, upsert_sql
 
@@ -25,6 +31,23 @@ CatchUp = Callable[[], tuple[int, Mapping[str, Sequence[Row]]]]
 
 class ProjectionStorage(abc.ABC):
     sqlite: bool
+    # The driver's exception base class, translated by ``_translate``.
+    _driver_error: type[Exception]
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """The error boundary: driver errors leave as StoreUnavailable or StoreError."""
+        try:
+            yield
+        except StoreError:
+            raise
+        except self._driver_error as exc:
+            raise self._translate(exc) from exc
+
+    @staticmethod
+    @abc.abstractmethod
+    def _translate(exc: Exception) -> StoreError:
+        """The driver error as StoreUnavailable (retryable) or StoreError (not)."""
 
     def ensure(self) -> None:
         """Create the live tables and the checkpoints that are missing (idempotent)."""
@@ -202,8 +225,24 @@ class _SQLiteTx:
         self.rolled_back = True
 
 
+# Primary result codes worth retrying: the database is busy or locked, out of memory,
+# read-only (permissions, a full or read-only mount), an I/O error, the disk is full,
+# the file cannot be opened now, a WAL lock protocol error.
+SQLITE_RETRYABLE: Final = frozenset({5, 6, 7, 8, 10, 13, 14, 15})
+
+
+def translate_sqlite_error(exc: Exception) -> StoreError:
+    code = getattr(exc, "sqlite_errorcode", None)
+    name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+    if code is not None and code & 0xFF in SQLITE_RETRYABLE:
+        return StoreUnavailable(f"SQLite is unavailable ({name})")
+    return StoreError(f"SQLite refused the statement ({name})")
+
+
 class SQLiteProjectionStorage(ProjectionStorage):
     sqlite = True
+    _driver_error = sqlite3.Error
+    _translate = staticmethod(translate_sqlite_error)
 
     def __init__(self, store: EventStore) -> None:
         from eventstore.sqlite import SQLiteEventStore
@@ -213,22 +252,24 @@ class SQLiteProjectionStorage(ProjectionStorage):
 
     @contextmanager
     def _transaction(self) -> Iterator[_SQLiteTx]:
-        conn = self._store.connection()
-        # IMMEDIATE takes the write lock first: the checkpoint check and the writes
-        # that follow cannot interleave with another writer's.
-        conn.execute("BEGIN IMMEDIATE")
-        tx = _SQLiteTx(conn)
-        try:
-            yield tx
-        except BaseException:
-            if not tx.rolled_back and conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        if not tx.rolled_back:
-            conn.execute("COMMIT")
+        with self._errors():
+            conn = self._store.connection()
+            # IMMEDIATE takes the write lock first: the checkpoint check and the writes
+            # that follow cannot interleave with another writer's.
+            conn.execute("BEGIN IMMEDIATE")
+            tx = _SQLiteTx(conn)
+            try:
+                yield tx
+            except BaseException:
+                if not tx.rolled_back and conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            if not tx.rolled_back:
+                conn.execute("COMMIT")
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        return self._store.connection().execute(sql, params).fetchall()
+        with self._errors():
+            return self._store.connection().execute(sql, params).fetchall()
 
     def _table_exists(self, tx: Any, name: str) -> bool:
         row = tx.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
@@ -281,8 +322,31 @@ class _Rollback(Exception):
     pass
 
 
+# SQLSTATEs worth retrying, by class: 08 connection exception, 53 insufficient
+# resources (disk full, out of memory, too many connections), 57P operator
+# intervention (admin or crash shutdown, cannot connect now); and one by one: a
+# read-only transaction (a demoted primary), serialization failure, deadlock, a
+# statement timeout or cancel, a lock not available.
+PG_RETRYABLE_CLASSES: Final = ("08", "53", "57P")
+PG_RETRYABLE: Final = frozenset({"25006", "40001", "40P01", "57014", "55P03"})
+
+
+def translate_postgres_error(exc: Exception) -> StoreError:
+    state = getattr(exc, "sqlstate", None)
+    if state is None:
+        # No answer from the server at all: connection lost, pool timeout or closed.
+        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+            return StoreUnavailable("PostgreSQL is unavailable")
+        return StoreError(f"PostgreSQL client error ({type(exc).__name__})")
+    if state.startswith(PG_RETRYABLE_CLASSES) or state in PG_RETRYABLE:
+        return StoreUnavailable(f"PostgreSQL is unavailable ({state})")
+    return StoreError(f"PostgreSQL refused the statement ({state} {type(exc).__name__})")
+
+
 class PostgresProjectionStorage(ProjectionStorage):
     sqlite = False
+    _driver_error = psycopg.Error
+    _translate = staticmethod(translate_postgres_error)
 
     def __init__(self, store: EventStore) -> None:
         from eventstore.postgres import PostgresEventStore
@@ -292,7 +356,7 @@ class PostgresProjectionStorage(ProjectionStorage):
 
     @contextmanager
     def _transaction(self) -> Iterator[_PostgresTx]:
-        with self._pool.connection() as conn:
+        with self._errors(), self._pool.connection() as conn:
             try:
                 with conn.transaction():
                     yield _PostgresTx(conn)
@@ -300,7 +364,7 @@ class PostgresProjectionStorage(ProjectionStorage):
                 pass
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        with self._pool.connection() as conn:
+        with self._errors(), self._pool.connection() as conn:
             return conn.execute(self._sql(sql), params).fetchall()  # type: ignore[no-any-return]
 
     def _table_exists(self, tx: Any, name: str) -> bool:
@@ -331,7 +395,7 @@ class PostgresProjectionStorage(ProjectionStorage):
         table = name + REBUILD_SUFFIX
         count = 0
         statement = f"COPY {table} ({', '.join(spec.column_names)}) FROM STDIN (FORMAT BINARY)"
-        with self._pool.connection() as conn, conn.transaction():
+        with self._errors(), self._pool.connection() as conn, conn.transaction():
             with conn.cursor() as cur, cur.copy(statement) as copy:  # type: ignore[arg-type]
                 copy.set_types([_COPY_TYPES[c.kind] for c in spec.columns])
                 for row in rows:
