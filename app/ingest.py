@@ -28,7 +28,13 @@ from app.lifecycle import (
     decide,
     fold,
 )
-from app.payload import BodyError, LifecyclePayload, claimed_identity, parse_lifecycle_body
+from app.payload import (
+    BodyError,
+    LifecyclePayload,
+    check_descriptor_version,
+    claimed_identity,
+    parse_lifecycle_body,
+)
 from app.settings import Settings
 from app.tokens import (
     TokenError,
@@ -49,6 +55,7 @@ from eventstore.store import (
     EventStore,
     NewEvent,
     Rejection,
+    StoreError,
     StoreUnavailable,
     format_timestamp,
     utcnow,
@@ -195,7 +202,7 @@ class LifecycleIngestor:
 
     def _parse_body(self, request: CallRequest) -> LifecyclePayload:
         try:
-            return parse_lifecycle_body(
+            payload = parse_lifecycle_body(
                 request.body,
                 request.content_type,
                 app_key=self.settings.app_key,
@@ -203,6 +210,8 @@ class LifecycleIngestor:
                 dev_hosts=self.settings.dev_host_names,
                 require_secret=request.event == "installed",
             )
+            check_descriptor_version(request.query)
+            return payload
         except BodyError as error:
             raise _Refusal(error.status, error.code, error.detail) from None
 
@@ -439,8 +448,10 @@ class LifecycleIngestor:
         )
         try:
             self.store.record_rejection(rejection)
-        except StoreUnavailable:
+        except StoreError as error:
+            # Recording a refusal never changes the answer to the call it records.
             log.warning(
-                "rejection not stored: store unavailable",
+                "rejection not stored (%s)",
+                type(error).__name__,
                 extra={"call_id": outcome.call_id, "reason": outcome.code},
             )

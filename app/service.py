@@ -9,13 +9,13 @@ from contextlib import asynccontextmanager
 from typing import IO, Any
 
 from fastapi import FastAPI, Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import admin
+from app.errors import install_error_handlers
 from app.ingest import CallRequest, LifecycleIngestor, Outcome
 from app.install_keys import InstallKeyFetcher
 from app.lifecycle import LIFECYCLE_EVENTS, LifecycleEvent
@@ -120,12 +120,7 @@ def create_app(
     )
     app.state.metrics = metrics
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        fields = ", ".join(".".join(str(p) for p in error["loc"]) for error in exc.errors())
-        return JSONResponse(
-            {"error": "invalid_request", "detail": f"invalid: {fields}"}, status_code=400
-        )
+    install_error_handlers(app, settings.retry_after_seconds)
 
     @app.exception_handler(StarletteHTTPException)
     async def error_body(request: Request, exc: StarletteHTTPException) -> JSONResponse:
