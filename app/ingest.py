@@ -228,16 +228,11 @@ class LifecycleIngestor:
             return parsed
         try:
             pem = await self.fetcher.get(kid)
-        except InvalidKid:
-            raise _Refusal(401, "invalid_kid", "the token's kid is not allowed") from None
-        except UnknownKid:
-            raise _Refusal(401, "unknown_kid", "the key server does not know this kid") from None
-        except KeyServerUnavailable:
+        except (InvalidKid, UnknownKid) as error:
+            raise _Refusal(401, error.code, error.public_detail) from None
+        except KeyServerUnavailable as error:  # key_server_busy too
             raise _Refusal(
-                503,
-                "key_server_unavailable",
-                "the install key server cannot be reached; retry later",
-                retry_after=self.settings.retry_after_seconds,
+                503, error.code, error.public_detail, self.settings.retry_after_seconds
             ) from None
         try:
             parsed = load_rsa_public_key(pem)
