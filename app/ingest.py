@@ -450,3 +450,11 @@ class LifecycleIngestor:
                 type(error).__name__,
                 extra={"call_id": outcome.call_id, "reason": outcome.code},
             )
+        except Exception as error:
+            # Not even an error the store failed to classify: the refusal stands, and
+            # the log says what to fix (the type only: a driver message quotes values).
+            log.error(
+                "rejection not stored (%s)",
+                type(error).__name__,
+                extra={"call_id": outcome.call_id, "reason": outcome.code},
+            )
