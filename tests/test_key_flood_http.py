@@ -31,9 +31,7 @@ def test_random_kids_cost_a_bounded_number_of_key_fetches(tmp_path: Path) -> Non
         forgers = [SimulatedHost(kid="unpublished") for _ in range(4)]
         started = time.monotonic()
         with ThreadPoolExecutor(max_workers=4) as pool:
-            answers = list(
-                pool.map(lambda i: flood_call(service, forgers[i % 4]), range(FLOOD))
-            )
+            answers = list(pool.map(lambda i: flood_call(service, forgers[i % 4]), range(FLOOD)))
         elapsed = time.monotonic() - started
 
         codes = [(a.status_code, a.json()["error"]) for a in answers]
@@ -48,8 +46,7 @@ def test_random_kids_cost_a_bounded_number_of_key_fetches(tmp_path: Path) -> Non
         assert fetched == codes.count((401, "unknown_kid"))
 
         reasons = [
-            r["reason"]
-            for r in service.admin("/admin/rejections", limit=1000).json()["rejections"]
+            r["reason"] for r in service.admin("/admin/rejections", limit=1000).json()["rejections"]
         ]
         assert reasons.count("key_server_busy") == codes.count((503, "key_server_busy"))
 
