@@ -444,17 +444,9 @@ class LifecycleIngestor:
         try:
             self.store.record_rejection(rejection)
         except StoreError as error:
-            # Recording a refusal never changes the answer to the call it records.
+            # The log serves the call, never decides it: the answer stays the outcome's.
             log.warning(
-                "rejection not stored (%s)",
-                type(error).__name__,
-                extra={"call_id": outcome.call_id, "reason": outcome.code},
-            )
-        except Exception as error:
-            # Not even an error the store failed to classify: the refusal stands, and
-            # the log says what to fix (the type only: a driver message quotes values).
-            log.error(
-                "rejection not stored (%s)",
+                "rejection not stored: %s",
                 type(error).__name__,
                 extra={"call_id": outcome.call_id, "reason": outcome.code},
             )
