@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
+import eventstore.store
 from app.service import create_app
 from app.settings import Settings
 from tests.harness import RunningService, running_service
@@ -58,9 +59,13 @@ def wait_ready(service: RunningService) -> None:
         time.sleep(0.2)
 
 
+# Until helper "store"'s error boundary lands (it adds StoreFault), pooled statements and
+# projections/storage.py let psycopg's AdminShutdown and PoolTimeout escape: a 500. Once
+# it has landed this marker is off by itself and the test must pass (it does on a merge
+# of h-app, h-store and h-runner).
 @pytest.mark.xfail(
-    reason="until helpers store/runner land: projections/storage.py and pooled statements "
-    "let psycopg AdminShutdown and PoolTimeout escape (500 internal instead of 503)",
+    not hasattr(eventstore.store, "StoreFault"),
+    reason="the store's error boundary (helper store) has not landed",
     strict=False,
 )
 def test_every_endpoint_answers_503_during_an_outage_and_recovers(
