@@ -7,10 +7,11 @@ every sealed secret by a marker, and tenant objects never had one.
 from __future__ import annotations
 
 import hmac
+import re
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from app import reads
@@ -60,23 +61,44 @@ StoreDep = Annotated[EventStore, Depends(get_store)]
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
 
 
+MAX_POSITION: Final = 2**63 - 1  # a PostgreSQL bigint, a SQLite INTEGER
+MAX_GRACE_HOURS: Final = 87_600.0  # ten years
+# RFC 3339 (a missing offset is read as UTC) or a position in ASCII digits: str.isdigit
+# and datetime.fromisoformat accept far more (superscripts, week dates) than either.
+AS_OF_PATTERN: Final = (
+    r"^([0-9]{1,19}"
+    r"|[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?"
+    r"(Z|[+-][0-9]{2}:[0-9]{2})?)?$"
+)
+# Identifiers in paths and cursors: no control character (a NUL is refused by PostgreSQL).
+KEY_PATTERN: Final = r"^[^\x00-\x1f\x7f-\x9f]*$"
+MAX_CLIENT_KEY: Final = 255
+
+Position = Annotated[int, Query(ge=0, le=MAX_POSITION)]
+ClientKeyPath = Annotated[str, Path(min_length=1, max_length=MAX_CLIENT_KEY, pattern=KEY_PATTERN)]
+
+
+def bad_parameter(detail: str) -> HTTPException:
+    return HTTPException(status_code=400, detail={"error": "bad_parameter", "detail": detail})
+
+
 def parse_as_of(value: str | None) -> int | datetime | None:
-    """``as_of`` is a log position (digits) or an RFC 3339 time."""
+    """``as_of`` is a log position (ASCII digits) or an RFC 3339 time in years 1-9999 UTC."""
     if value is None or value == "":
         return None
-    if value.isdigit():
-        return int(value)
+    if value.isascii() and value.isdigit():
+        position = int(value)
+        if position > MAX_POSITION:
+            raise bad_parameter(f"as_of: a position is at most {MAX_POSITION}")
+        return position
     try:
-        parsed = parse_timestamp(value)
-    except ValueError:
-        raise HTTPException(
-            status_code=400,
-            detail={
-                "error": "invalid_as_of",
-                "detail": "as_of must be a position or an RFC 3339 time",
-            },
+        # Nanoseconds are cut to the microseconds Python keeps; the offset is applied
+        # here, where a time at the edge of the calendar overflows (a 400, not a 500).
+        return parse_timestamp(re.sub(r"(\.[0-9]{6})[0-9]+", r"\1", value))
+    except (ValueError, OverflowError):
+        raise bad_parameter(
+            "as_of must be a position or an RFC 3339 time in years 1-9999 UTC"
         ) from None
-    return parsed
 
 
 def not_found(error: reads.NotFound) -> HTTPException:
@@ -86,12 +108,19 @@ def not_found(error: reads.NotFound) -> HTTPException:
 @router.get(
     "/tenants/{client_key}",
     summary="One tenant, folded from its stream",
-    **documented(TenantAnswer, 400, 404),
+    **documented(TenantAnswer, 404),
 )
 async def tenant(
-    client_key: str,
+    client_key: ClientKeyPath,
     store: StoreDep,
-    as_of: Annotated[str | None, Query(description="a log position or an RFC 3339 time")] = None,
+    as_of: Annotated[
+        str | None,
+        Query(
+            max_length=64,
+            pattern=AS_OF_PATTERN,
+            description="a log position (0 to 2^63-1) or an RFC 3339 time",
+        ),
+    ] = None,
 ) -> FastJSONResponse:
     up_to = parse_as_of(as_of)
     try:
@@ -106,7 +135,7 @@ async def tenant(
     summary="A tenant's events, oldest first",
     **documented(EventsAnswer, 404),
 )
-async def tenant_events(client_key: str, store: StoreDep) -> FastJSONResponse:
+async def tenant_events(client_key: ClientKeyPath, store: StoreDep) -> FastJSONResponse:
     try:
         answer = await run_in_threadpool(reads.tenant_events_answer, store, client_key)
     except reads.NotFound as error:
@@ -119,7 +148,7 @@ async def tenant_events(client_key: str, store: StoreDep) -> FastJSONResponse:
 )
 async def events(
     store: StoreDep,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Position = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> FastJSONResponse:
     def page() -> list[RecordedEvent]:
@@ -143,17 +172,18 @@ async def events(
 async def rejections(
     store: StoreDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    reason: Annotated[str | None, Query(max_length=200, description="a reason code")] = None,
-    since: Annotated[str | None, Query(description="RFC 3339: at or after this time")] = None,
-    client_key: Annotated[str | None, Query(max_length=200)] = None,
+    reason: Annotated[
+        str | None, Query(max_length=200, pattern=KEY_PATTERN, description="a reason code")
+    ] = None,
+    since: Annotated[
+        str | None,
+        Query(max_length=64, pattern=AS_OF_PATTERN, description="RFC 3339: at or after this time"),
+    ] = None,
+    client_key: Annotated[str | None, Query(max_length=MAX_CLIENT_KEY, pattern=KEY_PATTERN)] = None,
 ) -> FastJSONResponse:
-    try:
-        after = None if since is None else parse_timestamp(since)
-    except ValueError:
-        raise HTTPException(
-            status_code=400,
-            detail={"error": "invalid_since", "detail": "since must be an RFC 3339 time"},
-        ) from None
+    after = parse_as_of(since)
+    if isinstance(after, int):
+        raise bad_parameter("since must be an RFC 3339 time")
     answer = await run_in_threadpool(
         lambda: reads.rejections_answer(
             store, limit=limit, reason=reason, since=after, client_key=client_key
@@ -178,11 +208,26 @@ def get_projections(request: Request) -> ProjectionStorage:
 ProjectionsDep = Annotated[ProjectionStorage, Depends(get_projections)]
 
 
-async def _caught_up(storage: ProjectionStorage, min_position: int | None) -> None:
-    """Let a caller that just wrote read its own write: wait for the runner (≤ 5 s)."""
-    if min_position is not None and not await run_in_threadpool(
-        wait_for_position, storage, min_position, 5.0
-    ):
+MinPosition = Annotated[
+    int | None,
+    Query(ge=0, le=MAX_POSITION, description="wait (at most 5 s) until this position is folded"),
+]
+
+
+async def _caught_up(
+    store: EventStore, storage: ProjectionStorage, min_position: int | None
+) -> None:
+    """Let a caller that just wrote read its own write: wait for the runner (≤ 5 s).
+
+    A position past the log's head was never acknowledged to anyone: waiting for it
+    could only time out, so it is refused at once.
+    """
+    if min_position is None:
+        return
+    head = await run_in_threadpool(store.head)
+    if min_position > head.position:
+        raise bad_parameter(f"min_position is past the log's last position ({head.position})")
+    if not await run_in_threadpool(wait_for_position, storage, min_position, 5.0):
         raise HTTPException(
             status_code=503,
             detail={
@@ -196,24 +241,30 @@ async def _caught_up(storage: ProjectionStorage, min_position: int | None) -> No
 @router.get(
     "/tenants",
     summary="Tenants from the tenants projection, paged by clientKey",
-    **documented(TenantsPage, 503),
+    **documented(TenantsPage),
 )
 async def tenants(
+    store: StoreDep,
     storage: ProjectionsDep,
     state: Annotated[Literal["installed", "uninstalled"] | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     after: Annotated[
-        str | None, Query(description="the last client_key of the previous page")
+        str | None,
+        Query(
+            max_length=MAX_CLIENT_KEY,
+            pattern=KEY_PATTERN,
+            description="the last client_key of the previous page",
+        ),
     ] = None,
     presumed_gone: Annotated[
         bool, Query(description="only installed tenants presumed gone")
     ] = False,
-    grace_hours: Annotated[float, Query(gt=0)] = 24,
-    min_position: Annotated[
-        int | None, Query(ge=0, description="wait until the log position is folded")
-    ] = None,
+    grace_hours: Annotated[
+        float, Query(ge=0, le=MAX_GRACE_HOURS, allow_inf_nan=False, description="hours")
+    ] = 24,
+    min_position: MinPosition = None,
 ) -> FastJSONResponse:
-    await _caught_up(storage, min_position)
+    await _caught_up(store, storage, min_position)
     answer = await run_in_threadpool(
         lambda: reads.tenants_answer(
             storage,
@@ -230,24 +281,26 @@ async def tenants(
 @router.get(
     "/descriptors",
     summary="Descriptor versions seen, and the latest",
-    **documented(DescriptorsAnswer, 503),
+    **documented(DescriptorsAnswer),
 )
 async def descriptors(
+    store: StoreDep,
     storage: ProjectionsDep,
-    min_position: Annotated[int | None, Query(ge=0)] = None,
+    min_position: MinPosition = None,
 ) -> FastJSONResponse:
-    await _caught_up(storage, min_position)
+    await _caught_up(store, storage, min_position)
     return FastJSONResponse(await run_in_threadpool(reads.descriptors_answer, storage))
 
 
 @router.get(
     "/reimports",
     summary="Links between a new clientKey and the one that held its URL",
-    **documented(ReimportsAnswer, 503),
+    **documented(ReimportsAnswer),
 )
 async def reimports(
+    store: StoreDep,
     storage: ProjectionsDep,
-    min_position: Annotated[int | None, Query(ge=0)] = None,
+    min_position: MinPosition = None,
 ) -> FastJSONResponse:
-    await _caught_up(storage, min_position)
+    await _caught_up(store, storage, min_position)
     return FastJSONResponse(await run_in_threadpool(reads.reimports_answer, storage))

@@ -28,7 +28,13 @@ from app.lifecycle import (
     decide,
     fold,
 )
-from app.payload import BodyError, LifecyclePayload, claimed_identity, parse_lifecycle_body
+from app.payload import (
+    BodyError,
+    LifecyclePayload,
+    check_descriptor_version,
+    claimed_identity,
+    parse_lifecycle_body,
+)
 from app.settings import Settings
 from app.tokens import (
     TokenError,
@@ -56,6 +62,7 @@ from eventstore.store import (
     EventStore,
     NewEvent,
     Rejection,
+    StoreError,
     StoreUnavailable,
     format_timestamp,
     utcnow,
@@ -254,7 +261,7 @@ class LifecycleIngestor:
 
     def _parse_body(self, request: CallRequest) -> LifecyclePayload:
         try:
-            return parse_lifecycle_body(
+            payload = parse_lifecycle_body(
                 request.body,
                 request.content_type,
                 app_key=self.settings.app_key,
@@ -262,6 +269,8 @@ class LifecycleIngestor:
                 dev_hosts=self.settings.dev_host_names,
                 require_secret=request.event == "installed",
             )
+            check_descriptor_version(request.query)
+            return payload
         except BodyError as error:
             raise _Refusal(error.status, error.code, error.detail) from None
 
@@ -278,16 +287,11 @@ class LifecycleIngestor:
             return parsed
         try:
             pem = await self.fetcher.get(kid)
-        except InvalidKid:
-            raise _Refusal(401, "invalid_kid", "the token's kid is not allowed") from None
-        except UnknownKid:
-            raise _Refusal(401, "unknown_kid", "the key server does not know this kid") from None
-        except KeyServerUnavailable:
+        except (InvalidKid, UnknownKid) as error:
+            raise _Refusal(401, error.code, error.public_detail) from None
+        except KeyServerUnavailable as error:  # key_server_busy too
             raise _Refusal(
-                503,
-                "key_server_unavailable",
-                "the install key server cannot be reached; retry later",
-                retry_after=self.settings.retry_after_seconds,
+                503, error.code, error.public_detail, self.settings.retry_after_seconds
             ) from None
         try:
             parsed = load_rsa_public_key(pem)
@@ -508,8 +512,10 @@ class LifecycleIngestor:
         )
         try:
             self.store.record_rejection(rejection)
-        except StoreUnavailable:
+        except StoreError as error:
+            # The log serves the call, never decides it: the answer stays the outcome's.
             log.warning(
-                "rejection not stored: store unavailable",
+                "rejection not stored: %s",
+                type(error).__name__,
                 extra={"call_id": outcome.call_id, "reason": outcome.code},
             )

@@ -6,11 +6,18 @@ kid may be published later.
 
 Single-flight: when a new kid appears, every install call carrying it arrives at
 once (Atlassian fans out); exactly one request per kid reaches the key server.
+
+Bounded under a flood of made-up kids (``app.key_limits``): a 404 is remembered for
+5 minutes (LRU of 10,000 kids), at most 8 distinct kids are fetched at once, and
+kids never seen spend a token of a bucket (16, refilled at 1 per second). Beyond
+either bound the call gets ``KeyServerBusy`` (503 ``key_server_busy``, the host
+retries), so a flood never exhausts the HTTP client a real new kid needs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from types import TracebackType
 from typing import ClassVar, Final
@@ -18,6 +25,7 @@ from typing import ClassVar, Final
 import httpx
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
+from app.key_limits import MAX_FETCHES_IN_FLIGHT, Clock, FetchBudget, UnknownKids
 from app.tokens import TokenError, is_valid_kid, load_rsa_public_key
 
 __all__ = [
@@ -25,6 +33,7 @@ __all__ = [
     "InstallKeyError",
     "InstallKeyFetcher",
     "InvalidKid",
+    "KeyServerBusy",
     "KeyServerUnavailable",
     "UnknownKid",
 ]
@@ -35,24 +44,36 @@ MAX_KEY_BYTES: Final = 16 * 1024
 
 class InstallKeyError(Exception):
     code: ClassVar[str] = "install_key_error"
+    # Words for the answer and the rejection log: never the kid (attacker-chosen).
+    public_detail: ClassVar[str] = "the install key could not be had"
 
 
 class InvalidKid(InstallKeyError):
     """The kid is not safe to put in a URL; no request was made. → 401."""
 
     code = "invalid_kid"
+    public_detail = "the token's kid is not allowed"
 
 
 class UnknownKid(InstallKeyError):
-    """The key server answered 404 for this kid. → 401."""
+    """The key server answered 404 for this kid (now or in the last minutes). → 401."""
 
     code = "unknown_kid"
+    public_detail = "the key server does not know this kid"
 
 
 class KeyServerUnavailable(InstallKeyError):
     """Unreachable, timed out, non-200 or not a key: the host should retry. → 503."""
 
     code = "key_server_unavailable"
+    public_detail = "the install key server cannot be reached; retry later"
+
+
+class KeyServerBusy(KeyServerUnavailable):
+    """Too many distinct kids fetched at once or lately; no request made. → 503."""
+
+    code = "key_server_busy"
+    public_detail = "too many install keys are being fetched; retry later"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +90,9 @@ class InstallKeyFetcher:
         *,
         timeout: float = 2.0,
         client: httpx.AsyncClient | None = None,
+        clock: Clock = time.monotonic,
+        max_in_flight: int = MAX_FETCHES_IN_FLIGHT,
+        budget: FetchBudget | None = None,
     ) -> None:
         self._base_url = base_url.rstrip("/")
         self._timeout = timeout
@@ -78,6 +102,9 @@ class InstallKeyFetcher:
         self._client = client or httpx.AsyncClient(timeout=timeout, follow_redirects=False)
         self._cache: dict[str, InstallKey] = {}
         self._inflight: dict[str, asyncio.Task[InstallKey]] = {}
+        self._unknown = UnknownKids(clock)
+        self._max_in_flight = max_in_flight
+        self._budget = budget or FetchBudget(clock)
 
     async def get(self, kid: str) -> str:
         """The PEM text of the install key named ``kid``."""
@@ -94,8 +121,13 @@ class InstallKeyFetcher:
         cached = self._cache.get(kid)
         if cached is not None:
             return cached
+        if kid in self._unknown:
+            raise UnknownKid("the key server answered 404 for this kid a moment ago")
         task = self._inflight.get(kid)
         if task is None:
+            # Joining a fetch in flight is free; a new one must fit both bounds.
+            if len(self._inflight) >= self._max_in_flight or not self._budget.take():
+                raise KeyServerBusy("too many distinct kids are being fetched")
             task = asyncio.get_running_loop().create_task(self._fetch(kid))
             self._inflight[kid] = task
             task.add_done_callback(lambda done: self._settle(kid, done))
@@ -123,6 +155,7 @@ class InstallKeyFetcher:
                 self._client.stream("GET", url, timeout=self._timeout) as response,
             ):
                 if response.status_code == 404:
+                    self._unknown.add(kid)
                     raise UnknownKid(f"the key server does not know kid {kid}")
                 if response.status_code != 200:
                     raise KeyServerUnavailable(

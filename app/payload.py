@@ -18,11 +18,17 @@ MAX_URL: Final = 2048
 MAX_SECRET: Final = 1024
 MAX_STRING: Final = 8192
 MAX_DEPTH: Final = 8
+MAX_DESCRIPTOR_VERSION: Final = 64
 
 _decoder = msgspec.json.Decoder()
 # What a hostile body can make the decoder raise besides DecodeError: invalid UTF-8
 # inside a string, and nesting deep enough to exhaust the recursion limit.
 _DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+# Characters no lifecycle field has a use for, refused in every string (names too):
+# C0 controls (NUL, tabs and newlines included), DEL, C1 controls, and the bidi
+# overrides and isolates that make a printed identifier read as another one. A NUL
+# cannot even be stored by PostgreSQL; the rest would corrupt logs, tables and pages.
+_NON_PRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 _HOST = re.compile(
     r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$"
 )
@@ -58,6 +64,16 @@ def claimed_identity(body: bytes) -> tuple[str | None, str | None]:
     )
 
 
+def check_descriptor_version(query: Iterable[tuple[str, str]]) -> None:
+    """The ``v`` query parameter is stored with every event: bounded and printable."""
+    for name, value in query:
+        if name != "v":
+            continue
+        if len(value) > MAX_DESCRIPTOR_VERSION:
+            raise BodyError(400, "field_too_long", "the v parameter is too long")
+        _refuse_non_printable(value, "the v parameter")
+
+
 def host_allowed(host: str, patterns: Iterable[str]) -> bool:
     host = host.lower().rstrip(".")
     return any(fnmatch.fnmatchcase(host, pattern) for pattern in patterns)
@@ -88,8 +104,6 @@ def parse_lifecycle_body(
     key = _string(value, "key", MAX_STRING)
     client_key = _string(value, "clientKey", MAX_CLIENT_KEY)
     base_url = _string(value, "baseUrl", MAX_URL)
-    if any(ord(ch) < 0x20 or ch == "\x7f" for ch in client_key):
-        raise BodyError(400, "invalid_field", "clientKey contains control characters")
     if key != app_key:
         raise BodyError(401, "wrong_app_key", "the payload is for another app")
 
@@ -153,8 +167,9 @@ def _string(value: dict[str, Any], name: str, limit: int) -> str:
     return field
 
 
-def _check_sizes(value: Any, depth: int) -> None:
-    """Unknown fields are kept, so they too get limits: string length and nesting depth."""
+def _check_sizes(value: Any, depth: int, where: str = "the body") -> None:
+    """Unknown fields are kept, so they too get limits: string length, nesting depth
+    and no non-printable character, in values and in names."""
     if depth > MAX_DEPTH:
         raise BodyError(400, "too_deep", f"the body nests deeper than {MAX_DEPTH} levels")
     if isinstance(value, str):
@@ -162,11 +177,25 @@ def _check_sizes(value: Any, depth: int) -> None:
             raise BodyError(
                 400, "field_too_long", f"a string is longer than {MAX_STRING} characters"
             )
+        _refuse_non_printable(value, where)
     elif isinstance(value, dict):
         for name, item in value.items():
             if len(name) > 256:
                 raise BodyError(400, "field_too_long", "a field name is too long")
-            _check_sizes(item, depth + 1)
+            _refuse_non_printable(name, "a field name")
+            _check_sizes(item, depth + 1, _field_label(name) if depth == 0 else where)
     elif isinstance(value, list):
         for item in value:
-            _check_sizes(item, depth + 1)
+            _check_sizes(item, depth + 1, where)
+
+
+def _refuse_non_printable(text: str, where: str) -> None:
+    if _NON_PRINTABLE.search(text):
+        raise BodyError(
+            400, "control_character", f"{where} holds a control or non-printable character"
+        )
+
+
+def _field_label(name: str) -> str:
+    """A top-level field's name for a message: it was checked printable; keep it short."""
+    return name if len(name) <= 64 else name[:61] + "..."

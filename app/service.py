@@ -9,13 +9,13 @@ from contextlib import asynccontextmanager
 from typing import IO, Any
 
 from fastapi import FastAPI, Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import admin, console
+from app.errors import install_error_handlers
 from app.ingest import CallRequest, LifecycleIngestor, Outcome
 from app.install_keys import InstallKeyFetcher
 from app.lifecycle import LIFECYCLE_EVENTS, LifecycleEvent
@@ -56,21 +56,31 @@ LIFECYCLE_RESPONSES: dict[int | str, dict[str, Any]] = {
     },
 }
 
-INSTALL_PAYLOAD_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["key", "clientKey", "baseUrl"],
-    "properties": {
-        "key": {"type": "string"},
-        "clientKey": {"type": "string", "maxLength": 255},
-        "baseUrl": {"type": "string", "format": "uri", "maxLength": 2048},
-        "sharedSecret": {"type": "string", "description": "installed only; stored encrypted"},
-        "displayUrl": {"type": "string"},
-        "productType": {"type": "string"},
-        "description": {"type": "string"},
-        "eventType": {"type": "string"},
-    },
-    "additionalProperties": True,
-}
+# Strings of a lifecycle body hold no control or non-printable character (app.payload).
+PRINTABLE = "^[^\\x00-\\x1f\\x7f-\\x9f\\u202a-\\u202e\\u2066-\\u2069]*$"
+
+
+def install_payload_schema(app_key: str) -> dict[str, Any]:
+    """The lifecycle body as rule 1 checks it (the document tells the truth)."""
+    return {
+        "type": "object",
+        "required": ["key", "clientKey", "baseUrl"],
+        "properties": {
+            "key": {"type": "string", "enum": [app_key], "description": "LEDGER_APP_KEY"},
+            "clientKey": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": PRINTABLE},
+            "baseUrl": {"type": "string", "format": "uri", "maxLength": 2048},
+            "sharedSecret": {
+                "type": "string",
+                "maxLength": 1024,
+                "description": "installed only; stored encrypted",
+            },
+            "displayUrl": {"type": "string"},
+            "productType": {"type": "string"},
+            "description": {"type": "string"},
+            "eventType": {"type": "string"},
+        },
+        "additionalProperties": True,
+    }
 
 
 def create_app(
@@ -123,12 +133,7 @@ def create_app(
     )
     app.state.metrics = metrics
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        fields = ", ".join(".".join(str(p) for p in error["loc"]) for error in exc.errors())
-        return JSONResponse(
-            {"error": "invalid_request", "detail": f"invalid: {fields}"}, status_code=400
-        )
+    install_error_handlers(app, settings.retry_after_seconds)
 
     @app.exception_handler(StarletteHTTPException)
     async def error_body(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -154,7 +159,7 @@ def create_app(
         }
 
     for name in LIFECYCLE_EVENTS:
-        _add_lifecycle_route(app, name, metrics)
+        _add_lifecycle_route(app, name, metrics, install_payload_schema(settings.app_key))
 
     @app.get("/healthz", tags=["operations"], response_model=Status)
     def healthz() -> Status:
@@ -187,7 +192,9 @@ def create_app(
     return app
 
 
-def _add_lifecycle_route(app: FastAPI, name: LifecycleEvent, metrics: Metrics) -> None:
+def _add_lifecycle_route(
+    app: FastAPI, name: LifecycleEvent, metrics: Metrics, body_schema: dict[str, Any]
+) -> None:
     async def lifecycle(request: Request) -> Response:
         started = time.perf_counter()
         body = await _read_capped(request)
@@ -220,7 +227,7 @@ def _add_lifecycle_route(app: FastAPI, name: LifecycleEvent, metrics: Metrics) -
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": INSTALL_PAYLOAD_SCHEMA}},
+                "content": {"application/json": {"schema": body_schema}},
             },
             "parameters": [
                 {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import socket
 import time
 from collections.abc import Iterator
@@ -14,9 +15,30 @@ from app.install_keys import (
     InstallKeyError,
     InstallKeyFetcher,
     InvalidKid,
+    KeyServerBusy,
     KeyServerUnavailable,
     UnknownKid,
 )
+from app.key_limits import (
+    FETCH_BURST,
+    MAX_FETCHES_IN_FLIGHT,
+    UNKNOWN_KID_TTL_SECONDS,
+    FetchBudget,
+    UnknownKids,
+)
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand (the bounds are about time, not speed)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 @pytest.fixture(scope="module")
@@ -92,15 +114,23 @@ def test_a_cancelled_waiter_does_not_cancel_the_fetch(
     assert server.requests == {host.kid: 1}
 
 
-def test_unknown_kid(server: KeyServer) -> None:
+def test_unknown_kid_is_remembered_for_a_while(server: KeyServer, host: SimulatedHost) -> None:
+    clock = FakeClock()
+
     async def scenario() -> None:
-        async with InstallKeyFetcher(server.url) as fetcher:
-            with pytest.raises(UnknownKid) as caught:
-                await fetcher.get("no-such-kid")
-            assert caught.value.code == "unknown_kid"
-            # Not cached: a key published later must be found.
+        async with InstallKeyFetcher(server.url, clock=clock) as fetcher:
+            for _ in range(3):
+                with pytest.raises(UnknownKid) as caught:
+                    await fetcher.get("no-such-kid")
+                assert caught.value.code == "unknown_kid"
+            assert server.requests == {"no-such-kid": 1}
+            # Published later: found once the 404 is forgotten.
+            server.register("no-such-kid", host.public_pem)
+            clock.advance(UNKNOWN_KID_TTL_SECONDS - 1)
             with pytest.raises(UnknownKid):
                 await fetcher.get("no-such-kid")
+            clock.advance(1)
+            assert await fetcher.get("no-such-kid") == host.public_pem
 
     asyncio.run(scenario())
     assert server.requests == {"no-such-kid": 2}
@@ -183,9 +213,11 @@ def test_a_200_that_is_not_a_key(server: KeyServer) -> None:
 
 
 def test_errors_share_a_base_class() -> None:
-    for error in (InvalidKid, UnknownKid, KeyServerUnavailable):
+    kinds = (InvalidKid, UnknownKid, KeyServerUnavailable, KeyServerBusy)
+    for error in kinds:
         assert issubclass(error, InstallKeyError)
-    assert len({InvalidKid.code, UnknownKid.code, KeyServerUnavailable.code}) == 3
+    assert len({kind.code for kind in kinds}) == 4
+    assert issubclass(KeyServerBusy, KeyServerUnavailable)  # retryable: 503
 
 
 def test_injected_client_is_not_closed(server: KeyServer, host: SimulatedHost) -> None:
@@ -199,3 +231,100 @@ def test_injected_client_is_not_closed(server: KeyServer, host: SimulatedHost) -
             return client.is_closed
 
     assert asyncio.run(scenario()) is False
+
+
+# ---------------------------------------------------------------- a flood of made-up kids
+
+
+def random_kids(count: int) -> list[str]:
+    return [f"flood-{secrets.token_hex(8)}" for _ in range(count)]
+
+
+def test_a_concurrent_flood_of_random_kids_makes_at_most_the_in_flight_cap_of_fetches(
+    server: KeyServer, host: SimulatedHost
+) -> None:
+    server.slow_seconds = 0.2
+    server.set_mode("slow")  # the fetches in flight stay in flight while the flood arrives
+    clock = FakeClock()
+
+    async def scenario() -> tuple[list[BaseException | str], str]:
+        async with InstallKeyFetcher(server.url, timeout=5.0, clock=clock) as fetcher:
+            flood = await asyncio.gather(
+                *(fetcher.get(kid) for kid in random_kids(1000)), return_exceptions=True
+            )
+            server.set_mode("up")
+            clock.advance(1)  # one token back in the bucket
+            return flood, await fetcher.get(host.kid)
+
+    flood, real = asyncio.run(scenario())
+    assert real == host.public_pem
+    outcomes = [type(result).__name__ for result in flood]
+    assert outcomes.count("UnknownKid") == MAX_FETCHES_IN_FLIGHT
+    assert outcomes.count("KeyServerBusy") == 1000 - MAX_FETCHES_IN_FLIGHT
+    fetched = sum(n for kid, n in server.requests.items() if kid.startswith("flood-"))
+    assert fetched == MAX_FETCHES_IN_FLIGHT
+    assert server.requests[host.kid] == 1
+
+
+def test_a_sequential_flood_of_random_kids_spends_only_the_fetch_budget(
+    server: KeyServer, host: SimulatedHost
+) -> None:
+    clock = FakeClock()
+
+    async def scenario() -> tuple[dict[str, int], str]:
+        outcomes: dict[str, int] = {}
+        async with InstallKeyFetcher(server.url, clock=clock) as fetcher:
+            for kid in random_kids(1000):
+                try:
+                    await fetcher.get(kid)
+                except InstallKeyError as error:
+                    outcomes[error.code] = outcomes.get(error.code, 0) + 1
+            # The real host's new kid: refused while the budget is spent, then fetched.
+            with pytest.raises(KeyServerBusy):
+                await fetcher.get(host.kid)
+            clock.advance(1)
+            return outcomes, await fetcher.get(host.kid)
+
+    outcomes, real = asyncio.run(scenario())
+    assert outcomes == {"unknown_kid": FETCH_BURST, "key_server_busy": 1000 - FETCH_BURST}
+    assert real == host.public_pem
+    assert sum(server.requests.values()) == FETCH_BURST + 1
+
+
+def test_a_cached_key_needs_no_budget(server: KeyServer, host: SimulatedHost) -> None:
+    clock = FakeClock()
+
+    async def scenario() -> list[str]:
+        async with InstallKeyFetcher(server.url, clock=clock, budget=FetchBudget(clock, 1)) as f:
+            first = await f.get(host.kid)
+            with pytest.raises(KeyServerBusy):
+                await f.get("another-new-kid")
+            return [first] + [await f.get(host.kid) for _ in range(5)]
+
+    assert asyncio.run(scenario()) == [host.public_pem] * 6
+    assert server.requests == {host.kid: 1}
+
+
+def test_unknown_kids_are_a_bounded_lru() -> None:
+    clock = FakeClock()
+    unknown = UnknownKids(clock, ttl=10, max_size=3)
+    for kid in ("a", "b", "c"):
+        unknown.add(kid)
+    assert "a" in unknown  # touched: now the most recent
+    unknown.add("d")
+    assert len(unknown) == 3
+    assert "b" not in unknown
+    assert {"a", "c", "d"} == {k for k in "abcd" if k in unknown}
+    clock.advance(10)
+    assert not any(k in unknown for k in "abcd")
+    assert len(unknown) == 0
+
+
+def test_fetch_budget_refills_at_its_rate_up_to_its_burst() -> None:
+    clock = FakeClock()
+    budget = FetchBudget(clock, burst=3, rate=2.0)
+    assert [budget.take() for _ in range(4)] == [True, True, True, False]
+    clock.advance(0.5)
+    assert [budget.take(), budget.take()] == [True, False]
+    clock.advance(3600)
+    assert [budget.take() for _ in range(4)] == [True, True, True, False]

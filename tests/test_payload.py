@@ -15,11 +15,13 @@ from app.payload import (
     MAX_BODY_BYTES,
     MAX_CLIENT_KEY,
     MAX_DEPTH,
+    MAX_DESCRIPTOR_VERSION,
     MAX_SECRET,
     MAX_STRING,
     MAX_URL,
     BodyError,
     LifecyclePayload,
+    check_descriptor_version,
     claimed_identity,
     host_allowed,
     parse_lifecycle_body,
@@ -532,7 +534,7 @@ def test_required_field_length_limits(name: str, limit: int) -> None:
 @pytest.mark.parametrize("char", ["\x00", "\t", "\n", "\r", "\x1b", "\x1f", "\x7f"])
 def test_control_characters_in_client_key_are_refused(char: str) -> None:
     error = refused(good(clientKey=f"jira:abc{char}def"))
-    assert (error.status, error.code) == (400, "invalid_field")
+    assert (error.status, error.code) == (400, "control_character")
     assert "clientKey" in error.detail
 
 
@@ -592,17 +594,25 @@ def _not_a_known_urlsplit_crash(char: str) -> bool:
     return normal == char or not any(c in normal for c in "/?#@:")
 
 
+# What rule 1 lets through: every character but controls (C0, DEL, C1) and bidi overrides.
+NON_PRINTABLE = [chr(c) for c in (*range(0x20), *range(0x7F, 0xA0))] + list(
+    "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+printable_texts = st.text(
+    alphabet=st.characters(exclude_categories=("Cs",), exclude_characters=NON_PRINTABLE),
+    max_size=20,
+)
 json_scalars = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(),
     st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=20),
+    printable_texts,
 )
 json_values = st.recursive(
     json_scalars,
     lambda inner: st.one_of(
-        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=10), inner, max_size=4)
+        st.lists(inner, max_size=4), st.dictionaries(printable_texts, inner, max_size=4)
     ),
     max_leaves=25,
 )
@@ -681,7 +691,7 @@ def test_arbitrary_bytes_only_ever_raise_body_error(raw: bytes, content_type: st
 @settings(max_examples=200, deadline=None)
 @given(
     extra=st.dictionaries(
-        st.text(max_size=12).filter(
+        printable_texts.filter(
             lambda k: k not in ("key", "clientKey", "baseUrl", "sharedSecret")
         ),
         json_values,
@@ -692,3 +702,41 @@ def test_unknown_fields_of_sane_size_are_always_kept(extra: dict[str, Any]) -> N
     payload = parse(good(**extra))
     for name, value in extra.items():
         assert payload.fields[name] == value
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    field=st.sampled_from(["clientKey", "description", "displayUrl", "somethingNew"]),
+    nested=st.booleans(),
+    before=printable_texts,
+    char=st.sampled_from(NON_PRINTABLE),
+    after=printable_texts,
+)
+def test_a_non_printable_character_anywhere_is_refused(
+    field: str, nested: bool, before: str, char: str, after: str
+) -> None:
+    text = before + char + after
+    value: Any = {"deeper": [text]} if nested else text
+    error = refused(good(**{field: value}))
+    assert (error.status, error.code) == (400, "control_character")
+    assert field in error.detail
+
+
+@pytest.mark.parametrize("char", ["\x00", "\n", "\x85", "\u202e"])
+def test_a_non_printable_character_in_a_field_name_is_refused(char: str) -> None:
+    error = refused(good(**{f"odd{char}name": "value"}))
+    assert (error.status, error.code) == (400, "control_character")
+    assert char not in error.detail
+
+
+@pytest.mark.parametrize("text", ["Jira — ключ 鍵 🔑", "a\u00a0b", "zero\u200dwidth joiner"])
+def test_printable_unicode_is_kept(text: str) -> None:
+    assert parse(good(description=text)).fields["description"] == text
+
+
+def test_the_descriptor_version_parameter_is_bounded_and_printable() -> None:
+    check_descriptor_version([("v", "1.2.3"), ("other", "\x00")])
+    for bad in ("1\x00", "x" * (MAX_DESCRIPTOR_VERSION + 1)):
+        with pytest.raises(BodyError) as caught:
+            check_descriptor_version([("v", bad)])
+        assert caught.value.status == 400
