@@ -49,6 +49,7 @@ from eventstore.store import (
     EventStore,
     NewEvent,
     Rejection,
+    StoreError,
     StoreUnavailable,
     format_timestamp,
     utcnow,
@@ -439,8 +440,10 @@ class LifecycleIngestor:
         )
         try:
             self.store.record_rejection(rejection)
-        except StoreUnavailable:
+        except StoreError as error:
+            # The log serves the call, never decides it: the answer stays the outcome's.
             log.warning(
-                "rejection not stored: store unavailable",
+                "rejection not stored: %s",
+                type(error).__name__,
                 extra={"call_id": outcome.call_id, "reason": outcome.code},
             )
