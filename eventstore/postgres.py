@@ -60,6 +60,9 @@ CONFLICT_SQLSTATE = "LD001"
 # codes: 25006 read_only_sql_transaction (a demoted primary during a failover),
 # 25P03 idle_in_transaction_session_timeout, 40001 serialization_failure, 40P01
 # deadlock_detected, 55P03 lock_not_available.
+# How long a readiness ping or a rejection row waits for a pooled connection.
+QUICK_TIMEOUT_SECONDS = 1.0
+
 RETRYABLE_SQLSTATE_CLASSES = frozenset({"08", "53", "57"})
 RETRYABLE_SQLSTATES = frozenset({"25006", "25P03", "40001", "40P01", "55P03"})
 
@@ -279,6 +282,7 @@ class PostgresEventStore(EventStore):
         self.url = url
         self.rejection_retention = timedelta(days=rejection_retention_days)
         self._purges = PurgeSchedule(rejection_purge_interval)
+        self._quick_timeout = min(timeout, QUICK_TIMEOUT_SECONDS)
         self._pool = ConnectionPool(
             _libpq_url(url),
             min_size=min_connections,
@@ -288,6 +292,10 @@ class PostgresEventStore(EventStore):
             # A pooled connection is tested before it is handed out: after a restart or
             # a failover, a dead one is replaced instead of failing one call each.
             check=ConnectionPool.check_connection,
+            # The pool retries a lost connection with a doubling back-off; giving up
+            # after a few seconds lets the next waiting call start afresh at once, so
+            # the service is back within seconds of the database, after any outage.
+            reconnect_timeout=max(1.0, timeout),
             open=False,
             name="ledger",
         )
@@ -574,7 +582,9 @@ class PostgresEventStore(EventStore):
     def record_rejection(self, rejection: Rejection) -> None:
         row = storable_rejection(rejection)
         seen = row.last_seen_at or row.at
-        with self._connection() as conn:
+        # Best effort beside the call it records: a short wait, so that a call refused
+        # because the store is unavailable is not held up a second time for its row.
+        with self._connection(self._quick_timeout) as conn:
             stored = conn.execute(
                 "INSERT INTO rejections (at, path, reason, status, client_key, base_url,"
                 " remote_addr, token_sha256, detail, count, last_seen_at, fingerprint,"
@@ -626,13 +636,16 @@ class PostgresEventStore(EventStore):
     # -- plumbing
 
     def ping(self) -> None:
-        with self._connection() as conn:
+        # A readiness probe answers quickly, whatever the pool's wait for a connection.
+        with self._connection(self._quick_timeout) as conn:
             conn.execute("SELECT 1")
 
     def close(self) -> None:
         self._pool.close()
 
-    def _connection(self) -> AbstractContextManager[psycopg.Connection[TupleRow]]:
+    def _connection(
+        self, timeout: float | None = None
+    ) -> AbstractContextManager[psycopg.Connection[TupleRow]]:
         # Errors raised here or in the block reach the caller through the class's
         # error boundary (translate_error), the one place they are mapped.
-        return self._pool.connection()
+        return self._pool.connection(timeout=timeout)
