@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import queue
+import select
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -265,6 +266,21 @@ def _session_options(statement_timeout: float) -> dict[str, Any]:
     }
 
 
+def _probe(conn: psycopg.Connection[Any]) -> None:
+    """Raise unless the idle connection still works; no round trip when nothing is amiss.
+
+    An idle connection's socket has nothing to read unless the server spoke first: a
+    termination (admin shutdown, restart, failover) sends an error and closes it. Only
+    then is the full check (ConnectionPool.check_connection, an empty query) run. One
+    round trip per checkout would cost about a fifth of the append rate.
+    """
+    if conn.closed or conn.pgconn.status != psycopg.pq.ConnStatus.OK:
+        raise psycopg.OperationalError("the connection is closed")
+    readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    if readable:
+        ConnectionPool.check_connection(conn)
+
+
 @error_boundary(translate_error)
 class PostgresEventStore(EventStore):
     def __init__(
@@ -291,7 +307,7 @@ class PostgresEventStore(EventStore):
             kwargs={"connect_timeout": max(1, int(timeout))} | _session_options(statement_timeout),
             # A pooled connection is tested before it is handed out: after a restart or
             # a failover, a dead one is replaced instead of failing one call each.
-            check=ConnectionPool.check_connection,
+            check=self._check_connection,
             # The pool retries a lost connection with a doubling back-off; giving up
             # after a few seconds lets the next waiting call start afresh at once, so
             # the service is back within seconds of the database, after any outage.
@@ -642,6 +658,17 @@ class PostgresEventStore(EventStore):
 
     def close(self) -> None:
         self._pool.close()
+
+    def _check_connection(self, conn: psycopg.Connection[Any]) -> None:
+        """The pool's check of a connection it is about to hand out."""
+        try:
+            _probe(conn)
+        except psycopg.Error:
+            # One dead connection means a restart or a failover: the idle ones are dead
+            # too. Replace them all now; checking them one by one, the pool would back
+            # off 1, 2, 4 s between failures and the first calls would time out.
+            self._pool.drain()
+            raise
 
     def _connection(
         self, timeout: float | None = None

@@ -223,6 +223,37 @@ def test_every_store_method_is_unavailable_not_a_driver_error_during_an_outage(
         assert store.read_stream(stream)[0].type == "Enabled"
 
 
+def test_connections_lost_in_a_restart_are_replaced_before_they_are_used(
+    postgres_databases: PostgresDatabases,
+) -> None:
+    url = postgres_databases.create()
+    name = _name(url)
+    with open_store(url, min_connections=4) as store, _admin(postgres_databases) as admin:
+        _wait_until(lambda: store.pool.get_stats()["pool_available"] >= 4, 10, "a full pool")
+        old = [
+            row[0]
+            for row in admin.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s", [name]
+            ).fetchall()
+        ]
+        assert len(old) >= 4
+        _terminate_backends(admin, name)
+        _wait_until(
+            lambda: (
+                not admin.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE pid = ANY(%s)", [old]
+                ).fetchall()
+            ),
+            10,
+            "the old backends to exit",
+        )
+        time.sleep(0.2)  # a terminated backend's goodbye reaches the pool's sockets
+        # Not one call fails for a dead pooled connection: each is checked when taken.
+        for i in range(8):
+            store.append(stream_id_for(f"t{i}"), [NewEvent(Enabled(), Metadata())], 0)
+        assert store.head().position == 8
+
+
 def _answers(call: Callable[[], object]) -> bool:
     try:
         call()
