@@ -469,6 +469,10 @@ class EventStore(abc.ABC):
         period purged. Never fails on odd text."""
 
     @abc.abstractmethod
+    def purge_rejections(self, older_than: datetime) -> int:
+        """Delete rejections last seen before ``older_than`` (bounded batches); the count."""
+
+    @abc.abstractmethod
     def list_rejections(self, limit: int = 100) -> list[Rejection]:
         """Most recently seen first."""
 

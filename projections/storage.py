@@ -320,6 +320,8 @@ class PostgresProjectionStorage(ProjectionStorage):
         count = 0
         statement = f"COPY {table} ({', '.join(spec.column_names)}) FROM STDIN (FORMAT BINARY)"
         with self._pool.connection() as conn, conn.transaction():
+            # The COPY lasts as long as the fold that streams into it: no statement timeout.
+            conn.execute("SET LOCAL statement_timeout = 0")
             with conn.cursor() as cur, cur.copy(statement) as copy:  # type: ignore[arg-type]
                 copy.set_types([_COPY_TYPES[c.kind] for c in spec.columns])
                 for row in rows:
