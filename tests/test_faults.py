@@ -49,11 +49,25 @@ def _name(url: str) -> str:
 
 
 def _terminate_backends(admin: psycopg.Connection[Any], name: str) -> None:
-    admin.execute(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-        " WHERE datname = %s AND pid <> pg_backend_pid()",
-        [name],
+    """Terminate the database's sessions and wait until they are gone (it is a signal)."""
+    pids = [
+        row[0]
+        for row in admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            [name],
+        ).fetchall()
+    ]
+    admin.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", [pids])
+    _wait_until(
+        lambda: (
+            not admin.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE pid = ANY(%s)", [pids]
+            ).fetchall()
+        ),
+        10,
+        "the terminated sessions to exit",
     )
+    time.sleep(0.05)  # their goodbye reaches the clients' sockets
 
 
 @contextmanager
@@ -231,24 +245,7 @@ def test_connections_lost_in_a_restart_are_replaced_before_they_are_used(
     name = _name(url)
     with open_store(url, min_connections=4) as store, _admin(postgres_databases) as admin:
         _wait_until(lambda: store.pool.get_stats()["pool_available"] >= 4, 10, "a full pool")
-        old = [
-            row[0]
-            for row in admin.execute(
-                "SELECT pid FROM pg_stat_activity WHERE datname = %s", [name]
-            ).fetchall()
-        ]
-        assert len(old) >= 4
         _terminate_backends(admin, name)
-        _wait_until(
-            lambda: (
-                not admin.execute(
-                    "SELECT 1 FROM pg_stat_activity WHERE pid = ANY(%s)", [old]
-                ).fetchall()
-            ),
-            10,
-            "the old backends to exit",
-        )
-        time.sleep(0.2)  # a terminated backend's goodbye reaches the pool's sockets
         # Not one call fails for a dead pooled connection: each is checked when taken.
         for i in range(8):
             store.append(stream_id_for(f"t{i}"), [NewEvent(Enabled(), Metadata())], 0)
