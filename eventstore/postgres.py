@@ -45,6 +45,7 @@ from eventstore.store import (
     StoreUnavailable,
     decode_event,
     error_boundary,
+    purge_quietly,
     rejection_fingerprint,
     rejection_log_counters,
     rejection_window,
@@ -61,11 +62,11 @@ CONFLICT_SQLSTATE = "LD001"
 # codes: 25006 read_only_sql_transaction (a demoted primary during a failover),
 # 25P03 idle_in_transaction_session_timeout, 40001 serialization_failure, 40P01
 # deadlock_detected, 55P03 lock_not_available.
-# How long a readiness ping or a rejection row waits for a pooled connection.
-QUICK_TIMEOUT_SECONDS = 1.0
-
 RETRYABLE_SQLSTATE_CLASSES = frozenset({"08", "53", "57"})
 RETRYABLE_SQLSTATES = frozenset({"25006", "25P03", "40001", "40P01", "55P03"})
+
+# How long a readiness ping or a rejection row waits for a pooled connection.
+QUICK_TIMEOUT_SECONDS = 1.0
 
 
 def translate_error(exc: Exception) -> StoreError | None:
@@ -445,7 +446,8 @@ class PostgresEventStore(EventStore):
         cursor_position = after_position
         while True:
             with self._connection() as conn:
-                rows = conn.execute(query, [cursor_position, batch_size], prepare=True).fetchall()  # type: ignore[call-overload]
+                cursor = conn.execute(query, [cursor_position, batch_size], prepare=True)  # type: ignore[call-overload]
+                rows = cursor.fetchall()
             if not rows:
                 return
             yield rows
@@ -620,7 +622,7 @@ class PostgresEventStore(EventStore):
         if stored is not None and stored[0] > 1:
             rejection_log_counters.add(coalesced=1)
         if self._purges.due():
-            self.purge_rejections(utcnow() - self.rejection_retention)
+            purge_quietly(self, utcnow() - self.rejection_retention)
 
     def purge_rejections(self, older_than: datetime) -> int:
         """Delete rejections last seen before ``older_than``, in bounded batches."""

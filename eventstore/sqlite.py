@@ -39,6 +39,7 @@ from eventstore.store import (
     error_boundary,
     format_timestamp,
     parse_timestamp,
+    purge_quietly,
     rejection_fingerprint,
     rejection_log_counters,
     rejection_window,
@@ -453,7 +454,7 @@ class SQLiteEventStore(EventStore):
         if rows and rows[0][0] > 1:
             rejection_log_counters.add(coalesced=1)
         if self._purges.due():
-            self.purge_rejections(utcnow() - self.rejection_retention)
+            purge_quietly(self, utcnow() - self.rejection_retention)
 
     def purge_rejections(self, older_than: datetime) -> int:
         """Delete rejections last seen before ``older_than``, in bounded batches."""

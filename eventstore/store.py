@@ -6,6 +6,7 @@ import abc
 import functools
 import hashlib
 import inspect
+import logging
 import re
 import threading
 import time
@@ -352,6 +353,18 @@ class RejectionLogCounters:
 
 
 rejection_log_counters = RejectionLogCounters()
+
+
+def purge_quietly(store: EventStore, older_than: datetime) -> None:
+    """The retention purge run from the insert path: housekeeping, so a failure is
+    logged and left to the next scheduled purge, never raised to the call that
+    recorded its rejection row."""
+    try:
+        store.purge_rejections(older_than)
+    except StoreError as error:
+        logging.getLogger("ledger.store").warning(
+            "rejection purge failed: %s; retried at the next purge", type(error).__name__
+        )
 
 
 class PurgeSchedule:

@@ -512,3 +512,36 @@ def test_a_locked_sqlite_database_is_unavailable_not_a_driver_error(tmp_path: Pa
             blocker.execute("ROLLBACK")
             blocker.close()
         store.append(stream_id_for("a"), [installed()], 0)  # and it recovers by itself
+
+
+def test_a_failing_purge_never_fails_the_rejection_it_follows(
+    store_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with open_store(store_url, rejection_retention_days=365) as store:
+        store.record_rejection(_refusal(utcnow() - timedelta(days=100), client_key="old"))
+    refuse_delete = {
+        "sqlite": [
+            "CREATE TRIGGER no_purge BEFORE DELETE ON rejections"
+            " BEGIN SELECT RAISE(ABORT, 'no purge today'); END"
+        ],
+        "postgres": [
+            "CREATE FUNCTION no_purge() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN RAISE EXCEPTION 'no purge today'; END $$",
+            "CREATE TRIGGER no_purge BEFORE DELETE ON rejections"
+            " FOR EACH ROW EXECUTE FUNCTION no_purge()",
+        ],
+    }
+    if store_url.startswith("sqlite"):
+        conn = sqlite3.connect(store_url.removeprefix("sqlite:///"))
+        for statement in refuse_delete["sqlite"]:
+            conn.execute(statement)
+        conn.commit()
+        conn.close()
+    else:
+        with psycopg.connect(store_url, autocommit=True) as pg:
+            for statement in refuse_delete["postgres"]:
+                pg.execute(statement)  # type: ignore[call-overload]
+    with open_store(store_url, rejection_purge_interval=0) as store:
+        store.record_rejection(_refusal(utcnow(), client_key="new"))  # does not raise
+        assert {r.client_key for r in store.list_rejections()} == {"old", "new"}
+    assert "rejection purge failed: StoreFault" in caplog.text
