@@ -34,6 +34,7 @@ from eventstore.store import (
     EventStore,
     NewEvent,
     Rejection,
+    StoreFault,
     StoreUnavailable,
     open_store,
     utcnow,
@@ -422,3 +423,43 @@ def test_a_nul_in_a_claimed_client_key_is_refused_and_logged_escaped(
     metrics = service.client.get("/metrics").text
     assert "ledger_rejections_coalesced_total" in metrics
     assert "ledger_rejections_purged_total" in metrics
+
+
+# ------------------------------------------------------------------ the mapping, as a table
+
+
+@pytest.mark.parametrize(
+    "sqlstate",
+    ["08006", "08001", "57P01", "57P02", "57P03", "57014", "53300", "53100", "25006", "40001",
+     "40P01", "55P03", "25P03"],
+)  # fmt: skip
+def test_retryable_sqlstates_are_store_unavailable(sqlstate: str) -> None:
+    from eventstore.postgres import translate_error
+
+    error = psycopg.errors.lookup(sqlstate)("from the server")
+    mapped = translate_error(error)
+    assert isinstance(mapped, StoreUnavailable) and mapped.retryable
+
+
+@pytest.mark.parametrize("sqlstate", ["23505", "22P05", "42P01", "22021", "XX000"])
+def test_other_sqlstates_are_a_non_retryable_store_fault(sqlstate: str) -> None:
+    from eventstore.postgres import translate_error
+
+    mapped = translate_error(psycopg.errors.lookup(sqlstate)("from the server"))
+    assert isinstance(mapped, StoreFault) and not mapped.retryable
+    assert mapped.code == sqlstate
+    assert "from the server" not in str(mapped)  # no value of the call in the error
+
+
+def test_lost_connections_and_pool_timeouts_are_store_unavailable() -> None:
+    from psycopg_pool import PoolTimeout
+
+    from eventstore.postgres import translate_error
+
+    for error in (
+        psycopg.OperationalError("server closed the connection unexpectedly"),
+        psycopg.InterfaceError("the connection is closed"),
+        PoolTimeout("couldn't get a connection after 5.00 sec"),
+    ):
+        assert isinstance(translate_error(error), StoreUnavailable)
+    assert translate_error(ValueError("ours")) is None  # a bug stays a bug
