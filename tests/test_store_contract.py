@@ -545,3 +545,18 @@ def test_a_failing_purge_never_fails_the_rejection_it_follows(
         store.record_rejection(_refusal(utcnow(), client_key="new"))  # does not raise
         assert {r.client_key for r in store.list_rejections()} == {"old", "new"}
     assert "rejection purge failed: StoreFault" in caplog.text
+
+
+def test_a_full_sqlite_database_is_unavailable_and_recovers(tmp_path: Path) -> None:
+    with open_store(f"sqlite:///{tmp_path / 'ledger.db'}") as store:
+        store.append(stream_id_for("a"), [installed()], 0)
+        conn = store.connection()  # this thread's: the limit below is per connection
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages}")  # "database or disk is full"
+        big = DetailsChanged(changes={"blob": "x" * 200_000})
+        with pytest.raises(StoreUnavailable):
+            store.append(stream_id_for("a"), [NewEvent(big, meta())], 1)
+        assert store.stream_version(stream_id_for("a")) == 1  # nothing half-written
+        conn.execute("PRAGMA max_page_count = 1073741823")  # space again
+        store.append(stream_id_for("a"), [NewEvent(big, meta())], 1)
+        assert store.verify().ok
