@@ -99,6 +99,8 @@ class RejectionAnswer(BaseModel):
     remote_addr: str | None = None
     token_sha256: str | None = None
     detail: str | None = None
+    count: int = 1  # identical refusals in one window are one row
+    last_seen_at: str | None = None
 
 
 class RejectionsAnswer(BaseModel):

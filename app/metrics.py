@@ -8,6 +8,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any, Final
 
+from eventstore.store import rejection_log_counters
+
 LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -47,6 +49,7 @@ class Metrics:
             ]
             for reason, count in sorted(self._rejections.items()):
                 lines.append(f'ledger_rejections_total{{reason="{reason}"}} {count}')
+            lines += _rejection_log_lines()
             lines += [
                 "# HELP ledger_call_duration_seconds Lifecycle call latency.",
                 "# TYPE ledger_call_duration_seconds histogram",
@@ -86,3 +89,15 @@ def _runner_lines(status: dict[str, Any]) -> list[str]:
         f"ledger_projection_failures_total {status['failures']}",
     ]
     return lines
+
+
+def _rejection_log_lines() -> list[str]:
+    """The rejection log's own upkeep, counted by the stores of this process."""
+    return [
+        "# HELP ledger_rejections_coalesced_total Refusals folded into an identical row.",
+        "# TYPE ledger_rejections_coalesced_total counter",
+        f"ledger_rejections_coalesced_total {rejection_log_counters.coalesced}",
+        "# HELP ledger_rejections_purged_total Rejection rows purged after the retention period.",
+        "# TYPE ledger_rejections_purged_total counter",
+        f"ledger_rejections_purged_total {rejection_log_counters.purged}",
+    ]

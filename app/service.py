@@ -98,7 +98,11 @@ def create_app(
         owned = store is None
         opened: EventStore
         if store is None:
-            opened = await run_in_threadpool(open_store, settings.database_url)
+            opened = await run_in_threadpool(
+                open_store,
+                settings.database_url,
+                rejection_retention_days=settings.rejection_retention_days,
+            )
         else:
             opened = store
         fetcher = InstallKeyFetcher(settings.install_keys_url)

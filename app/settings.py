@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     clock_skew_seconds: int = Field(default=30, ge=0, le=600)
     workers: int = Field(default=1, ge=1, le=64)
+    # Refused calls older than this are purged from the rejection log (bounded work, at
+    # most once a minute per process, on the insert path).
+    rejection_retention_days: int = Field(default=90, ge=1, le=36500)
     # Not in the contract's list: how long a host waits before retrying after a 503.
     retry_after_seconds: int = Field(default=5, ge=1)
     # Whether this process takes part in running the projections (leader or standby).

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import itertools
 import queue
+import select
 import threading
 from collections.abc import Iterator, Sequence
-from datetime import datetime
+from contextlib import AbstractContextManager
+from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -26,20 +28,64 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from eventstore.chain import GENESIS, prepare_append
 from eventstore.store import (
+    REJECTION_PURGE_BATCH,
+    REJECTION_PURGE_BATCHES,
+    REJECTION_PURGE_INTERVAL_SECONDS,
     AppendResult,
     ConcurrencyConflict,
     EventStore,
     Head,
     NewEvent,
+    PurgeSchedule,
     RawEvent,
     RecordedEvent,
     Rejection,
+    StoreError,
+    StoreFault,
     StoreUnavailable,
     decode_event,
+    error_boundary,
+    purge_quietly,
     rejection_filters,
+    rejection_fingerprint,
+    rejection_log_counters,
+    rejection_window,
+    storable_rejection,
+    utcnow,
 )
 
 CONFLICT_SQLSTATE = "LD001"
+
+# SQLSTATEs after which the same work may succeed later: the host gets a 503 and
+# retries. Whole classes: 08 connection exception, 53 insufficient resources (53300
+# too_many_connections, disk full), 57 operator intervention (57P01 admin_shutdown,
+# 57P02 crash_shutdown, 57P03 cannot_connect_now, 57014 statement timeout). Single
+# codes: 25006 read_only_sql_transaction (a demoted primary during a failover),
+# 25P03 idle_in_transaction_session_timeout, 40001 serialization_failure, 40P01
+# deadlock_detected, 55P03 lock_not_available.
+RETRYABLE_SQLSTATE_CLASSES = frozenset({"08", "53", "57"})
+RETRYABLE_SQLSTATES = frozenset({"25006", "25P03", "40001", "40P01", "55P03"})
+
+# How long a readiness ping or a rejection row waits for a pooled connection.
+QUICK_TIMEOUT_SECONDS = 1.0
+
+
+def translate_error(exc: Exception) -> StoreError | None:
+    """The one mapping of PostgreSQL driver errors to store errors (see error_boundary)."""
+    if isinstance(exc, psycopg.Error):
+        state = exc.sqlstate
+        if (
+            isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+            or state in RETRYABLE_SQLSTATES
+            or (state is not None and state[:2] in RETRYABLE_SQLSTATE_CLASSES)
+        ):
+            return StoreUnavailable("PostgreSQL is unavailable")
+        return StoreFault(f"PostgreSQL refused the work ({type(exc).__name__})", state)
+    if isinstance(exc, UnicodeError | OverflowError):
+        # A value the driver cannot send (a lone surrogate, an integer beyond bigint).
+        return StoreFault(f"PostgreSQL cannot hold a value ({type(exc).__name__})")
+    return None
+
 
 MIGRATIONS: list[str] = [
     # 1: the log, its guards, the head, idempotency keys, data keys, rejections.
@@ -243,6 +289,20 @@ MIGRATIONS: list[str] = [
         PERFORM pg_notify('ledger_events', v_position::text);
     END $$;
     """,
+    # 3: identical refusals coalesced into one row per window (count, last_seen_at),
+    # and the indexes the retention purge and the newest-first listing use.
+    """
+    ALTER TABLE rejections
+        ADD COLUMN count integer NOT NULL DEFAULT 1,
+        ADD COLUMN last_seen_at timestamptz,
+        ADD COLUMN fingerprint text,
+        ADD COLUMN window_number bigint;
+    UPDATE rejections SET last_seen_at = at;
+    ALTER TABLE rejections ALTER COLUMN last_seen_at SET NOT NULL;
+    CREATE UNIQUE INDEX rejections_coalesce ON rejections (fingerprint, window_number);
+    CREATE INDEX rejections_at ON rejections (at);
+    CREATE INDEX rejections_last_seen ON rejections (last_seen_at, id);
+    """,
 ]
 
 _EVENT_COLUMNS = (
@@ -259,6 +319,45 @@ def _libpq_url(url: str) -> str:
     return "postgresql://" + url.split("://", 1)[1] if url.startswith("postgres://") else url
 
 
+def _session_options(statement_timeout: float) -> dict[str, Any]:
+    """Connection settings that bound every wait on the database.
+
+    connect_timeout bounds a connection attempt; statement_timeout a statement (a
+    lock wait included); idle_in_transaction_session_timeout a transaction a client
+    abandoned while holding the head lock; keepalives and tcp_user_timeout a peer
+    that vanished without closing the connection (a black-holed primary).
+    """
+    statement_ms = max(1, int(statement_timeout * 1000))
+    return {
+        "autocommit": True,
+        "options": (
+            f"-c statement_timeout={statement_ms}"
+            f" -c idle_in_transaction_session_timeout={statement_ms * 4}"
+        ),
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+        "tcp_user_timeout": statement_ms + 5000,
+    }
+
+
+def _probe(conn: psycopg.Connection[Any]) -> None:
+    """Raise unless the idle connection still works; no round trip when nothing is amiss.
+
+    An idle connection's socket has nothing to read unless the server spoke first: a
+    termination (admin shutdown, restart, failover) sends an error and closes it. Only
+    then is the full check (ConnectionPool.check_connection, an empty query) run. One
+    round trip per checkout would cost about a fifth of the append rate.
+    """
+    if conn.closed or conn.pgconn.status != psycopg.pq.ConnStatus.OK:
+        raise psycopg.OperationalError("the connection is closed")
+    readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    if readable:
+        ConnectionPool.check_connection(conn)
+
+
+@error_boundary(translate_error)
 class PostgresEventStore(EventStore):
     def __init__(
         self,
@@ -267,15 +366,28 @@ class PostgresEventStore(EventStore):
         min_connections: int = 1,
         max_connections: int = 10,
         timeout: float = 5.0,
+        statement_timeout: float = 15.0,
         migrate: bool = True,
+        rejection_retention_days: int = 90,
+        rejection_purge_interval: float = REJECTION_PURGE_INTERVAL_SECONDS,
     ) -> None:
         self.url = url
+        self.rejection_retention = timedelta(days=rejection_retention_days)
+        self._purges = PurgeSchedule(rejection_purge_interval)
+        self._quick_timeout = min(timeout, QUICK_TIMEOUT_SECONDS)
         self._pool = ConnectionPool(
             _libpq_url(url),
             min_size=min_connections,
             max_size=max_connections,
             timeout=timeout,
-            kwargs={"autocommit": True, "connect_timeout": max(1, int(timeout))},
+            kwargs={"connect_timeout": max(1, int(timeout))} | _session_options(statement_timeout),
+            # A pooled connection is tested before it is handed out: after a restart or
+            # a failover, a dead one is replaced instead of failing one call each.
+            check=self._check_connection,
+            # The pool retries a lost connection with a doubling back-off; giving up
+            # after a few seconds lets the next waiting call start afresh at once, so
+            # the service is back within seconds of the database, after any outage.
+            reconnect_timeout=max(1.0, timeout),
             open=False,
             name="ledger",
         )
@@ -352,7 +464,7 @@ class PostgresEventStore(EventStore):
                 ) from None
             if exc.sqlstate == "23505":  # unique (stream_id, version): a racing writer won
                 raise ConcurrencyConflict(stream_id, expected_version) from None
-            raise _unavailable(exc) from exc
+            raise  # the error boundary maps it
         if rows and rows[0][2]:
             first, last = rows[0][0], rows[-1][0]
             return AppendResult(events=self._read_positions(first, last), duplicate=True)
@@ -397,11 +509,8 @@ class PostgresEventStore(EventStore):
             query += " AND position <= %s"
             params.append(up_to)
         query += " ORDER BY version"
-        try:
-            with self._connection() as conn:
-                rows = conn.execute(query, params, prepare=True).fetchall()  # type: ignore[call-overload]
-        except psycopg.Error as exc:
-            raise _unavailable(exc) from exc
+        with self._connection() as conn:
+            rows = conn.execute(query, params, prepare=True).fetchall()  # type: ignore[call-overload]
         return [_decode_row(r) for r in rows]
 
     def _pages(self, columns: str, after_position: int, batch_size: int) -> Iterator[list[Any]]:
@@ -411,13 +520,9 @@ class PostgresEventStore(EventStore):
         query = f"SELECT {columns} FROM events WHERE position > %s ORDER BY position LIMIT %s"
         cursor_position = after_position
         while True:
-            try:
-                with self._connection() as conn:
-                    rows = conn.execute(
-                        query, [cursor_position, batch_size], prepare=True
-                    ).fetchall()  # type: ignore[call-overload]
-            except psycopg.Error as exc:
-                raise _unavailable(exc) from exc
+            with self._connection() as conn:
+                cursor = conn.execute(query, [cursor_position, batch_size], prepare=True)  # type: ignore[call-overload]
+                rows = cursor.fetchall()
             if not rows:
                 return
             yield rows
@@ -462,12 +567,9 @@ class PostgresEventStore(EventStore):
             "SELECT position, stream_id, version, type, schema_version, data, metadata,"
             " recorded_at, hash FROM events WHERE position > %s ORDER BY position LIMIT %s"
         )
-        try:
-            with self._connection() as conn, conn.cursor(binary=True) as cur:
-                cur.adapters.register_loader("text", ByteaBinaryLoader)
-                return cur.execute(query, [after, batch_size], prepare=True).fetchall()
-        except psycopg.Error as exc:
-            raise _unavailable(exc) from exc
+        with self._connection() as conn, conn.cursor(binary=True) as cur:
+            cur.adapters.register_loader("text", ByteaBinaryLoader)
+            return cur.execute(query, [after, batch_size], prepare=True).fetchall()
 
     def _prefetched(
         self, after: int, batch_size: int, stop: threading.Event
@@ -586,13 +688,47 @@ class PostgresEventStore(EventStore):
     # -- rejections
 
     def record_rejection(self, rejection: Rejection) -> None:
-        with self._connection() as conn:
-            conn.execute(
+        row = storable_rejection(rejection)
+        seen = row.last_seen_at or row.at
+        # Best effort beside the call it records: a short wait, so that a call refused
+        # because the store is unavailable is not held up a second time for its row.
+        with self._connection(self._quick_timeout) as conn:
+            stored = conn.execute(
                 "INSERT INTO rejections (at, path, reason, status, client_key, base_url,"
-                " remote_addr, token_sha256, detail) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                " remote_addr, token_sha256, detail, count, last_seen_at, fingerprint,"
+                " window_number) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, 1, %s, %s, %s)"
+                " ON CONFLICT (fingerprint, window_number) DO UPDATE"
+                " SET count = rejections.count + 1,"
+                " last_seen_at = greatest(rejections.last_seen_at, excluded.last_seen_at)"
+                " RETURNING count",
                 # Fields in the order of the columns (as list_rejections reads them).
-                msgspec.structs.astuple(rejection),
-            )
+                [
+                    *msgspec.structs.astuple(row)[:9],
+                    seen,
+                    rejection_fingerprint(row),
+                    rejection_window(row.at),
+                ],
+            ).fetchone()
+        if stored is not None and stored[0] > 1:
+            rejection_log_counters.add(coalesced=1)
+        if self._purges.due():
+            purge_quietly(self, utcnow() - self.rejection_retention)
+
+    def purge_rejections(self, older_than: datetime) -> int:
+        """Delete rejections last seen before ``older_than``, in bounded batches."""
+        purged = 0
+        with self._connection() as conn:
+            for _ in range(REJECTION_PURGE_BATCHES):
+                deleted = conn.execute(
+                    "DELETE FROM rejections WHERE id IN (SELECT id FROM rejections"
+                    " WHERE at < %s AND last_seen_at < %s ORDER BY at LIMIT %s)",
+                    [older_than, older_than, REJECTION_PURGE_BATCH],
+                ).rowcount
+                purged += deleted
+                if deleted < REJECTION_PURGE_BATCH:
+                    break
+        rejection_log_counters.add(purged=purged)
+        return purged
 
     def list_rejections(
         self,
@@ -606,7 +742,8 @@ class PostgresEventStore(EventStore):
         with self._connection() as conn:
             rows = conn.execute(
                 "SELECT at, path, reason, status, client_key, base_url, remote_addr,"
-                f" token_sha256, detail FROM rejections{where} ORDER BY id DESC LIMIT %s",
+                " token_sha256, detail, count, last_seen_at FROM rejections"
+                f"{where} ORDER BY last_seen_at DESC, id DESC LIMIT %s",
                 [*params, limit],
             ).fetchall()
         # Columns in the order of Rejection's fields.
@@ -615,38 +752,27 @@ class PostgresEventStore(EventStore):
     # -- plumbing
 
     def ping(self) -> None:
-        with self._connection() as conn:
+        # A readiness probe answers quickly, whatever the pool's wait for a connection.
+        with self._connection(self._quick_timeout) as conn:
             conn.execute("SELECT 1")
 
     def close(self) -> None:
         self._pool.close()
 
-    def _connection(self) -> Any:
-        return _GuardedConnection(self._pool)
-
-
-class _GuardedConnection:
-    """A pooled connection whose connection failures surface as StoreUnavailable."""
-
-    def __init__(self, pool: ConnectionPool) -> None:
-        self._pool = pool
-        self._cm: Any = None
-
-    def __enter__(self) -> psycopg.Connection[TupleRow]:
-        self._cm = self._pool.connection()
+    def _check_connection(self, conn: psycopg.Connection[Any]) -> None:
+        """The pool's check of a connection it is about to hand out."""
         try:
-            return self._cm.__enter__()  # type: ignore[no-any-return]
-        except (PoolTimeout, psycopg.OperationalError) as exc:
-            raise StoreUnavailable("PostgreSQL is unavailable") from exc
+            _probe(conn)
+        except psycopg.Error:
+            # One dead connection means a restart or a failover: the idle ones are dead
+            # too. Replace them all now; checking them one by one, the pool would back
+            # off 1, 2, 4 s between failures and the first calls would time out.
+            self._pool.drain()
+            raise
 
-    def __exit__(self, *exc: Any) -> None:
-        try:
-            self._cm.__exit__(*exc)
-        except (psycopg.OperationalError, psycopg.InterfaceError) as error:
-            raise StoreUnavailable("PostgreSQL is unavailable") from error
-
-
-def _unavailable(exc: psycopg.Error) -> Exception:
-    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
-        return StoreUnavailable("PostgreSQL is unavailable")
-    return exc
+    def _connection(
+        self, timeout: float | None = None
+    ) -> AbstractContextManager[psycopg.Connection[TupleRow]]:
+        # Errors raised here or in the block reach the caller through the class's
+        # error boundary (translate_error), the one place they are mapped.
+        return self._pool.connection(timeout=timeout)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,21 +20,58 @@ import msgspec
 
 from eventstore.chain import GENESIS, link, prepare_append
 from eventstore.store import (
+    REJECTION_PURGE_BATCH,
+    REJECTION_PURGE_BATCHES,
+    REJECTION_PURGE_INTERVAL_SECONDS,
     AppendResult,
     ConcurrencyConflict,
     EventStore,
     Head,
     NewEvent,
+    PurgeSchedule,
     RawEvent,
     RecordedEvent,
     Rejection,
+    StoreError,
+    StoreFault,
     StoreUnavailable,
     decode_event,
+    error_boundary,
     format_timestamp,
     parse_timestamp,
+    purge_quietly,
     rejection_filters,
+    rejection_fingerprint,
+    rejection_log_counters,
+    rejection_window,
+    storable_rejection,
     utcnow,
 )
+
+# SQLite's primary result codes after which the same work may succeed later (a 503
+# and the host's retry): BUSY and LOCKED (another writer past the busy timeout),
+# NOMEM, IOERR (disk I/O), FULL (database or disk is full), CANTOPEN, PROTOCOL (WAL
+# lock race) and READONLY (the file or its directory made read-only).
+RETRYABLE_SQLITE_CODES = frozenset({5, 6, 7, 8, 10, 13, 14, 15})
+
+
+def translate_error(exc: Exception) -> StoreError | None:
+    """The one mapping of SQLite errors to store errors (see error_boundary)."""
+    if isinstance(exc, sqlite3.Error):
+        code: int | None = getattr(exc, "sqlite_errorcode", None)
+        if code is None:
+            retryable = isinstance(exc, sqlite3.OperationalError)
+        else:
+            retryable = code & 0xFF in RETRYABLE_SQLITE_CODES
+        if retryable:
+            return StoreUnavailable("SQLite database is busy or unavailable")
+        name: str | None = getattr(exc, "sqlite_errorname", None)
+        return StoreFault(f"SQLite refused the work ({type(exc).__name__})", name)
+    if isinstance(exc, UnicodeError | OverflowError):
+        # A value SQLite cannot hold (a lone surrogate, an integer beyond 64 bits).
+        return StoreFault(f"SQLite cannot hold a value ({type(exc).__name__})")
+    return None
+
 
 MIGRATIONS: list[str] = [
     """
@@ -87,6 +125,28 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE events ADD COLUMN chain_version INTEGER NOT NULL DEFAULT 1;
     """,
+    # 3: no insert over an existing event. INSERT OR REPLACE deletes the old row
+    # without firing delete triggers, so the guard is on the insert itself.
+    """
+    CREATE TRIGGER events_no_overwrite BEFORE INSERT ON events
+        WHEN EXISTS (SELECT 1 FROM events WHERE position = NEW.position)
+          OR EXISTS (SELECT 1 FROM events
+                     WHERE stream_id = NEW.stream_id AND version = NEW.version)
+        BEGIN SELECT RAISE(ABORT, 'events are append-only: an insert over an event is refused');
+        END;
+    """,
+    # 4: identical refusals coalesced into one row per window (count, last_seen_at),
+    # and the indexes the retention purge and the newest-first listing use.
+    """
+    ALTER TABLE rejections ADD COLUMN count INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE rejections ADD COLUMN last_seen_at TEXT;
+    ALTER TABLE rejections ADD COLUMN fingerprint TEXT;
+    ALTER TABLE rejections ADD COLUMN window_number INTEGER;
+    UPDATE rejections SET last_seen_at = at;
+    CREATE UNIQUE INDEX rejections_coalesce ON rejections (fingerprint, window_number);
+    CREATE INDEX rejections_at ON rejections (at);
+    CREATE INDEX rejections_last_seen ON rejections (last_seen_at, id);
+    """,
 ]
 
 _EVENT_COLUMNS = (
@@ -115,40 +175,66 @@ def sqlite_path(url: str) -> str:
     return url[len("sqlite:///") :]
 
 
+class _ThreadConnection:
+    """One thread's connection. It lives in the store's thread-local slot only, so when
+    the thread ends (anyio retires idle workers) the slot is cleared and the
+    connection is closed: descriptors stay bounded by the threads alive."""
+
+    __slots__ = ("__weakref__", "conn")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __del__(self) -> None:
+        self.conn.close()
+
+
+@error_boundary(translate_error)
 class SQLiteEventStore(EventStore):
-    def __init__(self, url: str, *, busy_timeout: float = 30.0, migrate: bool = True) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        busy_timeout: float = 30.0,
+        migrate: bool = True,
+        rejection_retention_days: int = 90,
+        rejection_purge_interval: float = REJECTION_PURGE_INTERVAL_SECONDS,
+    ) -> None:
         self.url = url
         self.path = sqlite_path(url)
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self.rejection_retention = timedelta(days=rejection_retention_days)
+        self._purges = PurgeSchedule(rejection_purge_interval)
         self._busy_timeout = busy_timeout
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        self._open: weakref.WeakSet[_ThreadConnection] = weakref.WeakSet()
         self._lock = threading.Lock()
         if migrate:
             self.migrate()
 
-    # -- connections: one per thread (sqlite3 connections are not thread-safe)
+    # -- connections: one per live thread (sqlite3 connections are not thread-safe)
 
     def connection(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
+        held: _ThreadConnection | None = getattr(self._local, "held", None)
+        if held is None:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self._busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
             try:
-                conn = sqlite3.connect(
-                    self.path,
-                    timeout=self._busy_timeout,
-                    isolation_level=None,
-                    check_same_thread=False,
-                )
                 conn.execute("PRAGMA journal_mode=WAL")
                 # FULL: an accepted call survives a power cut, not only a crash.
                 conn.execute("PRAGMA synchronous=FULL")
                 conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")
-            except sqlite3.Error as exc:
-                raise StoreUnavailable("SQLite database cannot be opened") from exc
-            self._local.conn = conn
+            except BaseException:
+                conn.close()
+                raise
+            held = self._local.held = _ThreadConnection(conn)
             with self._lock:
-                self._all.append(conn)
-        return conn
+                self._open.add(held)
+        return held.conn
 
     def migrate(self) -> None:
         conn = self.connection()
@@ -265,16 +351,12 @@ class SQLiteEventStore(EventStore):
                 raise
         except sqlite3.IntegrityError:
             raise ConcurrencyConflict(stream_id, expected_version) from None
-        except sqlite3.OperationalError as exc:
-            raise StoreUnavailable("SQLite database is busy or unavailable") from exc
 
     # -- reading
 
     def _query(self, query: str, params: Sequence[Any] = ()) -> list[Any]:
-        try:
-            return self.connection().execute(query, params).fetchall()
-        except sqlite3.OperationalError as exc:
-            raise StoreUnavailable("SQLite database is busy or unavailable") from exc
+        # Errors reach the caller through the class's error boundary (translate_error).
+        return self.connection().execute(query, params).fetchall()
 
     def _read_positions(self, first: int, last: int) -> list[RecordedEvent]:
         rows = self._query(
@@ -351,12 +433,7 @@ class SQLiteEventStore(EventStore):
         return stored
 
     def destroy_data_key(self, stream_id: str) -> bool:
-        try:
-            cur = self.connection().execute(
-                "DELETE FROM data_keys WHERE stream_id = ?", (stream_id,)
-            )
-        except sqlite3.OperationalError as exc:
-            raise StoreUnavailable("SQLite database is busy or unavailable") from exc
+        cur = self.connection().execute("DELETE FROM data_keys WHERE stream_id = ?", (stream_id,))
         return cur.rowcount > 0
 
     def list_data_keys(self, after: str = "", limit: int = 500) -> list[tuple[str, bytes]]:
@@ -380,12 +457,48 @@ class SQLiteEventStore(EventStore):
     # -- rejections
 
     def record_rejection(self, rejection: Rejection) -> None:
-        self._query(
+        row = storable_rejection(rejection)
+        at = format_timestamp(row.at)
+        rows = self._query(
             "INSERT INTO rejections (at, path, reason, status, client_key, base_url, remote_addr,"
-            " token_sha256, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " token_sha256, detail, count, last_seen_at, fingerprint, window_number)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)"
+            " ON CONFLICT (fingerprint, window_number) DO UPDATE"
+            " SET count = count + 1, last_seen_at = max(last_seen_at, excluded.last_seen_at)"
+            " RETURNING count",
             # Fields in column order; SQLite keeps the time as text.
-            (format_timestamp(rejection.at), *msgspec.structs.astuple(rejection)[1:]),
+            (
+                at,
+                *msgspec.structs.astuple(row)[1:9],
+                format_timestamp(row.last_seen_at) if row.last_seen_at else at,
+                rejection_fingerprint(row),
+                rejection_window(row.at),
+            ),
         )
+        if rows and rows[0][0] > 1:
+            rejection_log_counters.add(coalesced=1)
+        if self._purges.due():
+            purge_quietly(self, utcnow() - self.rejection_retention)
+
+    def purge_rejections(self, older_than: datetime) -> int:
+        """Delete rejections last seen before ``older_than``, in bounded batches."""
+        cutoff = format_timestamp(older_than)
+        purged = 0
+        for _ in range(REJECTION_PURGE_BATCHES):
+            deleted = (
+                self.connection()
+                .execute(
+                    "DELETE FROM rejections WHERE id IN (SELECT id FROM rejections"
+                    " WHERE at < ? AND last_seen_at < ? ORDER BY at LIMIT ?)",
+                    (cutoff, cutoff, REJECTION_PURGE_BATCH),
+                )
+                .rowcount
+            )
+            purged += deleted
+            if deleted < REJECTION_PURGE_BATCH:
+                break
+        rejection_log_counters.add(purged=purged)
+        return purged
 
     def list_rejections(
         self,
@@ -400,20 +513,28 @@ class SQLiteEventStore(EventStore):
         )
         rows = self._query(
             "SELECT at, path, reason, status, client_key, base_url, remote_addr, token_sha256,"
-            f" detail FROM rejections{where} ORDER BY id DESC LIMIT ?",
+            " detail, count, coalesce(last_seen_at, at) FROM rejections"
+            f"{where} ORDER BY last_seen_at DESC, id DESC LIMIT ?",
             (*params, limit),
         )
-        # Columns in the order of Rejection's fields; SQLite keeps the time as text.
-        return [Rejection(parse_timestamp(r[0]), *r[1:]) for r in rows]
+        # Columns in the order of Rejection's fields; SQLite keeps times as text.
+        return [
+            msgspec.structs.replace(
+                Rejection(parse_timestamp(r[0]), *r[1:9]),
+                count=r[9],
+                last_seen_at=parse_timestamp(r[10]),
+            )
+            for r in rows
+        ]
 
     def ping(self) -> None:
         self._query("SELECT 1")
 
     def close(self) -> None:
         with self._lock:
-            for conn in self._all:
-                conn.close()
-            self._all.clear()
+            for held in list(self._open):
+                held.conn.close()
+            self._open.clear()
         self._local = threading.local()
 
 

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Sequence
+import functools
+import hashlib
+import inspect
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -24,7 +31,13 @@ from eventstore.events import (
 
 
 class StoreError(Exception):
-    """Base class of every error raised by a store."""
+    """Base class of every error raised by a store.
+
+    ``retryable``: whether the same call may succeed later unchanged (a host's retry
+    after a 503). No driver exception leaves a store: each is one of the subclasses.
+    """
+
+    retryable = False
 
 
 class ConcurrencyConflict(StoreError):
@@ -38,7 +51,79 @@ class ConcurrencyConflict(StoreError):
 
 
 class StoreUnavailable(StoreError):
-    """The database cannot be reached or refused the work; nothing was stored."""
+    """The database cannot be reached or refused the work; nothing was stored. Retryable."""
+
+    retryable = True
+
+
+class StoreFault(StoreError):
+    """The database refused the work for a reason a retry will not fix (a bug, a value
+    the database cannot hold, a broken invariant). Not retryable; ``code`` is the
+    driver's error code (SQLSTATE or SQLite's), never a value of the call."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+_T = TypeVar("_T")
+
+
+def error_boundary(
+    translate: Callable[[Exception], StoreError | None],
+) -> Callable[[type[_T]], type[_T]]:
+    """Class decorator: the store's one error boundary.
+
+    Every public method (and ``__init__``) of the decorated class, and every iterator
+    a method returns lazily, passes driver exceptions through ``translate``; one that
+    it maps (to StoreUnavailable or StoreFault) is raised in its place, chained. A
+    StoreError passes unchanged; an exception ``translate`` does not know (a bug in
+    our own code) is not disguised as a store error.
+    """
+
+    def guard(exc: Exception) -> BaseException:
+        if isinstance(exc, StoreError):
+            return exc
+        mapped = translate(exc)
+        return exc if mapped is None else mapped
+
+    def wrap_function(function: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(function)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return function(*args, **kwargs)
+            except Exception as exc:
+                raised = guard(exc)
+                if raised is exc:
+                    raise
+                raise raised from exc
+
+        return guarded
+
+    def wrap_generator(function: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+        @functools.wraps(function)
+        def guarded(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            try:
+                yield from function(*args, **kwargs)
+            except Exception as exc:
+                raised = guard(exc)
+                if raised is exc:
+                    raise
+                raise raised from exc
+
+        return guarded
+
+    def decorate(cls: type[_T]) -> type[_T]:
+        for name, member in list(vars(cls).items()):
+            if not inspect.isfunction(member):
+                continue
+            if name.startswith("_") and name != "__init__":
+                continue
+            wrapper = wrap_generator if inspect.isgeneratorfunction(member) else wrap_function
+            setattr(cls, name, wrapper(member))
+        return cls
+
+    return decorate
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +256,13 @@ class VerifyReport:
 
 
 class Rejection(msgspec.Struct, frozen=True, omit_defaults=True):
-    """One refused call. Never holds a token or a secret: only the token's SHA-256."""
+    """One refused call. Never holds a token or a secret: only the token's SHA-256.
+
+    Identical refusals (same reason, remote address, claimed clientKey and path) in
+    one window of ``REJECTION_WINDOW_SECONDS`` are one row: ``at`` is the first,
+    ``last_seen_at`` the last, ``count`` how many; the row keeps the first one's
+    other fields (token hash, detail).
+    """
 
     at: datetime
     path: str
@@ -182,10 +273,14 @@ class Rejection(msgspec.Struct, frozen=True, omit_defaults=True):
     remote_addr: str | None = None
     token_sha256: str | None = None
     detail: str | None = None
+    count: int = 1
+    last_seen_at: datetime | None = None
 
     def as_dict(self) -> dict[str, Any]:
         out = msgspec.to_builtins(self)
         out["at"] = format_timestamp(self.at)
+        out["count"] = self.count
+        out["last_seen_at"] = format_timestamp(self.last_seen_at or self.at)
         return dict(out)
 
 
@@ -197,13 +292,114 @@ def rejection_filters(
     params: list[Any] = []
     for column, op, value in (
         ("reason", "=", reason),
-        ("at", ">=", since),
-        ("client_key", "=", client_key),
+        ("coalesce(last_seen_at, at)", ">=", since),
+        ("client_key", "=", escape_text(client_key)),  # stored escaped
     ):
         if value is not None:
             clauses.append(f"{column} {op} {mark}")
             params.append(value)
     return (f" WHERE {' AND '.join(clauses)}" if clauses else ""), params
+
+
+# Identical refusals within one window are kept as one row (see Rejection).
+REJECTION_WINDOW_SECONDS = 60
+# Retention purges run at most this often per store object, each deleting at most
+# REJECTION_PURGE_BATCH rows REJECTION_PURGE_BATCHES times: bounded work on the insert path.
+REJECTION_PURGE_INTERVAL_SECONDS = 60.0
+REJECTION_PURGE_BATCH = 1000
+REJECTION_PURGE_BATCHES = 10
+# Longest text kept in one field of a rejection row (claimed values are untrusted).
+REJECTION_FIELD_LIMIT = 2048
+
+# C0 and C1 control characters, DEL and lone surrogates: PostgreSQL cannot store NUL,
+# neither store can encode a lone surrogate, and none of them belong in a log an
+# operator reads on a terminal.
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape_text(value: str | None, limit: int = REJECTION_FIELD_LIMIT) -> str | None:
+    """A claimed value made storable: control characters escaped (NUL → ``\\x00``), cut
+    to ``limit`` characters."""
+    if value is None:
+        return None
+    return _UNPRINTABLE.sub(_escape_char, value[:limit])
+
+
+def storable_rejection(rejection: Rejection) -> Rejection:
+    """The rejection with every text field escaped (see escape_text); both stores write this."""
+    return msgspec.structs.replace(
+        rejection,
+        path=escape_text(rejection.path) or "",
+        reason=escape_text(rejection.reason) or "",
+        client_key=escape_text(rejection.client_key),
+        base_url=escape_text(rejection.base_url),
+        remote_addr=escape_text(rejection.remote_addr),
+        token_sha256=escape_text(rejection.token_sha256),
+        detail=escape_text(rejection.detail),
+    )
+
+
+def rejection_fingerprint(rejection: Rejection) -> str:
+    """What makes two refusals identical for coalescing: reason, remote address,
+    claimed clientKey and path (of an already escaped rejection)."""
+    parts = (rejection.reason, rejection.remote_addr, rejection.client_key, rejection.path)
+    return hashlib.sha256(canonical_json(list(parts))).hexdigest()
+
+
+def rejection_window(at: datetime) -> int:
+    """The number of the coalescing window a refusal at ``at`` falls in."""
+    return int(at.timestamp()) // REJECTION_WINDOW_SECONDS
+
+
+class RejectionLogCounters:
+    """Process-wide counts of coalesced and purged rejection rows, for /metrics."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.coalesced = 0
+        self.purged = 0
+
+    def add(self, *, coalesced: int = 0, purged: int = 0) -> None:
+        with self._lock:
+            self.coalesced += coalesced
+            self.purged += purged
+
+
+rejection_log_counters = RejectionLogCounters()
+
+
+def purge_quietly(store: EventStore, older_than: datetime) -> None:
+    """The retention purge run from the insert path: housekeeping, so a failure is
+    logged and left to the next scheduled purge, never raised to the call that
+    recorded its rejection row."""
+    try:
+        store.purge_rejections(older_than)
+    except StoreError as error:
+        logging.getLogger("ledger.store").warning(
+            "rejection purge failed: %s; retried at the next purge", type(error).__name__
+        )
+
+
+class PurgeSchedule:
+    """At most one retention purge per interval for one store object (thread-safe)."""
+
+    def __init__(self, interval: float = REJECTION_PURGE_INTERVAL_SECONDS) -> None:
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._next = 0.0
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            if now < self._next:
+                return False
+            self._next = now + self._interval
+            return True
 
 
 def utcnow() -> datetime:
@@ -307,7 +503,14 @@ class EventStore(abc.ABC):
     # -- rejection log
 
     @abc.abstractmethod
-    def record_rejection(self, rejection: Rejection) -> None: ...
+    def record_rejection(self, rejection: Rejection) -> None:
+        """Store a refusal: text escaped (storable_rejection), coalesced with an identical
+        one of the same window, and now and then rejections older than the retention
+        period purged. Never fails on odd text."""
+
+    @abc.abstractmethod
+    def purge_rejections(self, older_than: datetime) -> int:
+        """Delete rejections last seen before ``older_than`` (bounded batches); the count."""
 
     @abc.abstractmethod
     def list_rejections(
@@ -318,7 +521,7 @@ class EventStore(abc.ABC):
         since: datetime | None = None,
         client_key: str | None = None,
     ) -> list[Rejection]:
-        """Newest first; only those with this reason, at or after ``since``, for this clientKey."""
+        """Most recently seen first; only those with this reason, at or after ``since``, for this clientKey."""
 
     @abc.abstractmethod
     def ping(self) -> None:
@@ -363,6 +566,7 @@ __all__ = [
     "RecordedEvent",
     "Rejection",
     "StoreError",
+    "StoreFault",
     "StoreUnavailable",
     "VerifyReport",
     "canonical_json",

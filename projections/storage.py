@@ -17,11 +17,11 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, Final
+from typing import Any
 
 import psycopg
 
-from eventstore.store import EventStore, StoreError, StoreUnavailable, format_timestamp
+from eventstore.store import EventStore, StoreError, format_timestamp
 from projections.model import Row, TenantRow
 from projections.tables import SPECS, SQL_TYPES, TableSpec, create_table_sql, upsert_sql
 
@@ -225,18 +225,11 @@ class _SQLiteTx:
         self.rolled_back = True
 
 
-# Primary result codes worth retrying: the database is busy or locked, out of memory,
-# read-only (permissions, a full or read-only mount), an I/O error, the disk is full,
-# the file cannot be opened now, a WAL lock protocol error.
-SQLITE_RETRYABLE: Final = frozenset({5, 6, 7, 8, 10, 13, 14, 15})
-
-
 def translate_sqlite_error(exc: Exception) -> StoreError:
-    code = getattr(exc, "sqlite_errorcode", None)
-    name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
-    if code is not None and code & 0xFF in SQLITE_RETRYABLE:
-        return StoreUnavailable(f"SQLite is unavailable ({name})")
-    return StoreError(f"SQLite refused the statement ({name})")
+    """The event store's one SQLite rule (eventstore/sqlite.py), for the projection tables."""
+    from eventstore.sqlite import translate_error
+
+    return translate_error(exc) or StoreError(f"SQLite client error ({type(exc).__name__})")
 
 
 class SQLiteProjectionStorage(ProjectionStorage):
@@ -322,25 +315,12 @@ class _Rollback(Exception):
     pass
 
 
-# SQLSTATEs worth retrying, by class: 08 connection exception, 53 insufficient
-# resources (disk full, out of memory, too many connections), 57P operator
-# intervention (admin or crash shutdown, cannot connect now); and one by one: a
-# read-only transaction (a demoted primary), serialization failure, deadlock, a
-# statement timeout or cancel, a lock not available.
-PG_RETRYABLE_CLASSES: Final = ("08", "53", "57P")
-PG_RETRYABLE: Final = frozenset({"25006", "40001", "40P01", "57014", "55P03"})
-
-
 def translate_postgres_error(exc: Exception) -> StoreError:
-    state = getattr(exc, "sqlstate", None)
-    if state is None:
-        # No answer from the server at all: connection lost, pool timeout or closed.
-        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
-            return StoreUnavailable("PostgreSQL is unavailable")
-        return StoreError(f"PostgreSQL client error ({type(exc).__name__})")
-    if state.startswith(PG_RETRYABLE_CLASSES) or state in PG_RETRYABLE:
-        return StoreUnavailable(f"PostgreSQL is unavailable ({state})")
-    return StoreError(f"PostgreSQL refused the statement ({state} {type(exc).__name__})")
+    """The event store's one PostgreSQL rule (eventstore/postgres.py), for the projection
+    tables and the locks."""
+    from eventstore.postgres import translate_error
+
+    return translate_error(exc) or StoreError(f"PostgreSQL client error ({type(exc).__name__})")
 
 
 class PostgresProjectionStorage(ProjectionStorage):
@@ -396,6 +376,8 @@ class PostgresProjectionStorage(ProjectionStorage):
         count = 0
         statement = f"COPY {table} ({', '.join(spec.column_names)}) FROM STDIN (FORMAT BINARY)"
         with self._errors(), self._pool.connection() as conn, conn.transaction():
+            # The COPY lasts as long as the fold that streams into it: no statement timeout.
+            conn.execute("SET LOCAL statement_timeout = 0")
             with conn.cursor() as cur, cur.copy(statement) as copy:  # type: ignore[arg-type]
                 copy.set_types([_COPY_TYPES[c.kind] for c in spec.columns])
                 for row in rows:

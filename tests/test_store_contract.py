@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import gc
+import os
 import sqlite3
 import threading
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -20,7 +24,20 @@ from eventstore.events import (
     Uninstalled,
     stream_id_for,
 )
-from eventstore.store import ConcurrencyConflict, EventStore, NewEvent, open_store
+from eventstore.store import (
+    REJECTION_WINDOW_SECONDS,
+    ConcurrencyConflict,
+    EventStore,
+    NewEvent,
+    Rejection,
+    StoreError,
+    StoreFault,
+    StoreUnavailable,
+    format_timestamp,
+    open_store,
+    rejection_log_counters,
+    utcnow,
+)
 from tests.conftest import ADMIN_URL
 
 SEALED = SealedSecret(alg="A256GCM", nonce="bm9uY2U=", ct="Y2lwaGVy", ad="tenant:a#1")
@@ -323,3 +340,223 @@ def test_a_first_install_stores_its_data_key_in_the_same_transaction(store: Even
     with pytest.raises(ConcurrencyConflict):
         store.append(stream_id_for("c"), [installed("c")], 3, data_key=b"wrapped-3")
     assert store.get_data_key(stream_id_for("c")) is None
+
+
+# ------------------------------------------------------------------ hardening (issue 8)
+
+
+@pytest.mark.parametrize("how", ["replace", "same position", "same stream version"])
+def test_an_insert_over_an_existing_event_is_refused_inside_the_database(
+    store_url: str, how: str
+) -> None:
+    with open_store(store_url) as store:
+        store.append(stream_id_for("a"), [installed()], 0)
+        store.append(stream_id_for("b"), [installed("b")], 0)
+        before = [(e.position, e.hash) for e in store.read_all()]
+    columns = "position, stream_id, version, type, schema_version, data, metadata, recorded_at"
+    position, stream, version = {
+        "replace": (1, "tenant:a", 1),
+        "same position": (1, "tenant:z", 1),
+        "same stream version": (99, "tenant:b", 1),
+    }[how]
+    if store_url.startswith("sqlite"):
+        # REPLACE deletes the row in the way without firing delete triggers.
+        conn = sqlite3.connect(store_url.removeprefix("sqlite:///"))
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            conn.execute(
+                f"INSERT OR REPLACE INTO events ({columns}, hash) VALUES (?, ?, ?, 'Uninstalled',"
+                " 1, '{}', '{}', '2024-01-01T00:00:00.000000Z', '00')",
+                (position, stream, version),
+            )
+        conn.close()
+    else:
+        # PostgreSQL has no REPLACE; its upsert updates the row, which the guard refuses.
+        target = "(stream_id, version)" if how == "same stream version" else "(position)"
+        with (
+            psycopg.connect(store_url, autocommit=True) as pg,
+            pytest.raises(psycopg.Error, match="append-only"),
+        ):
+            pg.execute(
+                f"INSERT INTO events ({columns}, hash) VALUES (%s, %s, %s, 'Uninstalled', 1,"
+                f" '{{}}', '{{}}', now(), '\\x00') ON CONFLICT {target}"
+                " DO UPDATE SET type = 'Uninstalled'",
+                (position, stream, version),
+            )
+    with open_store(store_url) as store:
+        assert [(e.position, e.hash) for e in store.read_all()] == before
+        assert store.verify().ok
+
+
+def _refusal(at: datetime, **fields: Any) -> Rejection:
+    base: dict[str, Any] = {
+        "path": "/installed",
+        "reason": "invalid_signature",
+        "status": 401,
+        "client_key": "ck-1",
+        "base_url": "https://a.atlassian.net",
+        "remote_addr": "203.0.113.7",
+        "token_sha256": "ab" * 32,
+        "detail": "the token's signature does not verify",
+    }
+    return Rejection(at=at, **(base | fields))
+
+
+def test_control_characters_in_a_rejection_are_stored_escaped(store: EventStore) -> None:
+    store.record_rejection(
+        _refusal(
+            utcnow(),
+            client_key="evil\x00key",
+            base_url="https://a.atlassian.net/\x1b[31m",
+            path="/installed\x7f",
+            detail="lone \ud800 surrogate\nand a newline",
+        )
+    )
+    [row] = store.list_rejections()
+    assert row.client_key == "evil\\x00key"
+    assert row.base_url == "https://a.atlassian.net/\\x1b[31m"
+    assert row.path == "/installed\\x7f"
+    assert row.detail == "lone \\ud800 surrogate\\x0aand a newline"
+
+
+def test_identical_refusals_in_one_window_are_one_row_with_a_count(store: EventStore) -> None:
+    # A window starts on a multiple of REJECTION_WINDOW_SECONDS: stay inside one.
+    window = REJECTION_WINDOW_SECONDS
+    start = datetime.fromtimestamp((int(utcnow().timestamp()) // window) * window, UTC)
+    coalesced = rejection_log_counters.coalesced
+    for second in range(3):
+        store.record_rejection(
+            _refusal(start + timedelta(seconds=second), token_sha256=f"{second:064x}")
+        )
+    store.record_rejection(_refusal(start, reason="token_expired"))  # another reason
+    store.record_rejection(_refusal(start, remote_addr="198.51.100.1"))  # another address
+    store.record_rejection(_refusal(start, client_key="ck-2"))  # another tenant
+    store.record_rejection(_refusal(start, path="/enabled"))  # another path
+    store.record_rejection(_refusal(start + timedelta(seconds=window)))  # the next window
+    rows = store.list_rejections()
+    assert len(rows) == 6
+    assert rejection_log_counters.coalesced - coalesced == 2
+    [folded] = [r for r in rows if r.count > 1]
+    assert folded.count == 3
+    assert folded.at == start and folded.last_seen_at == start + timedelta(seconds=2)
+    assert folded.token_sha256 == f"{0:064x}"  # the first refusal's
+    assert all(r.count == 1 and r.last_seen_at == r.at for r in rows if r is not folded)
+    # Most recently seen first; the answer shows the count and the last time.
+    assert rows[0].at == start + timedelta(seconds=window)
+    answer = folded.as_dict()
+    assert answer["count"] == 3 and answer["last_seen_at"] == format_timestamp(
+        start + timedelta(seconds=2)
+    )
+
+
+def test_rejections_older_than_the_retention_are_purged(store_url: str) -> None:
+    now = utcnow()
+    with open_store(store_url) as writer:
+        for i in range(5):
+            writer.record_rejection(_refusal(now - timedelta(days=3), client_key=f"old-{i}"))
+        writer.record_rejection(_refusal(now - timedelta(hours=1), client_key="recent"))
+    purged = rejection_log_counters.purged
+    with open_store(store_url, rejection_retention_days=2, rejection_purge_interval=3600) as store:
+        store.record_rejection(_refusal(now, client_key="new"))  # the first insert purges
+        assert rejection_log_counters.purged - purged == 5
+        store.record_rejection(_refusal(now - timedelta(days=3), client_key="late"))
+        # At most one purge per interval: the late old row waits for the next one.
+        assert {r.client_key for r in store.list_rejections()} == {"recent", "new", "late"}
+        assert store.purge_rejections(now - timedelta(days=2)) == 1
+    assert rejection_log_counters.purged - purged == 6
+
+
+def test_connections_do_not_outlive_their_threads(store: EventStore) -> None:
+    store.append(stream_id_for("a"), [installed()], 0)
+
+    def read() -> None:
+        assert store.stream_version(stream_id_for("a")) == 1
+
+    read()
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):  # 200 short-lived threads, 10 at a time
+        threads = [threading.Thread(target=read) for _ in range(10)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    gc.collect()
+    # A connection per thread left open would be two or three descriptors each.
+    assert len(os.listdir("/proc/self/fd")) <= before + 12
+
+
+def test_a_value_the_database_cannot_hold_is_a_non_retryable_store_fault(
+    store: EventStore,
+) -> None:
+    # PostgreSQL cannot hold a NUL in text; SQLite no integer beyond 64 bits.
+    with pytest.raises(StoreFault) as caught:
+        store.read_stream("tenant:\x00", up_to=10**20)
+    assert not caught.value.retryable
+    assert not isinstance(caught.value.__cause__, StoreError)  # the driver's, chained
+
+
+def test_a_locked_sqlite_database_is_unavailable_not_a_driver_error(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with open_store(url, busy_timeout=0.05) as store:
+        blocker = sqlite3.connect(tmp_path / "ledger.db", isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+        try:
+            for attempt in (
+                lambda: store.append(stream_id_for("a"), [installed()], 0),
+                lambda: store.record_rejection(_refusal(utcnow())),
+                lambda: store.put_data_key("tenant:a", b"k"),
+            ):
+                with pytest.raises(StoreUnavailable) as caught:
+                    attempt()
+                assert caught.value.retryable
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        store.append(stream_id_for("a"), [installed()], 0)  # and it recovers by itself
+
+
+def test_a_failing_purge_never_fails_the_rejection_it_follows(
+    store_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with open_store(store_url, rejection_retention_days=365) as store:
+        store.record_rejection(_refusal(utcnow() - timedelta(days=100), client_key="old"))
+    refuse_delete = {
+        "sqlite": [
+            "CREATE TRIGGER no_purge BEFORE DELETE ON rejections"
+            " BEGIN SELECT RAISE(ABORT, 'no purge today'); END"
+        ],
+        "postgres": [
+            "CREATE FUNCTION no_purge() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN RAISE EXCEPTION 'no purge today'; END $$",
+            "CREATE TRIGGER no_purge BEFORE DELETE ON rejections"
+            " FOR EACH ROW EXECUTE FUNCTION no_purge()",
+        ],
+    }
+    if store_url.startswith("sqlite"):
+        conn = sqlite3.connect(store_url.removeprefix("sqlite:///"))
+        for statement in refuse_delete["sqlite"]:
+            conn.execute(statement)
+        conn.commit()
+        conn.close()
+    else:
+        with psycopg.connect(store_url, autocommit=True) as pg:
+            for statement in refuse_delete["postgres"]:
+                pg.execute(statement)  # type: ignore[call-overload]
+    with open_store(store_url, rejection_purge_interval=0) as store:
+        store.record_rejection(_refusal(utcnow(), client_key="new"))  # does not raise
+        assert {r.client_key for r in store.list_rejections()} == {"old", "new"}
+    assert "rejection purge failed: StoreFault" in caplog.text
+
+
+def test_a_full_sqlite_database_is_unavailable_and_recovers(tmp_path: Path) -> None:
+    with open_store(f"sqlite:///{tmp_path / 'ledger.db'}") as store:
+        store.append(stream_id_for("a"), [installed()], 0)
+        conn = store.connection()  # this thread's: the limit below is per connection
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages}")  # "database or disk is full"
+        big = DetailsChanged(changes={"blob": "x" * 200_000})
+        with pytest.raises(StoreUnavailable):
+            store.append(stream_id_for("a"), [NewEvent(big, meta())], 1)
+        assert store.stream_version(stream_id_for("a")) == 1  # nothing half-written
+        conn.execute("PRAGMA max_page_count = 1073741823")  # space again
+        store.append(stream_id_for("a"), [NewEvent(big, meta())], 1)
+        assert store.verify().ok
