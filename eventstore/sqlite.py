@@ -63,9 +63,10 @@ def translate_error(exc: Exception) -> StoreError | None:
             retryable = isinstance(exc, sqlite3.OperationalError)
         else:
             retryable = code & 0xFF in RETRYABLE_SQLITE_CODES
-        if retryable:
-            return StoreUnavailable("SQLite database is busy or unavailable")
         name: str | None = getattr(exc, "sqlite_errorname", None)
+        if retryable:
+            # The error's name (SQLITE_BUSY, SQLITE_FULL…) says which; never a value.
+            return StoreUnavailable(f"SQLite is unavailable ({name or type(exc).__name__})")
         return StoreFault(f"SQLite refused the work ({type(exc).__name__})", name)
     if isinstance(exc, UnicodeError | OverflowError):
         # A value SQLite cannot hold (a lone surrogate, an integer beyond 64 bits).
@@ -445,13 +446,10 @@ class SQLiteEventStore(EventStore):
         return [(r[0], bytes(r[1])) for r in rows]
 
     def swap_data_key(self, stream_id: str, expected: bytes, wrapped: bytes) -> bool:
-        try:
-            cur = self.connection().execute(
-                "UPDATE data_keys SET wrapped = ? WHERE stream_id = ? AND wrapped = ?",
-                (wrapped, stream_id, expected),
-            )
-        except sqlite3.OperationalError as exc:
-            raise StoreUnavailable("SQLite database is busy or unavailable") from exc
+        cur = self.connection().execute(
+            "UPDATE data_keys SET wrapped = ? WHERE stream_id = ? AND wrapped = ?",
+            (wrapped, stream_id, expected),
+        )
         return cur.rowcount > 0
 
     # -- rejections

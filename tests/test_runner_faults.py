@@ -243,7 +243,7 @@ def test_a_projection_table_that_refuses_writes_is_retried_until_it_accepts_them
     try:
         status = until(lambda: (s := thread.status())["failures"] >= 3 and s, "failures counted")
         assert thread.is_alive()
-        expected = "StoreUnavailable" if store_url.startswith("postgres") else "StoreError"
+        expected = "StoreUnavailable" if store_url.startswith("postgres") else "StoreFault"
         assert status["last_error"]["type"] == expected  # never a raw driver error
         assert status["lag_events"] == store.head().position > 0
         _make_tenants_writable(store_url)
