@@ -55,6 +55,7 @@ import msgspec
 from msgspec.structs import astuple
 
 from eventstore.events import (
+    FORGE_EVENT_TYPES,
     BaseUrlChanged,
     DescriptorUpgraded,
     DetailsChanged,
@@ -190,6 +191,10 @@ def _uninstalled(tenant: _Tenant, event: RecordedEvent) -> None:
         _changed(tenant, event)
 
 
+def _no_tenant(tenant: _Tenant, event: RecordedEvent) -> None:
+    pass
+
+
 _UPDATES: dict[str, Callable[[_Tenant, RecordedEvent], None]] = {
     "SecretRotated": _changed,
     "BaseUrlChanged": _base_url_changed,
@@ -199,6 +204,9 @@ _UPDATES: dict[str, Callable[[_Tenant, RecordedEvent], None]] = {
     "Enabled": _enabled,
     "Disabled": _disabled,
     "Uninstalled": _uninstalled,
+    # Forge events live in ``installation:`` streams, which have no tenant row (they
+    # reach the tenant through the links projection): a conscious no-op.
+    **dict.fromkeys(FORGE_EVENT_TYPES, _no_tenant),
 }
 """Every event type but ``Installed``, which replaces the record instead."""
 
