@@ -43,7 +43,7 @@ MAX_ATTEMPTS: Final = 25
 
 S = TypeVar("S")
 C = TypeVar("C")
-S_contra = TypeVar("S_contra", contravariant=True)
+C_contra = TypeVar("C_contra", contravariant=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,14 +78,14 @@ class Refuse:
 Decision = Append | Skip | Refuse
 
 
-class Decider(Protocol[S, C]):
+class Decider(Protocol[S, C_contra]):
     """The three pure functions of one kind of stream."""
 
     def initial_state(self, stream_id: str) -> S: ...
 
     def evolve(self, state: S, event: RecordedEvent) -> S: ...
 
-    def decide(self, state: S, command: C) -> Decision: ...
+    def decide(self, state: S, command: C_contra) -> Decision: ...
 
 
 @dataclass(frozen=True, slots=True)
