@@ -16,6 +16,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import admin
+from app.forge.ingest import ForgeIngestor
+from app.forge.routes import add_forge_routes
 from app.ingest import CallRequest, LifecycleIngestor, Outcome
 from app.install_keys import InstallKeyFetcher
 from app.lifecycle import LIFECYCLE_EVENTS, LifecycleEvent
@@ -96,6 +98,7 @@ def create_app(
         app.state.store = opened
         app.state.keyring = keyring
         app.state.ingestor = LifecycleIngestor(settings, opened, keyring, fetcher)
+        app.state.forge = ForgeIngestor(settings, opened)
         storage = storage_for(opened)
         await run_in_threadpool(storage.ensure)
         app.state.projections = storage
@@ -106,6 +109,7 @@ def create_app(
             if runner is not None:
                 await run_in_threadpool(runner.stop)
             await fetcher.aclose()
+            await app.state.forge.aclose()
             if owned:
                 opened.close()
 
@@ -179,6 +183,7 @@ def create_app(
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
     app.include_router(admin.router)
+    add_forge_routes(app, metrics)
     return app
 
 
