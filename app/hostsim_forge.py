@@ -272,7 +272,7 @@ class ForgePlatform:
         self, claims: Mapping[str, Any], *, alg: str = "RS256", kid: str | None = None
     ) -> str:
         """A token over ``claims``; ``alg`` "HS256"/"none" make deliberately wrong ones."""
-        header = {"alg": alg, "typ": "JWT", "kid": kid or self.kid}
+        header = {"alg": alg, "typ": "JWT", "kid": self.kid if kid is None else kid}
         signing_input = f"{_b64_json(header)}.{_b64_json(claims)}".encode("ascii")
         if alg == "RS256":
             # A kid of no key of ours (a test's "unknown kid") is signed with the current key.
