@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import pytest
 
 from app.forge.ids import installation_ari
 from app.hostsim_forge import ForgeCall, ForgeInstallation, ForgePlatform, JwksServer
