@@ -28,7 +28,7 @@ from typing import Any, Final, Literal
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from app.forge.ids import app_ari, installation_ari
+from projections.forge_ids import app_ari, installation_ari
 
 __all__ = ["ForgeCall", "ForgeInstallation", "ForgePlatform", "JwksServer"]
 

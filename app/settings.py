@@ -8,8 +8,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.forge.ids import app_uuid
 from eventstore.crypto import MasterKeys, load_or_create_master_key
+from projections.forge_ids import app_uuid
 
 
 def _split(value: str) -> tuple[str, ...]:

@@ -27,6 +27,7 @@ import psycopg
 from eventstore.store import EventStore, RecordedEvent, StoreError
 from projections.base_urls import BaseUrlsProjection, BaseUrlsState
 from projections.descriptors import DescriptorsProjection, DescriptorsState
+from projections.installations import InstallationsProjection, LinksProjection, forge_states
 from projections.reimports import ReimportsProjection, ReimportsState
 from projections.storage import ProjectionStorage, storage_for
 from projections.tables import GROUPS, SPECS
@@ -39,6 +40,8 @@ PROJECTIONS: Final[dict[str, Any]] = {
     "descriptors": DescriptorsProjection(),
     "base_urls": BaseUrlsProjection(),
     "reimports": ReimportsProjection(),
+    "installations": InstallationsProjection(),
+    "links": LinksProjection(),
 }
 ADVISORY_LOCK_KEY: Final = 7406000002
 NOTIFY_CHANNEL: Final = "ledger_events"
@@ -64,6 +67,7 @@ def resume_states(storage: ProjectionStorage) -> dict[str, Any]:
         "descriptors": DescriptorsState.from_rows(storage.load_rows("descriptors"), tenants),
         "base_urls": BaseUrlsState.from_rows(base_urls),
         "reimports": ReimportsState.from_rows(base_urls),
+        **forge_states(storage.load_rows("installations"), storage.load_rows("links")),
     }
 
 

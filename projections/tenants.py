@@ -63,6 +63,7 @@ from eventstore.events import (
     stream_id_for,
 )
 from eventstore.store import RecordedEvent
+from projections.forge_ids import installation_uuid
 from projections.model import INSTALLED, UNINSTALLED, Projection, TenantRow, TenantState
 
 __all__ = ["TenantRow", "TenantsProjection", "TenantsState", "apply", "fold"]
@@ -83,6 +84,7 @@ class _Tenant(msgspec.Struct, gc=False):
     updated_at: datetime
     last_seen_at: datetime
     version: int
+    installation_id: str | None = None
 
 
 def _freeze(tenant: _Tenant) -> TenantRow:
@@ -127,6 +129,7 @@ def _installed(event: RecordedEvent) -> _Tenant:
         updated_at=at,
         last_seen_at=at,
         version=event.version,
+        installation_id=installation_uuid(details.get("installationId")),
     )
 
 
@@ -163,6 +166,8 @@ def _details_changed(tenant: _Tenant, event: RecordedEvent) -> None:
         tenant.display_url = changes["displayUrl"]
     if "productType" in changes:
         tenant.product_type = changes["productType"]
+    if "installationId" in changes:
+        tenant.installation_id = installation_uuid(changes["installationId"])
     _changed(tenant, event)
 
 

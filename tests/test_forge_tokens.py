@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.forge import ids
 from app.forge.body import (
     BodyError,
     check_body,
@@ -21,6 +20,7 @@ from app.forge.body import (
 )
 from app.forge.tokens import ForgeToken, TokenError, claimed_identity, read_fit, verify_fit
 from app.hostsim_forge import ForgeInstallation, ForgePlatform
+from projections import forge_ids as ids
 
 PLATFORM = ForgePlatform()
 OTHER = ForgePlatform()  # another Forge app, with keys of its own

@@ -17,10 +17,10 @@ from typing import Any, Final, Literal
 
 import msgspec
 
-from app.forge.ids import app_uuid, installation_uuid, normalise_cloud_id, site_of
 from app.forge.tokens import ForgeToken
 from app.payload import MAX_BODY_BYTES, BodyError, _check_sizes
 from eventstore.events import canonical_json
+from projections.forge_ids import app_uuid, installation_uuid, normalise_cloud_id, site_of
 
 __all__ = [
     "ROUTES",

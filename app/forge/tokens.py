@@ -19,8 +19,8 @@ from typing import Any, Final
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from jwt.algorithms import RSAAlgorithm
 
-from app.forge.ids import app_uuid, installation_uuid_from_ari, normalise_cloud_id
 from app.tokens import TokenError, _numeric, _parse, _Parsed
+from projections.forge_ids import app_uuid, installation_uuid_from_ari, normalise_cloud_id
 
 __all__ = [
     "FIT_ISSUER",
