@@ -238,7 +238,11 @@ class ForgePlatform:
         return self.kid
 
     def claims(
-        self, installation: ForgeInstallation, *, iat: int | None = None, lifetime: int = FIT_LIFETIME
+        self,
+        installation: ForgeInstallation,
+        *,
+        iat: int | None = None,
+        lifetime: int = FIT_LIFETIME,
     ) -> dict[str, Any]:
         issued = int(time.time()) if iat is None else iat
         app: dict[str, Any] = {
@@ -268,9 +272,7 @@ class ForgePlatform:
             "context": {"cloudId": installation.cloud_id},
         }
 
-    def sign(
-        self, claims: Mapping[str, Any], *, alg: str = "RS256", kid: str | None = None
-    ) -> str:
+    def sign(self, claims: Mapping[str, Any], *, alg: str = "RS256", kid: str | None = None) -> str:
         """A token over ``claims``; ``alg`` "HS256"/"none" make deliberately wrong ones."""
         header = {"alg": alg, "typ": "JWT", "kid": self.kid if kid is None else kid}
         signing_input = f"{_b64_json(header)}.{_b64_json(claims)}".encode("ascii")
@@ -290,7 +292,11 @@ class ForgePlatform:
         payload = {
             "id": installation_ari(installation.installation_id),
             "installerAccountId": installation.installer_account_id,
-            "app": {"id": self.app_ari, "version": installation.app_version, "name": "Tenant ledger"},
+            "app": {
+                "id": self.app_ari,
+                "version": installation.app_version,
+                "name": "Tenant ledger",
+            },
             "environment": {"id": installation.environment_id},
             "context": installation.site_ari,
             "eventType": "avi:forge:installed:app",
@@ -302,7 +308,11 @@ class ForgePlatform:
         payload = {
             "id": installation_ari(installation.installation_id),
             "upgraderAccountId": installation.installer_account_id,
-            "app": {"id": self.app_ari, "version": installation.app_version, "name": "Tenant ledger"},
+            "app": {
+                "id": self.app_ari,
+                "version": installation.app_version,
+                "name": "Tenant ledger",
+            },
             "environment": {"id": installation.environment_id},
             "context": installation.site_ari,
             "eventType": "avi:forge:upgraded:app",

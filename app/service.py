@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app import admin
+from app import admin, admin_forge
 from app.forge.ingest import ForgeIngestor
 from app.forge.routes import add_forge_routes
 from app.ingest import CallRequest, LifecycleIngestor, Outcome
@@ -183,6 +183,7 @@ def create_app(
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
     app.include_router(admin.router)
+    app.include_router(admin_forge.router)
     add_forge_routes(app, metrics)
     return app
 

@@ -205,9 +205,7 @@ class ForgeFold:
         self._cloud_latest: dict[str, tuple[int, str]] = {}  # cloudId → (position, installation)
 
     @classmethod
-    def from_rows(
-        cls, installations: Iterable[InstallationRow], links: Iterable[LinkRow]
-    ) -> Self:
+    def from_rows(cls, installations: Iterable[InstallationRow], links: Iterable[LinkRow]) -> Self:
         """Resume from both tables' rows at the same checkpoint."""
         state = cls()
         state._dirty = {}

@@ -47,7 +47,9 @@ def claims(installation: ForgeInstallation | None = None, **changes: Any) -> dic
 
 
 def verify(token: str, *, app_id: str = PLATFORM.app_id, key: Any = None) -> ForgeToken:
-    return verify_fit(read_fit(token), key or key_of(PLATFORM), app_id=app_id, now=NOW, leeway=LEEWAY)
+    return verify_fit(
+        read_fit(token), key or key_of(PLATFORM), app_id=app_id, now=NOW, leeway=LEEWAY
+    )
 
 
 def refused(token: str, **options: Any) -> str:
@@ -222,8 +224,12 @@ def test_body_rules() -> None:
 
 def test_a_retry_envelope_is_unwrapped() -> None:
     retry = {"retryCount": 2, "retryReason": "TIMEOUT"}
-    inside = parse_forge_body(body_of({"payload": {"id": "x", "retryContext": retry}}), "application/json")
-    beside = parse_forge_body(body_of({"payload": {"id": "x"}, "retryContext": retry}), "application/json")
+    inside = parse_forge_body(
+        body_of({"payload": {"id": "x", "retryContext": retry}}), "application/json"
+    )
+    beside = parse_forge_body(
+        body_of({"payload": {"id": "x"}, "retryContext": retry}), "application/json"
+    )
     assert inside.fields == beside.fields == {"id": "x"}
     assert inside.retry_context == beside.retry_context == retry
     # "payload" beside other fields is an ordinary field, not an envelope.
@@ -240,7 +246,9 @@ def sample() -> tuple[ForgeInstallation, ForgeToken, dict[str, Any]]:
 def test_installed_body_must_name_the_tokens_installation() -> None:
     installation, token, body = sample()
     assert check_body("installed", body, token) is None
-    assert check_body("installed", {**body, "id": installation.installation_id.upper()}, token) is None
+    assert (
+        check_body("installed", {**body, "id": installation.installation_id.upper()}, token) is None
+    )
     assert check_body("upgraded", {k: v for k, v in body.items() if k != "id"}, token)
     assert check_body("installed", {**body, "id": str(uuid.uuid4())}, token)
     assert check_body("installed", {**body, "app": {"id": OTHER.app_ari}}, token)
@@ -265,7 +273,10 @@ def test_a_site_is_checked_only_when_the_token_lists_contexts() -> None:
     del plain["app"]["installation"]
     token = verify(token_for(plain))
     body = PLATFORM.installed(installation).payload
-    assert check_body("installed", {**body, "context": f"ari:cloud:jira::site/{uuid.uuid4()}"}, token) is None
+    assert (
+        check_body("installed", {**body, "context": f"ari:cloud:jira::site/{uuid.uuid4()}"}, token)
+        is None
+    )
 
 
 # ------------------------------------------------------------------ delivery (rule 6)
@@ -277,7 +288,11 @@ def test_a_retry_is_the_same_delivery_and_a_new_fact_is_not() -> None:
     first = delivery_sha256("installed", body, token)
     assert delivery_sha256("installed", body, again) == first
     # The body naming the installation by its bare UUID is the same delivery.
-    bare = {**body, "id": installation.installation_id, "app": {**body["app"], "id": PLATFORM.app_id}}
+    bare = {
+        **body,
+        "id": installation.installation_id,
+        "app": {**body["app"], "id": PLATFORM.app_id},
+    }
     assert delivery_sha256("installed", bare, token) == first
     assert delivery_sha256("upgraded", body, token) != first
     installation.license = {"isActive": False}
@@ -292,11 +307,18 @@ def test_a_new_context_token_is_the_same_pre_uninstall() -> None:
     one = PLATFORM.pre_uninstall(installation).payload
     two = PLATFORM.pre_uninstall(installation).payload
     assert one["contextToken"] != two["contextToken"]
-    assert delivery_sha256("pre-uninstall", one, token) == delivery_sha256("pre-uninstall", two, token)
+    assert delivery_sha256("pre-uninstall", one, token) == delivery_sha256(
+        "pre-uninstall", two, token
+    )
 
 
 def test_claimed_installation_of_a_refused_body() -> None:
     u, cloud = str(uuid.uuid4()), str(uuid.uuid4())
-    assert claimed_installation(body_of({"id": ids.installation_ari(u), "context": f"ari:cloud:jira::site/{cloud}"})) == (u, cloud)
-    assert claimed_installation(body_of({"payload": {"context": {"cloudId": cloud}}})) == (None, cloud)
+    assert claimed_installation(
+        body_of({"id": ids.installation_ari(u), "context": f"ari:cloud:jira::site/{cloud}"})
+    ) == (u, cloud)
+    assert claimed_installation(body_of({"payload": {"context": {"cloudId": cloud}}})) == (
+        None,
+        cloud,
+    )
     assert claimed_installation(b"not json") == (None, None)

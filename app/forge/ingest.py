@@ -116,7 +116,9 @@ class ForgeIngestor:
             problem = check_body(request.route, body.fields, verified)
             if problem is not None:
                 raise _Refusal(401, "body_token_mismatch", problem)
-            outcome = await to_thread.run_sync(self._decide_append, request, body, verified, call_id)
+            outcome = await to_thread.run_sync(
+                self._decide_append, request, body, verified, call_id
+            )
         except _Refusal as refusal:
             outcome = Outcome(
                 refusal.status,
@@ -184,7 +186,10 @@ class ForgeIngestor:
             )
         except shell.Contention:
             return self._unavailable(
-                call_id, installation, "contention", "too many concurrent calls for this installation"
+                call_id,
+                installation,
+                "contention",
+                "too many concurrent calls for this installation",
             )
         if not result.appended:
             return Outcome(204, "duplicate", call_id, installation_id=installation)

@@ -29,7 +29,10 @@ _ERROR = {
 }
 RESPONSES: dict[int | str, dict[str, Any]] = {
     204: {"description": "Recorded, or a repeat of a recorded delivery."},
-    400: {"description": "The body is malformed.", "content": {"application/json": {"schema": _ERROR}}},
+    400: {
+        "description": "The body is malformed.",
+        "content": {"application/json": {"schema": _ERROR}},
+    },
     401: {
         "description": "Forge is not configured, or the token or the body does not verify.",
         "content": {"application/json": {"schema": _ERROR}},
