@@ -55,7 +55,7 @@ def test_links_both_ways_reinstall_and_the_migration_report(store_url: str) -> N
         new_site = ForgeInstallation()
         assert forge.send(platform.installed(new_site)).status_code == 204
 
-        connect = {(l["client_key"], l["installation_id"]) for l in links(forge, kind="connect")}
+        connect = {(x["client_key"], x["installation_id"]) for x in links(forge, kind="connect")}
         assert connect == {
             (a["clientKey"], moving.installation_id),
             (b["clientKey"], early.installation_id),
@@ -69,7 +69,7 @@ def test_links_both_ways_reinstall_and_the_migration_report(store_url: str) -> N
         assert reinstall["installation_ari"] == installation_ari(again.installation_id)
         # Filters accept an installation in either spelling.
         by_ari = links(forge, installation_id=installation_ari(moving.installation_id))
-        assert {l["kind"] for l in by_ari} == {"connect", "reinstall"}
+        assert {x["kind"] for x in by_ari} == {"connect", "reinstall"}
         assert (
             links(forge, client_key=b["clientKey"])[0]["installation_id"] == early.installation_id
         )
