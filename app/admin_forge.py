@@ -8,7 +8,7 @@ percent-encoded); answers give the bare UUID in ``installation_id`` and the ARI 
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query
@@ -21,10 +21,11 @@ from app.admin import (
     parse_as_of,
     redact_event,
     require_admin,
+    tenant_object,
 )
 from app.answers import FastJSONResponse
 from eventstore.events import installation_stream_id
-from eventstore.store import format_timestamp
+from eventstore.store import format_timestamp, utcnow
 from projections.forge_ids import installation_ari, installation_uuid
 from projections.installations import (
     CONNECT,
@@ -33,6 +34,7 @@ from projections.installations import (
     fold_installation,
 )
 from projections.migration import migration_report
+from projections.presumed_gone import presumed_gone, uninstalling
 from projections.storage import ProjectionStorage
 
 router = APIRouter(prefix="/admin", tags=["admin", "forge"], dependencies=[Depends(require_admin)])
@@ -230,3 +232,33 @@ async def migration(
 ) -> FastJSONResponse:
     await _caught_up(storage, min_position)
     return FastJSONResponse(await run_in_threadpool(migration_answer, storage))
+
+
+def presumed_gone_answer(storage: ProjectionStorage, grace: timedelta) -> dict[str, Any]:
+    """Presumed-gone tenants with the reason: ``silent`` (SPEC §6) or ``uninstalling``
+    (their linked Forge installation sent ``pre-uninstall``, SPEC §10)."""
+    tenants = storage.load_rows("tenants")
+    silent = presumed_gone(tenants, storage.load_rows("descriptors"), utcnow(), grace)
+    leaving = uninstalling(tenants, storage.load_rows("installations"))
+    reasons: dict[str, list[str]] = {}
+    rows = {}
+    for reason, found in (("silent", silent), ("uninstalling", leaving)):
+        for row in found:
+            rows[row.client_key] = row
+            reasons.setdefault(row.client_key, []).append(reason)
+    return {
+        "tenants": [
+            {**tenant_object(rows[key]), "presumed": reasons[key]} for key in sorted(rows)
+        ]
+    }
+
+
+@router.get("/presumed-gone", summary="Tenants presumed gone: silent, or uninstalling on Forge")
+async def presumed_gone_tenants(
+    storage: ProjectionsDep,
+    grace_hours: Annotated[float, Query(gt=0, le=24 * 3650)] = 24,
+    min_position: Annotated[int | None, Query(ge=0)] = None,
+) -> FastJSONResponse:
+    await _caught_up(storage, min_position)
+    answer = await run_in_threadpool(presumed_gone_answer, storage, timedelta(hours=grace_hours))
+    return FastJSONResponse(answer)

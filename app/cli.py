@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from app import cli_forge
 from app.settings import Settings
 from eventstore.events import stream_id_for
 from eventstore.store import EventStore, RecordedEvent, format_timestamp, open_store
@@ -395,6 +396,9 @@ def demo(
     from app.demo import run_demo
 
     run_demo(console, url=url, key_port=key_port)
+
+
+cli_forge.register(cli)
 
 
 def main() -> None:

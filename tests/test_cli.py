@@ -62,6 +62,8 @@ def test_read_commands(service: RunningService) -> None:
         "descriptors",
         "base_urls",
         "reimports",
+        "installations",
+        "links",
     ]
     assert "no such" not in invoke("rebuild", "reimports")
 

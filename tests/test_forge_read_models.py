@@ -151,3 +151,23 @@ def test_installation_paths_states_and_as_of(store_url: str) -> None:
         assert before.status_code == 404 and before.json()["error"] == "not_yet_installed"
         unauthorised = forge.service.client.get("/admin/migration")
         assert unauthorised.status_code == 401
+
+
+def test_presumed_gone_learns_uninstalling_from_forge(store_url: str) -> None:
+    with forge_service(store_url) as forge:
+        leaving, staying = ForgeInstallation(), ForgeInstallation()
+        a = forge.service.install(make_install_payload(installationId=leaving.installation_id))
+        forge.service.install(make_install_payload(installationId=staying.installation_id))
+        for installation in (leaving, staying):
+            assert forge.send(forge.platform.installed(installation)).status_code == 204
+        assert admin(forge, "/admin/presumed-gone")["tenants"] == []
+
+        assert forge.send(forge.platform.pre_uninstall(leaving)).status_code == 204
+        (gone,) = admin(forge, "/admin/presumed-gone")["tenants"]
+        assert (gone["client_key"], gone["presumed"]) == (a["clientKey"], ["uninstalling"])
+        assert gone["state"] == "installed"  # a presumption, not a state change
+
+        # A reinstall on that site replaces the uninstalling installation.
+        again = ForgeInstallation(cloud_id=leaving.cloud_id)
+        assert forge.send(forge.platform.installed(again)).status_code == 204
+        assert admin(forge, "/admin/presumed-gone")["tenants"] == []
