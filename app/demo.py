@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from app.demo_forge import ForgeDemo
 from app.embedded import embedded_service
 from app.hostsim import KeyServer, SimulatedHost, make_install_payload
 from app.settings import Settings
@@ -156,7 +157,9 @@ def show_tenants(
 
 
 @contextmanager
-def _own_service(key_server: KeyServer, token: str) -> Iterator[tuple[str, Settings]]:
+def _own_service(
+    key_server: KeyServer, token: str, forge: dict[str, Any]
+) -> Iterator[tuple[str, Settings]]:
     with tempfile.TemporaryDirectory(prefix="ledger-demo-") as folder:
 
         def settings_for(url: str) -> Settings:
@@ -166,6 +169,7 @@ def _own_service(key_server: KeyServer, token: str) -> Iterator[tuple[str, Setti
                 install_keys_url=key_server.url,
                 master_key=SecretStr(base64.b64encode(os.urandom(32)).decode()),
                 admin_token=SecretStr(token),
+                **forge,
             )
 
         with (
@@ -177,15 +181,17 @@ def _own_service(key_server: KeyServer, token: str) -> Iterator[tuple[str, Setti
 
 def run_demo(console: Console, *, url: str | None, key_port: int) -> None:
     key_server = KeyServer(port=key_port if url else 0).start()
+    forge = ForgeDemo()
     try:
         if url is None:
             token = secrets.token_urlsafe(24)
-            with _own_service(key_server, token) as (own_url, settings):
+            with _own_service(key_server, token, forge.settings()) as (own_url, settings):
                 console.print(f"started a throw-away service at {own_url} (SQLite, temporary)")
                 host = DemoHost(console, own_url, settings.app_base_url, key_server)
                 keys = drive(host)
                 console.print(host.results)
                 show_tenants(console, host.client, token, keys)
+                forge.drive(console, host.client, host.send, token)
         else:
             console.print(f"driving {url}; install keys are served at {key_server.url}")
             # The service's own idea of its base URL (the tokens' audience), which
@@ -201,3 +207,4 @@ def run_demo(console: Console, *, url: str | None, key_port: int) -> None:
             )
     finally:
         key_server.stop()
+        forge.stop()
