@@ -14,7 +14,7 @@ import httpx
 
 from app.hostsim_forge import ForgeCall, ForgeInstallation, ForgePlatform, JwksServer
 from eventstore.events import installation_stream_id
-from eventstore.store import RecordedEvent
+from eventstore.store import RecordedEvent, open_store
 from projections.forge_ids import installation_ari
 from tests.harness import RunningService, running_service
 
@@ -271,3 +271,35 @@ def test_no_token_or_secret_reaches_a_log_an_answer_or_an_export(store_url: str)
                 assert secret not in text
         assert "body_token_mismatch" not in seen[2]  # sanity: the refusals were others
         assert "unknown_kid" in seen[2] and "unsupported_alg" in seen[2]
+
+
+def test_store_unavailable_is_503_and_nothing_half_stored(postgres_databases: Any) -> None:
+    """Rule 7: the database refuses connections; the retry after it returns is stored once."""
+    import time
+
+    import psycopg
+
+    url = postgres_databases.create()
+    name = url.rsplit("/", 1)[1]
+    with forge_service(url) as forge:
+        installation = ForgeInstallation()
+        call = forge.platform.pre_uninstall(installation)  # two events in one call
+        with psycopg.connect(postgres_databases.admin_url, autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", [name]
+            )
+            try:
+                response = forge.send(call)
+                assert refusal(response) == (503, "store_unavailable")
+                assert int(response.headers["Retry-After"]) > 0
+            finally:
+                admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        deadline = time.monotonic() + 30
+        while forge.service.client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "the service did not become ready again"
+            time.sleep(0.2)
+        assert forge.send(forge.platform.retry(call)).status_code == 204
+        with open_store(url) as check:  # the harness's own connections were terminated
+            stream = check.read_stream(installation_stream_id(installation.installation_id))
+        assert types(stream) == ["ForgeInstalled", "ForgeUninstalling"]
