@@ -27,8 +27,8 @@ class ForgeDemo:
     def __init__(self) -> None:
         self.jwks = JwksServer().start()
         self.platform = ForgePlatform(jwks=self.jwks)
-        self.results = Table(title="Forge calls sent by the simulated platform")
-        for column in ("step", "route", "kid", "answer"):
+        self.results = Table(title="a tenant moves to Forge: calls sent")
+        for column in ("step", "call", "signed with", "answer"):
             self.results.add_column(column, overflow="fold")
 
     def settings(self) -> dict[str, Any]:
@@ -37,6 +37,12 @@ class ForgeDemo:
 
     def stop(self) -> None:
         self.jwks.stop()
+
+    def _connect(
+        self, connect: ConnectSender, step: str, payload: dict[str, Any], **options: Any
+    ) -> None:
+        status = connect(step, "installed", payload, **options)
+        self.results.add_row(step, "Connect installed", "(Connect JWT)", str(status))
 
     def _send(self, client: httpx.Client, step: str, call: ForgeCall) -> int:
         response = client.post(call.path, content=call.body, headers=call.headers)
@@ -59,9 +65,7 @@ class ForgeDemo:
             base_url="https://initech.atlassian.net",
             installationId=installation_ari(site.installation_id),
         )
-        connect(
-            "initech installs the Connect app (names its Forge installation)", "installed", tenant
-        )
+        self._connect(connect, "initech installs the Connect app (names its installation)", tenant)
         first = platform.installed(site)
         self._send(client, "Forge: installed", first)
         self._send(client, "Forge retries it (new token, same delivery)", platform.retry(first))
@@ -74,7 +78,9 @@ class ForgeDemo:
         again = ForgeInstallation(cloud_id=site.cloud_id, app_version="2.0.0")
         self._send(client, "initech reinstalls (new installationId)", platform.installed(again))
         renamed = dict(tenant, installationId=installation_ari(again.installation_id))
-        connect("Connect payload now names the new installation", "installed", renamed, version="2")
+        self._connect(
+            connect, "its Connect payload names the new installation", renamed, version="2"
+        )
         self._send(client, "initech starts uninstalling", platform.pre_uninstall(again))
         console.print(self.results)
         if token:

@@ -171,3 +171,25 @@ def test_presumed_gone_learns_uninstalling_from_forge(store_url: str) -> None:
         again = ForgeInstallation(cloud_id=leaving.cloud_id)
         assert forge.send(forge.platform.installed(again)).status_code == 204
         assert admin(forge, "/admin/presumed-gone")["tenants"] == []
+
+
+def test_a_read_model_whose_columns_changed_is_refolded(store: Any) -> None:
+    """Upgrading to tenants with ``installation_id``: the old table is replaced and its
+    group's checkpoints start again from 0; other read models keep theirs."""
+    storage = storage_for(store)
+    storage.ensure()
+    with storage._transaction() as tx:
+        tx.execute("ALTER TABLE tenants DROP COLUMN installation_id")
+        tx.execute("UPDATE projection_checkpoints SET position = 7")
+    storage.ensure()
+    assert storage.checkpoints() == {
+        "tenants": 0,
+        "descriptors": 0,
+        "base_urls": 7,
+        "reimports": 7,
+        "installations": 7,
+        "links": 7,
+    }
+    assert storage.load_rows("tenants") == []
+    storage.ensure()  # and nothing more happens the next time
+    assert storage.checkpoints()["base_urls"] == 7
