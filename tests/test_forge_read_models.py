@@ -85,6 +85,12 @@ def test_links_both_ways_reinstall_and_the_migration_report(store_url: str) -> N
             moving.installation_id
         )
 
+        ids = sorted(rows)
+        page = admin(forge, "/admin/installations", limit=2)
+        assert [r["installation_id"] for r in page["installations"]] == ids[:2]
+        rest = admin(forge, "/admin/installations", limit=2, after=installation_ari(page["next"]))
+        assert [r["installation_id"] for r in rest["installations"]] == ids[2:]
+
         tenant = service.admin(f"/admin/tenants/{a['clientKey']}").json()
         assert tenant["installation_id"] == moving.installation_id
 

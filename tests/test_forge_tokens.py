@@ -322,3 +322,21 @@ def test_claimed_installation_of_a_refused_body() -> None:
         cloud,
     )
     assert claimed_installation(b"not json") == (None, None)
+
+
+def test_the_forge_settings() -> None:
+    from pydantic import ValidationError
+
+    from app.settings import Settings
+
+    u = str(uuid.uuid4())
+    assert Settings(forge_app_id=ids.app_ari(u)).forge_app_uuid == u
+    assert Settings(forge_app_id=u.upper()).forge_app_uuid == u
+    assert Settings(forge_app_id="  ").forge_app_uuid is None
+    assert Settings().forge_app_uuid is None
+    with pytest.raises(ValidationError):
+        Settings(forge_app_id=ids.installation_ari(u))
+    assert Settings(forge_jwks_urls="https://a/j.json, ,https://b/j.json").forge_jwks_url_list == (
+        "https://a/j.json",
+        "https://b/j.json",
+    )

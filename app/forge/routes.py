@@ -86,6 +86,16 @@ def _add_route(app: FastAPI, route: Route, metrics: Metrics) -> None:
         },
         name=f"forge_{route.replace('-', '_')}",
     )
+    # Forge counts a redirect as a failure: answer a trailing slash here rather than
+    # let the router redirect it.
+    app.add_api_route(
+        f"/forge/{route}/",
+        forge_call,
+        methods=["POST"],
+        status_code=204,
+        response_class=Response,
+        include_in_schema=False,
+    )
 
 
 async def _read_capped(request: Request) -> bytes:
