@@ -33,7 +33,7 @@ from projections.forge_ids import app_ari, installation_ari
 __all__ = ["ForgeCall", "ForgeInstallation", "ForgePlatform", "JwksServer"]
 
 FIT_LIFETIME: Final = 25
-JwksMode = Literal["up", "error", "slow", "not_found"]
+JwksMode = Literal["up", "error", "slow", "not_found", "redirect"]
 
 
 def _b64(data: bytes) -> str:
@@ -64,6 +64,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(503, b"unavailable\n", "text/plain")
         elif mode == "not_found":
             self._answer(404, b"not found\n", "text/plain")
+        elif mode == "redirect":
+            # A JWKS that moved: the ledger must not follow (it would let the answerer
+            # point it anywhere).
+            self.send_response(302)
+            self.send_header("Location", "http://127.0.0.1:9/elsewhere.json")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
         else:
             self._answer(200, json.dumps(owner.document()).encode(), "application/json")
 

@@ -186,3 +186,26 @@ def test_parse_jwks_skips_what_is_not_an_rsa_signing_key(server: JwksServer) -> 
     for bad in (b"[]", b'{"keys": 3}', b"{}"):
         with pytest.raises(ValueError):
             parse_jwks(bad)
+
+
+@pytest.mark.parametrize("trouble", ["redirect", "too_large"])
+def test_no_redirects_and_a_size_limit(server: JwksServer, trouble: str) -> None:
+    platform = ForgePlatform()
+    kid, key = platform.keys[0]
+    if trouble == "redirect":
+        server.publish(kid, key.public_key())
+        server.set_mode("redirect")
+    else:
+        for n in range(700):  # one key under many kids: a document over 256 KiB
+            server.publish(f"{kid}-{n}", key.public_key())
+        assert len(json.dumps(server.document())) > 256 * 1024
+
+    async def scenario() -> str:
+        fetcher = JwksFetcher([server.url], clock=Clock())
+        try:
+            return await lookup(fetcher, f"{kid}-1" if trouble == "too_large" else kid)
+        finally:
+            await fetcher.aclose()
+
+    assert run(scenario()) == "unavailable"
+    assert server.requests == 1

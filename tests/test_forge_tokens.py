@@ -340,3 +340,31 @@ def test_the_forge_settings() -> None:
         "https://a/j.json",
         "https://b/j.json",
     )
+
+
+SIGNED = {"installation": ForgeInstallation()}
+
+
+@given(
+    st.sampled_from(["aud", "iss", "app.id", "app.installationId"]),
+    st.one_of(st.text(max_size=80), st.integers(), st.none(), st.uuids().map(str)),
+)
+def test_no_other_value_of_an_identity_claim_verifies(name: str, value: Any) -> None:
+    """Whatever else an attacker puts in aud, iss, app.id or app.installationId fails."""
+    body = claims(SIGNED["installation"])
+    good = {
+        "aud": body["aud"],
+        "iss": body["iss"],
+        "app.id": body["app"]["id"],
+        "app.installationId": body["app"]["installationId"],
+    }[name]
+    if ids.app_uuid(value) == ids.app_uuid(good) and name in ("app.id",):
+        return  # the same app in its other spelling
+    if value == good:
+        return
+    if name.startswith("app."):
+        body["app"][name[4:]] = value
+    else:
+        body[name] = value
+    with pytest.raises(TokenError):
+        verify(token_for(body))
