@@ -11,8 +11,8 @@ Both are folded from *both* kinds of streams:
 
 Rules:
 
-* An installation's ``client_key`` is the Connect tenant of its latest ``connect``
-  link; a reinstalled installation with no link of its own inherits the tenant of the
+* An installation's ``client_key`` is the Connect tenant of its most recently *first
+  seen* ``connect`` link (a tenant naming it again does not take it back); a reinstalled installation with no link of its own inherits the tenant of the
   installation it replaced on that site (the same customer; the link says why).
 * ``state`` is ``installed`` until a ``ForgeUninstalling`` (``uninstalling``); an
   ``installed``/``upgraded`` delivery after it (``ForgeInstallConfirmed`` or
@@ -194,7 +194,7 @@ FORGE_HANDLED: Final = frozenset(
 class ForgeFold:
     """Installations, links, and the indexes that make links: shared by both projections."""
 
-    __slots__ = ("_client_of", "_cloud_latest", "_dirty", "_link_ids", "_new_links", "_records")
+    __slots__ = ("_client_of", "_clouds", "_dirty", "_link_ids", "_new_links", "_records")
 
     def __init__(self) -> None:
         self._records: dict[str, _Installation] = {}
@@ -202,7 +202,9 @@ class ForgeFold:
         self._link_ids: set[str] = set()
         self._new_links: list[LinkRow] = []
         self._client_of: dict[str, str] = {}  # installation → its Connect tenant
-        self._cloud_latest: dict[str, tuple[int, str]] = {}  # cloudId → (position, installation)
+        # cloudId → {installation now on it: its installed_position}; the site's latest
+        # installation is the one installed last among them (see ``_latest_on``).
+        self._clouds: dict[str, dict[str, int]] = {}
 
     @classmethod
     def from_rows(cls, installations: Iterable[InstallationRow], links: Iterable[LinkRow]) -> Self:
@@ -217,24 +219,32 @@ class ForgeFold:
             state._records[row.installation_id] = _Installation(*astuple(row))
             if row.client_key is not None:
                 state._client_of[row.installation_id] = row.client_key
-            state._see_cloud(row.cloud_id, row.installed_position, row.installation_id)
+            state._join(row.cloud_id, row.installation_id, row.installed_position)
         return state
 
-    def _see_cloud(self, cloud_id: str | None, position: int, installation: str) -> None:
-        if cloud_id is None:
-            return
-        latest = self._cloud_latest.get(cloud_id)
-        if latest is None or latest[0] < position:
-            self._cloud_latest[cloud_id] = (position, installation)
+    def _join(self, cloud_id: str | None, installation: str, installed_position: int) -> None:
+        if cloud_id is not None:
+            self._clouds.setdefault(cloud_id, {})[installation] = installed_position
+
+    def _leave(self, cloud_id: str | None, installation: str) -> None:
+        if cloud_id is not None:
+            self._clouds.get(cloud_id, {}).pop(installation, None)
+
+    def _latest_on(self, cloud_id: str | None) -> str | None:
+        members = self._clouds.get(cloud_id or "")
+        return max(members, key=members.__getitem__) if members else None
 
     def _touch(self, record: _Installation) -> None:
         if self._dirty is not None:
             self._dirty[record.installation_id] = record
 
-    def _link(self, row: LinkRow) -> None:
-        if row.link_id not in self._link_ids:
-            self._link_ids.add(row.link_id)
-            self._new_links.append(row)
+    def _link(self, row: LinkRow) -> bool:
+        """Record a link unless it exists; whether it was new."""
+        if row.link_id in self._link_ids:
+            return False
+        self._link_ids.add(row.link_id)
+        self._new_links.append(row)
+        return True
 
     # -- events
 
@@ -247,7 +257,7 @@ class ForgeFold:
         installation = installation_uuid(named)
         if installation is None:
             return
-        self._link(
+        new = self._link(
             LinkRow(
                 f"{CONNECT}:{client_key}:{installation}",
                 CONNECT,
@@ -259,7 +269,9 @@ class ForgeFold:
                 event.recorded_at,
             )
         )
-        if self._client_of.get(installation) != client_key:
+        # Only a link seen for the first time moves the installation to that tenant: an
+        # older tenant naming it again (a stale call after a reimport) does not take it back.
+        if new and self._client_of.get(installation) != client_key:
             self._client_of[installation] = client_key
             record = self._records.get(installation)
             if record is not None:
@@ -269,16 +281,16 @@ class ForgeFold:
     def forge_installed(self, event: RecordedEvent) -> None:
         record = _new_record(event)
         installation = record.installation_id
-        previous = self._cloud_latest.get(record.cloud_id or "")
-        if previous is not None and previous[1] != installation:
-            inherited = self._client_of.get(previous[1])
+        previous = self._latest_on(record.cloud_id)
+        if previous is not None and previous != installation:
+            inherited = self._client_of.get(previous)
             self._link(
                 LinkRow(
-                    f"{REINSTALL}:{previous[1]}:{installation}",
+                    f"{REINSTALL}:{previous}:{installation}",
                     REINSTALL,
                     self._client_of.get(installation, inherited),
                     installation,
-                    previous[1],
+                    previous,
                     event.stream_id,
                     event.position,
                     event.recorded_at,
@@ -287,7 +299,10 @@ class ForgeFold:
             if installation not in self._client_of and inherited is not None:
                 self._client_of[installation] = inherited
         record.client_key = self._client_of.get(installation)
-        self._see_cloud(record.cloud_id, event.position, installation)
+        old = self._records.get(installation)
+        if old is not None:
+            self._leave(old.cloud_id, installation)
+        self._join(record.cloud_id, installation, record.installed_position)
         self._records[installation] = record
         self._touch(record)
 
@@ -296,9 +311,11 @@ class ForgeFold:
         record = self._records.get(installation or "")
         if record is None:
             return
+        before = record.cloud_id
         _update(record, event)
-        if isinstance(event.data, ForgeDetailsChanged) and "cloud_id" in event.data.changes:
-            self._see_cloud(record.cloud_id, event.position, record.installation_id)
+        if record.cloud_id != before:  # the installation is now on another site
+            self._leave(before, record.installation_id)
+            self._join(record.cloud_id, record.installation_id, record.installed_position)
         self._touch(record)
 
     # -- hand-over

@@ -247,7 +247,7 @@ def play(operations: list[tuple[Any, ...]]) -> Log:
     return log
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(OPERATIONS, st.integers(0, 60))
 def test_resuming_from_rows_is_the_same_as_one_fold(operations: list[Any], cut: int) -> None:
     """What the runner does after a restart: resume from the rows at a checkpoint."""
