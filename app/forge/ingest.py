@@ -34,7 +34,7 @@ from app.forge.jwks import JwksFetcher, JwksUnavailable, UnknownKid
 from app.forge.tokens import ForgeToken, TokenError, claimed_identity, read_fit, verify_fit
 from app.settings import Settings
 from eventstore.events import Metadata, installation_stream_id
-from eventstore.store import EventStore, Rejection, StoreUnavailable, format_timestamp, utcnow
+from eventstore.store import EventStore, Rejection, StoreError, format_timestamp, utcnow
 
 log = logging.getLogger("ledger.forge")
 
@@ -180,7 +180,7 @@ class ForgeIngestor:
         installation = token.installation_id
         try:
             result = shell.run(DECIDER, self.store, installation_stream_id(installation), call)
-        except StoreUnavailable:
+        except StoreError:  # unavailable, or any other trouble of the store: retryable
             return self._unavailable(
                 call_id, installation, "store_unavailable", "the ledger's store is unavailable"
             )
@@ -233,7 +233,7 @@ class ForgeIngestor:
         )
         try:
             self.store.record_rejection(rejection)
-        except StoreUnavailable:
+        except StoreError:
             log.warning(
                 "rejection not stored: store unavailable",
                 extra={"call_id": outcome.call_id, "reason": outcome.code},
