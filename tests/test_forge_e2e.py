@@ -306,3 +306,45 @@ def test_store_unavailable_is_503_and_nothing_half_stored(postgres_databases: An
         with open_store(url) as check:  # the harness's own connections were terminated
             stream = check.read_stream(installation_stream_id(installation.installation_id))
         assert types(stream) == ["ForgeInstalled", "ForgeUninstalling"]
+
+
+def test_hostile_bodies_and_headers_never_get_a_500_or_a_redirect(store_url: str) -> None:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    json_values = st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+        lambda inner: (
+            st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+        ),
+        max_leaves=10,
+    )
+    with forge_service(store_url) as forge:
+        installation = ForgeInstallation()
+        good = forge.platform.installed(installation)
+
+        @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(
+            route=st.sampled_from(["installed", "upgraded", "pre-uninstall"]),
+            body=st.one_of(
+                st.binary(max_size=200),
+                json_values.map(lambda v: json.dumps(v).encode()),
+                st.just(json.dumps({"payload": {"retryContext": "x"}}).encode()),
+            ),
+            authorization=st.one_of(
+                st.just(good.headers["Authorization"]),
+                st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=60),
+            ),
+        )
+        def probe(route: str, body: bytes, authorization: str) -> None:
+            response = forge.service.client.post(
+                f"/forge/{route}",
+                content=body,
+                headers={"Content-Type": "application/json", "Authorization": authorization},
+            )
+            assert response.status_code in (204, 400, 401, 413), response.text
+            if response.status_code != 204:
+                assert set(response.json()) == {"error", "detail"}
+
+        probe()
+        assert all(e.type.startswith("Forge") for e in forge.service.store.read_all())
