@@ -36,6 +36,9 @@ class TenantAnswer(BaseModel):
     updated_at: str
     last_seen_at: str
     version: int = Field(description="the tenant stream's version")
+    installation_id: str | None = Field(
+        default=None, description="the Forge installation its payload names (bare UUID)"
+    )
 
 
 class TenantsPage(BaseModel):

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from app import cli_reads
+from app import cli_forge, cli_reads
 from app.cli_keys import rewrap
 from app.cli_output import stdout_console
 from app.cli_reads import JsonOption, examples
@@ -228,6 +228,8 @@ cli.command()(rewrap)
 from app.cli_integrity import register  # noqa: E402  (digest, verify, export)
 
 register(cli)
+
+cli_forge.register(cli)
 
 
 def main() -> None:

@@ -32,6 +32,7 @@ from rich.console import Console
 from rich.rule import Rule
 
 from app.cli_output import print_record, print_records
+from app.demo_forge import ForgeDemo
 from app.embedded import embedded_service
 from app.evidence import HISTORY_COLUMNS, evidence_rows
 from app.hostsim import KeyServer, SimulatedHost, make_install_payload
@@ -230,7 +231,9 @@ def show_integrity(console: Console, reader: AdminReader, database_url: str) -> 
 
 
 @contextmanager
-def _own_service(key_server: KeyServer, token: str) -> Iterator[tuple[str, Settings]]:
+def _own_service(
+    key_server: KeyServer, token: str, forge: dict[str, Any]
+) -> Iterator[tuple[str, Settings]]:
     with tempfile.TemporaryDirectory(prefix="ledger-demo-") as folder:
 
         def settings_for(url: str) -> Settings:
@@ -240,6 +243,7 @@ def _own_service(key_server: KeyServer, token: str) -> Iterator[tuple[str, Setti
                 install_keys_url=key_server.url,
                 master_key=SecretStr(base64.b64encode(os.urandom(32)).decode()),
                 admin_token=SecretStr(token),
+                **forge,
             )
 
         with (
@@ -273,13 +277,16 @@ def _hold(console: Console) -> None:
 
 def run_demo(console: Console, *, url: str | None, key_port: int) -> None:
     key_server = KeyServer(port=key_port if url else 0).start()
+    forge = ForgeDemo()
     try:
         if url is None:
             token = secrets.token_urlsafe(24)
-            with _own_service(key_server, token) as (own_url, settings):
+            with _own_service(key_server, token, forge.settings()) as (own_url, settings):
                 console.print(f"started a throw-away service at {own_url} (SQLite, temporary)")
                 host = DemoHost(own_url, settings.app_base_url, key_server)
                 play(console, host, token, settings.database_url)
+                section(console, "a tenant moves to Forge")
+                forge.drive(console, host.client, host.send, token)
                 section(console, "console")
                 # A throw-away service's throw-away token: showing it is the point.
                 console.file.write(
@@ -290,6 +297,7 @@ def run_demo(console: Console, *, url: str | None, key_port: int) -> None:
             _drive_running(console, url, key_server)
     finally:
         key_server.stop()
+        forge.stop()
 
 
 def _drive_running(console: Console, url: str, key_server: KeyServer) -> None:

@@ -18,6 +18,7 @@ SAFE_FIELDS: Final = (
     "reason",
     "status",
     "client_key",
+    "installation_id",
     "events",
     "duration_ms",
     "remote_addr",

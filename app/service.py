@@ -14,8 +14,10 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app import admin, console
+from app import admin, admin_forge, console
 from app.errors import install_error_handlers
+from app.forge.ingest import ForgeIngestor
+from app.forge.routes import add_forge_routes
 from app.ingest import CallRequest, LifecycleIngestor, Outcome
 from app.install_keys import InstallKeyFetcher
 from app.lifecycle import LIFECYCLE_EVENTS, LifecycleEvent
@@ -111,6 +113,7 @@ def create_app(
         app.state.store = opened
         app.state.keyring = keyring
         app.state.ingestor = LifecycleIngestor(settings, opened, keyring, fetcher)
+        app.state.forge = ForgeIngestor(settings, opened)
         storage = storage_for(opened)
         await run_in_threadpool(storage.ensure)
         app.state.projections = storage
@@ -123,6 +126,7 @@ def create_app(
             if runner is not None:
                 await run_in_threadpool(runner.stop)
             await fetcher.aclose()
+            await app.state.forge.aclose()
             if owned:
                 opened.close()
 
@@ -193,6 +197,8 @@ def create_app(
 
     app.include_router(admin.router)
     app.include_router(console.router)
+    app.include_router(admin_forge.router)
+    add_forge_routes(app, metrics)
     return app
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from eventstore.crypto import MasterKeys, load_or_create_master_key
+from projections.forge_ids import app_uuid
 
 
 def _split(value: str) -> tuple[str, ...]:
@@ -38,6 +39,26 @@ class Settings(BaseSettings):
     run_projections: bool = True
     # Where the embedded default keeps its generated master key.
     var_dir: Path = Path("./var")
+    # SPEC §10: the Forge app's id (UUID or ARI; unset: every Forge call is refused).
+    forge_app_id: str | None = None
+    forge_jwks_urls: str = "https://forge.cdn.prod.atlassian-dev.net/.well-known/jwks.json"
+
+    @field_validator("forge_app_id")
+    @classmethod
+    def _forge_app_id_is_an_app(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if app_uuid(value.strip()) is None:
+            raise ValueError("LEDGER_FORGE_APP_ID must be a UUID or ari:cloud:ecosystem::app/<uuid>")
+        return value.strip()
+
+    @property
+    def forge_app_uuid(self) -> str | None:
+        return app_uuid(self.forge_app_id) if self.forge_app_id else None
+
+    @cached_property
+    def forge_jwks_url_list(self) -> tuple[str, ...]:
+        return tuple(url.strip() for url in self.forge_jwks_urls.split(",") if url.strip())
 
     @cached_property
     def allowed_host_patterns(self) -> tuple[str, ...]:

@@ -24,6 +24,21 @@ def client_key_of(stream_id: str) -> str:
     return stream_id[len(STREAM_PREFIX) :] if stream_id.startswith(STREAM_PREFIX) else stream_id
 
 
+INSTALLATION_STREAM_PREFIX: Final = "installation:"
+
+
+def installation_stream_id(installation_uuid: str) -> str:
+    """The stream of one Forge installation (SPEC §10), by its bare UUID."""
+    return INSTALLATION_STREAM_PREFIX + installation_uuid
+
+
+def installation_id_of(stream_id: str) -> str | None:
+    """The installation UUID of an ``installation:`` stream; None for any other stream."""
+    if stream_id.startswith(INSTALLATION_STREAM_PREFIX):
+        return stream_id[len(INSTALLATION_STREAM_PREFIX) :]
+    return None
+
+
 class SealedSecret(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A shared secret encrypted with the tenant's data key (see eventstore.crypto).
 
@@ -87,6 +102,66 @@ class Uninstalled(msgspec.Struct, frozen=True):
     pass
 
 
+# ------------------------------------------------ Forge lifecycle (SPEC §10)
+# Snake-case field names on the wire: these events are ours, not a copy of a payload.
+
+
+class ForgeInstalled(msgspec.Struct, frozen=True):
+    """The first call of a Forge installation: what its token and body said then.
+
+    ``license`` is the token's ``app.license`` in the ledger's own names (``active``,
+    ``type``, ``evaluation``, ``trial_end``, ``subscription_end``), or None.
+    """
+
+    installation_id: str
+    cloud_id: str | None
+    site_ari: str | None
+    product: str | None
+    app_id: str
+    app_version: str | None
+    environment_id: str | None
+    environment_type: str | None
+    installer_account_id: str | None
+    license: dict[str, Any] | None
+
+
+class ForgeUpgraded(msgspec.Struct, frozen=True, rename={"from_": "from"}):
+    from_: str | None
+    to: str
+
+
+class ForgeLicenseChanged(msgspec.Struct, frozen=True, rename={"from_": "from"}):
+    from_: dict[str, Any] | None
+    to: dict[str, Any] | None
+
+
+class ForgeDetailsChanged(msgspec.Struct, frozen=True):
+    """Changed recorded fields only (ForgeInstalled's names), with their new value."""
+
+    changes: dict[str, Any]
+
+
+class ForgeInstallConfirmed(msgspec.Struct, frozen=True):
+    """A later ``installed`` or ``upgraded`` delivery that changed no recorded field."""
+
+    route: str
+
+
+class ForgeUninstalling(msgspec.Struct, frozen=True):
+    pass
+
+
+FORGE_EVENT_TYPES: Final = frozenset(
+    {
+        "ForgeInstalled",
+        "ForgeUpgraded",
+        "ForgeLicenseChanged",
+        "ForgeDetailsChanged",
+        "ForgeInstallConfirmed",
+        "ForgeUninstalling",
+    }
+)
+
 EventData = (
     Installed
     | SecretRotated
@@ -97,6 +172,12 @@ EventData = (
     | Enabled
     | Disabled
     | Uninstalled
+    | ForgeInstalled
+    | ForgeUpgraded
+    | ForgeLicenseChanged
+    | ForgeDetailsChanged
+    | ForgeInstallConfirmed
+    | ForgeUninstalling
 )
 
 EVENT_TYPES: Final[dict[str, type[Any]]] = {
@@ -111,6 +192,12 @@ EVENT_TYPES: Final[dict[str, type[Any]]] = {
         Enabled,
         Disabled,
         Uninstalled,
+        ForgeInstalled,
+        ForgeUpgraded,
+        ForgeLicenseChanged,
+        ForgeDetailsChanged,
+        ForgeInstallConfirmed,
+        ForgeUninstalling,
     )
 }
 
@@ -133,6 +220,13 @@ class Metadata(msgspec.Struct, frozen=True, omit_defaults=True):
     remote_addr: str | None = None
     path: str | None = None
     descriptor_version: str | None = None
+    # Forge calls (SPEC §10 rules 1, 5, 6): never the token itself, nor the context token.
+    delivery_sha256: str | None = None
+    jti: str | None = None
+    trace_id: str | None = None
+    retry_count: int | None = None
+    retry_reason: str | None = None
+    context_token_sha256: str | None = None
 
 
 # ---------------------------------------------------------------- upcasting
@@ -193,6 +287,7 @@ _EMPTY: Final[dict[str, EventData]] = {
     "Enabled": Enabled(),
     "Disabled": Disabled(),
     "Uninstalled": Uninstalled(),
+    "ForgeUninstalling": ForgeUninstalling(),
 }
 
 
@@ -241,6 +336,10 @@ def data_from_dict(event_type: str, body: dict[str, Any]) -> EventData:
         return DetailsChanged(changes=dict(body))
     if event_type in _EMPTY:
         return _EMPTY[event_type]
+    if event_type == "ForgeDetailsChanged":
+        return ForgeDetailsChanged(changes=dict(body))
+    if event_type in FORGE_EVENT_TYPES:
+        return msgspec.convert(body, EVENT_TYPES[event_type])  # type: ignore[no-any-return]  # the class its name maps to
     raise ValueError(f"unknown event type {event_type!r}")
 
 
@@ -258,6 +357,6 @@ def data_as_dict(data: EventData) -> dict[str, Any]:
         return {"sharedSecret": msgspec.structs.asdict(data.shared_secret)}
     if isinstance(data, BaseUrlChanged | DescriptorUpgraded):
         return {"from": data.from_, "to": data.to}
-    if isinstance(data, DetailsChanged):
+    if isinstance(data, DetailsChanged | ForgeDetailsChanged):
         return dict(data.changes)
-    return {}
+    return dict(msgspec.to_builtins(data))

@@ -64,6 +64,8 @@ class TenantRow(msgspec.Struct, frozen=True, gc=False):
     updated_at: datetime
     last_seen_at: datetime
     version: int  # the tenant stream's version after the last event folded
+    # The Forge installation its payload names (``installationId``, as a bare UUID).
+    installation_id: str | None = None
 
 
 class DescriptorRow(msgspec.Struct, frozen=True, gc=False):

@@ -21,9 +21,10 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Final
 
+from projections.installations import InstallationRow
 from projections.model import INSTALLED, DescriptorRow, TenantRow
 
-__all__ = ["DEFAULT_GRACE", "presumed_gone", "silence_threshold"]
+__all__ = ["DEFAULT_GRACE", "presumed_gone", "silence_threshold", "uninstalling"]
 
 DEFAULT_GRACE: Final = timedelta(hours=24)
 
@@ -50,3 +51,32 @@ def presumed_gone(
     if threshold is None:
         return []
     return [row for row in tenants if row.state == INSTALLED and row.last_seen_at < threshold]
+
+
+def uninstalling(
+    tenants: Iterable[TenantRow], installations: Iterable[InstallationRow]
+) -> list[TenantRow]:
+    """Installed tenants whose linked Forge installation sent ``pre-uninstall`` (SPEC §10).
+
+    A tenant's installation is the latest installed one linked to it (its row's
+    ``client_key``) or named by its payload; a reinstall after the pre-uninstall
+    replaces it, so the tenant is no longer listed.
+    """
+    latest: dict[str, InstallationRow] = {}
+    by_id: dict[str, InstallationRow] = {}
+    for each in installations:
+        by_id[each.installation_id] = each
+        if each.client_key is not None:
+            best = latest.get(each.client_key)
+            if best is None or best.installed_position < each.installed_position:
+                latest[each.client_key] = each
+    found = []
+    for tenant in tenants:
+        if tenant.state != INSTALLED:
+            continue
+        row: InstallationRow | None = latest.get(tenant.client_key)
+        if row is None and tenant.installation_id is not None:
+            row = by_id.get(tenant.installation_id)
+        if row is not None and row.state == "uninstalling":
+            found.append(tenant)
+    return found

@@ -27,6 +27,7 @@ from eventstore.store import EventStore, RecordedEvent, StoreError, utcnow
 from projections.base_urls import BaseUrlsProjection, BaseUrlsState
 from projections.descriptors import DescriptorsProjection, DescriptorsState
 from projections.health import LastError, RunnerHealth, short_message
+from projections.installations import InstallationsProjection, LinksProjection, forge_states
 from projections.locks import ExclusiveLock, lock_for
 from projections.reimports import ReimportsProjection, ReimportsState
 from projections.storage import ProjectionStorage, storage_for
@@ -40,6 +41,8 @@ PROJECTIONS: Final[dict[str, Any]] = {
     "descriptors": DescriptorsProjection(),
     "base_urls": BaseUrlsProjection(),
     "reimports": ReimportsProjection(),
+    "installations": InstallationsProjection(),
+    "links": LinksProjection(),
 }
 NOTIFY_CHANNEL: Final = "ledger_events"
 
@@ -78,6 +81,7 @@ def resume_states(storage: ProjectionStorage) -> dict[str, Any]:
         "descriptors": DescriptorsState.from_rows(storage.load_rows("descriptors"), tenants),
         "base_urls": BaseUrlsState.from_rows(base_urls),
         "reimports": ReimportsState.from_rows(base_urls),
+        **forge_states(storage.load_rows("installations"), storage.load_rows("links")),
     }
 
 

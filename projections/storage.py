@@ -23,7 +23,14 @@ import psycopg
 
 from eventstore.store import EventStore, StoreError, format_timestamp
 from projections.model import Row, TenantRow
-from projections.tables import SPECS, SQL_TYPES, TableSpec, create_table_sql, upsert_sql
+from projections.tables import (
+    SPECS,
+    SQL_TYPES,
+    TableSpec,
+    create_table_sql,
+    group_of,
+    upsert_sql,
+)
 
 REBUILD_SUFFIX = "__rebuild"
 CatchUp = Callable[[], tuple[int, Mapping[str, Sequence[Row]]]]
@@ -57,8 +64,23 @@ class ProjectionStorage(abc.ABC):
                 "CREATE TABLE IF NOT EXISTS projection_checkpoints ("
                 " name TEXT PRIMARY KEY, position BIGINT NOT NULL)"
             )
+            outdated = {
+                member
+                for spec in SPECS.values()
+                if self._table_exists(tx, spec.name)
+                and self._column_names(tx, spec.name) != set(spec.column_names)
+                for member in group_of(spec.name)
+            }
             for spec in SPECS.values():
-                if not self._table_exists(tx, spec.name):
+                if spec.name in outdated:
+                    # A read model whose columns changed (a new release) is derived
+                    # data: dropped here and folded again from the start of the log.
+                    tx.execute(f"DROP TABLE {spec.name}")
+                    tx.execute(
+                        self._sql("DELETE FROM projection_checkpoints WHERE name = ?"),
+                        (spec.name,),
+                    )
+                if spec.name in outdated or not self._table_exists(tx, spec.name):
                     for statement in create_table_sql(spec, spec.name, self.sqlite):
                         tx.execute(statement)
                 tx.execute(
@@ -202,6 +224,9 @@ class ProjectionStorage(abc.ABC):
     def _lock_checkpoints(self, tx: Any) -> dict[str, int]: ...
 
     @abc.abstractmethod
+    def _column_names(self, tx: Any, name: str) -> set[str]: ...
+
+    @abc.abstractmethod
     def _serialise_schema_changes(self, tx: Any) -> None:
         """Several processes starting at once must not race to create the tables."""
 
@@ -270,6 +295,9 @@ class SQLiteProjectionStorage(ProjectionStorage):
 
     def _serialise_schema_changes(self, tx: Any) -> None:
         pass  # BEGIN IMMEDIATE already holds SQLite's one write lock
+
+    def _column_names(self, tx: Any, name: str) -> set[str]:
+        return {row[1] for row in tx.execute(f"PRAGMA table_info({name})").fetchall()}
 
     def _lock_checkpoints(self, tx: Any) -> dict[str, int]:
         rows = tx.execute("SELECT name, position FROM projection_checkpoints").fetchall()
@@ -353,6 +381,14 @@ class PostgresProjectionStorage(ProjectionStorage):
 
     def _serialise_schema_changes(self, tx: Any) -> None:
         tx.execute("SELECT pg_advisory_xact_lock(7406000003)")
+
+    def _column_names(self, tx: Any, name: str) -> set[str]:
+        rows = tx.execute(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_schema = current_schema() AND table_name = %s",
+            (name,),
+        ).fetchall()
+        return {row[0] for row in rows}
 
     def _lock_checkpoints(self, tx: Any) -> dict[str, int]:
         rows = tx.execute(

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from eventstore.store import format_timestamp, parse_timestamp
+from projections.installations import InstallationRow, LinkRow
 from projections.model import BaseUrlRow, DescriptorRow, ReimportRow, Row, TenantRow
 
 
@@ -75,6 +76,7 @@ TENANTS: Final = TableSpec(
         ("updated_at", "time"),
         ("last_seen_at", "time"),
         ("version", "int"),
+        ("installation_id", "text"),
     ),
     key=("client_key",),
     indexes=("state, client_key", "descriptor_version"),
@@ -119,8 +121,47 @@ REIMPORTS: Final = TableSpec(
     key=("client_key",),
 )
 
+INSTALLATIONS: Final = TableSpec(
+    "installations",
+    InstallationRow,
+    _columns(
+        ("installation_id", "text"),
+        ("cloud_id", "text"),
+        ("product", "text"),
+        ("app_version", "text"),
+        ("environment_type", "text"),
+        ("state", "text"),
+        ("license_active", "bool"),
+        ("client_key", "text"),
+        ("installed_at", "time"),
+        ("updated_at", "time"),
+        ("last_seen_at", "time"),
+        ("version", "int"),
+        ("installed_position", "bigint"),
+    ),
+    key=("installation_id",),
+    indexes=("cloud_id", "client_key"),
+)
+
+LINKS: Final = TableSpec(
+    "links",
+    LinkRow,
+    _columns(
+        ("link_id", "text"),
+        ("kind", "text"),
+        ("client_key", "text"),
+        ("installation_id", "text"),
+        ("previous_installation_id", "text"),
+        ("evidence_stream", "text"),
+        ("evidence_position", "bigint"),
+        ("seen_at", "time"),
+    ),
+    key=("link_id",),
+    indexes=("client_key", "installation_id"),
+)
+
 SPECS: Final[dict[str, TableSpec]] = {
-    s.name: s for s in (TENANTS, DESCRIPTORS, BASE_URLS, REIMPORTS)
+    s.name: s for s in (TENANTS, DESCRIPTORS, BASE_URLS, REIMPORTS, INSTALLATIONS, LINKS)
 }
 
 # Folds that resume from each other's rows are kept, rebuilt and checkpointed
@@ -128,6 +169,7 @@ SPECS: Final[dict[str, TableSpec]] = {
 GROUPS: Final[tuple[tuple[str, ...], ...]] = (
     ("tenants", "descriptors"),
     ("base_urls", "reimports"),
+    ("installations", "links"),
 )
 
 

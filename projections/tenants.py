@@ -55,6 +55,7 @@ import msgspec
 from msgspec.structs import astuple
 
 from eventstore.events import (
+    FORGE_EVENT_TYPES,
     BaseUrlChanged,
     DescriptorUpgraded,
     DetailsChanged,
@@ -62,6 +63,7 @@ from eventstore.events import (
     stream_id_for,
 )
 from eventstore.store import RecordedEvent
+from projections.forge_ids import installation_uuid
 from projections.model import INSTALLED, UNINSTALLED, Projection, TenantRow, TenantState
 
 __all__ = ["TenantRow", "TenantsProjection", "TenantsState", "apply", "fold"]
@@ -82,6 +84,7 @@ class _Tenant(msgspec.Struct, gc=False):
     updated_at: datetime
     last_seen_at: datetime
     version: int
+    installation_id: str | None = None
 
 
 def _freeze(tenant: _Tenant) -> TenantRow:
@@ -126,6 +129,7 @@ def _installed(event: RecordedEvent) -> _Tenant:
         updated_at=at,
         last_seen_at=at,
         version=event.version,
+        installation_id=installation_uuid(details.get("installationId")),
     )
 
 
@@ -162,6 +166,8 @@ def _details_changed(tenant: _Tenant, event: RecordedEvent) -> None:
         tenant.display_url = changes["displayUrl"]
     if "productType" in changes:
         tenant.product_type = changes["productType"]
+    if "installationId" in changes:
+        tenant.installation_id = installation_uuid(changes["installationId"])
     _changed(tenant, event)
 
 
@@ -190,6 +196,10 @@ def _uninstalled(tenant: _Tenant, event: RecordedEvent) -> None:
         _changed(tenant, event)
 
 
+def _no_tenant(tenant: _Tenant, event: RecordedEvent) -> None:
+    pass
+
+
 _UPDATES: dict[str, Callable[[_Tenant, RecordedEvent], None]] = {
     "SecretRotated": _changed,
     "BaseUrlChanged": _base_url_changed,
@@ -199,6 +209,9 @@ _UPDATES: dict[str, Callable[[_Tenant, RecordedEvent], None]] = {
     "Enabled": _enabled,
     "Disabled": _disabled,
     "Uninstalled": _uninstalled,
+    # Forge events live in ``installation:`` streams, which have no tenant row (they
+    # reach the tenant through the links projection): a conscious no-op.
+    **dict.fromkeys(FORGE_EVENT_TYPES, _no_tenant),
 }
 """Every event type but ``Installed``, which replaces the record instead."""
 

@@ -313,6 +313,8 @@ def test_rebuild_and_verify(service: RunningService) -> None:
         "descriptors",
         "base_urls",
         "reimports",
+        "installations",
+        "links",
     ]
     assert "no such" not in run("rebuild", "reimports")
 

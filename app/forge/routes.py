@@ -1,0 +1,137 @@
+"""The Forge lifecycle routes (SPEC §10): ``POST /forge/installed``, ``/forge/upgraded``,
+``/forge/pre-uninstall``. Answers 204 / 400 / 401 / 413 / 503, never a 3xx."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+
+from app.forge.body import ROUTES, Route
+from app.forge.ingest import ForgeIngestor, ForgeRequest, Outcome
+from app.metrics import Metrics
+from app.payload import MAX_BODY_BYTES
+
+log = logging.getLogger("ledger.forge")
+
+TRIGGERS: dict[Route, str] = {
+    "installed": "trigger `avi:forge:installed:app`",
+    "upgraded": "trigger `avi:forge:upgraded:app`",
+    "pre-uninstall": "the `preUninstall` module",
+}
+
+_ERROR = {
+    "type": "object",
+    "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
+}
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    204: {"description": "Recorded, or a repeat of a recorded delivery."},
+    400: {
+        "description": "The body is malformed.",
+        "content": {"application/json": {"schema": _ERROR}},
+    },
+    401: {
+        "description": "Forge is not configured, or the token or the body does not verify.",
+        "content": {"application/json": {"schema": _ERROR}},
+    },
+    413: {"description": "The body is larger than 64 KiB."},
+    503: {"description": "The JWKS or the store is unavailable; retry after Retry-After."},
+}
+
+
+def add_forge_routes(app: FastAPI, metrics: Metrics) -> None:
+    for route in ROUTES:
+        _add_route(app, route, metrics)
+
+
+def _add_route(app: FastAPI, route: Route, metrics: Metrics) -> None:
+    endpoint = f"forge/{route}"
+
+    async def forge_call(request: Request) -> Response:
+        started = time.perf_counter()
+        ingestor: ForgeIngestor = request.app.state.forge
+        outcome = await ingestor.handle(
+            ForgeRequest(
+                route=route,
+                path=request.url.path,
+                authorization=request.headers.get("authorization"),
+                content_type=request.headers.get("content-type"),
+                body=await _read_capped(request),
+                remote_addr=request.client.host if request.client else None,
+                trace_id=request.headers.get("x-b3-traceid"),
+            )
+        )
+        elapsed = time.perf_counter() - started
+        metrics.observe_call(endpoint, outcome.code, outcome.status, elapsed, outcome.refused)
+        _log(endpoint, outcome, elapsed)
+        return _response(outcome)
+
+    app.add_api_route(
+        f"/forge/{route}",
+        forge_call,
+        methods=["POST"],
+        status_code=204,
+        tags=["forge"],
+        summary=f"Forge lifecycle: {TRIGGERS[route]}",
+        responses=RESPONSES,
+        response_class=Response,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            }
+        },
+        name=f"forge_{route.replace('-', '_')}",
+    )
+    # Forge counts a redirect as a failure: answer a trailing slash here rather than
+    # let the router redirect it.
+    app.add_api_route(
+        f"/forge/{route}/",
+        forge_call,
+        methods=["POST"],
+        status_code=204,
+        response_class=Response,
+        include_in_schema=False,
+    )
+
+
+async def _read_capped(request: Request) -> bytes:
+    """The body, but never more than one byte past the limit (a 413 needs no more)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            break
+    return b"".join(chunks)
+
+
+def _response(outcome: Outcome) -> Response:
+    if outcome.status == 204:
+        return Response(status_code=204)
+    headers = {"Retry-After": str(outcome.retry_after)} if outcome.retry_after else None
+    return JSONResponse(
+        {"error": outcome.code, "detail": outcome.detail or outcome.code},
+        status_code=outcome.status,
+        headers=headers,
+    )
+
+
+def _log(endpoint: str, outcome: Outcome, elapsed: float) -> None:
+    log.info(
+        "forge call",
+        extra={
+            "call_id": outcome.call_id,
+            "endpoint": endpoint,
+            "outcome": "refused" if outcome.refused else outcome.code,
+            "reason": outcome.code if outcome.refused else None,
+            "status": outcome.status,
+            "installation_id": outcome.installation_id,
+            "events": outcome.events,
+            "duration_ms": round(elapsed * 1000, 3),
+        },
+    )

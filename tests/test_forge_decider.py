@@ -1,0 +1,268 @@
+"""The installation decider and the Forge read models as pure functions: no store, no HTTP.
+
+A small in-memory log drives ``app.shell.plan`` (the shell's pure step) with the real
+decider, so the events folded by the projections are the ones the service would write.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from app import shell
+from app.forge.body import ForgeFacts, Route
+from app.forge.decider import ForgeCall, InstallationDecider
+from eventstore.events import (
+    DetailsChanged,
+    EventData,
+    Installed,
+    Metadata,
+    installation_stream_id,
+    stream_id_for,
+)
+from eventstore.store import RecordedEvent
+from projections.forge_ids import installation_ari
+from projections.installations import (
+    InstallationsProjection,
+    LinksProjection,
+    fold_installation,
+    forge_states,
+)
+from projections.migration import migration_report
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+DECIDER = InstallationDecider()
+APP = str(uuid.uuid4())
+
+
+def facts(installation: str, **changes: Any) -> ForgeFacts:
+    base: dict[str, Any] = {
+        "installation_id": installation,
+        "app_id": APP,
+        "app_version": "1.0.0",
+        "environment_id": "env",
+        "environment_type": "PRODUCTION",
+        "license": {"active": True},
+        "cloud_id": "cloud-1",
+        "site_ari": "ari:cloud:jira::site/cloud-1",
+        "product": "jira",
+        "installer_account_id": "acc-1",
+    }
+    return ForgeFacts(**(base | changes))
+
+
+@dataclass
+class Log:
+    events: list[RecordedEvent] = field(default_factory=list)
+
+    def stream(self, stream_id: str) -> list[RecordedEvent]:
+        return [e for e in self.events if e.stream_id == stream_id]
+
+    def append(self, stream_id: str, data: list[EventData], metadata: Metadata) -> None:
+        version = len(self.stream(stream_id))
+        for offset, item in enumerate(data, 1):
+            position = len(self.events) + 1
+            self.events.append(
+                RecordedEvent(
+                    position,
+                    stream_id,
+                    version + offset,
+                    type(item).__name__,
+                    1,
+                    item,
+                    metadata,
+                    T0 + timedelta(minutes=position),
+                    "0" * 64,
+                )
+            )
+
+    def forge(self, route: Route, fact: ForgeFacts, delivery: str) -> list[str]:
+        """Decide like the service; the types appended (empty for a repeat)."""
+        stream_id = installation_stream_id(fact.installation_id)
+        metadata = Metadata(call_id=delivery, delivery_sha256=delivery)
+        step = shell.plan(
+            DECIDER, stream_id, self.stream(stream_id), ForgeCall(route, fact, delivery, metadata)
+        )
+        decision = step.decision
+        if not isinstance(decision, shell.Append):
+            assert isinstance(decision, shell.Skip) and decision.code == "duplicate"
+            return []
+        self.append(stream_id, list(decision.events), decision.metadata)
+        return [type(e).__name__ for e in decision.events]
+
+    def connect(self, client_key: str, installation: str | None) -> None:
+        stream_id = stream_id_for(client_key)
+        details = {"installationId": installation_ari(installation)} if installation else {}
+        if not self.stream(stream_id):
+            data: EventData = Installed(
+                "tenant-ledger", client_key, f"https://{client_key}.atlassian.net", None, details
+            )
+        else:
+            data = DetailsChanged({"installationId": details.get("installationId")})
+        self.append(stream_id, [data], Metadata(call_id=f"connect-{len(self.events)}"))
+
+
+# ------------------------------------------------------------------ the decider
+
+
+def test_an_installation_life() -> None:
+    log, one = Log(), str(uuid.uuid4())
+    assert log.forge("installed", facts(one), "d1") == ["ForgeInstalled"]
+    assert log.forge("installed", facts(one), "d1") == []  # the same delivery again
+    assert log.forge("installed", facts(one), "d2") == ["ForgeInstallConfirmed"]
+    assert log.forge("upgraded", facts(one, app_version="2.0.0"), "d3") == ["ForgeUpgraded"]
+    assert log.forge(
+        "upgraded", facts(one, app_version="2.0.0", license={"active": False}), "d4"
+    ) == ["ForgeLicenseChanged"]
+    # Unstated fields (None) are no change; stated ones are.
+    assert log.forge(
+        "upgraded",
+        facts(
+            one,
+            app_version="2.0.0",
+            license={"active": False},
+            installer_account_id=None,
+            environment_type="STAGING",
+        ),
+        "d5",
+    ) == ["ForgeDetailsChanged"]
+    assert log.forge(
+        "pre-uninstall",
+        facts(
+            one,
+            app_version="2.0.0",
+            license={"active": False},
+            environment_type="STAGING",
+            site_ari=None,
+            product=None,
+        ),
+        "d6",
+    ) == ["ForgeUninstalling"]
+    # Back from uninstalling: recorded even though no field changed.
+    assert log.forge(
+        "installed",
+        facts(one, app_version="2.0.0", license={"active": False}, environment_type="STAGING"),
+        "d7",
+    ) == ["ForgeInstallConfirmed"]
+    row = fold_installation(log.events)
+    assert row is not None
+    assert (row.state, row.app_version, row.license_active, row.environment_type) == (
+        "installed",
+        "2.0.0",
+        False,
+        "STAGING",
+    )
+    upgraded = log.events[2].data
+    assert (upgraded.from_, upgraded.to) == ("1.0.0", "2.0.0")  # type: ignore[union-attr]
+
+
+def test_pre_uninstall_first_records_the_installation_then_uninstalling() -> None:
+    log, one = Log(), str(uuid.uuid4())
+    assert log.forge("pre-uninstall", facts(one, site_ari=None, product=None), "p") == [
+        "ForgeInstalled",
+        "ForgeUninstalling",
+    ]
+    row = fold_installation(log.events)
+    assert row is not None and row.state == "uninstalling"
+
+
+# ------------------------------------------------------------------ the read models
+
+
+def fold(events: list[RecordedEvent]) -> tuple[list[Any], list[Any]]:
+    installations, links = InstallationsProjection(), LinksProjection()
+    a = installations.apply_many(installations.initial_state(), events)
+    b = links.apply_many(links.initial_state(), events)
+    return sorted(a.take_changes(), key=repr), sorted(b.take_changes(), key=repr)
+
+
+def test_links_reinstall_inheritance_and_report() -> None:
+    log = Log()
+    first, second, lonely = (str(uuid.uuid4()) for _ in range(3))
+    log.connect("ck-a", first)
+    log.forge("installed", facts(first), "1")
+    log.forge("installed", facts(second), "2")  # same cloud: a reinstall
+    log.forge("installed", facts(lonely, cloud_id="cloud-2", site_ari=None), "3")
+    log.connect("ck-b", None)
+    installations, links = fold(log.events)
+    by_id = {row.installation_id: row for row in installations}
+    assert by_id[first].client_key == by_id[second].client_key == "ck-a"
+    assert by_id[lonely].client_key is None
+    assert sorted(
+        (link.kind, link.previous_installation_id, link.installation_id) for link in links
+    ) == sorted([("connect", None, first), ("reinstall", first, second)])
+    from projections import tenants
+
+    tenant_rows = [tenants.fold(log.stream(stream_id_for(k))) for k in ("ck-a", "ck-b")]
+    assert tenant_rows[0] is not None and tenant_rows[0].installation_id == first
+    report = migration_report([t for t in tenant_rows if t], installations, links)
+    assert report.linked == 1
+    assert [t.client_key for t in report.connect_only] == ["ck-b"]
+    assert [r.installation_id for r in report.forge_only] == [lonely]
+
+
+OPERATIONS = st.lists(
+    st.one_of(
+        st.tuples(st.just("connect"), st.integers(0, 2), st.integers(0, 3)),
+        st.tuples(
+            st.sampled_from(["installed", "upgraded", "pre-uninstall"]),
+            st.integers(0, 3),  # installation
+            st.integers(0, 1),  # cloud
+            st.integers(0, 2),  # version
+            st.booleans(),  # license active
+        ),
+        st.tuples(st.just("replay"), st.integers(0, 50)),
+    ),
+    max_size=25,
+)
+IDS = [str(uuid.UUID(int=n + 1)) for n in range(4)]
+
+
+def play(operations: list[tuple[Any, ...]]) -> Log:
+    log = Log()
+    deliveries: list[tuple[Route, ForgeFacts, str]] = []
+    for op in operations:
+        if op[0] == "connect":
+            log.connect(f"ck-{op[1]}", IDS[op[2]] if op[2] < 3 else None)
+        elif op[0] == "replay":
+            if deliveries:
+                route, fact, delivery = deliveries[op[1] % len(deliveries)]
+                assert log.forge(route, fact, delivery) == []  # a repeat appends nothing
+        else:
+            route, which, cloud, version, active = op
+            fact = facts(
+                IDS[which],
+                cloud_id=f"cloud-{cloud}",
+                app_version=f"{version}.0.0",
+                license={"active": active},
+            )
+            delivery = f"{route}:{which}:{cloud}:{version}:{active}:{len(deliveries)}"
+            assert log.forge(route, fact, delivery)  # every new delivery appends
+            deliveries.append((route, fact, delivery))
+    return log
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(OPERATIONS, st.integers(0, 60))
+def test_resuming_from_rows_is_the_same_as_one_fold(operations: list[Any], cut: int) -> None:
+    """What the runner does after a restart: resume from the rows at a checkpoint."""
+    events = play(operations).events
+    cut = min(cut, len(events))
+    whole = fold(events)
+    head, tail = events[:cut], events[cut:]
+    rows_i, rows_l = fold(head)
+    states = forge_states(rows_i, rows_l)
+    installations, links = InstallationsProjection(), LinksProjection()
+    i = installations.apply_many(states["installations"], tail)
+    linked = links.apply_many(states["links"], tail)
+    merged_i = {r.installation_id: r for r in rows_i} | {
+        r.installation_id: r for r in i.take_changes()
+    }
+    merged_l = {r.link_id: r for r in rows_l} | {r.link_id: r for r in linked.take_changes()}
+    assert sorted(merged_i.values(), key=repr) == whole[0]
+    assert sorted(merged_l.values(), key=repr) == whole[1]

@@ -1,0 +1,123 @@
+"""The generic decider shell (app/shell.py) on its own, against both stores, no HTTP."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from app import shell
+from app.shell import Append, Contention, Decision, Refuse, Skip
+from eventstore.events import InstallConfirmed, Metadata
+from eventstore.store import EventStore, NewEvent, RecordedEvent
+
+STREAM = "counter:one"
+
+
+@dataclass(frozen=True)
+class Count:
+    stream_id: str
+    seen: int = 0
+
+
+@dataclass(frozen=True)
+class Add:
+    n: int
+    key: str | None = None
+    refuse: bool = False
+
+
+class Counter:
+    """A decider that appends ``n`` events unless told to refuse; ``n == 0`` skips."""
+
+    def initial_state(self, stream_id: str) -> Count:
+        return Count(stream_id)
+
+    def evolve(self, state: Count, event: RecordedEvent) -> Count:
+        return Count(state.stream_id, state.seen + 1)
+
+    def decide(self, state: Count, command: Add) -> Decision:
+        if command.refuse:
+            return Refuse("refused", "told to")
+        if command.n == 0:
+            return Skip("nothing")
+        return Append(
+            [InstallConfirmed()] * command.n,
+            Metadata(call_id=f"after-{state.seen}"),
+            idempotency_key=command.key,
+        )
+
+
+@dataclass
+class Interfering(Counter):
+    """Lets another writer append to the stream during the first ``times`` decisions,
+    so that the shell's own append meets a real ConcurrencyConflict."""
+
+    other: EventStore
+    times: int
+    calls: list[int] = field(default_factory=list)
+
+    def decide(self, state: Count, command: Add) -> Decision:
+        self.calls.append(state.seen)
+        if len(self.calls) <= self.times:
+            self.other.append(STREAM, [NewEvent(InstallConfirmed(), Metadata())], state.seen)
+        return super().decide(state, command)
+
+
+def test_fold_and_plan_are_pure_steps() -> None:
+    state, version = shell.fold(Counter(), STREAM, [])
+    assert (state, version) == (Count(STREAM), 0)
+    step = shell.plan(Counter(), STREAM, [], Add(2))
+    assert step.version == 0
+    assert [e.type for e in step.new_events()] == ["InstallConfirmed", "InstallConfirmed"]
+    assert shell.plan(Counter(), STREAM, [], Add(0)).new_events() == []
+
+
+def test_run_appends_after_the_version_it_read(store: EventStore) -> None:
+    first = shell.run(Counter(), store, STREAM, Add(2))
+    assert first.appended and [e.version for e in first.events] == [1, 2]
+    second = shell.run(Counter(), store, STREAM, Add(1))
+    assert [e.version for e in second.events] == [3]
+    # The decision saw the two earlier events.
+    assert second.events[0].metadata.call_id == "after-2"
+    assert [e.version for e in store.read_stream(STREAM)] == [1, 2, 3]
+
+
+def test_skip_and_refuse_append_nothing(store: EventStore) -> None:
+    skipped = shell.run(Counter(), store, STREAM, Add(0))
+    refused = shell.run(Counter(), store, STREAM, Add(1, refuse=True))
+    assert isinstance(skipped.decision, Skip) and not skipped.appended
+    assert isinstance(refused.decision, Refuse) and refused.decision.code == "refused"
+    assert store.read_stream(STREAM) == []
+
+
+def test_a_conflict_is_read_again_and_decided_again(store_url: str, store: EventStore) -> None:
+    from eventstore.store import open_store
+
+    with open_store(store_url) as other:
+        decider = Interfering(other=other, times=2)
+        result = shell.run(decider, store, STREAM, Add(1))
+    assert result.attempts == 3
+    assert decider.calls == [0, 1, 2]  # each attempt saw the other writer's event
+    assert [e.version for e in result.events] == [3]
+    assert result.events[0].metadata.call_id == "after-2"
+
+
+def test_bounded_attempts_end_in_contention(store_url: str, store: EventStore) -> None:
+    from eventstore.store import open_store
+
+    with open_store(store_url) as other:
+        decider = Interfering(other=other, times=100)
+        with pytest.raises(Contention) as raised:
+            shell.run(decider, store, STREAM, Add(1), max_attempts=4)
+    assert raised.value.attempts == 4
+    assert len(decider.calls) == 4
+    assert len(store.read_stream(STREAM)) == 4  # only the other writer's events
+
+
+def test_the_idempotency_key_writes_once(store: EventStore) -> None:
+    first = shell.run(Counter(), store, STREAM, Add(1, key="k" * 64))
+    again = shell.run(Counter(), store, STREAM, Add(1, key="k" * 64))
+    assert first.appended and not again.appended and again.duplicate
+    assert [e.position for e in again.events] == [e.position for e in first.events]
+    assert len(store.read_stream(STREAM)) == 1
