@@ -28,7 +28,14 @@ from app.admin import (
     require_admin,
     tenant_object,
 )
-from app.answers import FastJSONResponse
+from app.answers import EventsAnswer, FastJSONResponse, documented
+from app.answers_forge import (
+    InstallationAnswer,
+    InstallationsPage,
+    LinksAnswer,
+    MigrationAnswer,
+    PresumedGoneAnswer,
+)
 from eventstore.events import installation_stream_id
 from eventstore.store import format_timestamp, utcnow
 from projections.forge_ids import installation_ari, installation_uuid
@@ -97,7 +104,11 @@ def _unknown() -> HTTPException:
     )
 
 
-@router.get("/installations", summary="Forge installations, paged by installation id")
+@router.get(
+    "/installations",
+    summary="Forge installations, paged by installation id",
+    **documented(InstallationsPage),
+)
 async def installations(
     store: StoreDep,
     storage: ProjectionsDep,
@@ -128,6 +139,7 @@ async def installations(
 @router.get(
     "/installations/{installation_id:path}/events",
     summary="An installation's events, oldest first",
+    **documented(EventsAnswer, 404),
 )
 async def installation_events(installation_id: str, store: StoreDep) -> FastJSONResponse:
     stream = installation_stream_id(parse_installation(installation_id))
@@ -157,7 +169,9 @@ def _client_key_at(
 
 
 @router.get(
-    "/installations/{installation_id:path}", summary="One installation, folded from its stream"
+    "/installations/{installation_id:path}",
+    summary="One installation, folded from its stream",
+    **documented(InstallationAnswer, 404),
 )
 async def installation(
     installation_id: str,
@@ -194,14 +208,16 @@ async def installation(
     return FastJSONResponse(answer)
 
 
-@router.get("/links", summary="Links between Connect tenants and Forge installations")
+@router.get(
+    "/links",
+    summary="Links between Connect tenants and Forge installations",
+    **documented(LinksAnswer),
+)
 async def links(
     store: StoreDep,
     storage: ProjectionsDep,
     kind: Annotated[Literal["connect", "reinstall"] | None, Query()] = None,
-    client_key: Annotated[
-        str | None, Query(max_length=MAX_CLIENT_KEY, pattern=KEY_PATTERN)
-    ] = None,
+    client_key: Annotated[str | None, Query(max_length=MAX_CLIENT_KEY, pattern=KEY_PATTERN)] = None,
     installation_id: Annotated[str | None, Query(max_length=200, pattern=KEY_PATTERN)] = None,
     min_position: MinPosition = None,
 ) -> FastJSONResponse:
@@ -242,7 +258,11 @@ def migration_answer(storage: ProjectionStorage) -> dict[str, Any]:
     }
 
 
-@router.get("/migration", summary="How far the move from Connect to Forge has come")
+@router.get(
+    "/migration",
+    summary="How far the move from Connect to Forge has come",
+    **documented(MigrationAnswer),
+)
 async def migration(
     store: StoreDep, storage: ProjectionsDep, min_position: MinPosition = None
 ) -> FastJSONResponse:
@@ -263,13 +283,15 @@ def presumed_gone_answer(storage: ProjectionStorage, grace: timedelta) -> dict[s
             rows[row.client_key] = row
             reasons.setdefault(row.client_key, []).append(reason)
     return {
-        "tenants": [
-            {**tenant_object(rows[key]), "presumed": reasons[key]} for key in sorted(rows)
-        ]
+        "tenants": [{**tenant_object(rows[key]), "presumed": reasons[key]} for key in sorted(rows)]
     }
 
 
-@router.get("/presumed-gone", summary="Tenants presumed gone: silent, or uninstalling on Forge")
+@router.get(
+    "/presumed-gone",
+    summary="Tenants presumed gone: silent, or uninstalling on Forge",
+    **documented(PresumedGoneAnswer),
+)
 async def presumed_gone_tenants(
     store: StoreDep,
     storage: ProjectionsDep,

@@ -88,3 +88,16 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def store(store_url: str) -> Iterator[EventStore]:
     with open_store(store_url) as opened:
         yield opened
+
+
+# Under CI, Hypothesis runs derandomized: the same examples every run, so a suite that
+# passed once passes again (a flaky test is a failing test); locally it keeps exploring.
+def _hypothesis_profile() -> None:
+    from hypothesis import settings
+
+    settings.register_profile("ci", derandomize=True, print_blob=True)
+    if IN_CI:
+        settings.load_profile("ci")
+
+
+_hypothesis_profile()

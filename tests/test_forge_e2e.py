@@ -151,7 +151,9 @@ def test_every_refusal_in_order(store_url: str) -> None:
         assert forge.events(installation) == []
 
         rejections = forge.rejections()
-        assert sorted(r["reason"] for r in rejections) == sorted(e[1] for _, e in cases)
+        # Identical refusals within a window are one row with a count.
+        counted = sorted(r["reason"] for r in rejections for _ in range(r["count"]))
+        assert counted == sorted(e[1] for _, e in cases)
         by_reason = {r["reason"]: r for r in rejections}
         # The installation and cloudId the token (or body) claims stand in for
         # clientKey and baseUrl; the token only as its SHA-256.
@@ -333,7 +335,10 @@ def test_hostile_bodies_and_headers_never_get_a_500_or_a_redirect(store_url: str
             ),
             authorization=st.one_of(
                 st.just(good.headers["Authorization"]),
-                st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=60),
+                # What an HTTP client can send: no leading or trailing whitespace.
+                st.text(
+                    alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=60
+                ).map(str.strip),
             ),
         )
         def probe(route: str, body: bytes, authorization: str) -> None:
