@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -251,6 +251,15 @@ class EventStore(abc.ABC):
     @abc.abstractmethod
     def read_raw(self, after_position: int = 0, batch_size: int = 1000) -> Iterator[RawEvent]:
         """Rows as stored (undecoded), for the hash chain and exports."""
+
+    @abc.abstractmethod
+    def import_rows(self, rows: Iterable[RawEvent]) -> Head:
+        """Bulk-load stored rows (e.g. a synthetic log) in one transaction; the new head.
+
+        Only after the current head: the rows must continue its positions and chain
+        (see ``eventstore.bulk``), or ImportRefused is raised and nothing is stored.
+        Idempotency keys and data keys are not part of the rows.
+        """
 
     @abc.abstractmethod
     def head(self) -> Head:
