@@ -6,13 +6,22 @@ databases with unique names, and the one ``RESULT`` line format every figure end
 
 from __future__ import annotations
 
+import cProfile
+import io
 import os
 import platform
+import pstats
 import secrets
-from collections.abc import Iterator
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import psycopg
+
+from eventstore.store import EventStore, Head
+from eventstore.synthetic import RandomLog, chain_rows, mix
 
 DEFAULT_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -98,3 +107,36 @@ def _number(value: float) -> str:
     if abs(value) >= 100:
         return f"{value:.0f}"
     return f"{value:.2f}"
+
+
+def load_synthetic(store: EventStore, events: int, seed: int = 7,
+                   log: RandomLog | None = None, spread_events: int = 0) -> Head:
+    """Generate a realistic log and bulk-load it with the store's own ``import_rows``
+    (which recomputes the chain as it goes); print the time and the mix."""
+    started = time.perf_counter()
+    counts: Counter[str] = Counter()
+    generator = log if log is not None else RandomLog(seed=seed)
+    rows = chain_rows(generator.events(events, spread_events), store.head())
+    head = store.import_rows(mix(rows, counts))
+    seconds = time.perf_counter() - started
+    with psycopg.connect(store.url, autocommit=True) as conn:
+        conn.execute("VACUUM (FREEZE, ANALYZE)")  # as a long-lived log would be: all-visible
+        size = conn.execute("SELECT pg_size_pretty(pg_database_size(current_database()))"
+                            ).fetchone()
+    shares = ", ".join(f"{k} {v / max(1, events):.1%}" for k, v in counts.most_common())
+    print(f"   generated and imported {events:,} events with store.import_rows in"
+          f" {seconds:.1f} s (database {size[0] if size else '?'}); mix: {shares}")
+    return head
+
+
+def print_profile(label: str, run: Callable[[], Any], top: int = 14) -> None:
+    """One more run of ``run`` under cProfile; the top functions by own time."""
+    profiler = cProfile.Profile()
+    profiler.runcall(run)
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(top)
+    print(f"   cProfile of {label}, by own time (cProfile slows the run down):")
+    lines = [line for line in out.getvalue().splitlines() if line.strip()]
+    start = next((i for i, line in enumerate(lines) if "ncalls" in line), 0)
+    for line in lines[start : start + top + 1]:
+        print("     " + line[:150])

@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -25,7 +25,7 @@ from psycopg.types.string import ByteaBinaryLoader
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from eventstore.bulk import ImportRefused, checked
-from eventstore.chain import GENESIS, prepare_append
+from eventstore.chain import GENESIS, ChainRow, prepare_append
 from eventstore.store import (
     AppendResult,
     ConcurrencyConflict,
@@ -277,6 +277,14 @@ def _import_columns(row: RawEvent) -> tuple[Any, ...]:
     )
 
 
+_CHAIN_QUERY = (
+    "SELECT position, stream_id, version, type::varchar, schema_version,"
+    " to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')::varchar,"
+    " data, metadata, encode(hash, 'hex')::varchar, chain_version"
+    " FROM events WHERE position > %s ORDER BY position LIMIT %s"
+)
+
+
 def _decode_row(row: tuple[Any, ...]) -> RecordedEvent:
     return decode_event(*row)
 
@@ -496,9 +504,15 @@ class PostgresEventStore(EventStore):
             raise _unavailable(exc) from exc
 
     def _prefetched(
-        self, after: int, batch_size: int, stop: threading.Event
+        self,
+        after: int,
+        batch_size: int,
+        stop: threading.Event,
+        page: Callable[[int, int], list[Any]] | None = None,
     ) -> Iterator[list[Any]]:
-        """Pages after ``after``, fetched one ahead by a daemon thread."""
+        """Pages after ``after`` (``page``, by default ``_binary_page``), fetched one
+        ahead by a daemon thread."""
+        fetch_page = page or self._binary_page
         box: queue.Queue[list[Any] | BaseException | None] = queue.Queue(maxsize=2)
 
         def hand_over(item: list[Any] | BaseException | None) -> bool:
@@ -514,7 +528,7 @@ class PostgresEventStore(EventStore):
             position = after
             try:
                 while not stop.is_set():
-                    rows = self._binary_page(position, batch_size)
+                    rows = fetch_page(position, batch_size)
                     if rows and not hand_over(rows):
                         return
                     if len(rows) < batch_size:
@@ -529,6 +543,25 @@ class PostgresEventStore(EventStore):
             if isinstance(item, BaseException):
                 raise item
             yield item
+
+    def read_chain(self, after_position: int = 0, batch_size: int = 10_000) -> Iterator[ChainRow]:
+        # verify's path: binary pages fetched one ahead by a helper thread (as read_all),
+        # text columns as bytes (data and metadata are hashed as they come), and the
+        # columns the chain needs as str cast to varchar, which loads as str.
+        stop = threading.Event()
+        try:
+            for rows in self._prefetched(after_position, batch_size, stop, self._chain_page):
+                yield from rows
+        finally:
+            stop.set()
+
+    def _chain_page(self, after: int, batch_size: int) -> list[Any]:
+        try:
+            with self._connection() as conn, conn.cursor(binary=True) as cur:
+                cur.adapters.register_loader("text", ByteaBinaryLoader)
+                return cur.execute(_CHAIN_QUERY, [after, batch_size], prepare=True).fetchall()
+        except psycopg.Error as exc:
+            raise _unavailable(exc) from exc
 
     def read_raw(self, after_position: int = 0, batch_size: int = 1000) -> Iterator[RawEvent]:
         columns = (

@@ -6,7 +6,7 @@ import abc
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -21,6 +21,9 @@ from eventstore.events import (
     decode_metadata,
     metadata_to_json,
 )
+
+if TYPE_CHECKING:
+    from eventstore.chain import ChainRow
 
 
 class StoreError(Exception):
@@ -260,6 +263,13 @@ class EventStore(abc.ABC):
         (see ``eventstore.bulk``), or ImportRefused is raised and nothing is stored.
         Idempotency keys and data keys are not part of the rows.
         """
+
+    def read_chain(self, after_position: int = 0, batch_size: int = 5000) -> Iterator[ChainRow]:
+        """Rows as the hash chain reads them (``eventstore.chain.ChainRow``) for verify;
+        a store may override this with a faster path that yields the same values."""
+        for r in self.read_raw(after_position, batch_size):
+            yield (r.position, r.stream_id, r.version, r.type, r.schema_version, r.recorded_at,
+                   r.data, r.metadata, r.hash, r.chain_version)  # fmt: skip
 
     @abc.abstractmethod
     def head(self) -> Head:
