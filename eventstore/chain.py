@@ -266,16 +266,9 @@ def verify_store(
     """
     stored = store.head()
     return verify_links(
-        column_links(_until(store.read_chain(0), stored.position)),
+        column_links(store.read_chain(0, through=stored.position)),
         ChainCheck(stored_head=stored, checkpoints=checkpoints or {}),
     )
-
-
-def _until(rows: Iterable[ChainRow], last: int) -> Iterator[ChainRow]:
-    for row in rows:
-        yield row
-        if row[0] >= last:
-            return
 
 
 @dataclass(frozen=True, slots=True)

@@ -281,8 +281,9 @@ _CHAIN_QUERY = (
     "SELECT position, stream_id, version, type::varchar, schema_version,"
     " to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')::varchar,"
     " data, metadata, encode(hash, 'hex')::varchar, chain_version"
-    " FROM events WHERE position > %s ORDER BY position LIMIT %s"
+    " FROM events WHERE position > %s AND position <= %s ORDER BY position LIMIT %s"
 )
+_MAX_POSITION = 2**63 - 1
 
 
 def _decode_row(row: tuple[Any, ...]) -> RecordedEvent:
@@ -544,22 +545,28 @@ class PostgresEventStore(EventStore):
                 raise item
             yield item
 
-    def read_chain(self, after_position: int = 0, batch_size: int = 10_000) -> Iterator[ChainRow]:
+    def read_chain(
+        self, after_position: int = 0, through: int | None = None, batch_size: int = 10_000
+    ) -> Iterator[ChainRow]:
         # verify's path: binary pages fetched one ahead by a helper thread (as read_all),
         # text columns as bytes (data and metadata are hashed as they come), and the
         # columns the chain needs as str cast to varchar, which loads as str.
+        last = _MAX_POSITION if through is None else through
         stop = threading.Event()
         try:
-            for rows in self._prefetched(after_position, batch_size, stop, self._chain_page):
+            for rows in self._prefetched(
+                after_position, batch_size, stop, lambda a, n: self._chain_page(a, last, n)
+            ):
                 yield from rows
         finally:
             stop.set()
 
-    def _chain_page(self, after: int, batch_size: int) -> list[Any]:
+    def _chain_page(self, after: int, last: int, batch_size: int) -> list[Any]:
         try:
             with self._connection() as conn, conn.cursor(binary=True) as cur:
                 cur.adapters.register_loader("text", ByteaBinaryLoader)
-                return cur.execute(_CHAIN_QUERY, [after, batch_size], prepare=True).fetchall()
+                params = [after, last, batch_size]
+                return cur.execute(_CHAIN_QUERY, params, prepare=True).fetchall()
         except psycopg.Error as exc:
             raise _unavailable(exc) from exc
 

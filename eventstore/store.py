@@ -264,10 +264,15 @@ class EventStore(abc.ABC):
         Idempotency keys and data keys are not part of the rows.
         """
 
-    def read_chain(self, after_position: int = 0, batch_size: int = 5000) -> Iterator[ChainRow]:
-        """Rows as the hash chain reads them (``eventstore.chain.ChainRow``) for verify;
-        a store may override this with a faster path that yields the same values."""
+    def read_chain(
+        self, after_position: int = 0, through: int | None = None, batch_size: int = 5000
+    ) -> Iterator[ChainRow]:
+        """Rows after ``after_position`` (up to ``through``) as the hash chain reads them
+        (``eventstore.chain.ChainRow``), for verify; a store may override this with a
+        faster path that yields the same values."""
         for r in self.read_raw(after_position, batch_size):
+            if through is not None and r.position > through:
+                return
             yield (r.position, r.stream_id, r.version, r.type, r.schema_version, r.recorded_at,
                    r.data, r.metadata, r.hash, r.chain_version)  # fmt: skip
 

@@ -13,6 +13,7 @@ from collections import Counter
 import pytest
 
 from eventstore.bulk import ImportRefused
+from eventstore.chain import column_links, raw_links
 from eventstore.events import Enabled, Metadata, stream_id_for
 from eventstore.store import EventStore, NewEvent, RawEvent
 from eventstore.synthetic import RandomLog, chain_rows, decoded, mix
@@ -89,3 +90,13 @@ def test_a_time_not_in_the_stored_form_is_refused(store: EventStore) -> None:
     rows = synthetic(3)
     rows[1] = dataclasses.replace(rows[1], recorded_at=rows[1].recorded_at[:-1] + "+00:00")
     _refused(store, rows, "not in the stored form")
+
+
+def test_read_chain_gives_what_the_chain_needs_between_two_positions(store: EventStore) -> None:
+    rows = synthetic(30)
+    store.import_rows(rows)
+    between = list(store.read_chain(4, through=9))
+    assert [r[0] for r in between] == [5, 6, 7, 8, 9]
+    # Whatever form a store hands the columns in, they link exactly as the stored rows.
+    assert list(column_links(between)) == list(raw_links(rows[4:9]))
+    assert [r[0] for r in store.read_chain(25)] == [26, 27, 28, 29, 30]
