@@ -562,13 +562,11 @@ class PostgresEventStore(EventStore):
             stop.set()
 
     def _chain_page(self, after: int, last: int, batch_size: int) -> list[Any]:
-        try:
-            with self._connection() as conn, conn.cursor(binary=True) as cur:
-                cur.adapters.register_loader("text", ByteaBinaryLoader)
-                params = [after, last, batch_size]
-                return cur.execute(_CHAIN_QUERY, params, prepare=True).fetchall()
-        except psycopg.Error as exc:
-            raise _unavailable(exc) from exc
+        # Driver errors are left to the store's error boundary (raised in read_chain).
+        with self._connection() as conn, conn.cursor(binary=True) as cur:
+            cur.adapters.register_loader("text", ByteaBinaryLoader)
+            params = [after, last, batch_size]
+            return cur.execute(_CHAIN_QUERY, params, prepare=True).fetchall()
 
     def read_raw(self, after_position: int = 0, batch_size: int = 1000) -> Iterator[RawEvent]:
         columns = (
@@ -595,10 +593,9 @@ class PostgresEventStore(EventStore):
                     [new_head.position, bytes.fromhex(new_head.hash)],
                 )
                 conn.execute("SELECT pg_notify('ledger_events', %s)", [str(new_head.position)])
-        except psycopg.errors.UniqueViolation as exc:
+        except psycopg.errors.UniqueViolation as exc:  # a (stream, version) taken already
             raise ImportRefused(f"import refused: {exc.diag.message_detail}") from None
-        except psycopg.Error as exc:
-            raise _unavailable(exc) from exc
+        # Other driver errors are left to the store's error boundary.
         return new_head
 
     def head(self) -> Head:

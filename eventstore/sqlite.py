@@ -341,10 +341,9 @@ class SQLiteEventStore(EventStore):
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
-        except sqlite3.IntegrityError as exc:
+        except sqlite3.IntegrityError as exc:  # a (stream, version) or position taken already
             raise ImportRefused(f"import refused: {exc}") from None
-        except sqlite3.OperationalError as exc:
-            raise StoreUnavailable("SQLite database is busy or unavailable") from exc
+        # Other driver errors are left to the store's error boundary.
 
     def head(self) -> Head:
         rows = self._query("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1")
