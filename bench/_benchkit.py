@@ -17,6 +17,7 @@ import secrets
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections import Counter
@@ -156,7 +157,9 @@ def print_profile(label: str, run: Callable[[], Any], top: int = 14) -> None:
 
 # ---------------------------------------------------------------- ``ledger serve`` under test
 
-LEDGER = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "ledger"
+# The ``ledger`` script of the Python running this (its virtualenv), else the project's.
+_SIBLING = Path(sys.executable).with_name("ledger")
+LEDGER = _SIBLING if _SIBLING.exists() else Path(__file__).resolve().parent.parent / ".venv/bin/ledger"
 
 
 def free_port() -> int:
