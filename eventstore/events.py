@@ -168,7 +168,6 @@ _json_encoder = msgspec.json.Encoder(order="sorted")
 _json_decoder = msgspec.json.Decoder()
 _metadata_decoder = msgspec.json.Decoder(Metadata)
 _pair_decoder = msgspec.json.Decoder(dict[str, str | None])
-_object_decoder = msgspec.json.Decoder(dict[str, Any])
 
 
 def canonical_json(value: Any) -> bytes:
@@ -185,8 +184,8 @@ def metadata_to_json(metadata: Metadata) -> bytes:
     return _json_encoder.encode(metadata)
 
 
-# The decoder's own method, not a wrapper: it runs once per event on every full read.
-decode_metadata: Final[Callable[[bytes | str], Metadata]] = _metadata_decoder.decode
+def decode_metadata(raw: bytes | str) -> Metadata:
+    return _metadata_decoder.decode(raw)
 
 
 _EMPTY: Final[dict[str, EventData]] = {
@@ -203,9 +202,14 @@ def decode_data(event_type: str, schema_version: int, raw: bytes | str) -> Event
     if empty is not None:
         return empty
     if schema_version == SCHEMA_VERSIONS.get(event_type):
-        # Fast paths for the current versions: one C-level decode, one constructor.
-        return _CURRENT[event_type](raw)
-    return data_from_dict(event_type, upcast(event_type, schema_version, _json_decoder.decode(raw)))
+        # Fast paths for the current versions: one C-level decode.
+        if event_type == "BaseUrlChanged" or event_type == "DescriptorUpgraded":
+            pair = _pair_decoder.decode(raw)
+            return EVENT_TYPES[event_type](from_=pair.get("from"), to=pair["to"])  # type: ignore[no-any-return]
+        body = _json_decoder.decode(raw)
+    else:
+        body = upcast(event_type, schema_version, _json_decoder.decode(raw))
+    return data_from_dict(event_type, body)
 
 
 def _sealed(value: Any) -> SealedSecret:
@@ -216,42 +220,17 @@ def _sealed(value: Any) -> SealedSecret:
     return SealedSecret(value["alg"], value["nonce"], value["ct"], value["ad"])
 
 
-def _installed(body: dict[str, Any]) -> Installed:
-    # ``body`` is the caller's own fresh dict: what remains of it are the details.
-    sealed = body.pop("sharedSecret", None)
-    return Installed(
-        body.pop("key"),
-        body.pop("clientKey"),
-        body.pop("baseUrl"),
-        _sealed(sealed) if sealed is not None else None,
-        body,
-    )
-
-
-def _base_url_changed(raw: bytes | str) -> BaseUrlChanged:
-    pair = _pair_decoder.decode(raw)
-    # A stored null is passed on as read (as before this fast path): not re-validated here.
-    return BaseUrlChanged(from_=pair.get("from"), to=pair["to"])  # type: ignore[arg-type]
-
-
-def _descriptor_upgraded(raw: bytes | str) -> DescriptorUpgraded:
-    pair = _pair_decoder.decode(raw)
-    return DescriptorUpgraded(from_=pair.get("from"), to=pair["to"])  # type: ignore[arg-type]  # as above
-
-
-# Current schema version: stored JSON → typed data, per type that has a body.
-_CURRENT: Final[dict[str, Callable[[bytes | str], EventData]]] = {
-    "Installed": lambda raw: _installed(_json_decoder.decode(raw)),
-    "SecretRotated": lambda raw: SecretRotated(_sealed(_json_decoder.decode(raw)["sharedSecret"])),
-    "BaseUrlChanged": _base_url_changed,
-    "DescriptorUpgraded": _descriptor_upgraded,
-    "DetailsChanged": lambda raw: DetailsChanged(changes=_object_decoder.decode(raw)),
-}
-
-
 def data_from_dict(event_type: str, body: dict[str, Any]) -> EventData:
     if event_type == "Installed":
-        return _installed(dict(body))
+        details = dict(body)
+        sealed = details.pop("sharedSecret", None)
+        return Installed(
+            details.pop("key"),
+            details.pop("clientKey"),
+            details.pop("baseUrl"),
+            _sealed(sealed) if sealed is not None else None,
+            details,
+        )
     if event_type == "SecretRotated":
         return SecretRotated(_sealed(body["sharedSecret"]))
     if event_type == "BaseUrlChanged":
