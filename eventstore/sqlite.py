@@ -11,13 +11,14 @@ from __future__ import annotations
 import sqlite3
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from eventstore.bulk import ImportRefused, checked
 from eventstore.chain import GENESIS, link, prepare_append
 from eventstore.store import (
     REJECTION_PURGE_BATCH,
@@ -401,6 +402,33 @@ class SQLiteEventStore(EventStore):
             for r in rows:
                 yield RawEvent(r[0], r[1], r[2], r[3], r[4], r[5].encode(), r[6].encode(), *r[7:])
 
+    def import_rows(self, rows: Iterable[RawEvent]) -> Head:
+        conn, batch = self.connection(), []
+
+        def write(row: RawEvent) -> None:
+            batch.append((*_import_columns(row),))
+            if len(batch) >= 5000:
+                flush()
+
+        def flush() -> None:
+            conn.executemany(_IMPORT_INSERT, batch)
+            batch.clear()
+
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                new_head = checked(rows, self.head(), write)
+                flush()
+                conn.execute("COMMIT")
+                return new_head
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.IntegrityError as exc:  # a (stream, version) or position taken already
+            raise ImportRefused(f"import refused: {exc}") from None
+        # Other driver errors are left to the store's error boundary.
+
     def head(self) -> Head:
         rows = self._query("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1")
         return Head(rows[0][0], rows[0][1]) if rows else Head(0, GENESIS.hex())
@@ -534,6 +562,28 @@ class SQLiteEventStore(EventStore):
                 held.conn.close()
             self._open.clear()
         self._local = threading.local()
+
+
+_IMPORT_INSERT = (
+    f"INSERT INTO events ({_EVENT_COLUMNS}, call_id, chain_version)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _import_columns(row: RawEvent) -> tuple[Any, ...]:
+    return (
+        row.position,
+        row.stream_id,
+        row.version,
+        row.type,
+        row.schema_version,
+        row.data.decode(),
+        row.metadata.decode(),
+        row.recorded_at,
+        row.hash,
+        row.call_id,
+        row.chain_version,
+    )
 
 
 def _split_script(script: str) -> list[str]:

@@ -10,10 +10,10 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
@@ -28,6 +28,9 @@ from eventstore.events import (
     decode_metadata,
     metadata_to_json,
 )
+
+if TYPE_CHECKING:
+    from eventstore.chain import ChainRow
 
 
 class StoreError(Exception):
@@ -464,6 +467,27 @@ class EventStore(abc.ABC):
     @abc.abstractmethod
     def read_raw(self, after_position: int = 0, batch_size: int = 1000) -> Iterator[RawEvent]:
         """Rows as stored (undecoded), for the hash chain and exports."""
+
+    @abc.abstractmethod
+    def import_rows(self, rows: Iterable[RawEvent]) -> Head:
+        """Bulk-load stored rows (e.g. a synthetic log) in one transaction; the new head.
+
+        Only after the current head: the rows must continue its positions and chain
+        (see ``eventstore.bulk``), or ImportRefused is raised and nothing is stored.
+        Idempotency keys and data keys are not part of the rows.
+        """
+
+    def read_chain(
+        self, after_position: int = 0, through: int | None = None, batch_size: int = 5000
+    ) -> Iterator[ChainRow]:
+        """Rows after ``after_position`` (up to ``through``) as the hash chain reads them
+        (``eventstore.chain.ChainRow``), for verify; a store may override this with a
+        faster path that yields the same values."""
+        for r in self.read_raw(after_position, batch_size):
+            if through is not None and r.position > through:
+                return
+            yield (r.position, r.stream_id, r.version, r.type, r.schema_version, r.recorded_at,
+                   r.data, r.metadata, r.hash, r.chain_version)  # fmt: skip
 
     @abc.abstractmethod
     def head(self) -> Head:
