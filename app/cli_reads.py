@@ -18,7 +18,14 @@ from app import reads
 from app.cli_output import fail, note, print_record, print_records
 from app.evidence import HISTORY_COLUMNS, evidence_rows
 from app.settings import Settings
-from eventstore.store import EventStore, open_store, parse_timestamp, utcnow
+from eventstore.store import (
+    EventStore,
+    StoreError,
+    StoreUnavailable,
+    open_store,
+    parse_timestamp,
+    utcnow,
+)
 from projections.storage import ProjectionStorage
 
 JsonOption = Annotated[
@@ -63,8 +70,17 @@ def examples(*lines: str) -> str:
     return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
 
 
-def _store() -> EventStore:
-    return open_store(Settings().database_url)
+@contextmanager
+def _store() -> Iterator[EventStore]:
+    """The store, for one command. A store that cannot answer ends the command with a
+    one-line reason and exit 1 (nothing was changed; run it again), never a traceback."""
+    try:
+        with open_store(Settings().database_url) as store:
+            yield store
+    except StoreUnavailable as error:
+        fail(f"the store is unavailable ({error}); nothing was changed, try again")
+    except StoreError as error:
+        fail(f"the store refused the read ({error})")
 
 
 def catch_up_read_models(store: EventStore, storage: ProjectionStorage) -> None:

@@ -196,6 +196,13 @@ def test_exit_codes(service: RunningService) -> None:
     assert "no such clientKey" in result.stderr and result.stdout == ""
 
 
+def test_an_unreachable_store_is_one_line_and_exit_1(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEDGER_DATABASE_URL", "postgresql://postgres@127.0.0.1:1/none")
+    result = runner.invoke(cli, ["show", "nobody"])
+    assert result.exit_code == 1 and result.stdout == ""
+    assert "the store is unavailable" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_a_narrow_terminal_folds_long_values_never_cuts_them(
     service: RunningService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
