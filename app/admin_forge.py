@@ -22,7 +22,7 @@ from app.admin import (
     MinPosition,
     ProjectionsDep,
     StoreDep,
-    _caught_up,
+    caught_up,
     parse_as_of,
     redact_event,
     require_admin,
@@ -117,7 +117,7 @@ async def installations(
     after: Annotated[str | None, Query(max_length=200, pattern=KEY_PATTERN)] = None,
     min_position: MinPosition = None,
 ) -> FastJSONResponse:
-    await _caught_up(store, storage, min_position)
+    await caught_up(store, storage, min_position)
     start = parse_installation(after) if after else None
     rows: list[InstallationRow] = await run_in_threadpool(storage.load_rows, "installations")
     chosen = sorted(
@@ -221,7 +221,7 @@ async def links(
     installation_id: Annotated[str | None, Query(max_length=200, pattern=KEY_PATTERN)] = None,
     min_position: MinPosition = None,
 ) -> FastJSONResponse:
-    await _caught_up(store, storage, min_position)
+    await caught_up(store, storage, min_position)
     wanted = parse_installation(installation_id) if installation_id else None
     rows: list[LinkRow] = await run_in_threadpool(storage.load_rows, "links")
     chosen = [
@@ -266,7 +266,7 @@ def migration_answer(storage: ProjectionStorage) -> dict[str, Any]:
 async def migration(
     store: StoreDep, storage: ProjectionsDep, min_position: MinPosition = None
 ) -> FastJSONResponse:
-    await _caught_up(store, storage, min_position)
+    await caught_up(store, storage, min_position)
     return FastJSONResponse(await run_in_threadpool(migration_answer, storage))
 
 
@@ -300,6 +300,6 @@ async def presumed_gone_tenants(
     ] = 24,
     min_position: MinPosition = None,
 ) -> FastJSONResponse:
-    await _caught_up(store, storage, min_position)
+    await caught_up(store, storage, min_position)
     answer = await run_in_threadpool(presumed_gone_answer, storage, timedelta(hours=grace_hours))
     return FastJSONResponse(answer)
