@@ -53,6 +53,8 @@ from eventstore.events import (
     canonical_json,
 )
 from eventstore.store import NewEvent, RecordedEvent
+from projections import tenants
+from projections.model import TenantRow
 
 LifecycleEvent = Literal["installed", "uninstalled", "enabled", "disabled"]
 LIFECYCLE_EVENTS: Final[tuple[LifecycleEvent, ...]] = (
@@ -70,27 +72,46 @@ Sealer = Callable[[str, str], SealedSecret]  # (plain secret, associated data) -
 
 @dataclass(frozen=True, slots=True)
 class TenantState:
-    """What the ledger knows of one tenant: the fold of its stream."""
+    """What the ledger knows of one tenant: the fold of its stream.
+
+    ``row`` is the tenant as the ``tenants`` read model shows it, folded by the
+    projection's own rules (``projections.tenants.apply``): state, enabled, base
+    URL and descriptor version are written once, there. The rest is what only the
+    decider needs: the app key, every detail field, the sealed secret, the calls.
+    """
 
     stream_id: str
     version: int = 0
-    status: Literal["new", "installed", "uninstalled"] = "new"
-    enabled: bool = False
+    row: TenantRow | None = None  # None until the first Installed
     key: str | None = None
-    base_url: str | None = None
     details: Mapping[str, Any] = field(default_factory=dict)
     secret: SealedSecret | None = None
     # The version of the event that carried ``secret``: the secret opens only with
     # this event's associated data, so a ciphertext re-appended later does not.
     secret_version: int = 0
-    descriptor_version: str | None = None
     last_iat: int | None = None
     # The SHA-256 of every token this tenant's calls were accepted with (rule 6).
     token_hashes: frozenset[str] = frozenset()
 
     @property
+    def status(self) -> Literal["new", "installed", "uninstalled"]:
+        return "new" if self.row is None else self.row.state
+
+    @property
     def known(self) -> bool:
-        return self.status != "new"
+        return self.row is not None
+
+    @property
+    def enabled(self) -> bool:
+        return self.row is not None and self.row.enabled
+
+    @property
+    def base_url(self) -> str | None:
+        return None if self.row is None else self.row.base_url
+
+    @property
+    def descriptor_version(self) -> str | None:
+        return None if self.row is None else self.row.descriptor_version
 
 
 def initial_state(stream_id: str) -> TenantState:
@@ -98,31 +119,27 @@ def initial_state(stream_id: str) -> TenantState:
 
 
 def evolve(state: TenantState, event: RecordedEvent) -> TenantState:
+    iat, sha = event.metadata.iat, event.metadata.token_sha256
+    state = replace(
+        state,
+        version=event.version,
+        row=tenants.apply(state.row, event),
+        last_iat=state.last_iat if iat is None or (state.last_iat or 0) >= iat else iat,
+        token_hashes=state.token_hashes
+        if sha is None or sha in state.token_hashes
+        else state.token_hashes | {sha},
+    )
     data = event.data
-    iat = event.metadata.iat
-    last_iat = state.last_iat if iat is None or (state.last_iat or 0) >= iat else iat
-    state = replace(state, version=event.version, last_iat=last_iat)
-    sha = event.metadata.token_sha256
-    if sha is not None and sha not in state.token_hashes:
-        state = replace(state, token_hashes=state.token_hashes | {sha})
     if isinstance(data, Installed):
         return replace(
             state,
-            status="installed",
-            enabled=True,
             key=data.key,
-            base_url=data.base_url,
             details=dict(data.details),
             secret=data.shared_secret,
             secret_version=event.version,
-            descriptor_version=event.metadata.descriptor_version,
         )
     if isinstance(data, SecretRotated):
         return replace(state, secret=data.shared_secret, secret_version=event.version)
-    if isinstance(data, BaseUrlChanged):
-        return replace(state, base_url=data.to)
-    if isinstance(data, DescriptorUpgraded):
-        return replace(state, descriptor_version=data.to)
     if isinstance(data, DetailsChanged):
         details = dict(state.details)
         for name, value in data.changes.items():
@@ -131,13 +148,7 @@ def evolve(state: TenantState, event: RecordedEvent) -> TenantState:
             else:
                 details[name] = value
         return replace(state, details=details)
-    if isinstance(data, Enabled):
-        # Only an `installed` brings an uninstalled tenant back.
-        return replace(state, enabled=state.status == "installed")
-    if isinstance(data, Disabled | Uninstalled):
-        status = "uninstalled" if isinstance(data, Uninstalled) else state.status
-        return replace(state, enabled=False, status=status)
-    return state  # InstallConfirmed
+    return state
 
 
 def fold(stream_id: str, events: Iterable[RecordedEvent]) -> TenantState:
