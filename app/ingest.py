@@ -25,6 +25,7 @@ from anyio import to_thread
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from app import shell
+from app.calls import Outcome, Refusal
 from app.install_keys import InstallKeyFetcher, InvalidKid, KeyServerUnavailable, UnknownKid
 from app.lifecycle import (
     DECIDER,
@@ -92,30 +93,6 @@ class CallRequest:
     body: bytes
     remote_addr: str | None
     method: str = "POST"
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    status: int
-    code: str  # "accepted", "duplicate" or a refusal reason
-    call_id: str
-    detail: str | None = None
-    client_key: str | None = None
-    events: int = 0
-    retry_after: int | None = None
-
-    @property
-    def refused(self) -> bool:
-        return self.code not in ("accepted", "duplicate")
-
-
-class _Refusal(Exception):
-    def __init__(self, status: int, code: str, detail: str, retry_after: int | None = None) -> None:
-        super().__init__(code)
-        self.status = status
-        self.code = code
-        self.detail = detail
-        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,21 +316,21 @@ class LifecycleIngestor:
             payload = self._parse_body(request)
             token = extract_token(request.authorization, request.query)
             if token is None:
-                raise _Refusal(401, "missing_token", "Authorization: JWT <token> is required")
+                raise Refusal(401, "missing_token", "Authorization: JWT <token> is required")
             try:
                 unverified = parse_unverified(token)
             except TokenError as error:
-                raise _Refusal(401, error.code, error.detail) from None
+                raise Refusal(401, error.code, error.detail) from None
             install_key = await self._install_key(unverified)
             checked = _Checked(request, payload, token, unverified, install_key, call_id)
             outcome = await to_thread.run_sync(self._run, checked)
-        except _Refusal as refusal:
+        except Refusal as refusal:
             outcome = Outcome(
                 status=refusal.status,
                 code=refusal.code,
                 call_id=call_id,
                 detail=refusal.detail,
-                client_key=payload.client_key if payload else None,
+                subject=payload.client_key if payload else None,
                 retry_after=refusal.retry_after,
             )
         if outcome.refused:
@@ -375,7 +352,7 @@ class LifecycleIngestor:
             check_descriptor_version(request.query)
             return payload
         except BodyError as error:
-            raise _Refusal(error.status, error.code, error.detail) from None
+            raise Refusal(error.status, error.code, error.detail) from None
 
     # -- rule 3: the install key, fetched by kid before any state is read
 
@@ -384,22 +361,22 @@ class LifecycleIngestor:
             return None
         kid = unverified.kid
         if kid is None or not is_valid_kid(kid):
-            raise _Refusal(401, "invalid_kid", "the token's kid is missing or not allowed")
+            raise Refusal(401, "invalid_kid", "the token's kid is missing or not allowed")
         parsed = self._parsed_keys.get(kid)
         if parsed is not None:
             return parsed
         try:
             pem = await self.fetcher.get(kid)
         except (InvalidKid, UnknownKid) as error:
-            raise _Refusal(401, error.code, error.public_detail) from None
+            raise Refusal(401, error.code, error.public_detail) from None
         except KeyServerUnavailable as error:  # key_server_busy too
-            raise _Refusal(
+            raise Refusal(
                 503, error.code, error.public_detail, self.settings.retry_after_seconds
             ) from None
         try:
             parsed = load_rsa_public_key(pem)
         except TokenError as error:
-            raise _Refusal(
+            raise Refusal(
                 503, "key_server_unavailable", error.detail, self.settings.retry_after_seconds
             ) from None
         self._parsed_keys[kid] = parsed
@@ -433,8 +410,8 @@ class LifecycleIngestor:
         if isinstance(decision, shell.Skip):
             return Outcome(204, decision.code, call_id, decision.detail or None, client_key)
         if result.duplicate:  # the store's backstop: a race with the same token
-            return Outcome(204, "duplicate", call_id, client_key=client_key)
-        return Outcome(204, "accepted", call_id, client_key=client_key, events=len(result.events))
+            return Outcome(204, "duplicate", call_id, subject=client_key)
+        return Outcome(204, "accepted", call_id, subject=client_key, events=len(result.events))
 
     def _retry_later(self, checked: _Checked, code: str, detail: str) -> Outcome:
         return Outcome(
