@@ -249,7 +249,7 @@ DECIDER: Final = TenantDecider()
 def decide(state: TenantState, call: LifecycleCall) -> Decision:
     """The events one call appends, or why it appends none: SPEC §4 in order."""
     verification = call.verification
-    refused = _secret_unavailable(state, call) or _rule_4_hs256(state, call)
+    refused = _secret_unavailable(call) or _rule_4_hs256(state, call)
     if refused is not None:
         return refused
     if isinstance(verification, TokenRefused):
@@ -269,7 +269,7 @@ def _needs_secret(call: LifecycleCall) -> bool:
     return call.alg == "HS256" or call.event == "installed"
 
 
-def _secret_unavailable(state: TenantState, call: LifecycleCall) -> Decision | None:
+def _secret_unavailable(call: LifecycleCall) -> Decision | None:
     secret = call.current_secret
     if isinstance(secret, SecretUnavailable) and _needs_secret(call):
         return Refuse(secret.code, secret.detail, status=503)
