@@ -214,7 +214,7 @@ MinPosition = Annotated[
 ]
 
 
-async def _caught_up(
+async def caught_up(
     store: EventStore, storage: ProjectionStorage, min_position: int | None
 ) -> None:
     """Let a caller that just wrote read its own write: wait for the runner (≤ 5 s).
@@ -264,7 +264,7 @@ async def tenants(
     ] = 24,
     min_position: MinPosition = None,
 ) -> FastJSONResponse:
-    await _caught_up(store, storage, min_position)
+    await caught_up(store, storage, min_position)
     answer = await run_in_threadpool(
         lambda: reads.tenants_answer(
             storage,
@@ -288,7 +288,7 @@ async def descriptors(
     storage: ProjectionsDep,
     min_position: MinPosition = None,
 ) -> FastJSONResponse:
-    await _caught_up(store, storage, min_position)
+    await caught_up(store, storage, min_position)
     return FastJSONResponse(await run_in_threadpool(reads.descriptors_answer, storage))
 
 
@@ -302,5 +302,5 @@ async def reimports(
     storage: ProjectionsDep,
     min_position: MinPosition = None,
 ) -> FastJSONResponse:
-    await _caught_up(store, storage, min_position)
+    await caught_up(store, storage, min_position)
     return FastJSONResponse(await run_in_threadpool(reads.reimports_answer, storage))

@@ -23,7 +23,7 @@ from app.admin import (
     MinPosition,
     ProjectionsDep,
     StoreDep,
-    _caught_up,
+    caught_up,
     parse_as_of,
     redact_event,
     require_admin,
@@ -77,7 +77,7 @@ async def installations(
     after: Annotated[str | None, Query(max_length=200, pattern=KEY_PATTERN)] = None,
     min_position: MinPosition = None,
 ) -> FastJSONResponse:
-    await _caught_up(store, storage, min_position)
+    await caught_up(store, storage, min_position)
     start = parse_installation(after) if after else None
     answer = await run_in_threadpool(
         lambda: reads.installations_answer(storage, state=state, after=start, limit=limit)
@@ -170,7 +170,7 @@ async def links(
     installation_id: Annotated[str | None, Query(max_length=200, pattern=KEY_PATTERN)] = None,
     min_position: MinPosition = None,
 ) -> FastJSONResponse:
-    await _caught_up(store, storage, min_position)
+    await caught_up(store, storage, min_position)
     wanted = parse_installation(installation_id) if installation_id else None
     answer = await run_in_threadpool(
         lambda: reads.links_answer(
@@ -188,7 +188,7 @@ async def links(
 async def migration(
     store: StoreDep, storage: ProjectionsDep, min_position: MinPosition = None
 ) -> FastJSONResponse:
-    await _caught_up(store, storage, min_position)
+    await caught_up(store, storage, min_position)
     return FastJSONResponse(await run_in_threadpool(reads.migration_answer, storage))
 
 
@@ -214,7 +214,7 @@ async def presumed_gone_tenants(
     ] = None,
     min_position: MinPosition = None,
 ) -> FastJSONResponse:
-    await _caught_up(store, storage, min_position)
+    await caught_up(store, storage, min_position)
     answer = await run_in_threadpool(
         lambda: reads.presumed_gone_answer(
             storage, grace_hours=grace_hours, after=after, limit=limit

@@ -1,7 +1,14 @@
-"""The imperative shell around a lifecycle call: body, token, key, state, decide, append.
+"""The imperative shell around a Connect lifecycle call: body, token, key, verify, run.
 
-The order of checks is SPEC §4's; the first failure decides the answer. Every
-refusal becomes an ``Outcome`` with a reason code and one rejection-log row.
+The order of checks is SPEC §4's; the first failure decides the answer. Rules 1-3
+(the body, the token, the RS256 install key) are checked here before any state is
+read; everything that depends on the tenant (rules 4-7, and a secret that cannot be
+read) is decided by ``app.lifecycle`` through the generic shell (``app.shell``):
+each attempt reads the stream, opens the current secret, verifies the token with it
+(``_TenantSteps.command``), lets the decider decide, then seals the new secrets it
+emitted in plain text (``_TenantSteps.rows``) before the append.
+
+Every refusal becomes an ``Outcome`` with a reason code and one rejection-log row.
 Nothing here raises to the caller for a bad call: the routes only translate
 outcomes into HTTP.
 """
@@ -13,20 +20,26 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from anyio import to_thread
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
+from app import shell
+from app.calls import Outcome, Refusal
 from app.install_keys import InstallKeyFetcher, InvalidKid, KeyServerUnavailable, UnknownKid
 from app.lifecycle import (
-    Accept,
-    Ignore,
+    DECIDER,
+    CurrentSecret,
     LifecycleCall,
     LifecycleEvent,
+    NotVerifiable,
     Refuse,
+    SecretUnavailable,
+    TenantEvent,
     TenantState,
-    decide,
-    fold,
+    TokenRefused,
+    Verification,
+    sealed_rows,
 )
 from app.payload import (
     BodyError,
@@ -39,6 +52,7 @@ from app.settings import Settings
 from app.tokens import (
     TokenError,
     UnverifiedToken,
+    VerifiedToken,
     is_valid_kid,
     load_rsa_public_key,
     parse_unverified,
@@ -58,9 +72,7 @@ from eventstore.crypto import (
 )
 from eventstore.events import Metadata, SealedSecret, client_key_of, stream_id_for
 from eventstore.store import (
-    ConcurrencyConflict,
     EventStore,
-    NewEvent,
     Rejection,
     StoreError,
     StoreUnavailable,
@@ -69,8 +81,6 @@ from eventstore.store import (
 )
 
 log = logging.getLogger("ledger.ingest")
-
-MAX_CONFLICT_RETRIES = 25
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,27 +96,15 @@ class CallRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
-    status: int
-    code: str  # "accepted", "duplicate" or a refusal reason
+class _Checked:
+    """A call past rules 1-2 and the install key's fetch: what every attempt needs."""
+
+    request: CallRequest
+    payload: LifecyclePayload
+    token: str
+    unverified: UnverifiedToken
+    install_key: RSAPublicKey | None  # RS256 only
     call_id: str
-    detail: str | None = None
-    client_key: str | None = None
-    events: int = 0
-    retry_after: int | None = None
-
-    @property
-    def refused(self) -> bool:
-        return self.code not in ("accepted", "duplicate")
-
-
-class _Refusal(Exception):
-    def __init__(self, status: int, code: str, detail: str, retry_after: int | None = None) -> None:
-        super().__init__(code)
-        self.status = status
-        self.code = code
-        self.detail = detail
-        self.retry_after = retry_after
 
 
 def extract_token(authorization: str | None, query: list[tuple[str, str]]) -> str | None:
@@ -126,73 +124,47 @@ class _TenantKeys:
     key that is stored by the same append that first uses it, so a first install
     costs one transaction, and a lost race leaves no orphan key behind. A stored key
     that does not unwrap is a configuration error (its master key was dropped from
-    ``LEDGER_MASTER_KEY``), never taken for a forgotten tenant: the call is refused
-    with a retryable 503 until the operator puts the key back.
+    ``LEDGER_MASTER_KEY``), never taken for a forgotten tenant: the decider refuses
+    the calls that need the secret with a retryable 503 until the key is back.
     """
 
-    def __init__(self, keyring: KeyRing, stream_id: str, *, load: bool, retry_after: int) -> None:
+    def __init__(self, keyring: KeyRing, stream_id: str, *, load: bool) -> None:
         self._keyring = keyring
         self._stream_id = stream_id
-        self._retry_after = retry_after
         self._key: bytes | None = None
         self._loaded = not load  # a tenant never installed has nothing to load
+        self.problem: CryptoError | None = None  # why the stored key did not unwrap
         self.wrapped_new_key: bytes | None = None
 
     def _stored(self) -> bytes | None:
         if not self._loaded:
-            self._key = self._unwrap_stored()
             self._loaded = True
+            try:
+                self._key = self._keyring.stored_key(self._stream_id)
+            except CryptoError as error:  # MasterKeyUnavailable too
+                self.problem = error
         return self._key
 
-    def _unwrap_stored(self) -> bytes | None:
-        client_key = client_key_of(self._stream_id)
-        try:
-            return self._keyring.stored_key(self._stream_id)
-        except MasterKeyUnavailable as error:
-            log.error(
-                "master key %s is not configured (LEDGER_MASTER_KEY holds %s): the data key"
-                " of this tenant does not unwrap; put the key back, or run `ledger rewrap`"
-                " while it is still configured",
-                error.key_id,
-                ", ".join(self._keyring.master_key_ids),
-                extra={"reason": "master_key_unavailable", "client_key": client_key},
-            )
-            raise _Refusal(
-                503,
-                "master_key_unavailable",
-                "the master key that protects this tenant's secret is not configured; retry later",
-                retry_after=self._retry_after,
-            ) from None
-        except CryptoError:
-            log.error(
-                "the stored data key of this tenant is damaged or belongs to another stream",
-                extra={"reason": "data_key_unreadable", "client_key": client_key},
-            )
-            raise _Refusal(
-                503,
-                "data_key_unreadable",
-                "this tenant's data key cannot be read; retry later",
-                retry_after=self._retry_after,
-            ) from None
-
-    def open(self, sealed: SealedSecret | None, version: int) -> str | None:
+    def current_secret(self, state: TenantState) -> CurrentSecret:
         """The plain current secret; None when there is none or it was forgotten.
 
         It opens only with the associated data of the event that carried it
         (stream and version), so a ciphertext copied into a later event does not.
         """
-        if sealed is None:
+        if state.secret is None:
             return None
         key = self._stored()
+        if self.problem is not None:
+            return _unavailable(self.problem)
         if key is None:
             return None  # forgotten: `ledger forget` destroyed the data key
         try:
-            return open_secret(key, sealed, secret_ad(self._stream_id, version))
+            return open_secret(key, state.secret, secret_ad(self._stream_id, state.secret_version))
         except CryptoError:
             log.error(
                 "the tenant's current secret does not open with the associated data of the"
                 " event that carries it (version %d)",
-                version,
+                state.secret_version,
                 extra={"reason": "secret_unreadable", "client_key": client_key_of(self._stream_id)},
             )
             return None
@@ -203,6 +175,121 @@ class _TenantKeys:
             key, self.wrapped_new_key = self._keyring.new_key(self._stream_id)
             self._key = key
         return seal_secret(key, secret, ad)
+
+    def log_problem(self) -> None:
+        """Tell the operator why a call was refused for an unreadable key (never the key)."""
+        client_key = client_key_of(self._stream_id)
+        if isinstance(self.problem, MasterKeyUnavailable):
+            log.error(
+                "master key %s is not configured (LEDGER_MASTER_KEY holds %s): the data key"
+                " of this tenant does not unwrap; put the key back, or run `ledger rewrap`"
+                " while it is still configured",
+                self.problem.key_id,
+                ", ".join(self._keyring.master_key_ids),
+                extra={"reason": "master_key_unavailable", "client_key": client_key},
+            )
+        elif self.problem is not None:
+            log.error(
+                "the stored data key of this tenant is damaged or belongs to another stream",
+                extra={"reason": "data_key_unreadable", "client_key": client_key},
+            )
+
+
+def _unavailable(problem: CryptoError) -> SecretUnavailable:
+    if isinstance(problem, MasterKeyUnavailable):
+        return SecretUnavailable(
+            "master_key_unavailable",
+            "the master key that protects this tenant's secret is not configured; retry later",
+        )
+    return SecretUnavailable(
+        "data_key_unreadable", "this tenant's data key cannot be read; retry later"
+    )
+
+
+class _TenantSteps:
+    """One call's steps around the tenant decider (``app.shell.Steps``): each attempt
+    opens the current secret and verifies the token with it; an accepted decision's
+    new secrets are sealed with the tenant's data key before the append."""
+
+    def __init__(self, ingestor: LifecycleIngestor, checked: _Checked) -> None:
+        self._settings = ingestor.settings
+        self._keyring = ingestor.keyring
+        self._clock = ingestor.clock
+        self._checked = checked
+        request = checked.request
+        self._qsh = query_string_hash(
+            request.method, relative_path(request.path, self._settings.app_base_url), request.query
+        )
+        self._descriptor_version = next((v for k, v in request.query if k == "v"), None)
+        self.keys: _TenantKeys | None = None
+
+    def command(self, state: TenantState) -> LifecycleCall:
+        checked = self._checked
+        self.keys = _TenantKeys(self._keyring, state.stream_id, load=state.known)
+        current = self.keys.current_secret(state)
+        verification = self._verify(current)
+        event = checked.request.event
+        return LifecycleCall(
+            event=event,
+            alg=checked.unverified.alg,
+            verification=verification,
+            payload=checked.payload.fields,
+            shared_secret=checked.payload.shared_secret if event == "installed" else None,
+            descriptor_version=self._descriptor_version,
+            metadata=self._metadata(verification),
+            current_secret=current,
+        )
+
+    def rows(self, stream_id: str, version: int, decision: shell.Append[TenantEvent]) -> shell.Rows:
+        assert self.keys is not None  # command() ran first in this attempt
+        rows = sealed_rows(stream_id, version, decision, self.keys.seal)
+        return shell.Rows(rows, self.keys.wrapped_new_key)
+
+    def _verify(self, current: CurrentSecret) -> Verification:
+        """Rules 3-4's signature and claims, with the install key or the current secret."""
+        checked, settings = self._checked, self._settings
+        now, leeway = int(self._clock()), settings.clock_skew_seconds
+        client_key = checked.payload.client_key
+        try:
+            if checked.unverified.alg == "RS256" and checked.install_key is not None:
+                return verify_install_token(
+                    checked.token,
+                    checked.install_key,
+                    client_key=client_key,
+                    app_base_url=settings.app_base_url,
+                    qsh=self._qsh,
+                    now=now,
+                    leeway=leeway,
+                )
+            if checked.unverified.alg == "HS256":
+                if not isinstance(current, str):
+                    return NotVerifiable()
+                return verify_shared_secret_token(
+                    checked.token,
+                    current,
+                    client_key=client_key,
+                    qsh=self._qsh,
+                    now=now,
+                    leeway=leeway,
+                )
+        except TokenError as error:
+            return TokenRefused(error.code, error.detail)
+        return TokenRefused("unsupported_alg", "only RS256 and HS256 tokens are accepted")
+
+    def _metadata(self, verification: Verification) -> Metadata:
+        request = self._checked.request
+        token = verification if isinstance(verification, VerifiedToken) else None
+        return Metadata(
+            call_id=self._checked.call_id,
+            received_at=format_timestamp(utcnow()),
+            token_sha256=token.sha256 if token else None,
+            iat=token.iat if token else None,
+            alg=token.alg if token else None,
+            kid=token.kid if token else None,
+            remote_addr=request.remote_addr,
+            path=request.path,
+            descriptor_version=self._descriptor_version,
+        )
 
 
 class LifecycleIngestor:
@@ -219,7 +306,7 @@ class LifecycleIngestor:
         self.keyring = keyring
         self.fetcher = fetcher
         self.clock = clock
-        self._parsed_keys: dict[str, Any] = {}
+        self._parsed_keys: dict[str, RSAPublicKey] = {}
 
     async def handle(self, request: CallRequest) -> Outcome:
         call_id = uuid.uuid4().hex
@@ -229,28 +316,21 @@ class LifecycleIngestor:
             payload = self._parse_body(request)
             token = extract_token(request.authorization, request.query)
             if token is None:
-                raise _Refusal(401, "missing_token", "Authorization: JWT <token> is required")
+                raise Refusal(401, "missing_token", "Authorization: JWT <token> is required")
             try:
                 unverified = parse_unverified(token)
             except TokenError as error:
-                raise _Refusal(401, error.code, error.detail) from None
+                raise Refusal(401, error.code, error.detail) from None
             install_key = await self._install_key(unverified)
-            outcome = await to_thread.run_sync(
-                self._verify_decide_append,
-                request,
-                payload,
-                token,
-                unverified,
-                install_key,
-                call_id,
-            )
-        except _Refusal as refusal:
+            checked = _Checked(request, payload, token, unverified, install_key, call_id)
+            outcome = await to_thread.run_sync(self._run, checked)
+        except Refusal as refusal:
             outcome = Outcome(
                 status=refusal.status,
                 code=refusal.code,
                 call_id=call_id,
                 detail=refusal.detail,
-                client_key=payload.client_key if payload else None,
+                subject=payload.client_key if payload else None,
                 retry_after=refusal.retry_after,
             )
         if outcome.refused:
@@ -272,220 +352,76 @@ class LifecycleIngestor:
             check_descriptor_version(request.query)
             return payload
         except BodyError as error:
-            raise _Refusal(error.status, error.code, error.detail) from None
+            raise Refusal(error.status, error.code, error.detail) from None
 
     # -- rule 3: the install key, fetched by kid before any state is read
 
-    async def _install_key(self, unverified: UnverifiedToken) -> Any:
+    async def _install_key(self, unverified: UnverifiedToken) -> RSAPublicKey | None:
         if unverified.alg != "RS256":
             return None
         kid = unverified.kid
         if kid is None or not is_valid_kid(kid):
-            raise _Refusal(401, "invalid_kid", "the token's kid is missing or not allowed")
+            raise Refusal(401, "invalid_kid", "the token's kid is missing or not allowed")
         parsed = self._parsed_keys.get(kid)
         if parsed is not None:
             return parsed
         try:
             pem = await self.fetcher.get(kid)
         except (InvalidKid, UnknownKid) as error:
-            raise _Refusal(401, error.code, error.public_detail) from None
+            raise Refusal(401, error.code, error.public_detail) from None
         except KeyServerUnavailable as error:  # key_server_busy too
-            raise _Refusal(
+            raise Refusal(
                 503, error.code, error.public_detail, self.settings.retry_after_seconds
             ) from None
         try:
             parsed = load_rsa_public_key(pem)
         except TokenError as error:
-            raise _Refusal(
+            raise Refusal(
                 503, "key_server_unavailable", error.detail, self.settings.retry_after_seconds
             ) from None
         self._parsed_keys[kid] = parsed
         return parsed
 
-    # -- rules 3-8, in a worker thread: the store is synchronous
+    # -- rules 4-8, in a worker thread: the store is synchronous
 
-    def _verify_decide_append(
-        self,
-        request: CallRequest,
-        payload: LifecyclePayload,
-        token: str,
-        unverified: UnverifiedToken,
-        install_key: Any,
-        call_id: str,
-    ) -> Outcome:
-        settings = self.settings
-        qsh = query_string_hash(
-            request.method, relative_path(request.path, settings.app_base_url), request.query
-        )
-        # Rule 5: the stream is chosen by the verified iss, which must equal clientKey.
-        stream_id = stream_id_for(payload.client_key)
-        descriptor_version = next((v for k, v in request.query if k == "v"), None)
+    def _run(self, checked: _Checked) -> Outcome:
+        # Rule 5: the stream is chosen by the clientKey, which the verified iss must equal.
+        client_key = checked.payload.client_key
+        steps = _TenantSteps(self, checked)
         try:
-            for _attempt in range(MAX_CONFLICT_RETRIES):
-                now = int(self.clock())
-                state = fold(stream_id, self.store.read_stream(stream_id))
-                keys = _TenantKeys(
-                    self.keyring,
-                    stream_id,
-                    load=state.known,
-                    retry_after=settings.retry_after_seconds,
-                )
-                # Only HS256 verification and an `installed` decision need the secret: a
-                # signed uninstall goes through even while a master key is missing.
-                needs_secret = unverified.alg == "HS256" or request.event == "installed"
-                current_secret = (
-                    keys.open(state.secret, state.secret_version) if needs_secret else None
-                )
-                verified = self._verify(
-                    request,
-                    payload,
-                    token,
-                    unverified,
-                    install_key,
-                    state,
-                    current_secret,
-                    qsh,
-                    now,
-                )
-                if verified is None:
-                    return Outcome(
-                        204,
-                        "unknown_tenant",
-                        call_id,
-                        detail=f"{request.event} for a clientKey the ledger never installed",
-                        client_key=payload.client_key,
-                    )
-                # Rule 6: a token accepted before has an iat no later than the last one.
-                if (
-                    state.last_iat is not None
-                    and verified.iat <= state.last_iat
-                    and self.store.find_idempotent(verified.sha256) is not None
-                ):
-                    return Outcome(204, "duplicate", call_id, client_key=payload.client_key)
-                call = LifecycleCall(
-                    event=request.event,
-                    client_key=verified.iss,
-                    payload=payload.fields,
-                    shared_secret=payload.shared_secret if request.event == "installed" else None,
-                    iat=verified.iat,
-                    token_sha256=verified.sha256,
-                    descriptor_version=descriptor_version,
-                    metadata=Metadata(
-                        call_id=call_id,
-                        received_at=format_timestamp(utcnow()),
-                        token_sha256=verified.sha256,
-                        iat=verified.iat,
-                        alg=verified.alg,
-                        kid=verified.kid,
-                        remote_addr=request.remote_addr,
-                        path=request.path,
-                        descriptor_version=descriptor_version,
-                    ),
-                )
-                decision = decide(state, call, current_secret, keys.seal)
-                if isinstance(decision, Refuse):
-                    return Outcome(
-                        decision.status, decision.code, call_id, decision.detail, payload.client_key
-                    )
-                if isinstance(decision, Ignore):
-                    return Outcome(204, decision.code, call_id, decision.detail, payload.client_key)
-                assert isinstance(decision, Accept)
-                try:
-                    result = self.store.append(
-                        stream_id,
-                        [NewEvent(data, call.metadata) for data in decision.events],
-                        expected_version=state.version,
-                        idempotency_key=verified.sha256,
-                        data_key=keys.wrapped_new_key,
-                    )
-                except ConcurrencyConflict:
-                    continue  # another call for this tenant won: re-read, re-verify, re-decide
-                if result.duplicate:
-                    return Outcome(204, "duplicate", call_id, client_key=payload.client_key)
-                return Outcome(
-                    204,
-                    "accepted",
-                    call_id,
-                    client_key=payload.client_key,
-                    events=len(result.events),
-                )
-            return Outcome(
-                503,
-                "contention",
-                call_id,
-                "too many concurrent calls for this tenant; retry",
-                payload.client_key,
-                retry_after=settings.retry_after_seconds,
-            )
-        except _Refusal as refusal:
-            return Outcome(
-                refusal.status,
-                refusal.code,
-                call_id,
-                refusal.detail,
-                payload.client_key,
-                retry_after=refusal.retry_after,
+            result = shell.run_with(DECIDER, self.store, stream_id_for(client_key), steps)
+        except shell.Contention:
+            return self._retry_later(
+                checked, "contention", "too many concurrent calls for this tenant; retry"
             )
         except StoreUnavailable:
-            return Outcome(
-                503,
-                "store_unavailable",
-                call_id,
-                "the ledger's store is unavailable; retry later",
-                payload.client_key,
-                retry_after=settings.retry_after_seconds,
+            return self._retry_later(
+                checked, "store_unavailable", "the ledger's store is unavailable; retry later"
             )
+        decision, call_id = result.decision, checked.call_id
+        if isinstance(decision, shell.Refuse):
+            status = decision.status if isinstance(decision, Refuse) else 409
+            if status == 503 and steps.keys is not None:
+                steps.keys.log_problem()
+            retry_after = self.settings.retry_after_seconds if status == 503 else None
+            return Outcome(
+                status, decision.code, call_id, decision.detail, client_key, 0, retry_after
+            )
+        if isinstance(decision, shell.Skip):
+            return Outcome(204, decision.code, call_id, decision.detail or None, client_key)
+        if result.duplicate:  # the store's backstop: a race with the same token
+            return Outcome(204, "duplicate", call_id, subject=client_key)
+        return Outcome(204, "accepted", call_id, subject=client_key, events=len(result.events))
 
-    def _verify(
-        self,
-        request: CallRequest,
-        payload: LifecyclePayload,
-        token: str,
-        unverified: UnverifiedToken,
-        install_key: Any,
-        state: TenantState,
-        current_secret: str | None,
-        qsh: str,
-        now: int,
-    ) -> Any:
-        """The verified token, or None for an HS256 call about a tenant never installed."""
-        leeway = self.settings.clock_skew_seconds
-        try:
-            if unverified.alg == "RS256":
-                return verify_install_token(
-                    token,
-                    install_key,
-                    client_key=payload.client_key,
-                    app_base_url=self.settings.app_base_url,
-                    qsh=qsh,
-                    now=now,
-                    leeway=leeway,
-                )
-            if unverified.alg == "HS256":
-                # A reinstall after an uninstall starts the tenant afresh (a new
-                # Installed with a new secret), so like a first install it must be
-                # signed by Atlassian: an old secret must not buy a new tenancy.
-                if request.event == "installed" and state.status != "installed":
-                    raise _Refusal(
-                        401,
-                        "first_install_not_signed",
-                        "a first install, or a reinstall, must be signed by Atlassian (RS256)",
-                    )
-                if not state.known:
-                    return None  # rule 7: nothing to verify with, nothing will be stored
-                if current_secret is None:
-                    raise _Refusal(401, "no_shared_secret", "the tenant's secret is not available")
-                return verify_shared_secret_token(
-                    token,
-                    current_secret,
-                    client_key=payload.client_key,
-                    qsh=qsh,
-                    now=now,
-                    leeway=leeway,
-                )
-        except TokenError as error:
-            raise _Refusal(401, error.code, error.detail) from None
-        raise _Refusal(401, "unsupported_alg", "only RS256 and HS256 tokens are accepted")
+    def _retry_later(self, checked: _Checked, code: str, detail: str) -> Outcome:
+        return Outcome(
+            503,
+            code,
+            checked.call_id,
+            detail,
+            checked.payload.client_key,
+            retry_after=self.settings.retry_after_seconds,
+        )
 
     # -- the rejection log
 

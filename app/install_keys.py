@@ -36,6 +36,7 @@ __all__ = [
     "KeyServerBusy",
     "KeyServerUnavailable",
     "UnknownKid",
+    "read_capped",
 ]
 
 # A PEM RSA-4096 public key is under 1 KiB; anything far bigger is not a key.
@@ -161,7 +162,7 @@ class InstallKeyFetcher:
                     raise KeyServerUnavailable(
                         f"the key server answered {response.status_code} for kid {kid}"
                     )
-                body = await _read_capped(response, MAX_KEY_BYTES)
+                body = await read_capped(response, MAX_KEY_BYTES)
         except TimeoutError as exc:
             raise KeyServerUnavailable(f"the key server timed out for kid {kid}") from exc
         except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
@@ -188,7 +189,7 @@ class InstallKeyFetcher:
         await self.aclose()
 
 
-async def _read_capped(response: httpx.Response, limit: int) -> bytes:
+async def read_capped(response: httpx.Response, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.aiter_bytes():

@@ -99,7 +99,7 @@ def parse_lifecycle_body(
         raise BodyError(400, "malformed_json", "the body is not valid JSON") from None
     if not isinstance(value, dict):
         raise BodyError(400, "not_an_object", "the body must be a JSON object")
-    _check_sizes(value, 0)
+    check_sizes(value, 0)
 
     key = _string(value, "key", MAX_STRING)
     client_key = _string(value, "clientKey", MAX_CLIENT_KEY)
@@ -167,7 +167,7 @@ def _string(value: dict[str, Any], name: str, limit: int) -> str:
     return field
 
 
-def _check_sizes(value: Any, depth: int, where: str = "the body") -> None:
+def check_sizes(value: Any, depth: int, where: str = "the body") -> None:
     """Unknown fields are kept, so they too get limits: string length, nesting depth
     and no non-printable character, in values and in names."""
     if depth > MAX_DEPTH:
@@ -183,10 +183,10 @@ def _check_sizes(value: Any, depth: int, where: str = "the body") -> None:
             if len(name) > 256:
                 raise BodyError(400, "field_too_long", "a field name is too long")
             _refuse_non_printable(name, "a field name")
-            _check_sizes(item, depth + 1, _field_label(name) if depth == 0 else where)
+            check_sizes(item, depth + 1, _field_label(name) if depth == 0 else where)
     elif isinstance(value, list):
         for item in value:
-            _check_sizes(item, depth + 1, where)
+            check_sizes(item, depth + 1, where)
 
 
 def _refuse_non_printable(text: str, where: str) -> None:

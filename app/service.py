@@ -15,15 +15,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import admin, admin_forge, console
+from app.calls import log_outcome, read_capped_body, response_for
 from app.errors import install_error_handlers
 from app.forge.ingest import ForgeIngestor
 from app.forge.routes import add_forge_routes
-from app.ingest import CallRequest, LifecycleIngestor, Outcome
+from app.ingest import CallRequest, LifecycleIngestor
 from app.install_keys import InstallKeyFetcher
 from app.lifecycle import LIFECYCLE_EVENTS, LifecycleEvent
 from app.logs import configure_logging
 from app.metrics import Metrics
-from app.payload import MAX_BODY_BYTES
 from app.readiness import Readiness, runner_status
 from app.settings import Settings
 from eventstore.crypto import KeyRing
@@ -207,7 +207,7 @@ def _add_lifecycle_route(
 ) -> None:
     async def lifecycle(request: Request) -> Response:
         started = time.perf_counter()
-        body = await _read_capped(request)
+        body = await read_capped_body(request)
         ingestor: LifecycleIngestor = request.app.state.ingestor
         outcome = await ingestor.handle(
             CallRequest(
@@ -222,8 +222,8 @@ def _add_lifecycle_route(
         )
         elapsed = time.perf_counter() - started
         metrics.observe_call(name, outcome.code, outcome.status, elapsed, outcome.refused)
-        _log_outcome(name, outcome, elapsed)
-        return _response(outcome)
+        log_outcome(log, "lifecycle call", "client_key", name, outcome, elapsed)
+        return response_for(outcome)
 
     app.add_api_route(
         f"/{name}",
@@ -257,43 +257,4 @@ def _add_lifecycle_route(
             ],
         },
         name=name,
-    )
-
-
-async def _read_capped(request: Request) -> bytes:
-    """The body, but never more than one byte past the limit (a 413 needs no more)."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            break
-    return b"".join(chunks)
-
-
-def _response(outcome: Outcome) -> Response:
-    if outcome.status == 204:
-        return Response(status_code=204)
-    headers = {"Retry-After": str(outcome.retry_after)} if outcome.retry_after else None
-    return JSONResponse(
-        {"error": outcome.code, "detail": outcome.detail or outcome.code},
-        status_code=outcome.status,
-        headers=headers,
-    )
-
-
-def _log_outcome(endpoint: str, outcome: Outcome, elapsed: float) -> None:
-    log.info(
-        "lifecycle call",
-        extra={
-            "call_id": outcome.call_id,
-            "endpoint": endpoint,
-            "outcome": "refused" if outcome.refused else outcome.code,
-            "reason": outcome.code if outcome.refused else None,
-            "status": outcome.status,
-            "client_key": outcome.client_key,
-            "events": outcome.events,
-            "duration_ms": round(elapsed * 1000, 3),
-        },
     )

@@ -4,13 +4,21 @@ A *decider* is three pure functions over one stream (see ``Decider``):
 ``initial_state(stream_id)``, ``evolve(state, event)`` and ``decide(state, command)``.
 This module owns everything around them that is the same for every decider:
 
-* the pure steps, ``fold`` and ``plan`` (no I/O: what to append given what was read);
-* the one I/O loop, ``run``: read the stream, plan, append with the expected
-  version; on ``ConcurrencyConflict`` (another writer got there first) read again
-  and decide again, a bounded number of times.
+* the pure steps, ``fold`` and ``plan``/``plan_with`` (what to append given what was
+  read);
+* the one I/O loop, ``run``/``run_with``: read the stream, plan, append with the
+  expected version; on ``ConcurrencyConflict`` (another writer got there first) read
+  again and decide again, a bounded number of times.
+
+What differs by kind of stream around the decision is given as ``Steps``: the command
+to decide given the state read (Connect verifies an HS256 token with the tenant's
+current secret, which only the state names), and how a decision becomes rows
+(Connect seals the secrets the decider emitted in plain text, and stores a first data
+key with them). ``run`` is ``run_with`` for a command known in advance whose events
+need no finishing (``Given``).
 
 An asynchronous runner (an async connection, group commit) only has to replace
-``run``'s two store calls; ``fold`` and ``plan`` stay as they are.
+``run_with``'s two store calls; ``fold`` and ``plan_with`` stay as they are.
 
 Nothing here knows HTTP: a refusal is a code and words, the caller maps it.
 """
@@ -18,8 +26,8 @@ Nothing here knows HTTP: a refusal is a code and words, the caller maps it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Final, Generic, Protocol, TypeVar
+from dataclasses import dataclass, field
+from typing import Final, Generic, Protocol, TypeAlias, TypeVar
 
 from eventstore.events import EventData, Metadata
 from eventstore.store import ConcurrencyConflict, EventStore, NewEvent, RecordedEvent
@@ -30,31 +38,45 @@ __all__ = [
     "Contention",
     "Decider",
     "Decision",
+    "Given",
     "Plan",
     "Refuse",
     "Result",
+    "Rows",
     "Skip",
+    "Steps",
     "fold",
     "plan",
+    "plan_with",
     "run",
+    "run_with",
 ]
 
 MAX_ATTEMPTS: Final = 25
 
 S = TypeVar("S")
 C = TypeVar("C")
+E = TypeVar("E")
+S_contra = TypeVar("S_contra", contravariant=True)
+C_co = TypeVar("C_co", covariant=True)
 C_contra = TypeVar("C_contra", contravariant=True)
+E_co = TypeVar("E_co", covariant=True)
+E_contra = TypeVar("E_contra", contravariant=True)
 
 
 @dataclass(frozen=True, slots=True)
-class Append:
+class Append(Generic[E_co]):
     """Append these events, in order, in one transaction, all with ``metadata``.
 
+    ``E`` is ``EventData`` for most deciders; a decider whose events need finishing
+    after the decision (Connect's plain secrets) names its own type, and its
+    ``Steps.rows`` turns them into ``EventData``.
+
     ``idempotency_key``: the store writes nothing a second time for the same key
-    (a last line of defence; the decider should already have seen the repeat).
+    (the backstop of a race; the decider should already have seen the repeat).
     """
 
-    events: Sequence[EventData]
+    events: Sequence[E_co]
     metadata: Metadata
     idempotency_key: str | None = None
 
@@ -75,38 +97,72 @@ class Refuse:
     detail: str
 
 
-Decision = Append | Skip | Refuse
+Decision: TypeAlias = Append[E] | Skip | Refuse
 
 
-class Decider(Protocol[S, C_contra]):
+class Decider(Protocol[S, C_contra, E_co]):
     """The three pure functions of one kind of stream."""
 
     def initial_state(self, stream_id: str) -> S: ...
 
     def evolve(self, state: S, event: RecordedEvent) -> S: ...
 
-    def decide(self, state: S, command: C_contra) -> Decision: ...
+    def decide(self, state: S, command: C_contra) -> Decision[E_co]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Rows:
+    """What the store appends for one ``Append``: the rows, and a wrapped data key to
+    store in the same transaction (a first secret sealed with a new key), if any."""
+
+    events: list[NewEvent]
+    data_key: bytes | None = None
+
+
+class Steps(Protocol[S_contra, C_co, E_contra]):
+    """The parts of one attempt that differ by kind of stream, around the decision."""
+
+    def command(self, state: S_contra) -> C_co:
+        """The command to decide, given the state read."""
+        ...
+
+    def rows(self, stream_id: str, version: int, decision: Append[E_contra]) -> Rows:
+        """The rows an ``Append`` decided after ``version`` becomes."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Given(Generic[C]):
+    """Steps for a command known before the read, whose events are appended as decided."""
+
+    command_: C
+
+    def command(self, state: object) -> C:
+        return self.command_
+
+    def rows(self, stream_id: str, version: int, decision: Append[EventData]) -> Rows:
+        return Rows([NewEvent(data, decision.metadata) for data in decision.events])
 
 
 @dataclass(frozen=True, slots=True)
 class Plan(Generic[S]):
-    """What one attempt read and decided: the state, the stream's version, the decision."""
+    """What one attempt read and decided: the state, the stream's version, the decision,
+    and the rows it becomes (none unless the decision is an ``Append``)."""
 
     state: S
     version: int
-    decision: Decision
+    decision: Decision[object]
+    rows: Rows = field(default_factory=lambda: Rows([]))
 
     def new_events(self) -> list[NewEvent]:
-        if not isinstance(self.decision, Append):
-            return []
-        return [NewEvent(data, self.decision.metadata) for data in self.decision.events]
+        return self.rows.events
 
 
 @dataclass(frozen=True, slots=True)
 class Result:
     """What ``run`` did. ``events`` are the rows appended (empty unless accepted)."""
 
-    decision: Decision
+    decision: Decision[object]
     events: list[RecordedEvent]
     duplicate: bool = False  # the store had seen the idempotency key: nothing written
     attempts: int = 1
@@ -128,7 +184,9 @@ class Contention(Exception):
 # ---------------------------------------------------------------- pure steps
 
 
-def fold(decider: Decider[S, C], stream_id: str, events: Iterable[RecordedEvent]) -> tuple[S, int]:
+def fold(
+    decider: Decider[S, C, E], stream_id: str, events: Iterable[RecordedEvent]
+) -> tuple[S, int]:
     """The state after ``events`` and the stream's version (0 for an empty stream)."""
     state = decider.initial_state(stream_id)
     version = 0
@@ -138,40 +196,70 @@ def fold(decider: Decider[S, C], stream_id: str, events: Iterable[RecordedEvent]
     return state, version
 
 
-def plan(
-    decider: Decider[S, C], stream_id: str, events: Iterable[RecordedEvent], command: C
+def plan_with(
+    decider: Decider[S, C, E],
+    stream_id: str,
+    events: Iterable[RecordedEvent],
+    steps: Steps[S, C, E],
 ) -> Plan[S]:
-    """Fold what was read and decide: everything ``run`` does except the I/O."""
+    """Fold what was read, ask, decide, make the rows: everything but the store's I/O
+    (``steps.command`` may read what the command needs, e.g. a data key)."""
     state, version = fold(decider, stream_id, events)
-    return Plan(state, version, decider.decide(state, command))
+    decision = decider.decide(state, steps.command(state))
+    if not isinstance(decision, Append):
+        return Plan(state, version, decision)
+    if not decision.events:
+        raise ValueError("a decider's Append must carry at least one event")
+    return Plan(state, version, decision, steps.rows(stream_id, version, decision))
+
+
+def plan(
+    decider: Decider[S, C, EventData],
+    stream_id: str,
+    events: Iterable[RecordedEvent],
+    command: C,
+) -> Plan[S]:
+    """``plan_with`` for a command known in advance."""
+    return plan_with(decider, stream_id, events, Given(command))
 
 
 # ---------------------------------------------------------------- the I/O loop
 
 
 def run(
-    decider: Decider[S, C],
+    decider: Decider[S, C, EventData],
     store: EventStore,
     stream_id: str,
     command: C,
     *,
     max_attempts: int = MAX_ATTEMPTS,
 ) -> Result:
+    """``run_with`` for a command known in advance whose events are appended as decided."""
+    return run_with(decider, store, stream_id, Given(command), max_attempts=max_attempts)
+
+
+def run_with(
+    decider: Decider[S, C, E],
+    store: EventStore,
+    stream_id: str,
+    steps: Steps[S, C, E],
+    *,
+    max_attempts: int = MAX_ATTEMPTS,
+) -> Result:
     """Read, decide and append for one command; raises ``Contention`` when every one of
     ``max_attempts`` attempts met a concurrent append, and lets ``StoreError`` through."""
     for attempt in range(1, max_attempts + 1):
-        step = plan(decider, stream_id, store.read_stream(stream_id), command)
+        step = plan_with(decider, stream_id, store.read_stream(stream_id), steps)
         decision = step.decision
         if not isinstance(decision, Append):
             return Result(decision, [], attempts=attempt)
-        if not decision.events:
-            raise ValueError("a decider's Append must carry at least one event")
         try:
             appended = store.append(
                 stream_id,
-                step.new_events(),
+                step.rows.events,
                 expected_version=step.version,
                 idempotency_key=decision.idempotency_key,
+                data_key=step.rows.data_key,
             )
         except ConcurrencyConflict:
             continue  # someone else appended first: read again, decide again

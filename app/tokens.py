@@ -37,6 +37,7 @@ __all__ = [
     "KID_PATTERN",
     "MAX_TOKEN_LENGTH",
     "REASON_CODES",
+    "ParsedToken",
     "TokenError",
     "UnverifiedToken",
     "VerifiedToken",
@@ -45,6 +46,8 @@ __all__ = [
     "canonical_request",
     "is_valid_kid",
     "load_rsa_public_key",
+    "numeric_claim",
+    "parse_token",
     "parse_unverified",
     "query_string_hash",
     "relative_path",
@@ -113,7 +116,7 @@ class VerifiedToken:
 
 
 @dataclass(frozen=True, slots=True)
-class _Parsed:
+class ParsedToken:
     token: UnverifiedToken
     signing_input: bytes
     signature: bytes
@@ -233,7 +236,7 @@ def _json_object(raw: bytes) -> dict[str, Any]:
     return value
 
 
-def _numeric(value: object) -> float | int | None:
+def numeric_claim(value: object) -> float | int | None:
     # bool is an int subclass; "exp": true is not a time.
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
@@ -242,7 +245,7 @@ def _numeric(value: object) -> float | int | None:
     return value
 
 
-def _parse(token: str) -> _Parsed:
+def parse_token(token: str) -> ParsedToken:
     if not isinstance(token, str) or not token:
         raise TokenError("malformed_token", "the token is empty or not a string")
     if len(token) > MAX_TOKEN_LENGTH:
@@ -266,7 +269,7 @@ def _parse(token: str) -> _Parsed:
     if kid is not None and not isinstance(kid, str):
         raise TokenError("malformed_token", "the token header's kid is not a string")
     iss = claims.get("iss")
-    iat = _numeric(claims.get("iat"))
+    iat = numeric_claim(claims.get("iat"))
     unverified = UnverifiedToken(
         alg=alg,
         kid=kid,
@@ -275,7 +278,7 @@ def _parse(token: str) -> _Parsed:
         sha256=token_sha256(token),
         claims=claims,
     )
-    return _Parsed(
+    return ParsedToken(
         token=unverified,
         signing_input=f"{header_b64}.{payload_b64}".encode("ascii"),
         signature=signature,
@@ -284,7 +287,7 @@ def _parse(token: str) -> _Parsed:
 
 def parse_unverified(token: str) -> UnverifiedToken:
     """Read alg, kid, iss and iat without trusting them (to choose how to verify)."""
-    return _parse(token).token
+    return parse_token(token).token
 
 
 # --- verification ------------------------------------------------------------
@@ -309,7 +312,7 @@ def load_rsa_public_key(public_key_pem: str | bytes | RSAPublicKey) -> RSAPublic
         raise TokenError("invalid_key", "the install key is not a PEM RSA public key") from None
 
 
-def _require_alg(parsed: _Parsed, allowed: str) -> None:
+def _require_alg(parsed: ParsedToken, allowed: str) -> None:
     if parsed.token.alg != allowed:
         raise TokenError("unsupported_alg", f"only {allowed} is accepted here")
 
@@ -328,7 +331,7 @@ def _required(claims: Mapping[str, Any], name: str) -> Any:
 
 
 def _time_claim(claims: Mapping[str, Any], name: str) -> float | int:
-    value = _numeric(_required(claims, name))
+    value = numeric_claim(_required(claims, name))
     if value is None:
         raise TokenError("invalid_claim", f"the {name} claim is not a number")
     return value
@@ -351,7 +354,7 @@ def _audiences(claims: Mapping[str, Any]) -> list[str]:
 
 
 def _check_claims(
-    parsed: _Parsed,
+    parsed: ParsedToken,
     *,
     client_key: str,
     qsh: str,
@@ -409,7 +412,7 @@ def verify_install_token(
     present, ``iss`` == client_key, ``aud`` names app_base_url (trailing ``/``
     ignored), ``qsh``, ``exp`` > now - leeway, ``iat`` <= now + leeway.
     """
-    parsed = _parse(token)
+    parsed = parse_token(token)
     _require_alg(parsed, "RS256")
     if not is_valid_kid(parsed.token.kid):
         raise TokenError("invalid_kid", "the token header's kid is missing or not allowed")
@@ -435,7 +438,7 @@ def verify_shared_secret_token(
     Same rules as ``verify_install_token`` except ``aud``, which Atlassian's
     HS256 tokens do not carry.
     """
-    parsed = _parse(token)
+    parsed = parse_token(token)
     _require_alg(parsed, "HS256")
     if not secret:
         # An empty secret is known to everyone: anyone could sign with it.

@@ -50,8 +50,16 @@ REIMPORT: Final = "reimport"
 URL_REUSED: Final = "url_reused"
 
 
-class TenantRow(msgspec.Struct, frozen=True, gc=False):
-    """One tenant (clientKey) as it stands after the events folded so far."""
+class TenantRecord(msgspec.Struct, gc=False):
+    """One tenant (clientKey) as it stands after the events folded so far.
+
+    The one declaration of a tenant's shape: ``TenantRow`` is its frozen form (what
+    the projection hands out), the tenants fold updates mutable ``TenantRecord``s in
+    place, the table's columns (``projections.tables.TENANTS``) are derived from
+    these fields, the admin answer (``app.answers.TenantAnswer``) is checked against
+    them by a test, and the decider's state (``app.lifecycle.TenantState``) holds a
+    row folded by the same rules.
+    """
 
     client_key: str
     base_url: str
@@ -66,6 +74,18 @@ class TenantRow(msgspec.Struct, frozen=True, gc=False):
     version: int  # the tenant stream's version after the last event folded
     # The Forge installation its payload names (``installationId``, as a bare UUID).
     installation_id: str | None = None
+
+
+# msgspec freezes a subclass of a mutable Struct (tested); mypy applies the dataclass rule.
+class TenantRow(TenantRecord, frozen=True, gc=False):  # type: ignore[misc]
+    """A tenant's ``TenantRecord``, frozen: a row handed over never changes."""
+
+
+def enabled_after(state: str, enable: bool) -> bool:
+    """Whether a tenant in ``state`` is enabled after an ``Enabled`` (``enable``) or a
+    ``Disabled``: only an installed tenant is enabled, so an ``Enabled`` (or a
+    ``Disabled``) that races in after ``Uninstalled`` does not bring it back."""
+    return enable and state == INSTALLED
 
 
 class DescriptorRow(msgspec.Struct, frozen=True, gc=False):

@@ -9,7 +9,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from datetime import datetime
+from typing import Any, Final, Literal, get_args, get_origin
+
+import msgspec
 
 from eventstore.store import format_timestamp, parse_timestamp
 from projections.installations import InstallationRow, LinkRow
@@ -61,23 +64,29 @@ def _columns(*spec: tuple[str, str] | tuple[str, str, str]) -> tuple[Column, ...
     return tuple(Column(s[0], s[2] if len(s) == 3 else s[0], s[1]) for s in spec)  # type: ignore[misc]
 
 
+_KINDS: Final[dict[object, str]] = {str: "text", bool: "bool", int: "int", datetime: "time"}
+
+
+def _kind(annotation: object) -> str:
+    """The column kind of a row field's type: ``X | None`` as ``X``, a Literal as text."""
+    if get_origin(annotation) is Literal:
+        return "text"
+    kinds = {_kind(arg) for arg in get_args(annotation) if arg is not type(None)}
+    if kinds:
+        (kind,) = kinds
+        return kind
+    return _KINDS[annotation]
+
+
+def columns_of(row_type: type[msgspec.Struct]) -> tuple[Column, ...]:
+    """One column per field of ``row_type``, named like it, in its order."""
+    return tuple(Column(f.name, f.name, _kind(f.type)) for f in msgspec.structs.fields(row_type))
+
+
 TENANTS: Final = TableSpec(
     "tenants",
     TenantRow,
-    _columns(
-        ("client_key", "text"),
-        ("base_url", "text"),
-        ("display_url", "text"),
-        ("product_type", "text"),
-        ("state", "text"),
-        ("enabled", "bool"),
-        ("descriptor_version", "text"),
-        ("installed_at", "time"),
-        ("updated_at", "time"),
-        ("last_seen_at", "time"),
-        ("version", "int"),
-        ("installation_id", "text"),
-    ),
+    columns_of(TenantRow),  # the row type is the one declaration of a tenant's shape
     key=("client_key",),
     indexes=("state, client_key", "descriptor_version"),
 )

@@ -48,10 +48,8 @@ An event for a tenant without a row (a stream that does not start with
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime
 from typing import TYPE_CHECKING, ClassVar
 
-import msgspec
 from msgspec.structs import astuple
 
 from eventstore.events import (
@@ -64,27 +62,21 @@ from eventstore.events import (
 )
 from eventstore.store import RecordedEvent
 from projections.forge_ids import installation_uuid
-from projections.model import INSTALLED, UNINSTALLED, Projection, TenantRow, TenantState
+from projections.model import (
+    INSTALLED,
+    UNINSTALLED,
+    Projection,
+    TenantRecord,
+    TenantRow,
+    enabled_after,
+)
 
 __all__ = ["TenantRow", "TenantsProjection", "TenantsState", "apply", "fold"]
 
 
-class _Tenant(msgspec.Struct, gc=False):
-    """The fold's private, mutable twin of ``TenantRow``: same fields, same order
-    (a test holds them equal), so converting is one C-level ``astuple``."""
-
-    client_key: str
-    base_url: str
-    display_url: str | None
-    product_type: str | None
-    state: TenantState
-    enabled: bool
-    descriptor_version: str | None
-    installed_at: datetime
-    updated_at: datetime
-    last_seen_at: datetime
-    version: int
-    installation_id: str | None = None
+# The fold's private, mutable records: ``TenantRow``'s fields, same order, so
+# converting is one C-level ``astuple``.
+_Tenant = TenantRecord
 
 
 def _freeze(tenant: _Tenant) -> TenantRow:
@@ -171,20 +163,21 @@ def _details_changed(tenant: _Tenant, event: RecordedEvent) -> None:
     _changed(tenant, event)
 
 
-def _enabled(tenant: _Tenant, event: RecordedEvent) -> None:
-    if tenant.enabled or tenant.state != INSTALLED:  # a repeat, or too late
+def _enable(tenant: _Tenant, event: RecordedEvent, enable: bool) -> None:
+    enabled = enabled_after(tenant.state, enable)
+    if enabled == tenant.enabled:  # a repeat, or too late
         _seen(tenant, event)
     else:
-        tenant.enabled = True
+        tenant.enabled = enabled
         _changed(tenant, event)
+
+
+def _enabled(tenant: _Tenant, event: RecordedEvent) -> None:
+    _enable(tenant, event, True)
 
 
 def _disabled(tenant: _Tenant, event: RecordedEvent) -> None:
-    if not tenant.enabled:
-        _seen(tenant, event)
-    else:
-        tenant.enabled = False
-        _changed(tenant, event)
+    _enable(tenant, event, False)
 
 
 def _uninstalled(tenant: _Tenant, event: RecordedEvent) -> None:

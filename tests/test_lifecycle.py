@@ -1,12 +1,14 @@
 """The tenant decider (``app.lifecycle``) tested with plain values: SPEC §3 and §4 rules 5-7.
 
-No store, no keys, no clock: events are built as ``RecordedEvent``s by hand, secrets are
-"sealed" by a deterministic fake whose ciphertext is ``"ct:" + secret``.
+No store, no keys, no clock: the shell's pure step (``app.shell.plan_with``) decides over
+a list of ``RecordedEvent``s, and secrets are "sealed" by a deterministic fake whose
+ciphertext is ``"ct:" + secret`` (``tests.log_builder.FakeKeys``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import itertools
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,19 +17,23 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from app import shell
 from app.lifecycle import (
-    Accept,
+    DECIDER,
     Decision,
-    Ignore,
     LifecycleCall,
     LifecycleEvent,
+    NotVerifiable,
     Refuse,
+    SecretUnavailable,
     TenantState,
-    decide,
+    TokenRefused,
+    WithSecret,
     evolve,
     fold,
     initial_state,
 )
+from app.shell import Append, Skip
 from eventstore.events import (
     SCHEMA_VERSIONS,
     BaseUrlChanged,
@@ -44,7 +50,8 @@ from eventstore.events import (
     Uninstalled,
     data_to_json,
 )
-from eventstore.store import RecordedEvent
+from eventstore.store import NewEvent, RecordedEvent
+from tests.log_builder import FakeKeys, fake_seal, verified_call
 
 APP_KEY = "tenant-ledger"
 CLIENT_KEY = "jira:6f1a2b3c-0000-4000-8000-000000000001"
@@ -58,10 +65,6 @@ _MISSING: Any = object()
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def fake_seal(secret: str, ad: str) -> SealedSecret:
-    return SealedSecret(alg="A256GCM", nonce="n", ct="ct:" + secret, ad=ad)
 
 
 def current_secret(state: TenantState) -> str | None:
@@ -80,6 +83,7 @@ def recorded(
     descriptor_version: str | None = None,
     position: int | None = None,
     stream_id: str = STREAM,
+    metadata: Metadata | None = None,
 ) -> RecordedEvent:
     event_type = type(data).__name__
     return RecordedEvent(
@@ -89,7 +93,7 @@ def recorded(
         type=event_type,
         schema_version=SCHEMA_VERSIONS[event_type],
         data=data,
-        metadata=Metadata(iat=iat, descriptor_version=descriptor_version),
+        metadata=metadata or Metadata(iat=iat, descriptor_version=descriptor_version),
         recorded_at=T0 + timedelta(minutes=version),
         hash="0" * 64,
     )
@@ -120,6 +124,9 @@ def details_of(payload: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in payload.items() if k not in ("key", "clientKey", "baseUrl")}
 
 
+_TOKENS = itertools.count()
+
+
 def make_call(
     event: LifecycleEvent = "installed",
     *,
@@ -128,24 +135,28 @@ def make_call(
     iat: int = IAT0,
     dv: str | None = "1",
     client_key: str = CLIENT_KEY,
+    alg: str = "RS256",
 ) -> LifecycleCall:
+    """A verified call; every call carries a token of its own (see ``replayed``)."""
     if payload is None:
         payload = body(eventType=event)
-    return LifecycleCall(
-        event=event,
-        client_key=client_key,
-        payload=payload,
-        shared_secret=secret if event == "installed" else None,
+    sha = f"sha-{event}-{iat}-{next(_TOKENS)}"
+    return verified_call(
+        event,
+        client_key,
+        payload,
+        secret=secret,
         iat=iat,
-        token_sha256=f"sha-{event}-{iat}",
+        sha256=sha,
         descriptor_version=dv,
-        metadata=Metadata(call_id=f"call-{iat}", iat=iat, descriptor_version=dv),
+        metadata=Metadata(call_id=f"call-{iat}", token_sha256=sha, iat=iat, descriptor_version=dv),
+        alg=alg,
     )
 
 
 @dataclass
 class Ledger:
-    """One tenant's stream: decide, append what was accepted, fold."""
+    """One tenant's stream: plan with the shell's pure step, append what was accepted."""
 
     stream_id: str = STREAM
     events: list[RecordedEvent] = field(default_factory=list)
@@ -154,30 +165,33 @@ class Ledger:
     def state(self) -> TenantState:
         return fold(self.stream_id, self.events)
 
+    def plan(self, call: LifecycleCall, keys: FakeKeys | None = None) -> shell.Plan[TenantState]:
+        return shell.plan_with(DECIDER, self.stream_id, self.events, keys or FakeKeys(call))
+
     def decide(self, call: LifecycleCall) -> Decision:
-        state = self.state
-        return decide(state, call, current_secret(state), fake_seal)
+        return self.plan(call).decision
+
+    def append(self, rows: list[NewEvent]) -> list[EventData]:
+        for row in rows:
+            self.events.append(
+                recorded(
+                    row.data,
+                    version=len(self.events) + 1,
+                    stream_id=self.stream_id,
+                    metadata=row.metadata,
+                )
+            )
+        return [row.data for row in rows]
 
     def handle(self, call: LifecycleCall) -> Decision:
-        decision = self.decide(call)
-        if isinstance(decision, Accept):
-            for data in decision.events:
-                version = len(self.events) + 1
-                self.events.append(
-                    recorded(
-                        data,
-                        version=version,
-                        iat=call.metadata.iat,
-                        descriptor_version=call.metadata.descriptor_version,
-                        stream_id=self.stream_id,
-                    )
-                )
-        return decision
+        step = self.plan(call)
+        self.append(step.new_events())
+        return step.decision
 
     def accept(self, call: LifecycleCall) -> list[EventData]:
-        decision = self.handle(call)
-        assert isinstance(decision, Accept), decision
-        return decision.events
+        step = self.plan(call)
+        assert isinstance(step.decision, Append), step.decision
+        return self.append(step.new_events())
 
 
 def installed_ledger(**changes: Any) -> Ledger:
@@ -185,11 +199,6 @@ def installed_ledger(**changes: Any) -> Ledger:
     ledger = Ledger()
     ledger.accept(make_call(payload=body(**changes)))
     return ledger
-
-
-def accepted(decision: Decision) -> list[EventData]:
-    assert isinstance(decision, Accept), decision
-    return decision.events
 
 
 # ---------------------------------------------------------------- Installed
@@ -203,22 +212,20 @@ def test_first_install_appends_installed_with_every_payload_field() -> None:
         installationId="ari:cloud:ecosystem::installation/1",
         futureField={"nested": [1, "two", None, {"deep": True}]},
     )
-    decision = Ledger().decide(make_call(payload=payload, secret="s3cr3t"))
+    events = Ledger().accept(make_call(payload=payload, secret="s3cr3t"))
 
-    assert decision == Accept(
-        [
-            Installed(
-                key=APP_KEY,
-                client_key=CLIENT_KEY,
-                base_url=URL,
-                shared_secret=SealedSecret(
-                    alg="A256GCM", nonce="n", ct="ct:s3cr3t", ad=f"tenant:{CLIENT_KEY}#1"
-                ),
-                details=details_of(payload),
-            )
-        ]
-    )
-    installed = accepted(decision)[0]
+    assert events == [
+        Installed(
+            key=APP_KEY,
+            client_key=CLIENT_KEY,
+            base_url=URL,
+            shared_secret=SealedSecret(
+                alg="A256GCM", nonce="n", ct="ct:s3cr3t", ad=f"tenant:{CLIENT_KEY}#1"
+            ),
+            details=details_of(payload),
+        )
+    ]
+    installed = events[0]
     assert isinstance(installed, Installed)
     assert installed.details["futureField"] == {"nested": [1, "two", None, {"deep": True}]}
     assert {"key", "clientKey", "baseUrl", "sharedSecret"}.isdisjoint(installed.details)
@@ -361,10 +368,12 @@ def test_rotation_when_the_current_secret_is_unreadable() -> None:
     # After `ledger forget` the shell passes current_secret=None: a call carrying a secret
     # stores it anew rather than silently keeping an unreadable one.
     ledger = installed_ledger()
-    state = ledger.state
-    decision = decide(state, make_call(secret="secret-1", iat=IAT0 + 1), None, fake_seal)
+    call = make_call(secret="secret-1", iat=IAT0 + 1)
+    step = ledger.plan(call, FakeKeys(call, reveal=lambda _sealed: None))
 
-    assert decision == Accept([SecretRotated(shared_secret=sealed("secret-1", 2))])
+    assert [row.data for row in step.new_events()] == [
+        SecretRotated(shared_secret=sealed("secret-1", 2))
+    ]
 
 
 # ---------------------------------------------------------------- BaseUrlChanged
@@ -635,7 +644,7 @@ def test_enabled_after_uninstalled_does_not_bring_the_tenant_back() -> None:
 def test_unknown_tenant_is_ignored(event: LifecycleEvent, dv: str | None) -> None:
     decision = Ledger().decide(make_call(event, dv=dv))
 
-    assert isinstance(decision, Ignore)
+    assert isinstance(decision, Skip)
     assert decision.code == "unknown_tenant"
 
 
@@ -673,7 +682,7 @@ def test_call_with_the_same_iat_as_the_last_one_is_accepted(event: LifecycleEven
 
     decision = ledger.handle(make_call(event, iat=IAT0 + 10))
 
-    assert isinstance(decision, Accept)
+    assert isinstance(decision, Append)
     assert len(decision.events) >= 1
     assert ledger.state.last_iat == IAT0 + 10
 
@@ -686,6 +695,113 @@ def test_an_old_captured_install_cannot_roll_the_secret_back() -> None:
 
     assert isinstance(decision, Refuse)
     assert current_secret(ledger.state) == "secret-2"
+
+
+# ---------------------------------------------------------------- replays (rule 6)
+
+
+def test_a_token_accepted_before_is_a_duplicate_even_when_older_than_the_last() -> None:
+    ledger = installed_ledger()
+    first = make_call("disabled", iat=IAT0 + 10)
+    second = make_call("enabled", iat=IAT0 + 20)
+    ledger.accept(first)
+    ledger.accept(second)
+    before = list(ledger.events)
+
+    for again in (first, second):
+        decision = ledger.handle(again)
+        assert decision == Skip("duplicate")
+    assert ledger.events == before
+
+
+def test_a_repeated_first_install_is_a_duplicate() -> None:
+    ledger = Ledger()
+    call = make_call(secret="s3cr3t")
+    ledger.accept(call)
+    assert ledger.handle(call) == Skip("duplicate")
+    assert len(ledger.events) == 1
+
+
+# ---------------------------------------------------------------- what the shell verified
+
+
+def unverifiable(call: LifecycleCall) -> LifecycleCall:
+    """An HS256 call the shell had no secret to verify with."""
+    return replace(call, alg="HS256", verification=NotVerifiable())
+
+
+def test_the_decider_emits_new_secrets_in_plain_text() -> None:
+    ledger = Ledger()
+    first = ledger.decide(make_call(secret="s3cr3t"))
+    assert isinstance(first, Append)
+    (installing,) = first.events
+    assert isinstance(installing, WithSecret) and installing.secret == "s3cr3t"
+    assert installing.installed is not None and installing.installed.shared_secret is None
+    assert "s3cr3t" not in repr(installing)
+
+    ledger = installed_ledger()
+    rotation = ledger.decide(make_call(secret="secret-2", iat=IAT0 + 1))
+    assert isinstance(rotation, Append)
+    assert list(rotation.events) == [WithSecret("secret-2")]
+
+
+@pytest.mark.parametrize("uninstalled_first", [False, True])
+def test_an_hs256_first_install_or_reinstall_is_refused(uninstalled_first: bool) -> None:
+    ledger = Ledger()
+    if uninstalled_first:
+        ledger = installed_ledger()
+        ledger.accept(make_call("uninstalled", iat=IAT0 + 1))
+    # Even with the old secret verifying it, a reinstall must be signed.
+    for call in (make_call(alg="HS256", iat=IAT0 + 2), unverifiable(make_call(iat=IAT0 + 2))):
+        decision = ledger.decide(call)
+        assert isinstance(decision, Refuse)
+        assert (decision.status, decision.code) == (401, "first_install_not_signed")
+
+
+@pytest.mark.parametrize("event", ["uninstalled", "enabled", "disabled"])
+def test_an_hs256_call_for_an_unknown_tenant_is_skipped(event: LifecycleEvent) -> None:
+    decision = Ledger().decide(unverifiable(make_call(event)))
+    assert isinstance(decision, Skip) and decision.code == "unknown_tenant"
+
+
+def test_an_hs256_call_without_a_current_secret_is_refused() -> None:
+    ledger = installed_ledger()
+    decision = ledger.decide(unverifiable(make_call("enabled", iat=IAT0 + 1)))
+    assert isinstance(decision, Refuse)
+    assert (decision.status, decision.code) == (401, "no_shared_secret")
+
+
+@pytest.mark.parametrize("alg", ["RS256", "HS256"])
+def test_a_token_that_did_not_verify_is_refused_with_its_reason(alg: str) -> None:
+    ledger = installed_ledger()
+    call = make_call("enabled", iat=IAT0 + 1, alg=alg)
+    refused = replace(call, verification=TokenRefused("invalid_signature", "bad"))
+    decision = ledger.decide(refused)
+    assert isinstance(decision, Refuse)
+    assert (decision.status, decision.code, decision.detail) == (401, "invalid_signature", "bad")
+
+
+@pytest.mark.parametrize(
+    ("event", "alg", "refused"),
+    [
+        ("enabled", "HS256", True),
+        ("installed", "RS256", True),
+        ("uninstalled", "RS256", False),  # a signed uninstall needs no secret
+        ("disabled", "RS256", False),
+    ],
+)
+def test_a_secret_that_cannot_be_read_refuses_only_calls_that_need_it(
+    event: LifecycleEvent, alg: str, refused: bool
+) -> None:
+    ledger = installed_ledger()
+    call = make_call(event, iat=IAT0 + 1, alg=alg)
+    missing = SecretUnavailable("master_key_unavailable", "retry later")
+    decision = ledger.plan(call, FakeKeys(call, reveal=lambda _sealed: missing)).decision
+    if refused:
+        assert isinstance(decision, Refuse)
+        assert (decision.status, decision.code) == (503, "master_key_unavailable")
+    else:
+        assert isinstance(decision, Append)
 
 
 # ---------------------------------------------------------------- evolve / fold
@@ -786,8 +902,12 @@ def opaque_seal(secret: str, ad: str) -> SealedSecret:
     return SealedSecret(alg="A256GCM", nonce="n", ct="ct:" + secret.encode().hex(), ad=ad)
 
 
+def opaque_reveal(sealed: SealedSecret) -> str:
+    return bytes.fromhex(sealed.ct[3:]).decode()
+
+
 def opaque_current(state: TenantState) -> str | None:
-    return bytes.fromhex(state.secret.ct[3:]).decode() if state.secret is not None else None
+    return opaque_reveal(state.secret) if state.secret is not None else None
 
 
 @dataclass(frozen=True)
@@ -903,21 +1023,26 @@ def test_random_call_sequences_match_a_reference_model(specs: list[CallSpec]) ->
             payload["sharedSecret"] = spec.secret
         call = make_call(spec.event, payload=payload, secret=spec.secret, iat=iat, dv=spec.dv)
 
-        decision = decide(state, call, opaque_current(state), opaque_seal)
+        step = shell.plan_with(
+            DECIDER, STREAM, log, FakeKeys(call, seal=opaque_seal, reveal=opaque_reveal)
+        )
+        decision = step.decision
 
         if model["last_iat"] is not None and iat < model["last_iat"]:
             assert isinstance(decision, Refuse)
             assert (decision.status, decision.code) == (409, "stale_call")
             continue  # nothing appended: the state is the fold of the same log
         if spec.event != "installed" and model["status"] == "new":
-            assert isinstance(decision, Ignore)
+            assert isinstance(decision, Skip)
             assert decision.code == "unknown_tenant"
             continue
-        assert isinstance(decision, Accept), decision
-        assert len(decision.events) >= 1
-        assert [type(e) for e in decision.events] == _expected_events(model, spec)
+        assert isinstance(decision, Append), decision
+        rows = step.new_events()
+        assert len(rows) >= 1
+        assert [type(row.data) for row in rows] == _expected_events(model, spec)
 
-        for data in decision.events:
+        for row in rows:
+            data = row.data
             version = state.version + 1
             encoded = msgspec.json.encode(data) + data_to_json(data)
             assert not any(secret.encode() in encoded for secret in SECRETS), data
@@ -927,13 +1052,7 @@ def test_random_call_sequences_match_a_reference_model(specs: list[CallSpec]) ->
                 assert data.shared_secret is not None
                 assert data.shared_secret.ad == f"{STREAM}#{version}"
                 assert opaque_seal(spec.secret or "", "").ct == data.shared_secret.ct
-            event = recorded(
-                data,
-                version=version,
-                position=len(log) + 1,
-                iat=call.metadata.iat,
-                descriptor_version=call.metadata.descriptor_version,
-            )
+            event = recorded(data, version=version, position=len(log) + 1, metadata=row.metadata)
             log.append(event)
             state = evolve(state, event)
             assert not (state.status == "uninstalled" and state.enabled)

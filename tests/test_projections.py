@@ -8,6 +8,7 @@ agree with simple oracles computed straight from the event list.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
@@ -103,6 +104,35 @@ def test_tenant_record_mirrors_the_row() -> None:
     record = msgspec.structs.fields(tenants._Tenant)
     row = msgspec.structs.fields(TenantRow)
     assert [(f.name, f.type) for f in record] == [(f.name, f.type) for f in row]
+    frozen = TenantRow(*msgspec.structs.astuple(tenants._Tenant(**sample_tenant())))
+    with pytest.raises(AttributeError):
+        frozen.enabled = False  # type: ignore[misc]
+
+
+def sample_tenant() -> dict[str, Any]:
+    at = datetime(2024, 1, 1, tzinfo=UTC)
+    return dict(
+        client_key="k", base_url="https://a.atlassian.net", display_url=None,
+        product_type=None, state="installed", enabled=True, descriptor_version=None,
+        installed_at=at, updated_at=at, last_seen_at=at, version=1,
+    )  # fmt: skip
+
+
+def test_the_tenant_shape_is_declared_once() -> None:
+    """The table's columns and the admin answer follow the row type, field by field."""
+    from app.answers import TenantAnswer
+    from projections.tables import TENANTS
+
+    row = msgspec.structs.fields(TenantRow)
+    assert [(c.name, c.field) for c in TENANTS.columns] == [(f.name, f.name) for f in row]
+    answer = TenantAnswer.model_fields
+    assert list(answer) == [f.name for f in row]
+    for f in row:  # a field the row may leave empty, the answer may too, and no other
+        assert nullable(answer[f.name].annotation) == nullable(f.type), f.name
+
+
+def nullable(annotation: object) -> bool:
+    return type(None) in typing.get_args(annotation)
 
 
 def test_projection_names_and_keys() -> None:

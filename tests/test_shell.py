@@ -8,7 +8,7 @@ import pytest
 
 from app import shell
 from app.shell import Append, Contention, Decision, Refuse, Skip
-from eventstore.events import InstallConfirmed, Metadata
+from eventstore.events import EventData, InstallConfirmed, Metadata
 from eventstore.store import EventStore, NewEvent, RecordedEvent
 
 STREAM = "counter:one"
@@ -121,3 +121,32 @@ def test_the_idempotency_key_writes_once(store: EventStore) -> None:
     assert first.appended and not again.appended and again.duplicate
     assert [e.position for e in again.events] == [e.position for e in first.events]
     assert len(store.read_stream(STREAM)) == 1
+
+
+@dataclass
+class Doubling:
+    """Steps whose command depends on the state read, and whose rows carry a data key."""
+
+    wrapped: bytes
+    asked: list[int] = field(default_factory=list)
+
+    def command(self, state: Count) -> Add:
+        self.asked.append(state.seen)
+        return Add(state.seen + 1)
+
+    def rows(self, stream_id: str, version: int, decision: Append[EventData]) -> shell.Rows:
+        events = [NewEvent(data, decision.metadata) for data in decision.events]
+        return shell.Rows(events, self.wrapped if version == 0 else None)
+
+
+def test_steps_ask_from_the_state_and_store_a_data_key_with_the_rows(store: EventStore) -> None:
+    steps = Doubling(wrapped=b"w" * 60)
+    first = shell.run_with(Counter(), store, STREAM, steps)
+    second = shell.run_with(Counter(), store, STREAM, steps)
+    assert steps.asked == [0, 1]
+    assert [e.version for e in first.events] == [1]
+    assert [e.version for e in second.events] == [2, 3]
+    assert store.get_data_key(STREAM) == b"w" * 60  # stored by the first append
+    # The pure step makes the same rows without the store.
+    step = shell.plan_with(Counter(), STREAM, store.read_stream(STREAM), Doubling(b"x"))
+    assert (step.version, len(step.new_events()), step.rows.data_key) == (3, 4, None)

@@ -18,7 +18,7 @@ from typing import Any, Final, Literal
 import msgspec
 
 from app.forge.tokens import ForgeToken
-from app.payload import MAX_BODY_BYTES, BodyError, _check_sizes
+from app.payload import MAX_BODY_BYTES, BodyError, check_sizes
 from eventstore.events import canonical_json
 from projections.forge_ids import app_uuid, installation_uuid, normalise_cloud_id, site_of
 
@@ -61,7 +61,7 @@ def parse_forge_body(raw: bytes, content_type: str | None) -> ForgeBody:
         raise BodyError(400, "malformed_json", "the body is not valid JSON") from None
     if not isinstance(value, dict):
         raise BodyError(400, "not_an_object", "the body must be a JSON object")
-    _check_sizes(value, 0)
+    check_sizes(value, 0)
     retry: object = None
     if set(value) == {"payload"} and isinstance(value["payload"], dict):
         value = dict(value["payload"])

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from anyio import to_thread
 
 from app import shell
+from app.calls import Outcome, Refusal
 from app.forge.body import (
     BodyError,
     ForgeBody,
@@ -50,27 +51,6 @@ class ForgeRequest:
     body: bytes
     remote_addr: str | None
     trace_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    status: int
-    code: str  # "accepted", "duplicate" or a refusal reason
-    call_id: str
-    detail: str | None = None
-    installation_id: str | None = None
-    events: int = 0
-    retry_after: int | None = None
-
-    @property
-    def refused(self) -> bool:
-        return self.code not in ("accepted", "duplicate")
-
-
-class _Refusal(Exception):
-    def __init__(self, status: int, code: str, detail: str, retry_after: int | None = None) -> None:
-        super().__init__(code)
-        self.status, self.code, self.detail, self.retry_after = status, code, detail, retry_after
 
 
 def bearer_token(authorization: str | None) -> str | None:
@@ -107,19 +87,19 @@ class ForgeIngestor:
         try:
             app_id = self.settings.forge_app_uuid  # rule 0, before anything else
             if app_id is None:
-                raise _Refusal(401, "forge_not_configured", "LEDGER_FORGE_APP_ID is not set")
+                raise Refusal(401, "forge_not_configured", "LEDGER_FORGE_APP_ID is not set")
             body = self._parse_body(request)
             token = bearer_token(request.authorization)
             if token is None:
-                raise _Refusal(401, "missing_token", "Authorization: Bearer <FIT> is required")
+                raise Refusal(401, "missing_token", "Authorization: Bearer <FIT> is required")
             verified = await self._verify(token, app_id)
             problem = check_body(request.route, body.fields, verified)
             if problem is not None:
-                raise _Refusal(401, "body_token_mismatch", problem)
+                raise Refusal(401, "body_token_mismatch", problem)
             outcome = await to_thread.run_sync(
                 self._decide_append, request, body, verified, call_id
             )
-        except _Refusal as refusal:
+        except Refusal as refusal:
             outcome = Outcome(
                 refusal.status,
                 refusal.code,
@@ -136,19 +116,19 @@ class ForgeIngestor:
         try:
             return parse_forge_body(request.body, request.content_type)
         except BodyError as error:
-            raise _Refusal(error.status, error.code, error.detail) from None
+            raise Refusal(error.status, error.code, error.detail) from None
 
     async def _verify(self, token: str, app_id: str) -> ForgeToken:
         try:
             fit = read_fit(token)
         except TokenError as error:
-            raise _Refusal(401, error.code, error.detail) from None
+            raise Refusal(401, error.code, error.detail) from None
         try:
             key = await self.jwks.key(fit.kid)
         except UnknownKid:
-            raise _Refusal(401, "unknown_kid", "no Forge JWKS document holds this kid") from None
+            raise Refusal(401, "unknown_kid", "no Forge JWKS document holds this kid") from None
         except JwksUnavailable:
-            raise _Refusal(
+            raise Refusal(
                 503,
                 "jwks_unavailable",
                 "a Forge JWKS document cannot be read; retry later",
@@ -163,7 +143,7 @@ class ForgeIngestor:
                 leeway=self.settings.clock_skew_seconds,
             )
         except TokenError as error:
-            raise _Refusal(401, error.code, error.detail) from None
+            raise Refusal(401, error.code, error.detail) from None
 
     # -- rules 5-7, in a worker thread: the store is synchronous
 
@@ -192,10 +172,8 @@ class ForgeIngestor:
                 "too many concurrent calls for this installation",
             )
         if not result.appended:
-            return Outcome(204, "duplicate", call_id, installation_id=installation)
-        return Outcome(
-            204, "accepted", call_id, installation_id=installation, events=len(result.events)
-        )
+            return Outcome(204, "duplicate", call_id, subject=installation)
+        return Outcome(204, "accepted", call_id, subject=installation, events=len(result.events))
 
     def _unavailable(self, call_id: str, installation: str, code: str, detail: str) -> Outcome:
         return Outcome(

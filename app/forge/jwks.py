@@ -30,7 +30,7 @@ import httpx
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey, RSAPublicNumbers
 
-from app.install_keys import KeyServerUnavailable, _read_capped
+from app.install_keys import KeyServerUnavailable, read_capped
 
 __all__ = ["JwksFetcher", "JwksUnavailable", "UnknownKid", "parse_jwks"]
 
@@ -183,7 +183,7 @@ class JwksFetcher:
                     raise _DocumentDown  # a redirect is not followed: misconfigured or moved
                 if status != 200:
                     return None  # it answered, and holds nothing for us
-                body = await _read_capped(response, MAX_DOCUMENT_BYTES)
+                body = await read_capped(response, MAX_DOCUMENT_BYTES)
         except (TimeoutError, httpx.HTTPError, httpx.InvalidURL, OSError, KeyServerUnavailable):
             raise _DocumentDown from None
         try:

@@ -8,12 +8,11 @@ import time
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
 
+from app.calls import log_outcome, read_capped_body, response_for
 from app.forge.body import ROUTES, Route
-from app.forge.ingest import ForgeIngestor, ForgeRequest, Outcome
+from app.forge.ingest import ForgeIngestor, ForgeRequest
 from app.metrics import Metrics
-from app.payload import MAX_BODY_BYTES
 
 log = logging.getLogger("ledger.forge")
 
@@ -59,15 +58,15 @@ def _add_route(app: FastAPI, route: Route, metrics: Metrics) -> None:
                 path=request.url.path,
                 authorization=request.headers.get("authorization"),
                 content_type=request.headers.get("content-type"),
-                body=await _read_capped(request),
+                body=await read_capped_body(request),
                 remote_addr=request.client.host if request.client else None,
                 trace_id=request.headers.get("x-b3-traceid"),
             )
         )
         elapsed = time.perf_counter() - started
         metrics.observe_call(endpoint, outcome.code, outcome.status, elapsed, outcome.refused)
-        _log(endpoint, outcome, elapsed)
-        return _response(outcome)
+        log_outcome(log, "forge call", "installation_id", endpoint, outcome, elapsed)
+        return response_for(outcome)
 
     app.add_api_route(
         f"/forge/{route}",
@@ -95,43 +94,4 @@ def _add_route(app: FastAPI, route: Route, metrics: Metrics) -> None:
         status_code=204,
         response_class=Response,
         include_in_schema=False,
-    )
-
-
-async def _read_capped(request: Request) -> bytes:
-    """The body, but never more than one byte past the limit (a 413 needs no more)."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            break
-    return b"".join(chunks)
-
-
-def _response(outcome: Outcome) -> Response:
-    if outcome.status == 204:
-        return Response(status_code=204)
-    headers = {"Retry-After": str(outcome.retry_after)} if outcome.retry_after else None
-    return JSONResponse(
-        {"error": outcome.code, "detail": outcome.detail or outcome.code},
-        status_code=outcome.status,
-        headers=headers,
-    )
-
-
-def _log(endpoint: str, outcome: Outcome, elapsed: float) -> None:
-    log.info(
-        "forge call",
-        extra={
-            "call_id": outcome.call_id,
-            "endpoint": endpoint,
-            "outcome": "refused" if outcome.refused else outcome.code,
-            "reason": outcome.code if outcome.refused else None,
-            "status": outcome.status,
-            "installation_id": outcome.installation_id,
-            "events": outcome.events,
-            "duration_ms": round(elapsed * 1000, 3),
-        },
     )

@@ -19,7 +19,7 @@ from typing import Any, Final
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from jwt.algorithms import RSAAlgorithm
 
-from app.tokens import TokenError, _numeric, _parse, _Parsed
+from app.tokens import ParsedToken, TokenError, numeric_claim, parse_token
 from projections.forge_ids import app_uuid, installation_uuid_from_ari, normalise_cloud_id
 
 __all__ = [
@@ -45,7 +45,7 @@ class ParsedFit:
     kid: str
     sha256: str
     claims: Mapping[str, Any]
-    parsed: _Parsed
+    parsed: ParsedToken
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +68,7 @@ class ForgeToken:
 
 def read_fit(token: str) -> ParsedFit:
     """Parse; the header must say RS256 and carry a usable kid. Raises TokenError."""
-    parsed = _parse(token)
+    parsed = parse_token(token)
     if parsed.token.alg != "RS256":
         raise TokenError("unsupported_alg", "Forge Invocation Tokens are RS256 only")
     kid = parsed.token.kid
@@ -113,7 +113,7 @@ def _time(claims: Mapping[str, Any], name: str, *, required: bool) -> int | None
         if required:
             raise TokenError("missing_claim", f"the token has no {name} claim")
         return None
-    value = _numeric(claims[name])
+    value = numeric_claim(claims[name])
     if value is None:
         raise TokenError("invalid_claim", f"the {name} claim is not a number")
     return int(value)
@@ -130,7 +130,7 @@ def _text(value: object, limit: int = 256) -> str | None:
 def _facts(fit: ParsedFit, app: Mapping[str, Any], installation: str, exp: int) -> ForgeToken:
     environment = app.get("environment")
     environment = environment if isinstance(environment, dict) else {}
-    iat = _numeric(fit.claims.get("iat"))
+    iat = numeric_claim(fit.claims.get("iat"))
     return ForgeToken(
         sha256=fit.sha256,
         kid=fit.kid,
@@ -184,7 +184,7 @@ def claimed_identity(token: str | None) -> tuple[str | None, str | None]:
     if not token:
         return None, None
     try:
-        claims = _parse(token).token.claims
+        claims = parse_token(token).token.claims
     except TokenError:
         return None, None
     app = claims.get("app")

@@ -1,0 +1,82 @@
+"""What the Connect and Forge lifecycle shells share around one call: its ``Outcome``,
+a ``Refusal`` raised before the decision, and the HTTP edge (reading a capped body,
+answering an outcome, logging it). The shells decide; the routes only translate.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from fastapi import Request, Response
+from fastapi.responses import JSONResponse
+
+from app.payload import MAX_BODY_BYTES
+
+__all__ = ["Outcome", "Refusal", "log_outcome", "read_capped_body", "response_for"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    status: int
+    code: str  # "accepted", "duplicate" or a refusal reason
+    call_id: str
+    detail: str | None = None
+    subject: str | None = None  # the clientKey (Connect) or installation id (Forge)
+    events: int = 0
+    retry_after: int | None = None
+
+    @property
+    def refused(self) -> bool:
+        return self.code not in ("accepted", "duplicate")
+
+
+class Refusal(Exception):
+    """A call refused before its decision (body, token, key): an ``Outcome`` to be."""
+
+    def __init__(self, status: int, code: str, detail: str, retry_after: int | None = None) -> None:
+        super().__init__(code)
+        self.status, self.code, self.detail, self.retry_after = status, code, detail, retry_after
+
+
+async def read_capped_body(request: Request) -> bytes:
+    """The body, but never more than one byte past the limit (a 413 needs no more)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            break
+    return b"".join(chunks)
+
+
+def response_for(outcome: Outcome) -> Response:
+    if outcome.status == 204:
+        return Response(status_code=204)
+    headers = {"Retry-After": str(outcome.retry_after)} if outcome.retry_after else None
+    return JSONResponse(
+        {"error": outcome.code, "detail": outcome.detail or outcome.code},
+        status_code=outcome.status,
+        headers=headers,
+    )
+
+
+def log_outcome(
+    log: logging.Logger, message: str, subject_field: str, endpoint: str, outcome: Outcome,
+    elapsed: float,
+) -> None:  # fmt: skip
+    """One line per call; ``subject_field`` names the subject (client_key, installation_id)."""
+    log.info(
+        message,
+        extra={
+            "call_id": outcome.call_id,
+            "endpoint": endpoint,
+            "outcome": "refused" if outcome.refused else outcome.code,
+            "reason": outcome.code if outcome.refused else None,
+            "status": outcome.status,
+            subject_field: outcome.subject,
+            "events": outcome.events,
+            "duration_ms": round(elapsed * 1000, 3),
+        },
+    )
