@@ -226,4 +226,4 @@ def plain_help_metavars() -> None:
         return (self.name or "value").upper()
 
     TyperArgument.display_type_rich = argument_type  # type: ignore[method-assign,assignment]
-    TyperOption.display_type_rich = option_type  # type: ignore[method-assign,assignment]
+    TyperOption.display_type_rich = option_type  # type: ignore[method-assign]  # Typer offers no hook for its help placeholders

@@ -300,7 +300,7 @@ def decode_data(event_type: str, schema_version: int, raw: bytes | str) -> Event
         # Fast paths for the current versions: one C-level decode.
         if event_type == "BaseUrlChanged" or event_type == "DescriptorUpgraded":
             pair = _pair_decoder.decode(raw)
-            return EVENT_TYPES[event_type](from_=pair.get("from"), to=pair["to"])  # type: ignore[no-any-return]
+            return EVENT_TYPES[event_type](from_=pair.get("from"), to=pair["to"])
         body = _json_decoder.decode(raw)
     else:
         body = upcast(event_type, schema_version, _json_decoder.decode(raw))
@@ -339,7 +339,7 @@ def data_from_dict(event_type: str, body: dict[str, Any]) -> EventData:
     if event_type == "ForgeDetailsChanged":
         return ForgeDetailsChanged(changes=dict(body))
     if event_type in FORGE_EVENT_TYPES:
-        return msgspec.convert(body, EVENT_TYPES[event_type])  # type: ignore[no-any-return]  # the class its name maps to
+        return msgspec.convert(body, EVENT_TYPES[event_type])
     raise ValueError(f"unknown event type {event_type!r}")
 
 

@@ -61,7 +61,7 @@ class TableSpec:
 
 
 def _columns(*spec: tuple[str, str] | tuple[str, str, str]) -> tuple[Column, ...]:
-    return tuple(Column(s[0], s[2] if len(s) == 3 else s[0], s[1]) for s in spec)  # type: ignore[misc]
+    return tuple(Column(s[0], s[2] if len(s) == 3 else s[0], s[1]) for s in spec)
 
 
 _KINDS: Final[dict[object, str]] = {str: "text", bool: "bool", int: "int", datetime: "time"}

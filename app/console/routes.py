@@ -144,7 +144,7 @@ def _adoption(request: Request) -> AdoptionSeries:
     series = getattr(request.app.state, "console_adoption", None)
     if series is None:
         series = request.app.state.console_adoption = AdoptionSeries()
-    return series  # type: ignore[no-any-return]
+    return series
 
 
 @router.get("/descriptors")
