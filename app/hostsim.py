@@ -23,7 +23,6 @@ from types import TracebackType
 from typing import Any, Final, Literal
 from urllib.parse import quote, urlsplit
 
-import httpx
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
@@ -35,8 +34,6 @@ __all__ = [
     "LifecycleCall",
     "SimulatedHost",
     "make_install_payload",
-    "send",
-    "send_sync",
 ]
 
 KeyServerMode = Literal["up", "error", "slow"]
@@ -160,10 +157,6 @@ class KeyServer:
     def register(self, kid: str, public_pem: str) -> None:
         with self._lock:
             self._keys[kid] = public_pem
-
-    def unregister(self, kid: str) -> None:
-        with self._lock:
-            self._keys.pop(kid, None)
 
     def request_count(self, kid: str) -> int:
         with self._lock:
@@ -365,20 +358,4 @@ def _encode_query(query: Sequence[tuple[str, str]]) -> str:
         return ""
     return "?" + "&".join(
         f"{quote(name, safe='-._~')}={quote(value, safe='-._~')}" for name, value in query
-    )
-
-
-# --- sending -----------------------------------------------------------------
-
-
-async def send(client: httpx.AsyncClient, call: LifecycleCall) -> httpx.Response:
-    """POST the call through a client whose ``base_url`` is the app's origin."""
-    return await client.request(
-        call.method, call.url_path_with_query, headers=call.headers, content=call.body
-    )
-
-
-def send_sync(client: httpx.Client, call: LifecycleCall) -> httpx.Response:
-    return client.request(
-        call.method, call.url_path_with_query, headers=call.headers, content=call.body
     )

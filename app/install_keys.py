@@ -136,9 +136,6 @@ class InstallKeyFetcher:
         # fetch the other callers are waiting on.
         return await asyncio.shield(task)
 
-    def cached_kids(self) -> frozenset[str]:
-        return frozenset(self._cache)
-
     def _settle(self, kid: str, task: asyncio.Task[InstallKey]) -> None:
         if self._inflight.get(kid) is task:
             del self._inflight[kid]

@@ -65,9 +65,6 @@ class BaseUrlsState:
     def open_interval(self, client_key: str) -> BaseUrlRow | None:
         return self._open.get(stream_id_for(client_key))
 
-    def open_intervals(self) -> Iterator[BaseUrlRow]:
-        return iter(self._open.values())
-
     def drain_changes(self) -> Iterator[BaseUrlRow]:
         """``take_changes`` as an iterator (these rows exist already; nothing to stream)."""
         return iter(self.take_changes())
