@@ -57,11 +57,11 @@ from eventstore.crypto import (
     secret_ad,
 )
 from eventstore.events import Metadata, SealedSecret, client_key_of, stream_id_for
+from eventstore.rejections import Rejection
 from eventstore.store import (
     ConcurrencyConflict,
     EventStore,
     NewEvent,
-    Rejection,
     StoreError,
     StoreUnavailable,
     format_timestamp,

@@ -31,20 +31,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from eventstore.clock import format_timestamp, utcnow
 from eventstore.events import canonical_json
-from eventstore.store import (
-    Head,
-    NewEvent,
-    PreparedEvent,
-    RawEvent,
-    VerifyReport,
-    format_timestamp,
-    prepare,
-    utcnow,
-)
+from eventstore.store import Head, NewEvent, PreparedEvent, RawEvent, VerifyReport, prepare
 
 if TYPE_CHECKING:
-    from eventstore.store import EventStore
+    from eventstore.store import EventLog
 
 GENESIS = bytes(32)
 CHAIN_VERSION = 2  # the version every new row is hashed with
@@ -229,7 +221,7 @@ def verify_chain(rows: Iterable[RawEvent], stored_head: Head | None = None) -> V
 
 
 def verify_store(
-    store: EventStore, checkpoints: Mapping[int, tuple[str, str]] | None = None
+    store: EventLog, checkpoints: Mapping[int, tuple[str, str]] | None = None
 ) -> VerifyReport:
     """The whole log against the head the store keeps (and any digests' heads).
 

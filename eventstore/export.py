@@ -33,7 +33,7 @@ from eventstore.chain import (
     stream_digest,
     verify_links,
 )
-from eventstore.store import EventStore, Head, RawEvent, VerifyReport
+from eventstore.store import EventLog, Head, RawEvent, VerifyReport
 
 FORMAT = "ledger-export/1"
 
@@ -79,7 +79,7 @@ def opaque_line(row: RawEvent) -> dict[str, Any]:
 
 
 def export_lines(
-    store: EventStore, after: int = 0, stream_id: str | None = None
+    store: EventLog, after: int = 0, stream_id: str | None = None
 ) -> Iterator[dict[str, Any]]:
     """The header, then every row after ``after`` up to the head read first.
 

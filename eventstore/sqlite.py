@@ -11,41 +11,28 @@ from __future__ import annotations
 import sqlite3
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
-
-import msgspec
 
 from eventstore.chain import GENESIS, link, prepare_append
-from eventstore.store import (
-    REJECTION_PURGE_BATCH,
-    REJECTION_PURGE_BATCHES,
-    REJECTION_PURGE_INTERVAL_SECONDS,
-    AppendResult,
+from eventstore.clock import format_timestamp, parse_timestamp, utcnow
+from eventstore.database import SQLiteDatabase
+from eventstore.errors import (
     ConcurrencyConflict,
-    EventStore,
-    Head,
-    NewEvent,
-    PurgeSchedule,
-    RawEvent,
-    RecordedEvent,
-    Rejection,
     StoreError,
     StoreFault,
     StoreUnavailable,
-    decode_event,
     error_boundary,
-    format_timestamp,
-    parse_timestamp,
-    purge_quietly,
-    rejection_filters,
-    rejection_fingerprint,
-    rejection_log_counters,
-    rejection_window,
-    storable_rejection,
-    utcnow,
+)
+from eventstore.rejections import REJECTION_PURGE_INTERVAL_SECONDS, PurgeSchedule
+from eventstore.sql import Row, SQLStore, Statements
+from eventstore.store import (
+    AppendResult,
+    Head,
+    NewEvent,
+    RecordedEvent,
+    decode_event,
 )
 
 # SQLite's primary result codes after which the same work may succeed later (a 503
@@ -150,24 +137,8 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
-_EVENT_COLUMNS = (
-    "position, stream_id, version, type, schema_version, data, metadata, recorded_at, hash"
-)
-
-
-def _decode_row(row: tuple[Any, ...]) -> RecordedEvent:
-    position, stream_id, version, event_type, schema_version, data, metadata, recorded_at, h = row
-    return decode_event(
-        position,
-        stream_id,
-        version,
-        event_type,
-        schema_version,
-        data,
-        metadata,
-        parse_timestamp(recorded_at),
-        h,
-    )
+# Times are kept as text in their one stored form; the hash as hex text.
+STATEMENTS = Statements("?", hash_hex="hash", recorded_at_text="recorded_at")
 
 
 def sqlite_path(url: str) -> str:
@@ -191,7 +162,9 @@ class _ThreadConnection:
 
 
 @error_boundary(translate_error)
-class SQLiteEventStore(EventStore):
+class SQLiteEventStore(SQLStore):
+    sql = STATEMENTS
+
     def __init__(
         self,
         url: str,
@@ -200,6 +173,7 @@ class SQLiteEventStore(EventStore):
         migrate: bool = True,
         rejection_retention_days: int = 90,
         rejection_purge_interval: float = REJECTION_PURGE_INTERVAL_SECONDS,
+        **_other_backends: object,  # open_store passes every option; another backend's are ignored
     ) -> None:
         self.url = url
         self.path = sqlite_path(url)
@@ -210,6 +184,7 @@ class SQLiteEventStore(EventStore):
         self._local = threading.local()
         self._open: weakref.WeakSet[_ThreadConnection] = weakref.WeakSet()
         self._lock = threading.Lock()
+        self.database = SQLiteDatabase(self.path, self.connection, translate_error)
         if migrate:
             self.migrate()
 
@@ -310,7 +285,7 @@ class SQLiteEventStore(EventStore):
                     position += 1
                     previous = link(previous, position, digest)
                     conn.execute(
-                        f"INSERT INTO events ({_EVENT_COLUMNS}, call_id, chain_version)"
+                        f"INSERT INTO events ({STATEMENTS.raw_columns})"
                         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             position,
@@ -353,180 +328,37 @@ class SQLiteEventStore(EventStore):
         except sqlite3.IntegrityError:
             raise ConcurrencyConflict(stream_id, expected_version) from None
 
-    # -- reading
+    # -- the primitives of SQLStore: sqlite3 runs in autocommit mode, so every
+    # statement outside append() is its own transaction. Errors reach the caller
+    # through the class's error boundary (translate_error).
 
-    def _query(self, query: str, params: Sequence[Any] = ()) -> list[Any]:
-        # Errors reach the caller through the class's error boundary (translate_error).
-        return self.connection().execute(query, params).fetchall()
+    def _rows(
+        self, sql: str, params: Sequence[object] = (), *, quick: bool = False, prepare: bool = False
+    ) -> list[Row]:
+        return self.connection().execute(sql, params).fetchall()
 
-    def _read_positions(self, first: int, last: int) -> list[RecordedEvent]:
-        rows = self._query(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE position BETWEEN ? AND ? ORDER BY position",
-            (first, last),
+    def _count(self, sql: str, params: Sequence[object] = ()) -> int:
+        return self.connection().execute(sql, params).rowcount
+
+    def _time_param(self, value: datetime) -> str:
+        return format_timestamp(value)
+
+    def _time_value(self, value: str) -> datetime:
+        return parse_timestamp(value)
+
+    def _decode_row(self, row: Row) -> RecordedEvent:
+        position, stream_id, version, event_type, schema, data, metadata, recorded_at, h = row
+        recorded = parse_timestamp(recorded_at)
+        return decode_event(
+            position, stream_id, version, event_type, schema, data, metadata, recorded, h
         )
-        return [_decode_row(r) for r in rows]
-
-    def read_stream(
-        self, stream_id: str, up_to: int | datetime | None = None
-    ) -> list[RecordedEvent]:
-        query = f"SELECT {_EVENT_COLUMNS} FROM events WHERE stream_id = ?"
-        params: list[Any] = [stream_id]
-        if isinstance(up_to, datetime):
-            query += " AND recorded_at <= ?"
-            params.append(format_timestamp(up_to))
-        elif up_to is not None:
-            query += " AND position <= ?"
-            params.append(up_to)
-        return [_decode_row(r) for r in self._query(query + " ORDER BY version", params)]
-
-    def _pages(self, columns: str, after_position: int, batch_size: int) -> Iterator[list[Any]]:
-        query = f"SELECT {columns} FROM events WHERE position > ? ORDER BY position LIMIT ?"
-        cursor_position = after_position
-        while True:
-            rows = self._query(query, (cursor_position, batch_size))
-            if not rows:
-                return
-            yield rows
-            cursor_position = rows[-1][0]
-            if len(rows) < batch_size:
-                return
-
-    def read_all(self, after_position: int = 0, batch_size: int = 1000) -> Iterator[RecordedEvent]:
-        for rows in self._pages(_EVENT_COLUMNS, after_position, batch_size):
-            yield from map(_decode_row, rows)
-
-    def read_raw(self, after_position: int = 0, batch_size: int = 1000) -> Iterator[RawEvent]:
-        columns = _EVENT_COLUMNS + ", call_id, chain_version"
-        for rows in self._pages(columns, after_position, batch_size):
-            for r in rows:
-                yield RawEvent(r[0], r[1], r[2], r[3], r[4], r[5].encode(), r[6].encode(), *r[7:])
 
     def head(self) -> Head:
-        rows = self._query("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1")
+        rows = self._rows("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1")
         return Head(rows[0][0], rows[0][1]) if rows else Head(0, GENESIS.hex())
 
-    def stream_version(self, stream_id: str) -> int:
-        rows = self._query(
-            "SELECT coalesce(max(version), 0) FROM events WHERE stream_id = ?", (stream_id,)
-        )
-        return int(rows[0][0])
-
-    def find_idempotent(self, idempotency_key: str) -> list[RecordedEvent] | None:
-        rows = self._query(
-            "SELECT first_position, last_position FROM idempotency_keys WHERE key = ?",
-            (idempotency_key,),
-        )
-        return self._read_positions(rows[0][0], rows[0][1]) if rows else None
-
-    # -- data keys
-
-    def get_data_key(self, stream_id: str) -> bytes | None:
-        rows = self._query("SELECT wrapped FROM data_keys WHERE stream_id = ?", (stream_id,))
-        return bytes(rows[0][0]) if rows else None
-
-    def put_data_key(self, stream_id: str, wrapped: bytes) -> bytes:
-        self._query(
-            "INSERT INTO data_keys VALUES (?, ?, ?) ON CONFLICT (stream_id) DO NOTHING",
-            (stream_id, wrapped, format_timestamp(utcnow())),
-        )
-        stored = self.get_data_key(stream_id)
-        assert stored is not None
-        return stored
-
-    def destroy_data_key(self, stream_id: str) -> bool:
-        cur = self.connection().execute("DELETE FROM data_keys WHERE stream_id = ?", (stream_id,))
-        return cur.rowcount > 0
-
-    def list_data_keys(self, after: str = "", limit: int = 500) -> list[tuple[str, bytes]]:
-        rows = self._query(
-            "SELECT stream_id, wrapped FROM data_keys WHERE stream_id > ?"
-            " ORDER BY stream_id LIMIT ?",
-            (after, limit),
-        )
-        return [(r[0], bytes(r[1])) for r in rows]
-
-    def swap_data_key(self, stream_id: str, expected: bytes, wrapped: bytes) -> bool:
-        cur = self.connection().execute(
-            "UPDATE data_keys SET wrapped = ? WHERE stream_id = ? AND wrapped = ?",
-            (wrapped, stream_id, expected),
-        )
-        return cur.rowcount > 0
-
-    # -- rejections
-
-    def record_rejection(self, rejection: Rejection) -> None:
-        row = storable_rejection(rejection)
-        at = format_timestamp(row.at)
-        rows = self._query(
-            "INSERT INTO rejections (at, path, reason, status, client_key, base_url, remote_addr,"
-            " token_sha256, detail, count, last_seen_at, fingerprint, window_number)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)"
-            " ON CONFLICT (fingerprint, window_number) DO UPDATE"
-            " SET count = count + 1, last_seen_at = max(last_seen_at, excluded.last_seen_at)"
-            " RETURNING count",
-            # Fields in column order; SQLite keeps the time as text.
-            (
-                at,
-                *msgspec.structs.astuple(row)[1:9],
-                format_timestamp(row.last_seen_at) if row.last_seen_at else at,
-                rejection_fingerprint(row),
-                rejection_window(row.at),
-            ),
-        )
-        if rows and rows[0][0] > 1:
-            rejection_log_counters.add(coalesced=1)
-        if self._purges.due():
-            purge_quietly(self, utcnow() - self.rejection_retention)
-
-    def purge_rejections(self, older_than: datetime) -> int:
-        """Delete rejections last seen before ``older_than``, in bounded batches."""
-        cutoff = format_timestamp(older_than)
-        purged = 0
-        for _ in range(REJECTION_PURGE_BATCHES):
-            deleted = (
-                self.connection()
-                .execute(
-                    "DELETE FROM rejections WHERE id IN (SELECT id FROM rejections"
-                    " WHERE at < ? AND last_seen_at < ? ORDER BY at LIMIT ?)",
-                    (cutoff, cutoff, REJECTION_PURGE_BATCH),
-                )
-                .rowcount
-            )
-            purged += deleted
-            if deleted < REJECTION_PURGE_BATCH:
-                break
-        rejection_log_counters.add(purged=purged)
-        return purged
-
-    def list_rejections(
-        self,
-        limit: int = 100,
-        *,
-        reason: str | None = None,
-        since: datetime | None = None,
-        client_key: str | None = None,
-    ) -> list[Rejection]:
-        where, params = rejection_filters(
-            "?", reason, None if since is None else format_timestamp(since), client_key
-        )
-        rows = self._query(
-            "SELECT at, path, reason, status, client_key, base_url, remote_addr, token_sha256,"
-            " detail, count, coalesce(last_seen_at, at) FROM rejections"
-            f"{where} ORDER BY last_seen_at DESC, id DESC LIMIT ?",
-            (*params, limit),
-        )
-        # Columns in the order of Rejection's fields; SQLite keeps times as text.
-        return [
-            msgspec.structs.replace(
-                Rejection(parse_timestamp(r[0]), *r[1:9]),
-                count=r[9],
-                last_seen_at=parse_timestamp(r[10]),
-            )
-            for r in rows
-        ]
-
     def ping(self) -> None:
-        self._query("SELECT 1")
+        self._rows("SELECT 1")
 
     def close(self) -> None:
         with self._lock:

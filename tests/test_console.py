@@ -30,7 +30,7 @@ from app.console.timeline import timeline
 from app.hostsim import make_install_payload
 from app.settings import Settings
 from eventstore.events import Metadata
-from eventstore.store import Rejection
+from eventstore.rejections import Rejection
 from tests.conftest import IN_CI
 from tests.harness import ADMIN_TOKEN, RunningService, running_service
 from tests.projection_events import T0, Log

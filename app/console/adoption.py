@@ -13,7 +13,8 @@ from collections import Counter
 from collections.abc import Iterable
 from datetime import date, timedelta
 
-from eventstore.store import RecordedEvent, Rejection
+from eventstore.rejections import Rejection
+from eventstore.store import RecordedEvent
 from projections.model import INSTALLED
 from projections.tenants import TenantsProjection, TenantsState
 
