@@ -21,7 +21,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts
 def _read(answer: Callable[[Any], Any]) -> Any:
     """Catch the read models up, then compute an answer from their storage."""
     from app.cli import _catch_up, _store
-    from projections.storage import storage_for
+    from projections.backends import storage_for
 
     with _store() as store:
         storage = storage_for(store)

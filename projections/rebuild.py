@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from eventstore.store import EventStore
-from projections.locks import lock_for
+from projections.backends import lock_for, storage_for
 from projections.model import Row
 from projections.runner import PROJECTIONS, chunks
-from projections.storage import ProjectionStorage, storage_for
+from projections.storage import ProjectionStorage
 from projections.tables import SPECS, group_of
 
 Progress = Callable[[int, int], None]  # (position folded, head position when started)

@@ -24,13 +24,14 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
 from eventstore.store import EventStore, RecordedEvent, StoreError, utcnow
+from projections.backends import lock_for, storage_for
 from projections.base_urls import BaseUrlsProjection, BaseUrlsState
 from projections.descriptors import DescriptorsProjection, DescriptorsState
 from projections.health import LastError, RunnerHealth, short_message
 from projections.installations import InstallationsProjection, LinksProjection, forge_states
-from projections.locks import ExclusiveLock, lock_for
+from projections.locks import ExclusiveLock
 from projections.reimports import ReimportsProjection, ReimportsState
-from projections.storage import ProjectionStorage, storage_for
+from projections.storage import ProjectionStorage
 from projections.tables import GROUPS, SPECS
 from projections.tenants import TenantsProjection, TenantsState
 
