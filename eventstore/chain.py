@@ -33,7 +33,15 @@ from typing import TYPE_CHECKING
 
 from eventstore.clock import format_timestamp, utcnow
 from eventstore.events import canonical_json
-from eventstore.store import Head, NewEvent, PreparedEvent, RawEvent, VerifyReport, prepare
+from eventstore.store import (
+    Head,
+    NewEvent,
+    PreparedEvent,
+    RawEvent,
+    RecordedEvent,
+    VerifyReport,
+    prepare,
+)
 
 if TYPE_CHECKING:
     from eventstore.store import EventLog
@@ -251,6 +259,31 @@ class PreparedAppend:
     events: list[PreparedEvent]
     digests: list[bytes]
     chain_version: int = CHAIN_VERSION
+
+    def recorded(
+        self,
+        stream_id: str,
+        expected_version: int,
+        events: Sequence[NewEvent],
+        links: Iterable[tuple[int, str]],
+    ) -> list[RecordedEvent]:
+        """The appended events as recorded, given each one's (position, hash hex)."""
+        return [
+            RecordedEvent(
+                position=position,
+                stream_id=stream_id,
+                version=expected_version + i,
+                type=event.type,
+                schema_version=p.schema_version,
+                data=event.data,
+                metadata=event.metadata,
+                recorded_at=self.recorded_at,
+                hash=hash_hex,
+            )
+            for i, ((position, hash_hex), event, p) in enumerate(
+                zip(links, events, self.events, strict=True), start=1
+            )
+        ]
 
 
 def prepare_append(

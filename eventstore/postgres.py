@@ -453,22 +453,7 @@ class PostgresEventStore(SQLStore):
         if rows and rows[0][2]:
             first, last = rows[0][0], rows[-1][0]
             return AppendResult(events=self._read_positions(first, last), duplicate=True)
-        recorded = [
-            RecordedEvent(
-                position=position,
-                stream_id=stream_id,
-                version=expected_version + i,
-                type=event.type,
-                schema_version=p.schema_version,
-                data=event.data,
-                metadata=event.metadata,
-                recorded_at=recorded_at,
-                hash=h,
-            )
-            for i, ((position, h, _), event, p) in enumerate(
-                zip(rows, events, prepared, strict=True), start=1
-            )
-        ]
+        recorded = batch.recorded(stream_id, expected_version, events, [(r[0], r[1]) for r in rows])
         return AppendResult(events=recorded, duplicate=False)
 
     # -- reading

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from eventstore.chain import GENESIS, link, prepare_append
+from eventstore.chain import GENESIS, PreparedAppend, link, prepare_append
 from eventstore.clock import format_timestamp, parse_timestamp, utcnow
 from eventstore.database import SQLiteDatabase
 from eventstore.errors import (
@@ -139,6 +139,9 @@ MIGRATIONS: list[str] = [
 
 # Times are kept as text in their one stored form; the hash as hex text.
 STATEMENTS = Statements("?", hash_hex="hash", recorded_at_text="recorded_at")
+_INSERT_EVENT = (
+    f"INSERT INTO events ({STATEMENTS.raw_columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 def sqlite_path(url: str) -> str:
@@ -248,85 +251,76 @@ class SQLiteEventStore(SQLStore):
         data_key: bytes | None = None,
     ) -> AppendResult:
         batch = prepare_append(stream_id, events, expected_version)
-        stamp, prepared, digests = batch.stamp, batch.events, batch.digests
         conn = self.connection()
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
+                seen = None
                 if idempotency_key is not None:
-                    seen = conn.execute(
-                        "SELECT first_position, last_position FROM idempotency_keys WHERE key = ?",
-                        (idempotency_key,),
-                    ).fetchone()
-                    if seen is not None:
-                        conn.execute("ROLLBACK")
-                        return AppendResult(self._read_positions(seen[0], seen[1]), duplicate=True)
-                actual = conn.execute(
-                    "SELECT coalesce(max(version), 0) FROM events WHERE stream_id = ?", (stream_id,)
-                ).fetchone()[0]
-                if actual != expected_version:
-                    raise ConcurrencyConflict(stream_id, expected_version, actual)
-                if data_key is not None:
-                    stored = conn.execute(
-                        "INSERT INTO data_keys VALUES (?, ?, ?) ON CONFLICT (stream_id) DO NOTHING",
-                        (stream_id, data_key, stamp),
-                    )
-                    if stored.rowcount == 0:
-                        raise ConcurrencyConflict(stream_id, expected_version, actual)
-                last = conn.execute(
-                    "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
-                ).fetchone()
-                position, previous = (last[0], bytes.fromhex(last[1])) if last else (0, GENESIS)
-                first = position + 1
-                recorded: list[RecordedEvent] = []
-                for i, (event, p, digest) in enumerate(
-                    zip(events, prepared, digests, strict=True), 1
-                ):
-                    position += 1
-                    previous = link(previous, position, digest)
-                    conn.execute(
-                        f"INSERT INTO events ({STATEMENTS.raw_columns})"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            position,
-                            stream_id,
-                            expected_version + i,
-                            p.type,
-                            p.schema_version,
-                            p.data.decode(),
-                            p.metadata.decode(),
-                            stamp,
-                            previous.hex(),
-                            p.call_id,
-                            batch.chain_version,
-                        ),
-                    )
-                    recorded.append(
-                        RecordedEvent(
-                            position=position,
-                            stream_id=stream_id,
-                            version=expected_version + i,
-                            type=event.type,
-                            schema_version=p.schema_version,
-                            data=event.data,
-                            metadata=event.metadata,
-                            recorded_at=parse_timestamp(stamp),
-                            hash=previous.hex(),
-                        )
-                    )
+                    seen = conn.execute(STATEMENTS.idempotency_key, (idempotency_key,)).fetchone()
+                if seen is not None:
+                    result = AppendResult(self._read_positions(seen[0], seen[1]), duplicate=True)
+                    conn.execute("ROLLBACK")
+                    return result
+                self._check_version(conn, stream_id, expected_version, data_key, batch.stamp)
+                links = self._insert_events(conn, stream_id, expected_version, batch)
                 if idempotency_key is not None:
                     conn.execute(
                         "INSERT INTO idempotency_keys VALUES (?, ?, ?, ?)",
-                        (idempotency_key, stream_id, first, position),
+                        (idempotency_key, stream_id, links[0][0], links[-1][0]),
                     )
                 conn.execute("COMMIT")
-                return AppendResult(recorded, duplicate=False)
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
         except sqlite3.IntegrityError:
             raise ConcurrencyConflict(stream_id, expected_version) from None
+        recorded = batch.recorded(stream_id, expected_version, events, links)
+        return AppendResult(recorded, duplicate=False)
+
+    @staticmethod
+    def _check_version(
+        conn: sqlite3.Connection,
+        stream_id: str,
+        expected_version: int,
+        data_key: bytes | None,
+        stamp: str,
+    ) -> None:
+        """Under the write lock: the stream is at ``expected_version``, and a first
+        install's data key is stored (ConcurrencyConflict if either fails)."""
+        actual = conn.execute(STATEMENTS.stream_version, (stream_id,)).fetchone()[0]
+        if actual != expected_version:
+            raise ConcurrencyConflict(stream_id, expected_version, actual)
+        if data_key is not None:
+            stored = conn.execute(
+                "INSERT INTO data_keys VALUES (?, ?, ?) ON CONFLICT (stream_id) DO NOTHING",
+                (stream_id, data_key, stamp),
+            )
+            if stored.rowcount == 0:
+                raise ConcurrencyConflict(stream_id, expected_version, actual)
+
+    @staticmethod
+    def _insert_events(
+        conn: sqlite3.Connection, stream_id: str, expected_version: int, batch: PreparedAppend
+    ) -> list[tuple[int, str]]:
+        """Chain the events onto the head and insert them; each one's (position, hash)."""
+        last = conn.execute(
+            "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
+        ).fetchone()
+        position, previous = (last[0], bytes.fromhex(last[1])) if last else (0, GENESIS)
+        links: list[tuple[int, str]] = []
+        for i, (p, digest) in enumerate(zip(batch.events, batch.digests, strict=True), 1):
+            position += 1
+            previous = link(previous, position, digest)
+            row = (position, stream_id, expected_version + i, p.type, p.schema_version)
+            conn.execute(
+                _INSERT_EVENT,
+                (*row, p.data.decode(), p.metadata.decode(), batch.stamp, previous.hex(),
+                 p.call_id, batch.chain_version),
+            )  # fmt: skip
+            links.append((position, previous.hex()))
+        return links
 
     # -- the primitives of SQLStore: sqlite3 runs in autocommit mode, so every
     # statement outside append() is its own transaction. Errors reach the caller
