@@ -64,6 +64,12 @@ def row_digest(
     return hashlib.sha256(head + b"\n" + data + b"\n" + metadata).digest()
 
 
+def stored_row_digest(row: RawEvent) -> bytes:
+    """Chain version 1's row digest of a stored row."""
+    fields = (row.stream_id, row.version, row.type, row.schema_version, row.recorded_at)
+    return row_digest(*fields, row.data, row.metadata)
+
+
 def stream_digest(stream_id: str) -> bytes:
     return hashlib.sha256(stream_id.encode()).digest()
 
@@ -88,15 +94,7 @@ def link_input_v2(stream_sha256: bytes, rest_sha256: bytes) -> bytes:
 def link_input(row: RawEvent) -> bytes:
     """What the chain hashes for a stored row, by the version that hashed it."""
     if row.chain_version == 1:
-        return row_digest(
-            row.stream_id,
-            row.version,
-            row.type,
-            row.schema_version,
-            row.recorded_at,
-            row.data,
-            row.metadata,
-        )
+        return stored_row_digest(row)
     if row.chain_version == 2:
         rest = rest_digest(
             row.version, row.type, row.schema_version, row.recorded_at, row.data, row.metadata

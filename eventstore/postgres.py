@@ -17,7 +17,7 @@ import select
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -34,7 +34,7 @@ from eventstore.errors import (
     StoreUnavailable,
     error_boundary,
 )
-from eventstore.rejections import REJECTION_PURGE_INTERVAL_SECONDS, PurgeSchedule
+from eventstore.rejections import REJECTION_PURGE_INTERVAL_SECONDS
 from eventstore.sql import Row, SQLStore, Statements
 from eventstore.store import AppendResult, Head, NewEvent, RecordedEvent, decode_event
 
@@ -356,8 +356,7 @@ class PostgresEventStore(SQLStore):
         **_other_backends: object,  # open_store passes every option; another backend's are ignored
     ) -> None:
         self.url = url
-        self.rejection_retention = timedelta(days=rejection_retention_days)
-        self._purges = PurgeSchedule(rejection_purge_interval)
+        self._init_rejection_log(rejection_retention_days, rejection_purge_interval)
         self._quick_timeout = min(timeout, QUICK_TIMEOUT_SECONDS)
         self._pool = ConnectionPool(
             _libpq_url(url),

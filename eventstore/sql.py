@@ -113,6 +113,10 @@ class SQLStore(EventStore):
     rejection_retention: timedelta
     _purges: PurgeSchedule
 
+    def _init_rejection_log(self, retention_days: int, purge_interval: float) -> None:
+        self.rejection_retention = timedelta(days=retention_days)
+        self._purges = PurgeSchedule(purge_interval)
+
     # -- the backend's primitives
 
     @abc.abstractmethod

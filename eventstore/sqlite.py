@@ -12,7 +12,7 @@ import sqlite3
 import threading
 import weakref
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 from eventstore.chain import GENESIS, PreparedAppend, link, prepare_append
@@ -25,7 +25,7 @@ from eventstore.errors import (
     StoreUnavailable,
     error_boundary,
 )
-from eventstore.rejections import REJECTION_PURGE_INTERVAL_SECONDS, PurgeSchedule
+from eventstore.rejections import REJECTION_PURGE_INTERVAL_SECONDS
 from eventstore.sql import Row, SQLStore, Statements
 from eventstore.store import (
     AppendResult,
@@ -181,8 +181,7 @@ class SQLiteEventStore(SQLStore):
         self.url = url
         self.path = sqlite_path(url)
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self.rejection_retention = timedelta(days=rejection_retention_days)
-        self._purges = PurgeSchedule(rejection_purge_interval)
+        self._init_rejection_log(rejection_retention_days, rejection_purge_interval)
         self._busy_timeout = busy_timeout
         self._local = threading.local()
         self._open: weakref.WeakSet[_ThreadConnection] = weakref.WeakSet()
@@ -293,11 +292,8 @@ class SQLiteEventStore(SQLStore):
         if actual != expected_version:
             raise ConcurrencyConflict(stream_id, expected_version, actual)
         if data_key is not None:
-            stored = conn.execute(
-                "INSERT INTO data_keys VALUES (?, ?, ?) ON CONFLICT (stream_id) DO NOTHING",
-                (stream_id, data_key, stamp),
-            )
-            if stored.rowcount == 0:
+            stored = conn.execute(STATEMENTS.put_data_key, (stream_id, data_key, stamp))
+            if stored.fetchone() is None:  # the stream has a key already
                 raise ConcurrencyConflict(stream_id, expected_version, actual)
 
     @staticmethod

@@ -29,10 +29,18 @@ REBUILD_SUFFIX = "__rebuild"
 CatchUp = Callable[[], tuple[int, Mapping[str, Sequence[Row]]]]
 
 
+class Cursor(Protocol):
+    """What a statement's result offers (sqlite3's and psycopg's cursors both do)."""
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
 class Transaction(Protocol):
     """What a backend's transaction handle offers the shared code."""
 
-    def execute(self, sql: str, params: Sequence[object] = ()) -> Any: ...
+    def execute(self, sql: str, params: Sequence[object] = ()) -> Cursor: ...
 
     def executemany(self, sql: str, rows: Iterable[Sequence[object]]) -> None: ...
 

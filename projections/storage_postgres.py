@@ -20,7 +20,7 @@ class _PostgresTx:
         self.conn = conn
         self.rolled_back = False
 
-    def execute(self, sql: str, params: Sequence[object] = ()) -> Any:
+    def execute(self, sql: str, params: Sequence[object] = ()) -> psycopg.Cursor[Any]:
         return self.conn.execute(sql.encode(), params)
 
     def executemany(self, sql: str, rows: Iterable[Sequence[object]]) -> None:
