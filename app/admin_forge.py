@@ -8,12 +8,13 @@ percent-encoded); answers give the bare UUID in ``installation_id`` and the ARI 
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-from typing import Annotated, Any, Literal
+from datetime import datetime
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query
 from starlette.concurrency import run_in_threadpool
 
+from app import reads
 from app.admin import (
     AS_OF_PATTERN,
     KEY_PATTERN,
@@ -26,7 +27,6 @@ from app.admin import (
     parse_as_of,
     redact_event,
     require_admin,
-    tenant_object,
 )
 from app.answers import EventsAnswer, FastJSONResponse, documented
 from app.answers_forge import (
@@ -36,52 +36,12 @@ from app.answers_forge import (
     MigrationAnswer,
     PresumedGoneAnswer,
 )
+from app.reads import installation_object, link_object  # noqa: F401  (the answers' shapes)
 from eventstore.events import installation_stream_id
-from eventstore.store import format_timestamp, utcnow
-from projections.forge_ids import installation_ari, installation_uuid
-from projections.installations import (
-    CONNECT,
-    InstallationRow,
-    LinkRow,
-    fold_installation,
-)
-from projections.migration import migration_report
-from projections.presumed_gone import presumed_gone, uninstalling
-from projections.storage import ProjectionStorage
+from projections.forge_ids import installation_uuid
+from projections.installations import CONNECT, LinkRow, fold_installation
 
 router = APIRouter(prefix="/admin", tags=["admin", "forge"], dependencies=[Depends(require_admin)])
-
-
-def installation_object(row: InstallationRow) -> dict[str, Any]:
-    return {
-        "installation_id": row.installation_id,
-        "installation_ari": installation_ari(row.installation_id),
-        "cloud_id": row.cloud_id,
-        "product": row.product,
-        "app_version": row.app_version,
-        "environment_type": row.environment_type,
-        "state": row.state,
-        "license_active": row.license_active,
-        "client_key": row.client_key,
-        "installed_at": format_timestamp(row.installed_at),
-        "updated_at": format_timestamp(row.updated_at),
-        "last_seen_at": format_timestamp(row.last_seen_at),
-        "version": row.version,
-    }
-
-
-def link_object(row: LinkRow) -> dict[str, Any]:
-    previous = row.previous_installation_id
-    return {
-        "kind": row.kind,
-        "client_key": row.client_key,
-        "installation_id": row.installation_id,
-        "installation_ari": installation_ari(row.installation_id),
-        "previous_installation_id": previous,
-        "previous_installation_ari": installation_ari(previous) if previous else None,
-        "evidence": {"stream": row.evidence_stream, "position": row.evidence_position},
-        "seen_at": format_timestamp(row.seen_at),
-    }
 
 
 def parse_installation(value: str) -> str:
@@ -119,21 +79,10 @@ async def installations(
 ) -> FastJSONResponse:
     await _caught_up(store, storage, min_position)
     start = parse_installation(after) if after else None
-    rows: list[InstallationRow] = await run_in_threadpool(storage.load_rows, "installations")
-    chosen = sorted(
-        (
-            r
-            for r in rows
-            if (state is None or r.state == state) and (start is None or r.installation_id > start)
-        ),
-        key=lambda r: r.installation_id,
-    )[:limit]
-    return FastJSONResponse(
-        {
-            "installations": [installation_object(r) for r in chosen],
-            "next": chosen[-1].installation_id if len(chosen) == limit else None,
-        }
+    answer = await run_in_threadpool(
+        lambda: reads.installations_answer(storage, state=state, after=start, limit=limit)
     )
+    return FastJSONResponse(answer)
 
 
 @router.get(
@@ -202,7 +151,7 @@ async def installation(
                 detail={"error": "not_yet_installed", "detail": "it did not exist at as_of"},
             )
         raise _unknown()
-    links = await run_in_threadpool(storage.load_rows, "links")
+    links = await run_in_threadpool(lambda: storage.list_links(installation_id=uuid))
     answer = installation_object(row)
     answer["client_key"] = _client_key_at(links, uuid, up_to)
     return FastJSONResponse(answer)
@@ -223,39 +172,12 @@ async def links(
 ) -> FastJSONResponse:
     await _caught_up(store, storage, min_position)
     wanted = parse_installation(installation_id) if installation_id else None
-    rows: list[LinkRow] = await run_in_threadpool(storage.load_rows, "links")
-    chosen = [
-        r
-        for r in rows
-        if (kind is None or r.kind == kind)
-        and (client_key is None or r.client_key == client_key)
-        and (wanted is None or wanted in (r.installation_id, r.previous_installation_id))
-    ]
-    chosen.sort(key=lambda r: r.evidence_position)
-    return FastJSONResponse({"links": [link_object(r) for r in chosen]})
-
-
-def migration_answer(storage: ProjectionStorage) -> dict[str, Any]:
-    report = migration_report(
-        storage.load_rows("tenants"),
-        storage.load_rows("installations"),
-        storage.load_rows("links"),
+    answer = await run_in_threadpool(
+        lambda: reads.links_answer(
+            storage, kind=kind, client_key=client_key, installation_id=wanted
+        )
     )
-    return {
-        "linked": report.linked,
-        "connect_only": [
-            {
-                "client_key": t.client_key,
-                "base_url": t.base_url,
-                "installation_id": t.installation_id,
-                "installation_ari": installation_ari(t.installation_id)
-                if t.installation_id
-                else None,
-            }
-            for t in report.connect_only
-        ],
-        "forge_only": [installation_object(r) for r in report.forge_only],
-    }
+    return FastJSONResponse(answer)
 
 
 @router.get(
@@ -267,24 +189,7 @@ async def migration(
     store: StoreDep, storage: ProjectionsDep, min_position: MinPosition = None
 ) -> FastJSONResponse:
     await _caught_up(store, storage, min_position)
-    return FastJSONResponse(await run_in_threadpool(migration_answer, storage))
-
-
-def presumed_gone_answer(storage: ProjectionStorage, grace: timedelta) -> dict[str, Any]:
-    """Presumed-gone tenants with the reason: ``silent`` (SPEC §6) or ``uninstalling``
-    (their linked Forge installation sent ``pre-uninstall``, SPEC §10)."""
-    tenants = storage.load_rows("tenants")
-    silent = presumed_gone(tenants, storage.load_rows("descriptors"), utcnow(), grace)
-    leaving = uninstalling(tenants, storage.load_rows("installations"))
-    reasons: dict[str, list[str]] = {}
-    rows = {}
-    for reason, found in (("silent", silent), ("uninstalling", leaving)):
-        for row in found:
-            rows[row.client_key] = row
-            reasons.setdefault(row.client_key, []).append(reason)
-    return {
-        "tenants": [{**tenant_object(rows[key]), "presumed": reasons[key]} for key in sorted(rows)]
-    }
+    return FastJSONResponse(await run_in_threadpool(reads.migration_answer, storage))
 
 
 @router.get(
@@ -298,8 +203,21 @@ async def presumed_gone_tenants(
     grace_hours: Annotated[
         float, Query(ge=0, le=MAX_GRACE_HOURS, allow_inf_nan=False, description="hours")
     ] = 24,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+    after: Annotated[
+        str | None,
+        Query(
+            max_length=MAX_CLIENT_KEY,
+            pattern=KEY_PATTERN,
+            description="the last client_key of the previous page",
+        ),
+    ] = None,
     min_position: MinPosition = None,
 ) -> FastJSONResponse:
     await _caught_up(store, storage, min_position)
-    answer = await run_in_threadpool(presumed_gone_answer, storage, timedelta(hours=grace_hours))
+    answer = await run_in_threadpool(
+        lambda: reads.presumed_gone_answer(
+            storage, grace_hours=grace_hours, after=after, limit=limit
+        )
+    )
     return FastJSONResponse(answer)

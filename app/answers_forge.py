@@ -73,3 +73,6 @@ class PresumedGoneTenant(TenantAnswer):
 
 class PresumedGoneAnswer(BaseModel):
     tenants: list[PresumedGoneTenant]
+    next: str | None = Field(
+        default=None, description="pass as ?after= for the next page; null on the last"
+    )

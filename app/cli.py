@@ -18,7 +18,7 @@ from rich.markup import escape
 
 from app import cli_forge, cli_reads
 from app.cli_keys import rewrap
-from app.cli_output import stdout_console
+from app.cli_output import plain_help_metavars, stdout_console
 from app.cli_reads import JsonOption, examples
 from app.cli_reads import catch_up_read_models as _catch_up  # noqa: F401  (other CLI modules import it here)
 from app.settings import Settings
@@ -35,6 +35,7 @@ cli = typer.Typer(
     rich_markup_mode=None,
 )
 console = stdout_console()
+plain_help_metavars()
 cli_reads.register(cli)
 
 
@@ -99,7 +100,8 @@ def rebuild(
     names: Annotated[
         list[str] | None,
         typer.Argument(
-            metavar="NAME", help="tenants, descriptors, base_urls, reimports (default: all)."
+            metavar="NAME",
+            help="tenants, descriptors, base_urls, reimports, installations, links (default: all).",
         ),
     ] = None,
     as_json: JsonOption = False,
@@ -210,7 +212,7 @@ def demo(
         typer.Option(
             metavar="URL",
             help="Drive this running service instead of starting one (it must fetch install"
-            " keys from this demo: LEDGER_INSTALL_KEYS_URL=http://127.0.0.1:<key-port>).",
+            " keys from this demo: LEDGER_INSTALL_KEYS_URL=http://127.0.0.1:KEY_PORT).",
         ),
     ] = None,
     key_port: Annotated[
@@ -223,7 +225,7 @@ def demo(
     run_demo(console, url=url, key_port=key_port)
 
 
-cli.command()(rewrap)
+cli.command(epilog=examples("ledger rewrap", "ledger rewrap --json --batch-size 1000"))(rewrap)
 
 from app.cli_integrity import register  # noqa: E402  (digest, verify, export)
 

@@ -31,8 +31,22 @@ from eventstore.store import EventStore, open_store
 
 
 def register(cli: typer.Typer) -> None:
-    for command in (digest, verify, export):
-        cli.command()(command)
+    from app.cli_reads import examples
+
+    epilogs = {
+        digest: examples("ledger digest >> digests.jsonl"),
+        verify: examples(
+            "ledger verify",
+            "ledger verify --digest d1.json d2.json",
+            "ledger verify --export log.jsonl",
+        ),
+        export: examples(
+            "ledger export --verifiable > log.jsonl",
+            "ledger export --tenant KEY --proof > proof.jsonl",
+        ),
+    }
+    for command, epilog in epilogs.items():
+        cli.command(epilog=epilog)(command)
 
 
 def _store() -> EventStore:
@@ -52,7 +66,7 @@ def digest() -> None:
     """Print the log's head as JSON: position, head hash, recorded_at, store.
 
     Keep it where the database cannot reach it; `ledger verify --digest FILE` later
-    proves the log still passes through it. Example: ledger digest >> digests.jsonl
+    proves the log still passes through it.
     """
     with _store() as store:
         sys.stdout.write(json.dumps(make_digest(store)) + "\n")
@@ -92,7 +106,6 @@ def verify(
 
     Also checks that positions run from 1 without a gap and that the log ends at the
     head the store keeps. Prints JSON; exit 1 if any check fails.
-    Examples: ledger verify --digest d1.json d2.json;  ledger verify --export log.jsonl
     """
     if more and not digests:
         raise _usage("files given without --digest")
@@ -124,7 +137,9 @@ def _non_empty(lines: Iterator[str]) -> Iterator[str]:
 
 
 def export(
-    after: Annotated[int, typer.Option("--after", help="Start after this position.")] = 0,
+    after: Annotated[
+        int, typer.Option("--after", metavar="POSITION", help="Start after this position.")
+    ] = 0,
     verifiable: Annotated[
         bool,
         typer.Option(
@@ -149,8 +164,6 @@ def export(
     """Every event after a position as JSON lines; never a plaintext secret or a data key.
 
     Plain: the events as the admin API shows them, secrets redacted.
-    Examples: ledger export --verifiable > log.jsonl;
-    ledger export --tenant KEY --proof > proof.jsonl
     """
     if proof != (tenant is not None):
         raise _usage("--tenant and --proof go together")

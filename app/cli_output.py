@@ -205,3 +205,25 @@ def fail(message: str, code: int = 1) -> NoReturn:
     """Say why on stderr and exit: 1 not found or a check failed, 2 usage error."""
     stderr_console().print(Text("error: ", style="bold red") + Text(message))
     raise typer.Exit(code)
+
+
+def plain_help_metavars() -> None:
+    """``--help`` in click's words, not Typer's type placeholders (``<bool>``, ``<str>``,
+    ``<list[str]>``, ``<int range>``): an argument shows its name only, an option its
+    metavar, its choices as ``[a|b]``, else its name in capitals. Applied once, by
+    ``app.cli``, for every command (one rule in one place)."""
+    from typer.core import TyperArgument, TyperOption
+
+    def argument_type(self: TyperArgument, ctx: Any) -> str | None:
+        return None  # the argument's name (its metavar) is already shown
+
+    def option_type(self: TyperOption, ctx: Any) -> str | None:
+        if self.metavar is not None:
+            return self.metavar
+        described = self.type_descriptor
+        if described.is_choice:
+            return "[" + "|".join(str(c) for c in described.choices or ()) + "]"
+        return (self.name or "value").upper()
+
+    TyperArgument.display_type_rich = argument_type  # type: ignore[method-assign,assignment]
+    TyperOption.display_type_rich = option_type  # type: ignore[method-assign,assignment]

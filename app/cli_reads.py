@@ -18,7 +18,14 @@ from app import reads
 from app.cli_output import fail, note, print_record, print_records
 from app.evidence import HISTORY_COLUMNS, evidence_rows
 from app.settings import Settings
-from eventstore.store import EventStore, open_store, parse_timestamp, utcnow
+from eventstore.store import (
+    EventStore,
+    StoreError,
+    StoreUnavailable,
+    open_store,
+    parse_timestamp,
+    utcnow,
+)
 from projections.storage import ProjectionStorage
 
 JsonOption = Annotated[
@@ -63,8 +70,17 @@ def examples(*lines: str) -> str:
     return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
 
 
-def _store() -> EventStore:
-    return open_store(Settings().database_url)
+@contextmanager
+def _store() -> Iterator[EventStore]:
+    """The store, for one command. A store that cannot answer ends the command with a
+    one-line reason and exit 1 (nothing was changed; run it again), never a traceback."""
+    try:
+        with open_store(Settings().database_url) as store:
+            yield store
+    except StoreUnavailable as error:
+        fail(f"the store is unavailable ({error}); nothing was changed, try again")
+    except StoreError as error:
+        fail(f"the store refused the read ({error})")
 
 
 def catch_up_read_models(store: EventStore, storage: ProjectionStorage) -> None:
@@ -87,7 +103,7 @@ def catch_up_read_models(store: EventStore, storage: ProjectionStorage) -> None:
 
 
 @contextmanager
-def _read_models(catch_up: bool = True) -> Iterator[tuple[EventStore, ProjectionStorage]]:
+def read_models(catch_up: bool = True) -> Iterator[tuple[EventStore, ProjectionStorage]]:
     from projections.backends import storage_for
 
     with _store() as store:
@@ -133,7 +149,8 @@ def tenants(
         bool,
         typer.Option(
             "--presumed-gone/--all",
-            help="Only installed tenants silent since a descriptor version older than the grace.",
+            help="Only tenants presumed gone: silent since a descriptor version older than"
+            " the grace, or uninstalling on Forge (see ledger presumed-gone).",
         ),
     ] = False,
     grace_hours: Annotated[
@@ -143,7 +160,7 @@ def tenants(
     as_json: JsonOption = False,
 ) -> None:
     """List tenants (the tenants read model), ordered by clientKey."""
-    with _read_models(catch_up) as (_, storage):
+    with read_models(catch_up) as (_, storage):
         answer = reads.tenants_answer(
             storage,
             state=state,
@@ -167,21 +184,32 @@ def presumed_gone(
         ),
     ] = 24.0,
     limit: Annotated[int, typer.Option(min=1, metavar="N", help="At most N tenants.")] = 1000,
+    after: Annotated[
+        str | None,
+        typer.Option(metavar="CLIENT_KEY", help="Start after this clientKey (the next page)."),
+    ] = None,
     catch_up: CatchUpOption = True,
     as_json: JsonOption = False,
 ) -> None:
-    """List installed tenants that have not called since a descriptor version appeared.
+    """List installed tenants presumed gone, and why (silent / uninstalling).
 
-    Atlassian calls every site within about 24 h of a new descriptor version; a site
-    silent long after that was probably deleted without an uninstall reaching us.
-    A presumption for a person to check, not a state change.
+    silent: no call since a descriptor version appeared more than the grace ago
+    (Atlassian calls every site within about 24 h of a new version, so such a site
+    was probably deleted without an uninstall reaching us). uninstalling: the
+    tenant's Forge installation sent pre-uninstall (Forge sends no uninstall). A
+    presumption for a person to check, not a state change.
     """
-    with _read_models(catch_up) as (_, storage):
-        answer = reads.tenants_answer(
-            storage, limit=limit, presumed_gone=True, grace_hours=grace_hours
+    with read_models(catch_up) as (_, storage):
+        answer = reads.presumed_gone_answer(
+            storage, grace_hours=grace_hours, after=after, limit=limit
         )
+    rows = [dict(t, presumed=",".join(t["presumed"])) for t in answer["tenants"]]
     print_records(
-        answer["tenants"], TENANT_COLUMNS, as_json, document=answer, title="presumed gone"
+        rows,
+        ("client_key", "presumed", *TENANT_COLUMNS[1:]),
+        as_json,
+        document=answer,
+        title="presumed gone",
     )
 
 
@@ -237,7 +265,7 @@ def descriptors(
     listed below the versions; piped, one table only: the versions, or with
     --stragglers the stragglers (the first 100).
     """
-    with _read_models(catch_up) as (_, storage):
+    with read_models(catch_up) as (_, storage):
         answer = reads.descriptors_answer(storage)
     versions: list[dict[str, Any]] = [
         dict(v, latest=v["version"] == answer["latest"]) for v in answer["versions"]
@@ -267,7 +295,7 @@ def reimports(catch_up: CatchUpOption = True, as_json: JsonOption = False) -> No
     "reimport" (the previous tenant still held that URL) or "url_reused" (it had
     moved elsewhere first).
     """
-    with _read_models(catch_up) as (_, storage):
+    with read_models(catch_up) as (_, storage):
         answer = reads.reimports_answer(storage)
     columns = ("base_url", "previous_client_key", "client_key", "detected_at", "kind")
     print_records(answer["links"], columns, as_json, document=answer, title="reimport links")

@@ -285,7 +285,6 @@ def run_demo(console: Console, *, url: str | None, key_port: int) -> None:
                 console.print(f"started a throw-away service at {own_url} (SQLite, temporary)")
                 host = DemoHost(own_url, settings.app_base_url, key_server)
                 play(console, host, token, settings.database_url)
-                section(console, "a tenant moves to Forge")
                 forge.drive(console, host.client, host.send, token)
                 section(console, "console")
                 # A throw-away service's throw-away token: showing it is the point.

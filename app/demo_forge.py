@@ -2,8 +2,11 @@
 
 ``ForgeDemo`` starts a JWKS server and a simulated Forge platform before the service
 (its settings need the app id and the JWKS URL: ``settings()``), then ``drive`` sends
-the story through the service and prints the installations, the links and the
-migration report read back through the admin API.
+the story through the service and prints, read back through the admin API once the
+read models hold its last event: the installations, the identity links, the
+migration report and the presumed-gone tenants with their reasons. Printed like every
+read (``app.cli_output``): tables on a terminal, TSV under ``## section`` lines when
+redirected.
 """
 
 from __future__ import annotations
@@ -13,23 +16,23 @@ from typing import Any
 
 import httpx
 from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
+from app.cli_forge import INSTALLATION_COLUMNS, LINK_COLUMNS, MIGRATION_COLUMNS
+from app.cli_output import print_records
 from app.hostsim import make_install_payload
 from app.hostsim_forge import ForgeCall, ForgeInstallation, ForgePlatform, JwksServer
 from projections.forge_ids import installation_ari
 
 ConnectSender = Callable[..., int]  # DemoHost.send(step, event, payload, ...)
+SITE = "https://umbrella.atlassian.net"
+CALL_COLUMNS = ("step", "call", "signed_with", "answer")
 
 
 class ForgeDemo:
     def __init__(self) -> None:
         self.jwks = JwksServer().start()
         self.platform = ForgePlatform(jwks=self.jwks)
-        self.results = Table(title="a tenant moves to Forge: calls sent")
-        for column in ("step", "call", "signed with", "answer"):
-            self.results.add_column(column, overflow="fold")
+        self.results: list[dict[str, str]] = []
 
     def settings(self) -> dict[str, Any]:
         """What the service needs to accept this platform's calls."""
@@ -42,7 +45,12 @@ class ForgeDemo:
         self, connect: ConnectSender, step: str, payload: dict[str, Any], **options: Any
     ) -> None:
         status = connect(step, "installed", payload, **options)
-        self.results.add_row(step, "Connect installed", "(Connect JWT)", str(status))
+        self._record(step, "Connect installed", "(Connect JWT)", str(status))
+
+    def _record(self, step: str, call: str, signed_with: str, answer: str) -> None:
+        self.results.append(
+            {"step": step, "call": call, "signed_with": signed_with, "answer": answer}
+        )
 
     def _send(self, client: httpx.Client, step: str, call: ForgeCall) -> int:
         response = client.post(call.path, content=call.body, headers=call.headers)
@@ -50,7 +58,7 @@ class ForgeDemo:
         if response.status_code != 204:
             answer += " " + response.json().get("error", "")
         which = "rotated key" if self.platform.current else "first key"
-        self.results.add_row(step, call.route, which, answer)
+        self._record(step, call.route, which, answer)
         return response.status_code
 
     def drive(
@@ -58,77 +66,60 @@ class ForgeDemo:
     ) -> None:
         """The move: Connect install naming the installation, Forge installed (and a
         retry), a major upgrade, a license change, a key rotation, a reinstall with a
-        new installationId, and pre-uninstall."""
+        new installationId, pre-uninstall; and a site that came to Forge directly."""
         platform = self.platform
         site = ForgeInstallation(app_version="1.4.0")
         tenant = make_install_payload(
-            base_url="https://initech.atlassian.net",
-            installationId=installation_ari(site.installation_id),
+            base_url=SITE, installationId=installation_ari(site.installation_id)
         )
-        self._connect(connect, "initech installs the Connect app (names its installation)", tenant)
+        self._connect(connect, "umbrella installs the Connect app (names its installation)", tenant)
         first = platform.installed(site)
         self._send(client, "Forge: installed", first)
         self._send(client, "Forge retries it (new token, same delivery)", platform.retry(first))
         site.app_version = "2.0.0"
-        self._send(client, "a major version reaches initech", platform.upgraded(site))
+        self._send(client, "a major version reaches umbrella", platform.upgraded(site))
         site.license = {"isActive": True, "type": "commercial", "isEvaluation": True}
-        self._send(client, "initech's license becomes an evaluation", platform.upgraded(site))
+        self._send(client, "umbrella's license becomes an evaluation", platform.upgraded(site))
         platform.rotate()
         self._send(client, "Forge signs with its rotated key", platform.installed(site))
         again = ForgeInstallation(cloud_id=site.cloud_id, app_version="2.0.0")
-        self._send(client, "initech reinstalls (new installationId)", platform.installed(again))
+        self._send(client, "umbrella reinstalls (new installationId)", platform.installed(again))
         renamed = dict(tenant, installationId=installation_ari(again.installation_id))
         self._connect(
             connect, "its Connect payload names the new installation", renamed, version="2"
         )
-        self._send(client, "initech starts uninstalling", platform.pre_uninstall(again))
-        console.print(self.results)
+        self._send(client, "umbrella starts uninstalling", platform.pre_uninstall(again))
+        newcomer = ForgeInstallation(app_version="2.0.0")
+        self._send(client, "a new site installs on Forge only", platform.installed(newcomer))
+        from app.demo import section
+
+        section(console, "a tenant moves to Forge: calls sent by the simulated platform")
+        print_records(self.results, CALL_COLUMNS, console=console)
         if token:
-            show_forge(console, client, token, again.installation_id)
-
-
-def _table(title: str, rows: list[dict[str, Any]], columns: tuple[str, ...]) -> Table:
-    table = Table(title=title)
-    for column in columns:
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        table.add_row(*(escape(str(row.get(c))) for c in columns))
-    return table
+            show_forge(console, client, token, newcomer.installation_id)
 
 
 def show_forge(console: Console, client: httpx.Client, token: str, last: str) -> None:
     """Read back through the admin API, once the read models hold ``last``'s events."""
-    headers = {"Authorization": f"Bearer {token}"}
-    events = client.get(f"/admin/installations/{last}/events", headers=headers)
-    wait = {"min_position": events.json()["events"][-1]["position"]} if events.is_success else {}
+    from app.demo import AdminReader, section
 
-    def get(path: str) -> Any:
-        return client.get(path, headers=headers, params=wait).json()
-
-    console.print(
-        _table(
-            "Forge installations",
-            get("/admin/installations")["installations"],
-            ("installation_id", "cloud_id", "app_version", "state", "license_active", "client_key"),
-        )
-    )
-    links = get("/admin/links")["links"]
+    reader = AdminReader(client, token)
+    events = reader.get(f"/admin/installations/{last}/events")["events"]
+    caught_up = events[-1]["position"]
+    section(console, "Forge installations")
+    installations = reader.get("/admin/installations", min_position=caught_up)
+    print_records(installations["installations"], INSTALLATION_COLUMNS, console=console)
+    section(console, "identity links (evidence, never an automatic migration)")
+    links = reader.get("/admin/links", min_position=caught_up)["links"]
     for link in links:
         link["evidence"] = f"{link['evidence']['stream']}@{link['evidence']['position']}"
-    console.print(
-        _table(
-            "identity links (evidence, never an automatic migration)",
-            links,
-            ("kind", "client_key", "installation_id", "previous_installation_id", "evidence"),
-        )
-    )
-    report = get("/admin/migration")
-    console.print(f"migration: {report['linked']} Connect tenant(s) linked to Forge")
-    console.print(
-        _table(
-            "Connect only", report["connect_only"], ("client_key", "base_url", "installation_id")
-        )
-    )
-    console.print(
-        _table("Forge only", report["forge_only"], ("installation_id", "cloud_id", "state"))
-    )
+    print_records(links, LINK_COLUMNS, console=console)
+    report = reader.get("/admin/migration", min_position=caught_up)
+    section(console, f"migration report ({report['linked']} Connect tenant(s) linked to Forge)")
+    rows = [{"list": "connect_only", **r} for r in report["connect_only"]]
+    rows += [{"list": "forge_only", **r} for r in report["forge_only"]]
+    print_records(rows, MIGRATION_COLUMNS, console=console)
+    section(console, "after the move: presumed gone (silent / uninstalling)")
+    gone = reader.get("/admin/presumed-gone", min_position=caught_up, grace_hours=1 / 3600)
+    shown = [dict(t, presumed=",".join(t["presumed"])) for t in gone["tenants"]]
+    print_records(shown, ("client_key", "presumed", "base_url", "state"), console=console)

@@ -24,8 +24,11 @@ from eventstore.store import (
 )
 from projections import tenants as tenants_fold
 from projections.descriptors import latest_version
+from projections.forge_ids import installation_ari
+from projections.installations import InstallationRow, LinkRow
+from projections.migration import migration_report
 from projections.model import INSTALLED, DescriptorRow, ReimportRow, TenantRow
-from projections.presumed_gone import silence_threshold
+from projections.presumed_gone import silence_threshold, uninstalling
 from projections.storage import ProjectionStorage
 
 REDACTED = "[redacted]"
@@ -104,19 +107,100 @@ def tenants_page(
     now: datetime | None = None,
     search: str | None = None,
 ) -> list[TenantRow]:
-    """One page of tenants by clientKey (or of the installed ones presumed gone).
+    """One page of tenants by clientKey (or of those presumed gone, for either reason).
 
     ``search``: a case-insensitive part of the client key or base URL (the console's box)."""
     if not presumed_gone:
         return storage.list_tenants(state=state, after=after, limit=limit, search=search)
+    found = presumed_gone_page(storage, grace_hours, after, limit, now=now, search=search)
+    return [row for row, _ in found]
+
+
+def presumed_gone_page(
+    storage: ProjectionStorage,
+    grace_hours: float,
+    after: str | None,
+    limit: int,
+    *,
+    now: datetime | None = None,
+    search: str | None = None,
+) -> list[tuple[TenantRow, list[str]]]:
+    """One page (by clientKey) of the installed tenants presumed gone, each with why:
+    ``silent`` (no call since a descriptor version older than the grace, SPEC §6) and/or
+    ``uninstalling`` (their linked Forge installation sent ``pre-uninstall``, SPEC §10).
+
+    The silent ones come from an indexed query; the uninstalling ones from the
+    installations in that state (few). A page of their union is exact: any of its
+    first ``limit`` keys is among the first ``limit`` of one of the two."""
     threshold = silence_threshold(
         storage.load_rows("descriptors"), now or utcnow(), timedelta(hours=grace_hours)
     )
-    if threshold is None:
-        return []
-    return storage.list_tenants(
-        state=INSTALLED, after=after, limit=limit, seen_before=threshold, search=search
+    silent = (
+        []
+        if threshold is None
+        else storage.list_tenants(
+            state=INSTALLED, after=after, limit=limit, seen_before=threshold, search=search
+        )
     )
+    reasons: dict[str, tuple[TenantRow, list[str]]] = {
+        r.client_key: (r, ["silent"]) for r in silent
+    }
+    for row in uninstalling_tenants(storage):
+        if (after is None or row.client_key > after) and _matches(row, search):
+            reasons.setdefault(row.client_key, (row, []))[1].append("uninstalling")
+    return [reasons[key] for key in sorted(reasons)[:limit]]
+
+
+def _matches(row: TenantRow, search: str | None) -> bool:
+    needle = (search or "").lower()
+    return needle in row.client_key.lower() or needle in row.base_url.lower()
+
+
+IN_CHUNK = 500  # values per IN (…) list: far below every database's parameter limit
+
+
+def uninstalling_tenants(storage: ProjectionStorage) -> list[TenantRow]:
+    """Installed tenants whose Forge installation is uninstalling (``uninstalling``'s
+    rule), read from the uninstalling installations and the tenants they touch only."""
+    leaving: list[InstallationRow] = []
+    after: str | None = None
+    while True:
+        page = storage.list_installations(state="uninstalling", after=after, limit=1000)
+        leaving += page
+        if len(page) < 1000:
+            break
+        after = page[-1].installation_id
+    tenants: dict[str, TenantRow] = {}
+    keys = sorted({row.client_key for row in leaving if row.client_key is not None})
+    ids = [row.installation_id for row in leaving]
+    for start in range(0, max(len(keys), len(ids)), IN_CHUNK):
+        named = storage.tenants_named(keys[start : start + IN_CHUNK], ids[start : start + IN_CHUNK])
+        tenants.update((row.client_key, row) for row in named)
+    linked = {row.installation_id: row for row in leaving}
+    chosen = sorted(tenants)
+    for start in range(0, len(chosen), IN_CHUNK):
+        for row in storage.list_installations(
+            client_keys=chosen[start : start + IN_CHUNK], limit=None
+        ):
+            linked[row.installation_id] = row
+    # The tenant's installation may be an installed one its payload names: fetch those.
+    named_ids = [
+        t.installation_id
+        for t in tenants.values()
+        if t.installation_id is not None and t.installation_id not in linked
+    ]
+    for row in _installations_by_id(storage, named_ids):
+        linked[row.installation_id] = row
+    return uninstalling(list(tenants.values()), linked.values())
+
+
+def _installations_by_id(storage: ProjectionStorage, ids: list[str]) -> list[InstallationRow]:
+    found: list[InstallationRow] = []
+    for start in range(0, len(ids), IN_CHUNK):
+        found += storage.list_installations(
+            installation_ids=ids[start : start + IN_CHUNK], limit=None
+        )
+    return found
 
 
 def tenants_answer(
@@ -128,11 +212,27 @@ def tenants_answer(
     presumed_gone: bool = False,
     grace_hours: float = 24,
 ) -> dict[str, Any]:
-    """``GET /admin/tenants``: a page of tenants and the cursor of the next one."""
+    """``GET /admin/tenants``: a page of tenants and the cursor of the next one (with
+    ``presumed_gone``: those presumed gone for either reason, as tenant objects)."""
     rows = tenants_page(storage, state, after, limit, presumed_gone, grace_hours)
     return {
         "tenants": [tenant_object(r) for r in rows],
         "next": rows[-1].client_key if len(rows) == limit else None,
+    }
+
+
+def presumed_gone_answer(
+    storage: ProjectionStorage,
+    *,
+    grace_hours: float = 24,
+    after: str | None = None,
+    limit: int = 1000,
+) -> dict[str, Any]:
+    """``GET /admin/presumed-gone``: tenant objects with ``presumed`` (their reasons)."""
+    found = presumed_gone_page(storage, grace_hours, after, limit)
+    return {
+        "tenants": [{**tenant_object(row), "presumed": why} for row, why in found],
+        "next": found[-1][0].client_key if len(found) == limit else None,
     }
 
 
@@ -186,6 +286,92 @@ def reimports_answer(storage: ProjectionStorage) -> dict[str, Any]:
             }
             for r in reimport_rows(storage)
         ]
+    }
+
+
+# ------------------------------------------------------------------- Forge (SPEC §10)
+
+
+def installation_object(row: InstallationRow) -> dict[str, Any]:
+    return {
+        "installation_id": row.installation_id,
+        "installation_ari": installation_ari(row.installation_id),
+        "cloud_id": row.cloud_id,
+        "product": row.product,
+        "app_version": row.app_version,
+        "environment_type": row.environment_type,
+        "state": row.state,
+        "license_active": row.license_active,
+        "client_key": row.client_key,
+        "installed_at": format_timestamp(row.installed_at),
+        "updated_at": format_timestamp(row.updated_at),
+        "last_seen_at": format_timestamp(row.last_seen_at),
+        "version": row.version,
+    }
+
+
+def link_object(row: LinkRow) -> dict[str, Any]:
+    previous = row.previous_installation_id
+    return {
+        "kind": row.kind,
+        "client_key": row.client_key,
+        "installation_id": row.installation_id,
+        "installation_ari": installation_ari(row.installation_id),
+        "previous_installation_id": previous,
+        "previous_installation_ari": installation_ari(previous) if previous else None,
+        "evidence": {"stream": row.evidence_stream, "position": row.evidence_position},
+        "seen_at": format_timestamp(row.seen_at),
+    }
+
+
+def installations_answer(
+    storage: ProjectionStorage,
+    *,
+    state: str | None = None,
+    after: str | None = None,
+    limit: int = 100,
+) -> dict[str, Any]:
+    """``GET /admin/installations``: a page by installation id (``after``: a bare UUID)."""
+    rows = storage.list_installations(state=state, after=after, limit=limit)
+    return {
+        "installations": [installation_object(r) for r in rows],
+        "next": rows[-1].installation_id if len(rows) == limit else None,
+    }
+
+
+def links_answer(
+    storage: ProjectionStorage,
+    *,
+    kind: str | None = None,
+    client_key: str | None = None,
+    installation_id: str | None = None,
+) -> dict[str, Any]:
+    """``GET /admin/links``: identity links in the order seen, filtered in the query."""
+    rows = storage.list_links(kind=kind, client_key=client_key, installation_id=installation_id)
+    return {"links": [link_object(r) for r in rows]}
+
+
+def migration_answer(storage: ProjectionStorage) -> dict[str, Any]:
+    """``GET /admin/migration``: linked, Connect only, Forge only (computed now)."""
+    report = migration_report(
+        storage.load_rows("tenants"),
+        storage.load_rows("installations"),
+        storage.load_rows("links"),
+    )
+    return {
+        "linked": report.linked,
+        "connect_only": [
+            {
+                "client_key": t.client_key,
+                "base_url": t.base_url,
+                "installation_id": t.installation_id,
+                "installation_ari": installation_ari(t.installation_id)
+                if t.installation_id
+                else None,
+            }
+            for t in report.connect_only
+        ],
+        "forge_only": [installation_object(r) for r in report.forge_only],
     }
 
 

@@ -1,18 +1,38 @@
-"""Shared plumbing of the PostgreSQL benchmarks (``bench/store.py``, ``bench/ingest.py``).
+"""Shared plumbing of the PostgreSQL benchmarks (``bench/*.py``).
 
 What the run is on (CPU, cores, PostgreSQL version and durability settings), throw-away
-databases with unique names, and the one ``RESULT`` line format every figure ends with.
+databases with unique names, the one ``RESULT`` line format every figure ends with, a
+synthetic log bulk-loaded through the store's own ``import_rows``, a cProfile summary,
+and ``ledger serve`` started and stopped as a child process.
 """
 
 from __future__ import annotations
 
+import cProfile
+import io
 import os
 import platform
+import pstats
 import secrets
-from collections.abc import Iterator
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import psycopg
+
+from eventstore.store import EventStore, Head
+
+if TYPE_CHECKING:
+    from eventstore.synthetic import RandomLog
 
 DEFAULT_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -98,3 +118,121 @@ def _number(value: float) -> str:
     if abs(value) >= 100:
         return f"{value:.0f}"
     return f"{value:.2f}"
+
+
+def load_synthetic(store: EventStore, events: int, seed: int = 7,
+                   log: RandomLog | None = None, spread_events: int = 0) -> Head:
+    """Generate a realistic log and bulk-load it with the store's own ``import_rows``
+    (which recomputes the chain as it goes); print the time and the mix."""
+    from eventstore.synthetic import RandomLog, chain_rows, mix  # AES-GCM: not in light children
+
+    started = time.perf_counter()
+    counts: Counter[str] = Counter()
+    generator = log if log is not None else RandomLog(seed=seed)
+    rows = chain_rows(generator.events(events, spread_events), store.head())
+    head = store.import_rows(mix(rows, counts))
+    seconds = time.perf_counter() - started
+    with psycopg.connect(store.url, autocommit=True) as conn:
+        conn.execute("VACUUM (FREEZE, ANALYZE)")  # as a long-lived log would be: all-visible
+        size = conn.execute("SELECT pg_size_pretty(pg_database_size(current_database()))"
+                            ).fetchone()
+    shares = ", ".join(f"{k} {v / max(1, events):.1%}" for k, v in counts.most_common())
+    print(f"   generated and imported {events:,} events with store.import_rows in"
+          f" {seconds:.1f} s (database {size[0] if size else '?'}); mix: {shares}")
+    return head
+
+
+def print_profile(label: str, run: Callable[[], Any], top: int = 14) -> None:
+    """One more run of ``run`` under cProfile; the top functions by own time."""
+    profiler = cProfile.Profile()
+    profiler.runcall(run)
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(top)
+    print(f"   cProfile of {label}, by own time (cProfile slows the run down):")
+    lines = [line for line in out.getvalue().splitlines() if line.strip()]
+    start = next((i for i, line in enumerate(lines) if "ncalls" in line), 0)
+    for line in lines[start : start + top + 1]:
+        print("     " + line[:150])
+
+
+# ---------------------------------------------------------------- ``ledger serve`` under test
+
+# The ``ledger`` script of the Python running this (its virtualenv), else the project's.
+_SIBLING = Path(sys.executable).with_name("ledger")
+LEDGER = _SIBLING if _SIBLING.exists() else Path(__file__).resolve().parent.parent / ".venv/bin/ledger"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Service:
+    process: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+
+    def worker_pids(self) -> list[int]:
+        """uvicorn's worker processes (not multiprocessing's resource tracker)."""
+        pids = []
+        for pid in children_of(self.process.pid):
+            try:
+                command = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"resource_tracker" not in command:
+                pids.append(pid)
+        return pids
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=5)
+
+
+def children_of(pid: int) -> list[int]:
+    found: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid:
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def start_ledger(env: dict[str, str], port: int, workers: int, log_dir: Path,
+                 limit: float = 60.0) -> Service:
+    """``ledger serve`` with ``env`` added, until /healthz answers 200 and every worker is
+    up. A service that exits during start-up is returned as it is (check ``process``)."""
+    log_path = log_dir / f"service-{time.time_ns()}.log"
+    command = [str(LEDGER) if LEDGER.exists() else "ledger", "serve", "--host", "127.0.0.1",
+               "--port", str(port), "--workers", str(workers)]
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(command, env={**os.environ, **env}, stdout=log,
+                                   stderr=subprocess.STDOUT, cwd=log_dir, start_new_session=True)
+    service = Service(process, f"http://127.0.0.1:{port}", log_path)
+    deadline = time.monotonic() + limit
+    while process.poll() is None:
+        try:
+            with urllib.request.urlopen(service.url + "/healthz", timeout=1) as answer:  # noqa: S310
+                # One worker runs in the service's own process; more are its children.
+                if answer.status == 200 and (workers == 1 or len(service.worker_pids()) >= workers):
+                    return service
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            service.stop()
+            raise SystemExit(f"ledger serve did not answer /healthz within {limit:.0f} s")
+        time.sleep(0.1)
+    return service

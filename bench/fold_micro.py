@@ -2,10 +2,10 @@
 second the folds themselves take, so the rebuild budget (SPEC §9: 1,000,000 events
 at >= 200,000 events/s including reading) knows what is left for I/O.
 
-Builds 1,000,000 synthetic ``RecordedEvent``s in memory first (250,000 tenants, a
-realistic mix: every tenant installs once, most later calls confirm, descriptor
-versions roll out, some secrets rotate, some sites rename, uninstall, reinstall or
-are reimported), then folds them through all four projections the way the runner
+Builds 1,000,000 ``RecordedEvent``s in memory first from the product's synthetic log
+(``eventstore.synthetic.RandomLog``, ~250,000 tenants: tenants install, most later
+calls confirm, descriptors upgrade, some secrets rotate, some sites rename, uninstall,
+reinstall or are reimported), then folds them through all four projections the way the runner
 does during a rebuild (batches of 1,000, ``apply_many`` per projection, all changed
 rows taken at the end), and also one ``apply`` call per event. For scale it also
 times a bare dict lookup per event by stream id in a dict of all tenants: every
@@ -25,13 +25,11 @@ import argparse
 import gc
 import os
 import platform
-import random
 import resource
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -41,26 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _benchkit import cpu_model, load_average, result_line
 
-from eventstore.events import (
-    SCHEMA_VERSIONS,
-    BaseUrlChanged,
-    DescriptorUpgraded,
-    DetailsChanged,
-    Disabled,
-    Enabled,
-    EventData,
-    InstallConfirmed,
-    Installed,
-    Metadata,
-    SealedSecret,
-    SecretRotated,
-    Uninstalled,
-    data_to_json,
-    decode_data,
-    decode_metadata,
-    metadata_to_json,
-)
+from eventstore.events import SCHEMA_VERSIONS
 from eventstore.store import RecordedEvent
+from eventstore.synthetic import RandomLog, Synthetic, chain_rows, decoded
 from projections.base_urls import BaseUrlsProjection
 from projections.descriptors import DescriptorsProjection
 from projections.reimports import ReimportsProjection
@@ -68,129 +49,32 @@ from projections.tenants import TenantsProjection
 
 TARGET = 400_000  # events/s for all four folds together (the brief's budget)
 BATCH = 1_000
-T0 = datetime(2024, 1, 1, tzinfo=UTC)
-SECRET = SealedSecret(alg="A256GCM", nonce="bm9uY2Vub25jZQ==", ct="Y2lwaGVy", ad="YWQ=")
 HASH = "0" * 64
 
 
-def build_log(
-    n_events: int, n_tenants: int, *, decoded: bool = True, seed: int = 7
-) -> list[RecordedEvent]:
-    """A plausible log: installs spread over the whole run, then calls on them.
+def build_log(n_events: int, n_tenants: int, seed: int = 7) -> list[Synthetic]:
+    """The product's synthetic log (``eventstore.synthetic.RandomLog``)."""
+    log = RandomLog(seed=seed, new_tenant_share=n_tenants / n_events, reuse_share=0.01,
+                    vacated_share=0.4)
+    return list(log.events(n_events))
 
-    With ``decoded`` every event's data and metadata go through the store's own
-    encode/decode (``eventstore.events``) and every event gets its own
-    ``stream_id`` string, so the fold sees the objects a reader yields: fresh
-    strings, dicts and structs per event, scattered in memory, and dict lookups by
-    stream id that compare characters instead of stopping at the identity check.
-    Without it, events share those objects (a best case, e.g. ids interned).
-    """
-    rng = random.Random(seed)
-    metadata = [Metadata(descriptor_version=str(v)) for v in range(1, 11)]
-    no_metadata = Metadata()
-    details = {
-        "productType": "jira",
-        "description": "Atlassian JIRA at https://x.atlassian.net",
-        "pluginsVersion": "1001.0.0-SNAPSHOT",
-        "serverVersion": "100263",
-    }
-    empty: dict[str, EventData] = {
-        "InstallConfirmed": InstallConfirmed(),
-        "Enabled": Enabled(),
-        "Disabled": Disabled(),
-        "Uninstalled": Uninstalled(),
-    }
-    rotated = SecretRotated(shared_secret=SECRET)
-    streams: list[str] = []
-    keys: list[str] = []
-    url_of: list[str] = []
-    version_of: list[int] = []
-    stream_version: list[int] = []
-    installed: list[bool] = []
-    events: list[RecordedEvent] = []
-    install_share = n_tenants / n_events
-    release_every = max(1, n_events // len(metadata))
-    step = timedelta(milliseconds=3)
-    at = T0
 
-    def emit(tenant: int, data: EventData, meta: Metadata) -> None:
-        stream_version[tenant] += 1
-        event_type = type(data).__name__
-        schema_version = SCHEMA_VERSIONS[event_type]
-        stream_id = streams[tenant]
-        if decoded:
-            stream_id = "tenant:" + keys[tenant]
-            data = decode_data(event_type, schema_version, data_to_json(data))
-            meta = decode_metadata(metadata_to_json(meta))
-        events.append(
-            RecordedEvent(
-                position=len(events) + 1,
-                stream_id=stream_id,
-                version=stream_version[tenant],
-                type=event_type,
-                schema_version=schema_version,
-                data=data,
-                metadata=meta,
-                recorded_at=at,
-                hash=HASH,
-            )
-        )
+def as_read(log: list[Synthetic]) -> list[RecordedEvent]:
+    """Events as a reader yields them: encoded, chained and decoded by the store's own
+    code, so every event has fresh strings, dicts and structs scattered in memory, and
+    dict lookups by stream id compare characters instead of stopping at identity."""
+    return list(decoded(chain_rows(log)))
 
-    while len(events) < n_events:
-        at += step
-        current = min(len(events) // release_every, len(metadata) - 1)
-        remaining_installs = n_tenants - len(streams)
-        if remaining_installs and (not streams or rng.random() < install_share * 1.02):
-            tenant = len(streams)
-            client_key = f"{rng.getrandbits(128):032x}"
-            if streams and rng.random() < 0.01:  # a site reimport: an old URL, a new key
-                url = url_of[rng.randrange(len(streams))]
-            else:
-                url = f"https://site-{tenant}.atlassian.net"
-            streams.append("tenant:" + client_key)
-            keys.append(client_key)
-            url_of.append(url)
-            version_of.append(current)
-            stream_version.append(0)
-            installed.append(True)
-            data: EventData = Installed(
-                "tenant-ledger", client_key, url, SECRET, {**details, "displayUrl": url}
-            )
-            emit(tenant, data, metadata[current] if rng.random() < 0.98 else no_metadata)
-            continue
-        tenant = rng.randrange(len(streams))
-        if not installed[tenant]:
-            if rng.random() < 0.3:
-                installed[tenant] = True
-                version_of[tenant] = current
-                data = Installed("tenant-ledger", keys[tenant], url_of[tenant], SECRET, details)
-                emit(tenant, data, metadata[current])
-            else:
-                emit(tenant, empty["Disabled"], no_metadata)
-            continue
-        roll = rng.random()
-        if version_of[tenant] != current and roll < 0.35:
-            data = DescriptorUpgraded(str(version_of[tenant] + 1), str(current + 1))
-            version_of[tenant] = current
-            emit(tenant, data, metadata[current])
-        elif roll < 0.45:
-            emit(tenant, rotated, no_metadata)
-        elif roll < 0.52:
-            emit(tenant, DetailsChanged({"pluginsVersion": str(roll)}), no_metadata)
-        elif roll < 0.55:
-            new_url = f"https://renamed-{len(events)}.atlassian.net"
-            emit(tenant, BaseUrlChanged(url_of[tenant], new_url), no_metadata)
-            url_of[tenant] = new_url
-        elif roll < 0.60:
-            emit(tenant, empty["Disabled"], no_metadata)
-        elif roll < 0.65:
-            emit(tenant, empty["Enabled"], no_metadata)
-        elif roll < 0.69:
-            installed[tenant] = False
-            emit(tenant, empty["Uninstalled"], no_metadata)
-        else:
-            emit(tenant, empty["InstallConfirmed"], no_metadata)
-    return events
+
+def as_shared(log: list[Synthetic]) -> list[RecordedEvent]:
+    """The same events sharing their objects (one stream id string per tenant): a best
+    case, e.g. ids interned."""
+    return [
+        RecordedEvent(n, e.stream_id, e.version, type(e.data).__name__,
+                      SCHEMA_VERSIONS[type(e.data).__name__], e.data, e.metadata,
+                      e.recorded_at, HASH)
+        for n, e in enumerate(log, start=1)
+    ]  # fmt: skip
 
 
 def projections() -> list[Any]:
@@ -310,7 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(f"load average before the run (1/5/15 min): {load_average()}")
     start = time.perf_counter()
-    events = build_log(args.events, args.tenants)
+    log = build_log(args.events, args.tenants)
+    events = as_read(log)
     n = len(events)
     mix = Counter(e.type for e in events)
     print(
@@ -322,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rate = measure(events, args.repeat, detail=True)
     del events
     print("events sharing their strings and structs (best case, e.g. stream ids interned):")
-    measure(build_log(args.events, args.tenants, decoded=False), args.repeat, detail=False)
+    measure(as_shared(log), args.repeat, detail=False)
 
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS {peak_mb:,.0f} MB (includes the prebuilt in-memory log)")

@@ -36,14 +36,11 @@ import os
 import re
 import resource
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +51,14 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import psycopg  # noqa: E402
-from _benchkit import print_environment, result_line, scratch_database  # noqa: E402
+from _benchkit import (  # noqa: E402
+    Service,
+    free_port,
+    print_environment,
+    result_line,
+    scratch_database,
+    start_ledger,
+)
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 
 from app.hostsim import KeyServer, SimulatedHost, make_install_payload  # noqa: E402
@@ -109,46 +113,6 @@ def write_request_file(path: Path, calls: Sequence[Call]) -> None:
 # ---------------------------------------------------------------- the service
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Service:
-    process: subprocess.Popen[bytes]
-    url: str
-    log_path: Path
-
-    def worker_pids(self) -> list[int]:
-        """uvicorn's worker processes (not multiprocessing's resource tracker)."""
-        pids = []
-        for pid in children_of(self.process.pid):
-            try:
-                command = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"resource_tracker" not in command:
-                pids.append(pid)
-        return pids
-
-
-def children_of(pid: int) -> list[int]:
-    found: list[int] = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid:
-            found.append(int(entry.name))
-    return sorted(found)
-
-
 def start_service(database_url: str, port: int, key_server_url: str, workers: int,
                   log_dir: Path, attempts: int = 3) -> Service:
     """Start ``ledger serve`` and wait until every worker answers; retry a failed start.
@@ -172,45 +136,17 @@ def start_service(database_url: str, port: int, key_server_url: str, workers: in
 
 def _start_service_once(database_url: str, port: int, key_server_url: str, workers: int,
                         log_dir: Path) -> Service:
-    env = dict(os.environ)
-    env.update(
-        LEDGER_DATABASE_URL=database_url,
-        LEDGER_APP_BASE_URL=f"http://127.0.0.1:{port}",
-        LEDGER_INSTALL_KEYS_URL=key_server_url,
-        LEDGER_MASTER_KEY=base64.b64encode(os.urandom(32)).decode(),
-    )
-    log_path = log_dir / f"service-{time.time_ns()}.log"
-    ledger = ROOT / ".venv" / "bin" / "ledger"
-    command = [str(ledger) if ledger.exists() else "ledger", "serve", "--host", "127.0.0.1",
-               "--port", str(port), "--workers", str(workers)]
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   cwd=log_dir, start_new_session=True)
-    service = Service(process, f"http://127.0.0.1:{port}", log_path)
-    deadline = time.monotonic() + 60
-    while True:
-        if process.poll() is not None:
-            return service  # the caller sees it died
-        try:
-            with urllib.request.urlopen(service.url + "/healthz", timeout=1) as answer:  # noqa: S310
-                if answer.status == 200 and len(service.worker_pids()) >= workers:
-                    return service
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            stop_service(service)
-            raise SystemExit("ledger serve did not answer /healthz within 60 s")
-        time.sleep(0.1)
+    env = {
+        "LEDGER_DATABASE_URL": database_url,
+        "LEDGER_APP_BASE_URL": f"http://127.0.0.1:{port}",
+        "LEDGER_INSTALL_KEYS_URL": key_server_url,
+        "LEDGER_MASTER_KEY": base64.b64encode(os.urandom(32)).decode(),
+    }
+    return start_ledger(env, port, workers, log_dir)
 
 
 def stop_service(service: Service) -> None:
-    if service.process.poll() is None:
-        service.process.send_signal(signal.SIGTERM)
-        try:
-            service.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(service.process.pid, signal.SIGKILL)
-            service.process.wait(timeout=5)
+    service.stop()
 
 
 # ---------------------------------------------------------------- CPU accounting

@@ -200,25 +200,53 @@ def _finish(previous: bytes, position: int, check: ChainCheck) -> VerifyReport:
     return ok
 
 
+# A stored row's columns as the chain reads them (``EventStore.read_chain``): position,
+# stream id (str, or its UTF-8 bytes), version, type, schema version, recorded_at text,
+# data bytes, metadata bytes, stored hash (hex), chain version.
+ChainRow = tuple[int, str | bytes, int, str, int, str, bytes, bytes, str, int]
+
+
 def raw_links(rows: Iterable[RawEvent]) -> Iterator[Link]:
-    """Stored rows as links; version 2 inlined (verify runs it once per event)."""
-    streams: dict[str, bytes] = {}  # a stream's hash, reused across its events
-    sha256 = hashlib.sha256
-    for row in rows:
-        if row.chain_version != 2:
-            try:
-                yield (row.position, row.hash, link_input(row), None)
-            except ValueError as error:
-                yield (row.position, row.hash, None, str(error))
+    """Stored rows as links (see ``column_links``)."""
+    return column_links(
+        (r.position, r.stream_id, r.version, r.type, r.schema_version, r.recorded_at, r.data,
+         r.metadata, r.hash, r.chain_version)
+        for r in rows
+    )  # fmt: skip
+
+
+def column_links(rows: Iterable[ChainRow]) -> Iterator[Link]:
+    """Rows' columns as links; version 2 inlined: verify runs this once per event, and
+    ``b"\\n".join`` hashes a row's bytes without building the intermediate copies that
+    ``+`` would."""
+    streams: dict[str | bytes, bytes] = {}  # a stream's hash, reused across its events
+    sha256, encode, join = hashlib.sha256, canonical_json, b"\n".join
+    for position, stream_id, version, kind, schema, stamp, data, metadata, stored, chain in rows:
+        if chain != 2:
+            yield _other_version(
+                (position, stream_id, version, kind, schema, stamp, data, metadata, stored, chain)
+            )
             continue
-        stream = streams.get(row.stream_id)
+        stream = streams.get(stream_id)
         if stream is None:
             if len(streams) >= 100_000:
                 streams.clear()
-            stream = streams[row.stream_id] = sha256(row.stream_id.encode()).digest()
-        head = canonical_json([row.version, row.type, row.schema_version, row.recorded_at])
-        rest = sha256(head + b"\n" + row.data + b"\n" + row.metadata).digest()
-        yield (row.position, row.hash, b"\x02" + sha256(stream + rest).digest(), None)
+            key = stream_id if isinstance(stream_id, bytes) else stream_id.encode()
+            stream = streams[stream_id] = sha256(key).digest()
+        rest = sha256(join((encode([version, kind, schema, stamp]), data, metadata))).digest()
+        yield (position, stored, b"\x02" + sha256(stream + rest).digest(), None)
+
+
+def _other_version(row: ChainRow) -> Link:
+    """A row not of chain version 2 (version 1, or one this code does not know)."""
+    position, stream_id, version, kind, schema, stamp, data, metadata, stored, chain = row
+    stream = stream_id.decode() if isinstance(stream_id, bytes) else stream_id
+    raw = RawEvent(position, stream, version, kind, schema, data, metadata, stamp, stored, None,
+                   chain)  # fmt: skip
+    try:
+        return (position, stored, link_input(raw), None)
+    except ValueError as error:
+        return (position, stored, None, str(error))
 
 
 def verify_chain(rows: Iterable[RawEvent], stored_head: Head | None = None) -> VerifyReport:
@@ -236,16 +264,9 @@ def verify_store(
     """
     stored = store.head()
     return verify_links(
-        raw_links(_until(store.read_raw(0, 5000), stored.position)),
+        column_links(store.read_chain(0, through=stored.position)),
         ChainCheck(stored_head=stored, checkpoints=checkpoints or {}),
     )
-
-
-def _until(rows: Iterable[RawEvent], last: int) -> Iterator[RawEvent]:
-    for row in rows:
-        yield row
-        if row.position >= last:
-            return
 
 
 @dataclass(frozen=True, slots=True)

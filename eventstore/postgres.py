@@ -15,7 +15,7 @@ import itertools
 import queue
 import select
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
@@ -25,7 +25,9 @@ from psycopg.rows import TupleRow
 from psycopg.types.string import ByteaBinaryLoader
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from eventstore.chain import GENESIS, prepare_append
+from eventstore.bulk import ImportRefused, checked
+from eventstore.chain import GENESIS, ChainRow, prepare_append
+from eventstore.clock import parse_timestamp
 from eventstore.database import PostgresDatabase
 from eventstore.errors import (
     ConcurrencyConflict,
@@ -36,7 +38,7 @@ from eventstore.errors import (
 )
 from eventstore.rejections import REJECTION_PURGE_INTERVAL_SECONDS
 from eventstore.sql import Row, SQLStore, Statements
-from eventstore.store import AppendResult, Head, NewEvent, RecordedEvent, decode_event
+from eventstore.store import AppendResult, Head, NewEvent, RawEvent, RecordedEvent, decode_event
 
 CONFLICT_SQLSTATE = "LD001"
 
@@ -296,6 +298,40 @@ STATEMENTS = Statements(
 )
 
 
+_IMPORT_COPY = (
+    "COPY events (position, stream_id, version, type, schema_version, data, metadata,"
+    " recorded_at, hash, call_id, chain_version) FROM STDIN (FORMAT BINARY)"
+)
+_IMPORT_TYPES = [
+    "int8", "text", "int4", "text", "int2", "text", "text", "timestamptz", "bytea", "text", "int2"
+]  # fmt: skip
+
+
+def _import_columns(row: RawEvent) -> tuple[Any, ...]:
+    return (
+        row.position,
+        row.stream_id,
+        row.version,
+        row.type,
+        row.schema_version,
+        row.data.decode(),
+        row.metadata.decode(),
+        parse_timestamp(row.recorded_at),
+        bytes.fromhex(row.hash),
+        row.call_id,
+        row.chain_version,
+    )
+
+
+_CHAIN_QUERY = (
+    "SELECT position, stream_id, version, type::varchar, schema_version,"
+    " to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')::varchar,"
+    " data, metadata, encode(hash, 'hex')::varchar, chain_version"
+    " FROM events WHERE position > %s AND position <= %s ORDER BY position LIMIT %s"
+)
+_MAX_POSITION = 2**63 - 1
+
+
 def _libpq_url(url: str) -> str:
     return "postgresql://" + url.split("://", 1)[1] if url.startswith("postgres://") else url
 
@@ -499,9 +535,15 @@ class PostgresEventStore(SQLStore):
             return cur.execute(query, [after, batch_size], prepare=True).fetchall()
 
     def _prefetched(
-        self, after: int, batch_size: int, stop: threading.Event
+        self,
+        after: int,
+        batch_size: int,
+        stop: threading.Event,
+        page: Callable[[int, int], list[Any]] | None = None,
     ) -> Iterator[list[Any]]:
-        """Pages after ``after``, fetched one ahead by a daemon thread."""
+        """Pages after ``after`` (``page``, by default ``_binary_page``), fetched one
+        ahead by a daemon thread."""
+        fetch_page = page or self._binary_page
         box: queue.Queue[list[Any] | BaseException | None] = queue.Queue(maxsize=2)
 
         def hand_over(item: list[Any] | BaseException | None) -> bool:
@@ -517,7 +559,7 @@ class PostgresEventStore(SQLStore):
             position = after
             try:
                 while not stop.is_set():
-                    rows = self._binary_page(position, batch_size)
+                    rows = fetch_page(position, batch_size)
                     if rows and not hand_over(rows):
                         return
                     if len(rows) < batch_size:
@@ -532,6 +574,49 @@ class PostgresEventStore(SQLStore):
             if isinstance(item, BaseException):
                 raise item
             yield item
+
+    def read_chain(
+        self, after_position: int = 0, through: int | None = None, batch_size: int = 10_000
+    ) -> Iterator[ChainRow]:
+        # verify's path: binary pages fetched one ahead by a helper thread (as read_all),
+        # text columns as bytes (data and metadata are hashed as they come), and the
+        # columns the chain needs as str cast to varchar, which loads as str.
+        last = _MAX_POSITION if through is None else through
+        stop = threading.Event()
+        try:
+            for rows in self._prefetched(
+                after_position, batch_size, stop, lambda a, n: self._chain_page(a, last, n)
+            ):
+                yield from rows
+        finally:
+            stop.set()
+
+    def _chain_page(self, after: int, last: int, batch_size: int) -> list[Any]:
+        # Driver errors are left to the store's error boundary (raised in read_chain).
+        with self._connection() as conn, conn.cursor(binary=True) as cur:
+            cur.adapters.register_loader("text", ByteaBinaryLoader)
+            params = [after, last, batch_size]
+            return cur.execute(_CHAIN_QUERY, params, prepare=True).fetchall()
+
+    def import_rows(self, rows: Iterable[RawEvent]) -> Head:
+        # Binary COPY: no text escaping of the JSON bodies on either side. The head row
+        # stays locked until commit, so appends wait and then chain onto the new head.
+        try:
+            with self._connection() as conn, conn.transaction():
+                row = conn.execute("SELECT position, hash FROM ledger_head FOR UPDATE").fetchone()
+                head = Head(row[0], bytes(row[1]).hex()) if row else Head(0, GENESIS.hex())
+                with conn.cursor().copy(_IMPORT_COPY) as copy:
+                    copy.set_types(_IMPORT_TYPES)
+                    new_head = checked(rows, head, lambda r: copy.write_row(_import_columns(r)))
+                conn.execute(
+                    "UPDATE ledger_head SET position = %s, hash = %s",
+                    [new_head.position, bytes.fromhex(new_head.hash)],
+                )
+                conn.execute("SELECT pg_notify('ledger_events', %s)", [str(new_head.position)])
+        except psycopg.errors.UniqueViolation as exc:  # a (stream, version) taken already
+            raise ImportRefused(f"import refused: {exc.diag.message_detail}") from None
+        # Other driver errors are left to the store's error boundary.
+        return new_head
 
     def head(self) -> Head:
         with self._connection() as conn:

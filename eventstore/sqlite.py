@@ -11,10 +11,11 @@ from __future__ import annotations
 import sqlite3
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 
+from eventstore.bulk import ImportRefused, checked
 from eventstore.chain import GENESIS, PreparedAppend, link, prepare_append
 from eventstore.clock import format_timestamp, parse_timestamp, utcnow
 from eventstore.database import SQLiteDatabase
@@ -31,6 +32,7 @@ from eventstore.store import (
     AppendResult,
     Head,
     NewEvent,
+    RawEvent,
     RecordedEvent,
     decode_event,
 )
@@ -318,6 +320,33 @@ class SQLiteEventStore(SQLStore):
             links.append((position, previous.hex()))
         return links
 
+    def import_rows(self, rows: Iterable[RawEvent]) -> Head:
+        conn, batch = self.connection(), []
+
+        def write(row: RawEvent) -> None:
+            batch.append(_import_columns(row))
+            if len(batch) >= 5000:
+                flush()
+
+        def flush() -> None:
+            conn.executemany(_INSERT_EVENT, batch)
+            batch.clear()
+
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                new_head = checked(rows, self.head(), write)
+                flush()
+                conn.execute("COMMIT")
+                return new_head
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.IntegrityError as exc:  # a (stream, version) or position taken already
+            raise ImportRefused(f"import refused: {exc}") from None
+        # Other driver errors are left to the store's error boundary.
+
     # -- the primitives of SQLStore: sqlite3 runs in autocommit mode, so every
     # statement outside append() is its own transaction. Errors reach the caller
     # through the class's error boundary (translate_error).
@@ -356,6 +385,23 @@ class SQLiteEventStore(SQLStore):
                 held.conn.close()
             self._open.clear()
         self._local = threading.local()
+
+
+def _import_columns(row: RawEvent) -> tuple[object, ...]:
+    """A stored row as the columns of _INSERT_EVENT (SQLite keeps it as text)."""
+    return (
+        row.position,
+        row.stream_id,
+        row.version,
+        row.type,
+        row.schema_version,
+        row.data.decode(),
+        row.metadata.decode(),
+        row.recorded_at,
+        row.hash,
+        row.call_id,
+        row.chain_version,
+    )
 
 
 def _split_script(script: str) -> list[str]:

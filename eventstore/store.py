@@ -11,7 +11,7 @@ uses them (one import line instead of three).
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Self, TypedDict, Unpack
@@ -35,6 +35,7 @@ from eventstore.events import (
 from eventstore.rejections import RejectionLog
 
 if TYPE_CHECKING:
+    from eventstore.chain import ChainRow
     from eventstore.database import Database
 
 
@@ -223,6 +224,27 @@ class EventLog(abc.ABC):
     @abc.abstractmethod
     def read_raw(self, after_position: int = 0, batch_size: int = 1000) -> Iterator[RawEvent]:
         """Rows as stored (undecoded), for the hash chain and exports."""
+
+    @abc.abstractmethod
+    def import_rows(self, rows: Iterable[RawEvent]) -> Head:
+        """Bulk-load stored rows (e.g. a synthetic log) in one transaction; the new head.
+
+        Only after the current head: the rows must continue its positions and chain
+        (see ``eventstore.bulk``), or ImportRefused is raised and nothing is stored.
+        Idempotency keys and data keys are not part of the rows.
+        """
+
+    def read_chain(
+        self, after_position: int = 0, through: int | None = None, batch_size: int = 5000
+    ) -> Iterator[ChainRow]:
+        """Rows after ``after_position`` (up to ``through``) as the hash chain reads them
+        (``eventstore.chain.ChainRow``), for verify; a store may override this with a
+        faster path that yields the same values."""
+        for r in self.read_raw(after_position, batch_size):
+            if through is not None and r.position > through:
+                return
+            yield (r.position, r.stream_id, r.version, r.type, r.schema_version, r.recorded_at,
+                   r.data, r.metadata, r.hash, r.chain_version)  # fmt: skip
 
     @abc.abstractmethod
     def head(self) -> Head:

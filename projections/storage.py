@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from eventstore.clock import format_timestamp
 from eventstore.database import Translate
 from eventstore.errors import StoreError
+from projections.installations import InstallationRow, LinkRow
 from projections.model import Row, TenantRow
 from projections.tables import SPECS, create_table_sql, group_of, upsert_sql
 
@@ -223,6 +224,67 @@ class ProjectionStorage(abc.ABC):
         """A time as the tables hold it: SQLite as its one text form."""
         return format_timestamp(value) if self.sqlite else value
 
+    def list_installations(
+        self,
+        *,
+        state: str | None = None,
+        after: str | None = None,
+        limit: int | None = 100,
+        client_keys: Sequence[str] | None = None,
+        installation_ids: Sequence[str] | None = None,
+    ) -> list[InstallationRow]:
+        """Installations by installation_id (keyset: ``after`` the last one shown);
+        ``client_keys``: only those linked to one of these tenants."""
+        return self._select_where(
+            "installations",
+            _filters(
+                self.mark,
+                {"state": state, "client_key": client_keys, "installation_id": installation_ids},
+                ("installation_id", after),
+            ),
+            "installation_id",
+            limit,
+        )
+
+    def list_links(
+        self,
+        *,
+        kind: str | None = None,
+        client_key: str | None = None,
+        installation_id: str | None = None,
+        limit: int | None = None,
+    ) -> list[LinkRow]:
+        """Identity links in the order seen; ``installation_id`` matches either side."""
+        m = self.mark
+        clauses, params = _filters(m, {"kind": kind, "client_key": client_key})
+        if installation_id is not None:
+            clauses.append(f"(installation_id = {m} OR previous_installation_id = {m})")
+            params += [installation_id, installation_id]
+        return self._select_where("links", (clauses, params), "evidence_position, link_id", limit)
+
+    def tenants_named(
+        self, client_keys: Sequence[str] = (), installation_ids: Sequence[str] = ()
+    ) -> list[TenantRow]:
+        """Tenants with one of these client keys or naming one of these installations."""
+        found: dict[str, TenantRow] = {}
+        for column, values in (("client_key", client_keys), ("installation_id", installation_ids)):
+            rows: list[TenantRow] = self._select_where(
+                "tenants", _filters(self.mark, {column: values}), "client_key", None
+            )
+            found.update((row.client_key, row) for row in rows)
+        return [found[key] for key in sorted(found)]
+
+    def _select_where(
+        self, name: str, where: tuple[list[str], list[object]], order: str, limit: int | None
+    ) -> list[Any]:
+        spec = SPECS[name]
+        clauses, params = where
+        sql = f"SELECT {', '.join(spec.column_names)} FROM {spec.name}"
+        sql += f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql += f" ORDER BY {order}" + (f" LIMIT {self.mark}" if limit is not None else "")
+        rows = self._query(sql, (*params, limit) if limit is not None else tuple(params))
+        return [spec.from_tuple(tuple(r), self.sqlite) for r in rows]
+
     def count(self, name: str) -> int:
         return int(self._query(f"SELECT count(*) FROM {SPECS[name].name}")[0][0])
 
@@ -247,6 +309,31 @@ class ProjectionStorage(abc.ABC):
     @abc.abstractmethod
     def _serialise_schema_changes(self, tx: Transaction) -> None:
         """Several processes starting at once must not race to create the tables."""
+
+
+def _filters(
+    mark: str,
+    equal: Mapping[str, str | Sequence[str] | None],
+    after: tuple[str, str | None] | None = None,
+) -> tuple[list[str], list[object]]:
+    """WHERE clauses with the backend's placeholder ``mark``: ``column = ?`` for a value,
+    ``column IN (…)`` for a sequence (an empty one matches nothing), ``column > ?`` for
+    ``after``; ``None`` filters nothing."""
+    clauses: list[str] = []
+    params: list[object] = []
+    for column, value in equal.items():
+        if isinstance(value, str):
+            clauses.append(f"{column} = {mark}")
+            params.append(value)
+        elif value is not None:
+            values = list(value)
+            marks = ", ".join([mark] * len(values))
+            clauses.append(f"{column} IN ({marks})" if values else "1 = 0")
+            params += values
+    if after is not None and after[1] is not None:
+        clauses.append(f"{after[0]} > {mark}")
+        params.append(after[1])
+    return clauses, params
 
 
 def _escape_like(text: str) -> str:

@@ -10,6 +10,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -151,7 +152,9 @@ def test_descriptors_reimports_and_presumed_gone(service: RunningService) -> Non
             break
         time.sleep(0.1)
     assert {r["client_key"] for r in gone} == {silent["clientKey"]}
-    assert tsv(run("tenants", "--presumed-gone", "--grace-hours", grace)) == gone
+    assert [r["presumed"] for r in gone] == ["silent"]
+    same = tsv(run("tenants", "--presumed-gone", "--grace-hours", grace))
+    assert [r["client_key"] for r in same] == [r["client_key"] for r in gone]
     assert tsv(run("presumed-gone")) == []  # the default grace is 24 h
 
 
@@ -191,6 +194,13 @@ def test_exit_codes(service: RunningService) -> None:
     run("rebuild", "nonsense", code=2)
     result = runner.invoke(cli, ["show", "nobody"])
     assert "no such clientKey" in result.stderr and result.stdout == ""
+
+
+def test_an_unreachable_store_is_one_line_and_exit_1(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEDGER_DATABASE_URL", "postgresql://postgres@127.0.0.1:1/none")
+    result = runner.invoke(cli, ["show", "nobody"])
+    assert result.exit_code == 1 and result.stdout == ""
+    assert "the store is unavailable" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_a_narrow_terminal_folds_long_values_never_cuts_them(
@@ -286,6 +296,32 @@ def test_help_explains_every_command_and_option() -> None:
             # Words beside every option, or on the next line when its name is long.
             beside = re.split(r"\s{2,}", lines[i].strip(), maxsplit=1)
             assert len(beside) == 2 or lines[i + 1].startswith(" " * 12), lines[i]
+
+
+def _commands() -> dict[str, Any]:
+    import typer.main
+
+    return dict(typer.main.get_group(cli).commands)
+
+
+# Typer's type placeholders: <bool>, <str>, <int>, <list[str]>, <int range>, <a|b>…
+PLACEHOLDER = re.compile(r"<[a-z][\w\[\]|, .-]*>")
+
+
+def test_every_command_has_a_purpose_an_example_and_no_type_placeholders() -> None:
+    commands = _commands()
+    listed = run("--help")
+    assert not PLACEHOLDER.search(listed)
+    for name in ("rewrap", "digest", "installations", "links", "migration", "presumed-gone"):
+        assert name in commands
+    for name, command in commands.items():
+        purpose = (command.help or "").strip().split("\n\n")[0]
+        assert purpose and "\n" not in purpose, (name, purpose)  # a one-line purpose
+        assert re.search(rf"^  {re.escape(name)}\s+\S", listed, re.M), name  # listed, with words
+        text = run(name, "--help")
+        assert not PLACEHOLDER.search(text), (name, PLACEHOLDER.findall(text))
+        assert " ".join(purpose.split()[:4]) in " ".join(text.split())
+        assert "Examples:" in text and f"    ledger {name}" in text, name
 
 
 def test_export_is_json_lines_without_secrets(service: RunningService) -> None:

@@ -23,17 +23,21 @@ import msgspec
 import pytest
 
 from app.console import auth
-from app.console.adoption import adoption_by_day, rejections_by_day
+from app.console.adoption import AdoptionSeries, adoption_by_day, rejections_by_day
 from app.console.pages import PAGE_SIZE
 from app.console.svg import Column, stacked_columns
 from app.console.timeline import timeline
 from app.hostsim import make_install_payload
+from app.hostsim_forge import ForgeInstallation
 from app.settings import Settings
 from eventstore.events import Metadata
 from eventstore.rejections import Rejection
+from eventstore.store import utcnow
+from projections.forge_ids import installation_ari
 from tests.conftest import IN_CI
 from tests.harness import ADMIN_TOKEN, RunningService, running_service
 from tests.projection_events import T0, Log
+from tests.test_forge_e2e import forge_service
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -257,6 +261,96 @@ def test_the_tenant_list_is_paged(sqlite_service: RunningService) -> None:
     assert 'rel="next"' not in second
 
 
+def test_installations_page_and_a_tenants_forge_side(store_url: str) -> None:
+    """Installations (state, linked tenant, app version, license), the tenant page's
+    linked installations and links, and presumed gone's reasons."""
+    with forge_service(store_url) as forge:
+        site = ForgeInstallation(app_version="2.0.0")
+        tenant = forge.service.install(
+            make_install_payload(installationId=installation_ari(site.installation_id))
+        )
+        lonely = ForgeInstallation()
+        for call in (
+            forge.platform.installed(site),
+            forge.platform.installed(lonely),
+            forge.platform.pre_uninstall(site),
+        ):
+            assert forge.send(call).status_code == 204
+        head = forge.service.store.head().position
+        assert forge.service.admin("/admin/links", min_position=head).status_code == 200
+        client = forge.service.client
+        log_in(client)
+
+        page = client.get("/console/installations")
+        assert page.status_code == 200
+        rows = re.findall(
+            r'<tr class="installation-row" data-state="(\w+)">(.*?)</tr>', page.text, re.S
+        )
+        by_id = {
+            next(i for i in (site.installation_id, lonely.installation_id) if i in r): (state, r)
+            for state, r in rows
+        }
+        assert len(rows) == 2 and set(by_id) == {site.installation_id, lonely.installation_id}
+        state, row = by_id[site.installation_id]
+        assert state == "uninstalling" and tenant["clientKey"] in row and "2.0.0" in row
+        assert tenant_path(tenant["clientKey"]) in row
+        assert "none (Forge only)" in by_id[lonely.installation_id][1]
+        leaving = client.get("/console/installations", params={"state": "uninstalling"}).text
+        assert site.installation_id in leaving and lonely.installation_id not in leaving
+        first = min(site.installation_id, lonely.installation_id)
+        rest = client.get("/console/installations", params={"after": installation_ari(first)}).text
+        assert first not in rest and max(site.installation_id, lonely.installation_id) in rest
+        hostile = client.get("/console/installations", params={"after": "\x00", "state": "x"})
+        assert hostile.status_code == 200
+
+        mine = client.get(tenant_path(tenant["clientKey"])).text
+        forge_part = mine.split("<h2>Forge", 1)[1]
+        assert site.installation_id in forge_part and lonely.installation_id not in forge_part
+        assert 'class="forge-link" data-kind="connect"' in forge_part
+        assert f"tenant:{tenant['clientKey']}@" in forge_part  # the evidence
+        assert (
+            "No identity link" in client.get(tenant_path(forge.service.install()["clientKey"])).text
+        )
+
+        gone = client.get("/console/presumed-gone").text
+        assert re.search(
+            r'data-presumed="uninstalling">\s*<td class="mono"><a href="[^"]+">'
+            + re.escape(tenant["clientKey"]),
+            gone,
+        )
+
+
+def test_adoption_series_folds_only_what_was_appended(sqlite_service: RunningService) -> None:
+    """The descriptors chart's series is kept between views: a view reads the log from
+    where the previous one stopped, and agrees with a full replay."""
+
+    class Reads:  # the real store, recording where each read of the log starts
+        def __init__(self, store: Any) -> None:
+            self.store, self.starts = store, []
+
+        def read_all(self, after_position: int = 0, batch_size: int = 1000) -> Any:
+            self.starts.append(after_position)
+            return self.store.read_all(after_position, batch_size)
+
+    store = Reads(sqlite_service.store)
+    series = AdoptionSeries()
+    today = utcnow().date()
+    sqlite_service.install()
+    first = series.days(store, today)  # type: ignore[arg-type]
+    head = sqlite_service.store.head().position
+    assert series.position == head and store.starts == [0]
+    sqlite_service.install(descriptor_version="2")
+    payload = sqlite_service.install()
+    assert sqlite_service.send(sqlite_service.call("uninstalled", payload)).status_code == 204
+    again = series.days(store, today)  # type: ignore[arg-type]
+    assert store.starts == [0, head]
+    assert again == adoption_by_day(sqlite_service.store.read_all(), today)
+    assert dict(first[-1][1]) == {"1": 1} and dict(again[-1][1]) == {"1": 1, "2": 1}
+    log_in(sqlite_service.client)
+    chart = sqlite_service.client.get("/console/descriptors").text
+    assert 'data-series="2"' in chart
+
+
 # ------------------------------------------------------------------ in a real browser
 
 
@@ -375,6 +469,10 @@ def test_a_person_reads_the_console_in_a_browser(chromium: Any, scenario: Scenar
         rows = page.locator("tr.rejection")
         assert rows.count() >= 1 and key in rows.nth(0).inner_text()
         assert page.locator("svg.chart rect.bar").count() >= 1
+        contents.append(page.content())
+
+        page.click("nav >> text=Installations")
+        assert "No Forge installation." in page.locator("#installations").inner_text()
         contents.append(page.content())
 
         page.click("nav >> text=Integrity")

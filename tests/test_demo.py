@@ -21,6 +21,11 @@ SECTIONS = (
     "rejections",
     "verify",
     "digest",
+    "a tenant moves to Forge",
+    "Forge installations",
+    "identity links",
+    "migration report",
+    "after the move: presumed gone",
     "console",
 )
 
@@ -76,5 +81,14 @@ def test_the_demo_prints_every_read_model_non_empty_and_returns_off_a_terminal()
     (digest,) = rows(found, "digest")
     assert verified["ok"] == "true" and digest["head"] == verified["head"]
     assert digest["position"] == verified["events"] and '"kind":"sqlite"' in digest["store"]
+    forge_calls = rows(found, "a tenant moves to Forge")
+    assert {c["answer"] for c in forge_calls} == {"204"} and len(forge_calls) == 10
+    installations = rows(found, "Forge installations")
+    assert sorted(i["state"] for i in installations) == ["installed", "installed", "uninstalling"]
+    assert {link["kind"] for link in rows(found, "identity links")} == {"connect", "reinstall"}
+    report = rows(found, "migration report")
+    assert {r["list"] for r in report} == {"connect_only", "forge_only"}
+    reasons = {r["presumed"] for r in rows(found, "after the move: presumed gone")}
+    assert reasons == {"silent", "uninstalling"}
     (console_line,) = [line for line in found["console"] if line.strip()]
     assert "/console" in console_line and "admin token" in console_line

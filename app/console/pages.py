@@ -75,6 +75,7 @@ def tenant_view(
         if client_key in (r.client_key, r.previous_client_key)
     ]
     return {
+        **forge_of(storage, now),
         "client_key": client_key,
         "now": now,
         "then": then,
@@ -88,10 +89,12 @@ def tenant_view(
     }
 
 
-def descriptors_page(store: EventStore, storage: ProjectionStorage) -> dict[str, Any]:
+def descriptors_page(
+    store: EventStore, storage: ProjectionStorage, series: adoption.AdoptionSeries
+) -> dict[str, Any]:
     rows = reads.descriptor_rows(storage)
     latest = latest_version(rows)
-    days = adoption.adoption_by_day(store.read_all(batch_size=5000), utcnow().date())
+    days = series.days(store, utcnow().date())
     versions = [r.version for r in rows]
     columns = [
         Column(
@@ -130,15 +133,45 @@ def _stragglers(storage: ProjectionStorage, latest: str | None) -> list[TenantRo
 def presumed_gone_page(
     storage: ProjectionStorage, grace_hours: float, after: str | None
 ) -> dict[str, Any]:
-    rows = reads.tenants_page(storage, None, after, PAGE_SIZE, True, grace_hours)
+    """Both reasons (``reads.presumed_gone_page``): silent, or uninstalling on Forge."""
+    found = reads.presumed_gone_page(storage, grace_hours, after, PAGE_SIZE)
     threshold = silence_threshold(
         reads.descriptor_rows(storage), utcnow(), timedelta(hours=grace_hours)
     )
     return {
-        "tenants": rows,
+        "tenants": found,
         "grace_hours": grace_hours,
         "threshold": format_timestamp(threshold) if threshold else None,
-        "next": rows[-1].client_key if len(rows) == PAGE_SIZE else None,
+        "next": found[-1][0].client_key if len(found) == PAGE_SIZE else None,
+    }
+
+
+def installations_page(
+    storage: ProjectionStorage, state: str | None, after: str | None
+) -> dict[str, Any]:
+    """Forge installations by id: state, linked tenant, app version, license."""
+    rows = storage.list_installations(state=state, after=after, limit=PAGE_SIZE)
+    return {
+        "installations": rows,
+        "state": state,
+        "after": after,
+        "next": rows[-1].installation_id if len(rows) == PAGE_SIZE else None,
+    }
+
+
+def forge_of(storage: ProjectionStorage, tenant: TenantRow) -> dict[str, Any]:
+    """A tenant's Forge side: the installations linked to it or named by its payload,
+    and the identity links that name it (with their evidence)."""
+    rows = {
+        r.installation_id: r
+        for r in storage.list_installations(client_keys=[tenant.client_key], limit=None)
+    }
+    if tenant.installation_id is not None and tenant.installation_id not in rows:
+        named = storage.list_installations(installation_ids=[tenant.installation_id], limit=None)
+        rows.update((r.installation_id, r) for r in named)
+    return {
+        "installations": [rows[key] for key in sorted(rows)],
+        "forge_links": storage.list_links(client_key=tenant.client_key),
     }
 
 

@@ -19,8 +19,10 @@ from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
 from app.console import auth, pages
+from app.console.adoption import AdoptionSeries
 from app.settings import Settings
 from eventstore.store import EventStore, StoreUnavailable, format_timestamp
+from projections.forge_ids import installation_uuid
 from projections.storage import ProjectionStorage
 
 router = APIRouter(prefix="/console", include_in_schema=False)
@@ -137,6 +139,14 @@ async def tenant(request: Request, client_key: str, as_of: str = "") -> Response
     )
 
 
+def _adoption(request: Request) -> AdoptionSeries:
+    """This process's adoption series, kept in the app's state between page views."""
+    series = getattr(request.app.state, "console_adoption", None)
+    if series is None:
+        series = request.app.state.console_adoption = AdoptionSeries()
+    return series  # type: ignore[no-any-return]
+
+
 @router.get("/descriptors")
 async def descriptors(request: Request) -> Response:
     return await _page(
@@ -146,6 +156,21 @@ async def descriptors(request: Request) -> Response:
         pages.descriptors_page,
         _store(request),
         _projections(request),
+        _adoption(request),
+    )
+
+
+@router.get("/installations")
+async def installations(request: Request, state: str = "", after: str | None = None) -> Response:
+    start = installation_uuid(_printable(after or "").strip()) if after else None
+    return await _page(
+        request,
+        "installations.html",
+        "installations",
+        pages.installations_page,
+        _projections(request),
+        state if state in ("installed", "uninstalling") else None,
+        start,
     )
 
 

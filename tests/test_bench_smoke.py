@@ -1,0 +1,52 @@
+"""The benchmark scripts still run: each with tiny sizes, on the test PostgreSQL server.
+
+Only that they finish and print their RESULT lines; the figures at these sizes mean
+nothing. ``bench/ingest.py`` is left out: even tiny, it signs calls and starts a
+two-worker service (~10 s on 2 cores); run it by hand (bench/README.md).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SCRIPTS = {
+    "verify.py": (["--events", "2000", "--repeats", "1", "--no-profile"], ["verify_events_per_s"]),
+    "store.py": (
+        ["--events", "100", "--seconds", "1", "--rounds", "1", "--read-events", "2000",
+         "--batch-sizes", "1000", "--repeats", "1", "--no-profile"],
+        ["append_events_per_s", "append_vs_eventsourcing", "read_all_events_per_s"],
+    ),
+    "fold_micro.py": (
+        ["--events", "2000", "--tenants", "500", "--repeat", "1"], ["fold_all_events_per_s"]
+    ),
+    "rebuild.py": (
+        ["--events", "2000", "--tenants", "500", "--requests", "20", "--warmup", "5",
+         "--repeats", "1", "--no-spread"],
+        ["rebuild_events_per_s", "rebuild_peak_rss_mb", "rebuild_vs_eventsourcing",
+         "history_p99_ms"],
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_benchmark_runs_with_tiny_sizes(script: str, postgres_server: str) -> None:
+    arguments, figures = SCRIPTS[script]
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *arguments],
+        cwd=ROOT,
+        env={**os.environ, "LEDGER_BENCH_SERVER_URL": postgres_server},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    printed = {line.split()[1] for line in done.stdout.splitlines() if line.startswith("RESULT ")}
+    assert printed == set(figures), done.stdout[-2000:]
