@@ -68,7 +68,7 @@ def serve(
     settings = Settings()
     # Create the schema (and, on the embedded default, the master key) once, before
     # the workers start, so they do not race to do it.
-    from projections.storage import storage_for
+    from projections.backends import storage_for
 
     with open_store(settings.database_url) as store:
         storage_for(store).ensure()

@@ -104,7 +104,7 @@ def catch_up_read_models(store: EventStore, storage: ProjectionStorage) -> None:
 
 @contextmanager
 def read_models(catch_up: bool = True) -> Iterator[tuple[EventStore, ProjectionStorage]]:
-    from projections.storage import storage_for
+    from projections.backends import storage_for
 
     with _store() as store:
         storage = storage_for(store)

@@ -70,9 +70,9 @@ from eventstore.crypto import (
     secret_ad,
 )
 from eventstore.events import Metadata, SealedSecret, client_key_of, stream_id_for
+from eventstore.rejections import Rejection
 from eventstore.store import (
     EventStore,
-    Rejection,
     StoreError,
     StoreUnavailable,
     format_timestamp,

@@ -28,8 +28,8 @@ from app.readiness import Readiness, runner_status
 from app.settings import Settings
 from eventstore.crypto import KeyRing
 from eventstore.store import EventStore, StoreUnavailable, open_store
+from projections.backends import storage_for
 from projections.runner import RunnerThread
-from projections.storage import storage_for
 
 log = logging.getLogger("ledger.service")
 

@@ -31,20 +31,20 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from eventstore.clock import format_timestamp, utcnow
 from eventstore.events import canonical_json
 from eventstore.store import (
     Head,
     NewEvent,
     PreparedEvent,
     RawEvent,
+    RecordedEvent,
     VerifyReport,
-    format_timestamp,
     prepare,
-    utcnow,
 )
 
 if TYPE_CHECKING:
-    from eventstore.store import EventStore
+    from eventstore.store import EventLog
 
 GENESIS = bytes(32)
 CHAIN_VERSION = 2  # the version every new row is hashed with
@@ -62,6 +62,12 @@ def row_digest(
     """Chain version 1's row digest (and its link input)."""
     head = canonical_json([stream_id, version, event_type, schema_version, recorded_at])
     return hashlib.sha256(head + b"\n" + data + b"\n" + metadata).digest()
+
+
+def stored_row_digest(row: RawEvent) -> bytes:
+    """Chain version 1's row digest of a stored row."""
+    fields = (row.stream_id, row.version, row.type, row.schema_version, row.recorded_at)
+    return row_digest(*fields, row.data, row.metadata)
 
 
 def stream_digest(stream_id: str) -> bytes:
@@ -88,15 +94,7 @@ def link_input_v2(stream_sha256: bytes, rest_sha256: bytes) -> bytes:
 def link_input(row: RawEvent) -> bytes:
     """What the chain hashes for a stored row, by the version that hashed it."""
     if row.chain_version == 1:
-        return row_digest(
-            row.stream_id,
-            row.version,
-            row.type,
-            row.schema_version,
-            row.recorded_at,
-            row.data,
-            row.metadata,
-        )
+        return stored_row_digest(row)
     if row.chain_version == 2:
         rest = rest_digest(
             row.version, row.type, row.schema_version, row.recorded_at, row.data, row.metadata
@@ -257,7 +255,7 @@ def verify_chain(rows: Iterable[RawEvent], stored_head: Head | None = None) -> V
 
 
 def verify_store(
-    store: EventStore, checkpoints: Mapping[int, tuple[str, str]] | None = None
+    store: EventLog, checkpoints: Mapping[int, tuple[str, str]] | None = None
 ) -> VerifyReport:
     """The whole log against the head the store keeps (and any digests' heads).
 
@@ -280,6 +278,31 @@ class PreparedAppend:
     events: list[PreparedEvent]
     digests: list[bytes]
     chain_version: int = CHAIN_VERSION
+
+    def recorded(
+        self,
+        stream_id: str,
+        expected_version: int,
+        events: Sequence[NewEvent],
+        links: Iterable[tuple[int, str]],
+    ) -> list[RecordedEvent]:
+        """The appended events as recorded, given each one's (position, hash hex)."""
+        return [
+            RecordedEvent(
+                position=position,
+                stream_id=stream_id,
+                version=expected_version + i,
+                type=event.type,
+                schema_version=p.schema_version,
+                data=event.data,
+                metadata=event.metadata,
+                recorded_at=self.recorded_at,
+                hash=hash_hex,
+            )
+            for i, ((position, hash_hex), event, p) in enumerate(
+                zip(links, events, self.events, strict=True), start=1
+            )
+        ]
 
 
 def prepare_append(

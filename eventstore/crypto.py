@@ -20,8 +20,8 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from eventstore.data_keys import DataKeyStore
 from eventstore.events import SealedSecret
-from eventstore.store import EventStore
 
 _WRAP_FORMAT = b"\x01"
 _KEY_ID_BYTES = 8
@@ -177,7 +177,7 @@ def open_secret(data_key: bytes, sealed: SealedSecret, expected_ad: str) -> str:
 class KeyRing:
     """Per-tenant data keys kept in the store, wrapped by the master keys."""
 
-    def __init__(self, store: EventStore, master: MasterKeys) -> None:
+    def __init__(self, store: DataKeyStore, master: MasterKeys) -> None:
         self._store = store
         self._master = master
 
@@ -245,7 +245,7 @@ _SWAP_ATTEMPTS = 5
 
 
 def rewrap_data_keys(
-    store: EventStore,
+    store: DataKeyStore,
     master: MasterKeys,
     batch_size: int = 500,
     progress: Callable[[RewrapReport], None] | None = None,
@@ -270,7 +270,7 @@ def rewrap_data_keys(
 
 
 def _rewrap_one(
-    store: EventStore, master: MasterKeys, stream_id: str, wrapped: bytes, report: RewrapReport
+    store: DataKeyStore, master: MasterKeys, stream_id: str, wrapped: bytes, report: RewrapReport
 ) -> None:
     for _attempt in range(_SWAP_ATTEMPTS):
         try:

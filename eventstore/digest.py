@@ -12,9 +12,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from eventstore.store import EventStore
+from eventstore.store import EventLog
 
 
 class DigestError(ValueError):
@@ -32,17 +31,7 @@ class Digest:
     head: str
 
 
-def store_identity(url: str) -> dict[str, str]:
-    """The store's kind and database, never a user name or a password."""
-    if url.startswith("sqlite:"):
-        return {"kind": "sqlite", "database": str(Path(url.removeprefix("sqlite:///")).resolve())}
-    parts = urlsplit(url)
-    host = parts.hostname or "localhost"
-    port = parts.port or 5432
-    return {"kind": "postgresql", "database": f"{host}:{port}{parts.path or '/'}"}
-
-
-def make_digest(store: EventStore) -> dict[str, Any]:
+def make_digest(store: EventLog) -> dict[str, Any]:
     """``{"position", "head", "recorded_at", "store"}``: the head now, and when it was written."""
     head = store.head()
     recorded_at = None
@@ -53,7 +42,7 @@ def make_digest(store: EventStore) -> dict[str, Any]:
         "position": head.position,
         "head": head.hash,
         "recorded_at": recorded_at,
-        "store": store_identity(store.url),
+        "store": store.database.identity(),
     }
 
 

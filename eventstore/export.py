@@ -29,11 +29,11 @@ from eventstore.chain import (
     link_input,
     link_input_v2,
     rest_digest,
-    row_digest,
+    stored_row_digest,
     stream_digest,
     verify_links,
 )
-from eventstore.store import EventStore, Head, RawEvent, VerifyReport
+from eventstore.store import EventLog, Head, RawEvent, VerifyReport
 
 FORMAT = "ledger-export/1"
 
@@ -56,15 +56,7 @@ def full_line(row: RawEvent) -> dict[str, Any]:
 def opaque_line(row: RawEvent) -> dict[str, Any]:
     """Only what links another stream's row into the chain; nothing of its contents."""
     if row.chain_version == 1:
-        digest = row_digest(
-            row.stream_id,
-            row.version,
-            row.type,
-            row.schema_version,
-            row.recorded_at,
-            row.data,
-            row.metadata,
-        )
+        digest = stored_row_digest(row)
         return {"position": row.position, "chain": 1, "digest": digest.hex(), "hash": row.hash}
     rest = rest_digest(
         row.version, row.type, row.schema_version, row.recorded_at, row.data, row.metadata
@@ -79,7 +71,7 @@ def opaque_line(row: RawEvent) -> dict[str, Any]:
 
 
 def export_lines(
-    store: EventStore, after: int = 0, stream_id: str | None = None
+    store: EventLog, after: int = 0, stream_id: str | None = None
 ) -> Iterator[dict[str, Any]]:
     """The header, then every row after ``after`` up to the head read first.
 

@@ -17,10 +17,9 @@ import select
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-import msgspec
 import psycopg
 from psycopg.rows import TupleRow
 from psycopg.types.string import ByteaBinaryLoader
@@ -28,33 +27,18 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from eventstore.bulk import ImportRefused, checked
 from eventstore.chain import GENESIS, ChainRow, prepare_append
-from eventstore.store import (
-    REJECTION_PURGE_BATCH,
-    REJECTION_PURGE_BATCHES,
-    REJECTION_PURGE_INTERVAL_SECONDS,
-    AppendResult,
+from eventstore.clock import parse_timestamp
+from eventstore.database import PostgresDatabase
+from eventstore.errors import (
     ConcurrencyConflict,
-    EventStore,
-    Head,
-    NewEvent,
-    PurgeSchedule,
-    RawEvent,
-    RecordedEvent,
-    Rejection,
     StoreError,
     StoreFault,
     StoreUnavailable,
-    decode_event,
     error_boundary,
-    parse_timestamp,
-    purge_quietly,
-    rejection_filters,
-    rejection_fingerprint,
-    rejection_log_counters,
-    rejection_window,
-    storable_rejection,
-    utcnow,
 )
+from eventstore.rejections import REJECTION_PURGE_INTERVAL_SECONDS
+from eventstore.sql import Row, SQLStore, Statements
+from eventstore.store import AppendResult, Head, NewEvent, RawEvent, RecordedEvent, decode_event
 
 CONFLICT_SQLSTATE = "LD001"
 
@@ -307,9 +291,10 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
-_EVENT_COLUMNS = (
-    "position, stream_id, version, type, schema_version, data, metadata, recorded_at,"
-    " encode(hash, 'hex')"
+STATEMENTS = Statements(
+    "%s",
+    hash_hex="encode(hash, 'hex')",
+    recorded_at_text="to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
 )
 
 
@@ -345,10 +330,6 @@ _CHAIN_QUERY = (
     " FROM events WHERE position > %s AND position <= %s ORDER BY position LIMIT %s"
 )
 _MAX_POSITION = 2**63 - 1
-
-
-def _decode_row(row: tuple[Any, ...]) -> RecordedEvent:
-    return decode_event(*row)
 
 
 def _libpq_url(url: str) -> str:
@@ -394,7 +375,9 @@ def _probe(conn: psycopg.Connection[Any]) -> None:
 
 
 @error_boundary(translate_error)
-class PostgresEventStore(EventStore):
+class PostgresEventStore(SQLStore):
+    sql = STATEMENTS
+
     def __init__(
         self,
         url: str,
@@ -406,10 +389,10 @@ class PostgresEventStore(EventStore):
         migrate: bool = True,
         rejection_retention_days: int = 90,
         rejection_purge_interval: float = REJECTION_PURGE_INTERVAL_SECONDS,
+        **_other_backends: object,  # open_store passes every option; another backend's are ignored
     ) -> None:
         self.url = url
-        self.rejection_retention = timedelta(days=rejection_retention_days)
-        self._purges = PurgeSchedule(rejection_purge_interval)
+        self._init_rejection_log(rejection_retention_days, rejection_purge_interval)
         self._quick_timeout = min(timeout, QUICK_TIMEOUT_SECONDS)
         self._pool = ConnectionPool(
             _libpq_url(url),
@@ -432,6 +415,7 @@ class PostgresEventStore(EventStore):
         except PoolTimeout as exc:
             self._pool.close()
             raise StoreUnavailable("PostgreSQL did not answer") from exc
+        self.database = PostgresDatabase(url, self._pool, translate_error)
         if migrate:
             self.migrate()
 
@@ -504,67 +488,10 @@ class PostgresEventStore(EventStore):
         if rows and rows[0][2]:
             first, last = rows[0][0], rows[-1][0]
             return AppendResult(events=self._read_positions(first, last), duplicate=True)
-        recorded = [
-            RecordedEvent(
-                position=position,
-                stream_id=stream_id,
-                version=expected_version + i,
-                type=event.type,
-                schema_version=p.schema_version,
-                data=event.data,
-                metadata=event.metadata,
-                recorded_at=recorded_at,
-                hash=h,
-            )
-            for i, ((position, h, _), event, p) in enumerate(
-                zip(rows, events, prepared, strict=True), start=1
-            )
-        ]
+        recorded = batch.recorded(stream_id, expected_version, events, [(r[0], r[1]) for r in rows])
         return AppendResult(events=recorded, duplicate=False)
 
     # -- reading
-
-    def _read_positions(self, first: int, last: int) -> list[RecordedEvent]:
-        with self._connection() as conn:
-            rows = conn.execute(
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE position BETWEEN %s AND %s"
-                " ORDER BY position",
-                [first, last],
-            ).fetchall()
-        return [_decode_row(r) for r in rows]
-
-    def read_stream(
-        self, stream_id: str, up_to: int | datetime | None = None
-    ) -> list[RecordedEvent]:
-        query = f"SELECT {_EVENT_COLUMNS} FROM events WHERE stream_id = %s"
-        params: list[Any] = [stream_id]
-        if isinstance(up_to, datetime):
-            query += " AND recorded_at <= %s"
-            params.append(up_to)
-        elif up_to is not None:
-            query += " AND position <= %s"
-            params.append(up_to)
-        query += " ORDER BY version"
-        with self._connection() as conn:
-            rows = conn.execute(query, params, prepare=True).fetchall()  # type: ignore[call-overload]
-        return [_decode_row(r) for r in rows]
-
-    def _pages(self, columns: str, after_position: int, batch_size: int) -> Iterator[list[Any]]:
-        # Keyset pages rather than one long server-side cursor: no transaction is held
-        # open between batches, and the order guarantee above makes paging by
-        # position safe for tailing readers.
-        query = f"SELECT {columns} FROM events WHERE position > %s ORDER BY position LIMIT %s"
-        cursor_position = after_position
-        while True:
-            with self._connection() as conn:
-                cursor = conn.execute(query, [cursor_position, batch_size], prepare=True)  # type: ignore[call-overload]
-                rows = cursor.fetchall()
-            if not rows:
-                return
-            yield rows
-            cursor_position = rows[-1][0]
-            if len(rows) < batch_size:
-                return
 
     def read_all(self, after_position: int = 0, batch_size: int = 1000) -> Iterator[RecordedEvent]:
         # The hot path of every rebuild and full read: binary rows (timestamps arrive
@@ -671,16 +598,6 @@ class PostgresEventStore(EventStore):
             params = [after, last, batch_size]
             return cur.execute(_CHAIN_QUERY, params, prepare=True).fetchall()
 
-    def read_raw(self, after_position: int = 0, batch_size: int = 1000) -> Iterator[RawEvent]:
-        columns = (
-            "position, stream_id, version, type, schema_version, data, metadata,"
-            " to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),"
-            " encode(hash, 'hex'), call_id, chain_version"
-        )
-        for rows in self._pages(columns, after_position, batch_size):
-            for r in rows:
-                yield RawEvent(r[0], r[1], r[2], r[3], r[4], r[5].encode(), r[6].encode(), *r[7:])
-
     def import_rows(self, rows: Iterable[RawEvent]) -> Head:
         # Binary COPY: no text escaping of the JSON bodies on either side. The head row
         # stays locked until commit, so appends wait and then chain onto the new head.
@@ -708,131 +625,28 @@ class PostgresEventStore(EventStore):
             return Head(0, GENESIS.hex())
         return Head(row[0], bytes(row[1]).hex())
 
-    def stream_version(self, stream_id: str) -> int:
+    # -- the primitives of SQLStore. Errors raised here reach the caller through the
+    # class's error boundary (translate_error), the one place they are mapped.
+
+    def _rows(
+        self, sql: str, params: Sequence[object] = (), *, quick: bool = False, prepare: bool = False
+    ) -> list[Row]:
+        with self._connection(self._quick_timeout if quick else None) as conn:
+            cursor = conn.execute(sql.encode(), params, prepare=prepare or None)
+            return cursor.fetchall() if cursor.description else []
+
+    def _count(self, sql: str, params: Sequence[object] = ()) -> int:
         with self._connection() as conn:
-            row = conn.execute(
-                "SELECT coalesce(max(version), 0) FROM events WHERE stream_id = %s", [stream_id]
-            ).fetchone()
-        return int(row[0]) if row else 0
+            return conn.execute(sql.encode(), params).rowcount
 
-    def find_idempotent(self, idempotency_key: str) -> list[RecordedEvent] | None:
-        with self._connection() as conn:
-            row = conn.execute(
-                "SELECT first_position, last_position FROM idempotency_keys WHERE key = %s",
-                [idempotency_key],
-            ).fetchone()
-        if row is None:
-            return None
-        return self._read_positions(row[0], row[1])
+    def _time_param(self, value: datetime) -> datetime:
+        return value
 
-    # -- data keys
+    def _time_value(self, value: datetime) -> datetime:
+        return value
 
-    def get_data_key(self, stream_id: str) -> bytes | None:
-        with self._connection() as conn:
-            row = conn.execute(
-                "SELECT wrapped FROM data_keys WHERE stream_id = %s", [stream_id]
-            ).fetchone()
-        return bytes(row[0]) if row else None
-
-    def put_data_key(self, stream_id: str, wrapped: bytes) -> bytes:
-        with self._connection() as conn:
-            row = conn.execute(
-                "INSERT INTO data_keys (stream_id, wrapped) VALUES (%s, %s)"
-                " ON CONFLICT (stream_id) DO NOTHING RETURNING wrapped",
-                [stream_id, wrapped],
-            ).fetchone()
-            if row is None:  # another call created it first: that one is in force
-                row = conn.execute(
-                    "SELECT wrapped FROM data_keys WHERE stream_id = %s", [stream_id]
-                ).fetchone()
-        assert row is not None
-        return bytes(row[0])
-
-    def destroy_data_key(self, stream_id: str) -> bool:
-        with self._connection() as conn:
-            cur = conn.execute("DELETE FROM data_keys WHERE stream_id = %s", [stream_id])
-            return cur.rowcount > 0
-
-    def list_data_keys(self, after: str = "", limit: int = 500) -> list[tuple[str, bytes]]:
-        with self._connection() as conn:
-            rows = conn.execute(
-                "SELECT stream_id, wrapped FROM data_keys WHERE stream_id > %s"
-                " ORDER BY stream_id LIMIT %s",
-                [after, limit],
-            ).fetchall()
-        return [(r[0], bytes(r[1])) for r in rows]
-
-    def swap_data_key(self, stream_id: str, expected: bytes, wrapped: bytes) -> bool:
-        with self._connection() as conn:
-            cur = conn.execute(
-                "UPDATE data_keys SET wrapped = %s WHERE stream_id = %s AND wrapped = %s",
-                [wrapped, stream_id, expected],
-            )
-            return cur.rowcount > 0
-
-    # -- rejections
-
-    def record_rejection(self, rejection: Rejection) -> None:
-        row = storable_rejection(rejection)
-        seen = row.last_seen_at or row.at
-        # Best effort beside the call it records: a short wait, so that a call refused
-        # because the store is unavailable is not held up a second time for its row.
-        with self._connection(self._quick_timeout) as conn:
-            stored = conn.execute(
-                "INSERT INTO rejections (at, path, reason, status, client_key, base_url,"
-                " remote_addr, token_sha256, detail, count, last_seen_at, fingerprint,"
-                " window_number) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, 1, %s, %s, %s)"
-                " ON CONFLICT (fingerprint, window_number) DO UPDATE"
-                " SET count = rejections.count + 1,"
-                " last_seen_at = greatest(rejections.last_seen_at, excluded.last_seen_at)"
-                " RETURNING count",
-                # Fields in the order of the columns (as list_rejections reads them).
-                [
-                    *msgspec.structs.astuple(row)[:9],
-                    seen,
-                    rejection_fingerprint(row),
-                    rejection_window(row.at),
-                ],
-            ).fetchone()
-        if stored is not None and stored[0] > 1:
-            rejection_log_counters.add(coalesced=1)
-        if self._purges.due():
-            purge_quietly(self, utcnow() - self.rejection_retention)
-
-    def purge_rejections(self, older_than: datetime) -> int:
-        """Delete rejections last seen before ``older_than``, in bounded batches."""
-        purged = 0
-        with self._connection() as conn:
-            for _ in range(REJECTION_PURGE_BATCHES):
-                deleted = conn.execute(
-                    "DELETE FROM rejections WHERE id IN (SELECT id FROM rejections"
-                    " WHERE at < %s AND last_seen_at < %s ORDER BY at LIMIT %s)",
-                    [older_than, older_than, REJECTION_PURGE_BATCH],
-                ).rowcount
-                purged += deleted
-                if deleted < REJECTION_PURGE_BATCH:
-                    break
-        rejection_log_counters.add(purged=purged)
-        return purged
-
-    def list_rejections(
-        self,
-        limit: int = 100,
-        *,
-        reason: str | None = None,
-        since: datetime | None = None,
-        client_key: str | None = None,
-    ) -> list[Rejection]:
-        where, params = rejection_filters("%s", reason, since, client_key)
-        with self._connection() as conn:
-            rows = conn.execute(
-                "SELECT at, path, reason, status, client_key, base_url, remote_addr,"
-                " token_sha256, detail, count, last_seen_at FROM rejections"
-                f"{where} ORDER BY last_seen_at DESC, id DESC LIMIT %s",
-                [*params, limit],
-            ).fetchall()
-        # Columns in the order of Rejection's fields.
-        return [Rejection(*r) for r in rows]
+    def _decode_row(self, row: Row) -> RecordedEvent:
+        return decode_event(*row)
 
     # -- plumbing
 

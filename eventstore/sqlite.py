@@ -11,42 +11,30 @@ from __future__ import annotations
 import sqlite3
 import threading
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
-from datetime import datetime, timedelta
+from collections.abc import Iterable, Sequence
+from datetime import datetime
 from pathlib import Path
-from typing import Any
-
-import msgspec
 
 from eventstore.bulk import ImportRefused, checked
-from eventstore.chain import GENESIS, link, prepare_append
-from eventstore.store import (
-    REJECTION_PURGE_BATCH,
-    REJECTION_PURGE_BATCHES,
-    REJECTION_PURGE_INTERVAL_SECONDS,
-    AppendResult,
+from eventstore.chain import GENESIS, PreparedAppend, link, prepare_append
+from eventstore.clock import format_timestamp, parse_timestamp, utcnow
+from eventstore.database import SQLiteDatabase
+from eventstore.errors import (
     ConcurrencyConflict,
-    EventStore,
-    Head,
-    NewEvent,
-    PurgeSchedule,
-    RawEvent,
-    RecordedEvent,
-    Rejection,
     StoreError,
     StoreFault,
     StoreUnavailable,
-    decode_event,
     error_boundary,
-    format_timestamp,
-    parse_timestamp,
-    purge_quietly,
-    rejection_filters,
-    rejection_fingerprint,
-    rejection_log_counters,
-    rejection_window,
-    storable_rejection,
-    utcnow,
+)
+from eventstore.rejections import REJECTION_PURGE_INTERVAL_SECONDS
+from eventstore.sql import Row, SQLStore, Statements
+from eventstore.store import (
+    AppendResult,
+    Head,
+    NewEvent,
+    RawEvent,
+    RecordedEvent,
+    decode_event,
 )
 
 # SQLite's primary result codes after which the same work may succeed later (a 503
@@ -151,24 +139,11 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
-_EVENT_COLUMNS = (
-    "position, stream_id, version, type, schema_version, data, metadata, recorded_at, hash"
+# Times are kept as text in their one stored form; the hash as hex text.
+STATEMENTS = Statements("?", hash_hex="hash", recorded_at_text="recorded_at")
+_INSERT_EVENT = (
+    f"INSERT INTO events ({STATEMENTS.raw_columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-
-
-def _decode_row(row: tuple[Any, ...]) -> RecordedEvent:
-    position, stream_id, version, event_type, schema_version, data, metadata, recorded_at, h = row
-    return decode_event(
-        position,
-        stream_id,
-        version,
-        event_type,
-        schema_version,
-        data,
-        metadata,
-        parse_timestamp(recorded_at),
-        h,
-    )
 
 
 def sqlite_path(url: str) -> str:
@@ -192,7 +167,9 @@ class _ThreadConnection:
 
 
 @error_boundary(translate_error)
-class SQLiteEventStore(EventStore):
+class SQLiteEventStore(SQLStore):
+    sql = STATEMENTS
+
     def __init__(
         self,
         url: str,
@@ -201,16 +178,17 @@ class SQLiteEventStore(EventStore):
         migrate: bool = True,
         rejection_retention_days: int = 90,
         rejection_purge_interval: float = REJECTION_PURGE_INTERVAL_SECONDS,
+        **_other_backends: object,  # open_store passes every option; another backend's are ignored
     ) -> None:
         self.url = url
         self.path = sqlite_path(url)
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self.rejection_retention = timedelta(days=rejection_retention_days)
-        self._purges = PurgeSchedule(rejection_purge_interval)
+        self._init_rejection_log(rejection_retention_days, rejection_purge_interval)
         self._busy_timeout = busy_timeout
         self._local = threading.local()
         self._open: weakref.WeakSet[_ThreadConnection] = weakref.WeakSet()
         self._lock = threading.Lock()
+        self.database = SQLiteDatabase(self.path, self.connection, translate_error)
         if migrate:
             self.migrate()
 
@@ -274,144 +252,84 @@ class SQLiteEventStore(EventStore):
         data_key: bytes | None = None,
     ) -> AppendResult:
         batch = prepare_append(stream_id, events, expected_version)
-        stamp, prepared, digests = batch.stamp, batch.events, batch.digests
         conn = self.connection()
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
+                seen = None
                 if idempotency_key is not None:
-                    seen = conn.execute(
-                        "SELECT first_position, last_position FROM idempotency_keys WHERE key = ?",
-                        (idempotency_key,),
-                    ).fetchone()
-                    if seen is not None:
-                        conn.execute("ROLLBACK")
-                        return AppendResult(self._read_positions(seen[0], seen[1]), duplicate=True)
-                actual = conn.execute(
-                    "SELECT coalesce(max(version), 0) FROM events WHERE stream_id = ?", (stream_id,)
-                ).fetchone()[0]
-                if actual != expected_version:
-                    raise ConcurrencyConflict(stream_id, expected_version, actual)
-                if data_key is not None:
-                    stored = conn.execute(
-                        "INSERT INTO data_keys VALUES (?, ?, ?) ON CONFLICT (stream_id) DO NOTHING",
-                        (stream_id, data_key, stamp),
-                    )
-                    if stored.rowcount == 0:
-                        raise ConcurrencyConflict(stream_id, expected_version, actual)
-                last = conn.execute(
-                    "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
-                ).fetchone()
-                position, previous = (last[0], bytes.fromhex(last[1])) if last else (0, GENESIS)
-                first = position + 1
-                recorded: list[RecordedEvent] = []
-                for i, (event, p, digest) in enumerate(
-                    zip(events, prepared, digests, strict=True), 1
-                ):
-                    position += 1
-                    previous = link(previous, position, digest)
-                    conn.execute(
-                        f"INSERT INTO events ({_EVENT_COLUMNS}, call_id, chain_version)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            position,
-                            stream_id,
-                            expected_version + i,
-                            p.type,
-                            p.schema_version,
-                            p.data.decode(),
-                            p.metadata.decode(),
-                            stamp,
-                            previous.hex(),
-                            p.call_id,
-                            batch.chain_version,
-                        ),
-                    )
-                    recorded.append(
-                        RecordedEvent(
-                            position=position,
-                            stream_id=stream_id,
-                            version=expected_version + i,
-                            type=event.type,
-                            schema_version=p.schema_version,
-                            data=event.data,
-                            metadata=event.metadata,
-                            recorded_at=parse_timestamp(stamp),
-                            hash=previous.hex(),
-                        )
-                    )
+                    seen = conn.execute(STATEMENTS.idempotency_key, (idempotency_key,)).fetchone()
+                if seen is not None:
+                    result = AppendResult(self._read_positions(seen[0], seen[1]), duplicate=True)
+                    conn.execute("ROLLBACK")
+                    return result
+                self._check_version(conn, stream_id, expected_version, data_key, batch.stamp)
+                links = self._insert_events(conn, stream_id, expected_version, batch)
                 if idempotency_key is not None:
                     conn.execute(
                         "INSERT INTO idempotency_keys VALUES (?, ?, ?, ?)",
-                        (idempotency_key, stream_id, first, position),
+                        (idempotency_key, stream_id, links[0][0], links[-1][0]),
                     )
                 conn.execute("COMMIT")
-                return AppendResult(recorded, duplicate=False)
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
         except sqlite3.IntegrityError:
             raise ConcurrencyConflict(stream_id, expected_version) from None
+        recorded = batch.recorded(stream_id, expected_version, events, links)
+        return AppendResult(recorded, duplicate=False)
 
-    # -- reading
+    @staticmethod
+    def _check_version(
+        conn: sqlite3.Connection,
+        stream_id: str,
+        expected_version: int,
+        data_key: bytes | None,
+        stamp: str,
+    ) -> None:
+        """Under the write lock: the stream is at ``expected_version``, and a first
+        install's data key is stored (ConcurrencyConflict if either fails)."""
+        actual = conn.execute(STATEMENTS.stream_version, (stream_id,)).fetchone()[0]
+        if actual != expected_version:
+            raise ConcurrencyConflict(stream_id, expected_version, actual)
+        if data_key is not None:
+            stored = conn.execute(STATEMENTS.put_data_key, (stream_id, data_key, stamp))
+            if stored.fetchone() is None:  # the stream has a key already
+                raise ConcurrencyConflict(stream_id, expected_version, actual)
 
-    def _query(self, query: str, params: Sequence[Any] = ()) -> list[Any]:
-        # Errors reach the caller through the class's error boundary (translate_error).
-        return self.connection().execute(query, params).fetchall()
-
-    def _read_positions(self, first: int, last: int) -> list[RecordedEvent]:
-        rows = self._query(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE position BETWEEN ? AND ? ORDER BY position",
-            (first, last),
-        )
-        return [_decode_row(r) for r in rows]
-
-    def read_stream(
-        self, stream_id: str, up_to: int | datetime | None = None
-    ) -> list[RecordedEvent]:
-        query = f"SELECT {_EVENT_COLUMNS} FROM events WHERE stream_id = ?"
-        params: list[Any] = [stream_id]
-        if isinstance(up_to, datetime):
-            query += " AND recorded_at <= ?"
-            params.append(format_timestamp(up_to))
-        elif up_to is not None:
-            query += " AND position <= ?"
-            params.append(up_to)
-        return [_decode_row(r) for r in self._query(query + " ORDER BY version", params)]
-
-    def _pages(self, columns: str, after_position: int, batch_size: int) -> Iterator[list[Any]]:
-        query = f"SELECT {columns} FROM events WHERE position > ? ORDER BY position LIMIT ?"
-        cursor_position = after_position
-        while True:
-            rows = self._query(query, (cursor_position, batch_size))
-            if not rows:
-                return
-            yield rows
-            cursor_position = rows[-1][0]
-            if len(rows) < batch_size:
-                return
-
-    def read_all(self, after_position: int = 0, batch_size: int = 1000) -> Iterator[RecordedEvent]:
-        for rows in self._pages(_EVENT_COLUMNS, after_position, batch_size):
-            yield from map(_decode_row, rows)
-
-    def read_raw(self, after_position: int = 0, batch_size: int = 1000) -> Iterator[RawEvent]:
-        columns = _EVENT_COLUMNS + ", call_id, chain_version"
-        for rows in self._pages(columns, after_position, batch_size):
-            for r in rows:
-                yield RawEvent(r[0], r[1], r[2], r[3], r[4], r[5].encode(), r[6].encode(), *r[7:])
+    @staticmethod
+    def _insert_events(
+        conn: sqlite3.Connection, stream_id: str, expected_version: int, batch: PreparedAppend
+    ) -> list[tuple[int, str]]:
+        """Chain the events onto the head and insert them; each one's (position, hash)."""
+        last = conn.execute(
+            "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
+        ).fetchone()
+        position, previous = (last[0], bytes.fromhex(last[1])) if last else (0, GENESIS)
+        links: list[tuple[int, str]] = []
+        for i, (p, digest) in enumerate(zip(batch.events, batch.digests, strict=True), 1):
+            position += 1
+            previous = link(previous, position, digest)
+            row = (position, stream_id, expected_version + i, p.type, p.schema_version)
+            conn.execute(
+                _INSERT_EVENT,
+                (*row, p.data.decode(), p.metadata.decode(), batch.stamp, previous.hex(),
+                 p.call_id, batch.chain_version),
+            )  # fmt: skip
+            links.append((position, previous.hex()))
+        return links
 
     def import_rows(self, rows: Iterable[RawEvent]) -> Head:
         conn, batch = self.connection(), []
 
         def write(row: RawEvent) -> None:
-            batch.append((*_import_columns(row),))
+            batch.append(_import_columns(row))
             if len(batch) >= 5000:
                 flush()
 
         def flush() -> None:
-            conn.executemany(_IMPORT_INSERT, batch)
+            conn.executemany(_INSERT_EVENT, batch)
             batch.clear()
 
         try:
@@ -429,132 +347,37 @@ class SQLiteEventStore(EventStore):
             raise ImportRefused(f"import refused: {exc}") from None
         # Other driver errors are left to the store's error boundary.
 
+    # -- the primitives of SQLStore: sqlite3 runs in autocommit mode, so every
+    # statement outside append() is its own transaction. Errors reach the caller
+    # through the class's error boundary (translate_error).
+
+    def _rows(
+        self, sql: str, params: Sequence[object] = (), *, quick: bool = False, prepare: bool = False
+    ) -> list[Row]:
+        return self.connection().execute(sql, params).fetchall()
+
+    def _count(self, sql: str, params: Sequence[object] = ()) -> int:
+        return self.connection().execute(sql, params).rowcount
+
+    def _time_param(self, value: datetime) -> str:
+        return format_timestamp(value)
+
+    def _time_value(self, value: str) -> datetime:
+        return parse_timestamp(value)
+
+    def _decode_row(self, row: Row) -> RecordedEvent:
+        position, stream_id, version, event_type, schema, data, metadata, recorded_at, h = row
+        recorded = parse_timestamp(recorded_at)
+        return decode_event(
+            position, stream_id, version, event_type, schema, data, metadata, recorded, h
+        )
+
     def head(self) -> Head:
-        rows = self._query("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1")
+        rows = self._rows("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1")
         return Head(rows[0][0], rows[0][1]) if rows else Head(0, GENESIS.hex())
 
-    def stream_version(self, stream_id: str) -> int:
-        rows = self._query(
-            "SELECT coalesce(max(version), 0) FROM events WHERE stream_id = ?", (stream_id,)
-        )
-        return int(rows[0][0])
-
-    def find_idempotent(self, idempotency_key: str) -> list[RecordedEvent] | None:
-        rows = self._query(
-            "SELECT first_position, last_position FROM idempotency_keys WHERE key = ?",
-            (idempotency_key,),
-        )
-        return self._read_positions(rows[0][0], rows[0][1]) if rows else None
-
-    # -- data keys
-
-    def get_data_key(self, stream_id: str) -> bytes | None:
-        rows = self._query("SELECT wrapped FROM data_keys WHERE stream_id = ?", (stream_id,))
-        return bytes(rows[0][0]) if rows else None
-
-    def put_data_key(self, stream_id: str, wrapped: bytes) -> bytes:
-        self._query(
-            "INSERT INTO data_keys VALUES (?, ?, ?) ON CONFLICT (stream_id) DO NOTHING",
-            (stream_id, wrapped, format_timestamp(utcnow())),
-        )
-        stored = self.get_data_key(stream_id)
-        assert stored is not None
-        return stored
-
-    def destroy_data_key(self, stream_id: str) -> bool:
-        cur = self.connection().execute("DELETE FROM data_keys WHERE stream_id = ?", (stream_id,))
-        return cur.rowcount > 0
-
-    def list_data_keys(self, after: str = "", limit: int = 500) -> list[tuple[str, bytes]]:
-        rows = self._query(
-            "SELECT stream_id, wrapped FROM data_keys WHERE stream_id > ?"
-            " ORDER BY stream_id LIMIT ?",
-            (after, limit),
-        )
-        return [(r[0], bytes(r[1])) for r in rows]
-
-    def swap_data_key(self, stream_id: str, expected: bytes, wrapped: bytes) -> bool:
-        cur = self.connection().execute(
-            "UPDATE data_keys SET wrapped = ? WHERE stream_id = ? AND wrapped = ?",
-            (wrapped, stream_id, expected),
-        )
-        return cur.rowcount > 0
-
-    # -- rejections
-
-    def record_rejection(self, rejection: Rejection) -> None:
-        row = storable_rejection(rejection)
-        at = format_timestamp(row.at)
-        rows = self._query(
-            "INSERT INTO rejections (at, path, reason, status, client_key, base_url, remote_addr,"
-            " token_sha256, detail, count, last_seen_at, fingerprint, window_number)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)"
-            " ON CONFLICT (fingerprint, window_number) DO UPDATE"
-            " SET count = count + 1, last_seen_at = max(last_seen_at, excluded.last_seen_at)"
-            " RETURNING count",
-            # Fields in column order; SQLite keeps the time as text.
-            (
-                at,
-                *msgspec.structs.astuple(row)[1:9],
-                format_timestamp(row.last_seen_at) if row.last_seen_at else at,
-                rejection_fingerprint(row),
-                rejection_window(row.at),
-            ),
-        )
-        if rows and rows[0][0] > 1:
-            rejection_log_counters.add(coalesced=1)
-        if self._purges.due():
-            purge_quietly(self, utcnow() - self.rejection_retention)
-
-    def purge_rejections(self, older_than: datetime) -> int:
-        """Delete rejections last seen before ``older_than``, in bounded batches."""
-        cutoff = format_timestamp(older_than)
-        purged = 0
-        for _ in range(REJECTION_PURGE_BATCHES):
-            deleted = (
-                self.connection()
-                .execute(
-                    "DELETE FROM rejections WHERE id IN (SELECT id FROM rejections"
-                    " WHERE at < ? AND last_seen_at < ? ORDER BY at LIMIT ?)",
-                    (cutoff, cutoff, REJECTION_PURGE_BATCH),
-                )
-                .rowcount
-            )
-            purged += deleted
-            if deleted < REJECTION_PURGE_BATCH:
-                break
-        rejection_log_counters.add(purged=purged)
-        return purged
-
-    def list_rejections(
-        self,
-        limit: int = 100,
-        *,
-        reason: str | None = None,
-        since: datetime | None = None,
-        client_key: str | None = None,
-    ) -> list[Rejection]:
-        where, params = rejection_filters(
-            "?", reason, None if since is None else format_timestamp(since), client_key
-        )
-        rows = self._query(
-            "SELECT at, path, reason, status, client_key, base_url, remote_addr, token_sha256,"
-            " detail, count, coalesce(last_seen_at, at) FROM rejections"
-            f"{where} ORDER BY last_seen_at DESC, id DESC LIMIT ?",
-            (*params, limit),
-        )
-        # Columns in the order of Rejection's fields; SQLite keeps times as text.
-        return [
-            msgspec.structs.replace(
-                Rejection(parse_timestamp(r[0]), *r[1:9]),
-                count=r[9],
-                last_seen_at=parse_timestamp(r[10]),
-            )
-            for r in rows
-        ]
-
     def ping(self) -> None:
-        self._query("SELECT 1")
+        self._rows("SELECT 1")
 
     def close(self) -> None:
         with self._lock:
@@ -564,13 +387,8 @@ class SQLiteEventStore(EventStore):
         self._local = threading.local()
 
 
-_IMPORT_INSERT = (
-    f"INSERT INTO events ({_EVENT_COLUMNS}, call_id, chain_version)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-
-
-def _import_columns(row: RawEvent) -> tuple[Any, ...]:
+def _import_columns(row: RawEvent) -> tuple[object, ...]:
+    """A stored row as the columns of _INSERT_EVENT (SQLite keeps it as text)."""
     return (
         row.position,
         row.stream_id,

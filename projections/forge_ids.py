@@ -13,7 +13,9 @@ from typing import Final
 APP_ARI_PREFIX: Final = "ari:cloud:ecosystem::app/"
 INSTALLATION_ARI_PREFIX: Final = "ari:cloud:ecosystem::installation/"
 
-_UUID: Final = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_UUID: Final = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
 # ari:cloud:<product>::site/<cloudId>; the product is a short lower-case name.
 _SITE_ARI: Final = re.compile(r"ari:cloud:([a-z][a-z0-9.-]{0,63})::site/([0-9A-Za-z-]{1,128})")
 

@@ -2,8 +2,8 @@
 
 PostgreSQL: a session advisory lock on a dedicated connection (the server drops it
 when the process dies). SQLite: an exclusive ``flock`` on a file beside the database
-(the kernel drops it when the process dies). ``lock_for`` is the one place that
-chooses the backend.
+(the kernel drops it when the process dies). ``projections.backends`` is the one place
+that chooses the backend.
 
 The dedicated PostgreSQL connection must never hang its caller: it connects with a
 timeout, its statements have a timeout, and TCP keepalives plus a TCP user timeout
@@ -22,8 +22,8 @@ from typing import Any, Final
 
 import psycopg
 
-from eventstore.store import EventStore, StoreError
-from projections.storage import translate_postgres_error
+from eventstore.database import Translate
+from eventstore.errors import StoreError
 
 # One key per purpose (7406000001 and …03 are the store's and the tables' schema locks).
 ADVISORY_KEYS: Final[dict[str, int]] = {"runner": 7406000002, "rebuild": 7406000006}
@@ -100,9 +100,10 @@ class FileLock(ExclusiveLock):
 
 
 class AdvisoryLock(ExclusiveLock):
-    def __init__(self, conninfo: str, key: int) -> None:
+    def __init__(self, conninfo: str, key: int, translate: Translate) -> None:
         self.conninfo = conninfo
         self.key = key
+        self._translate = translate  # the store's rule for PostgreSQL errors
         self._conn: psycopg.Connection[Any] | None = None
         self._held = False
         self._channels: set[str] = set()
@@ -127,7 +128,7 @@ class AdvisoryLock(ExclusiveLock):
             for _ in self._conn.notifies(timeout=timeout, stop_after=1):
                 pass
         except psycopg.Error as exc:
-            raise translate_postgres_error(exc) from exc
+            raise self._store_error(exc) from exc
 
     def release(self) -> None:
         if self._conn is not None:
@@ -143,28 +144,18 @@ class AdvisoryLock(ExclusiveLock):
         self._held = False
         self._channels.clear()
 
+    def _store_error(self, exc: psycopg.Error) -> StoreError:
+        mapped = self._translate(exc)
+        return mapped or StoreError(f"PostgreSQL client error ({type(exc).__name__})")
+
     def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
         """One statement on the lock's own connection (opened on first use): its first row."""
         try:
             if self._conn is None or self._conn.closed:
                 self._conn = psycopg.connect(self.conninfo, **CONNECTION_OPTIONS)
                 self._conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
-            cursor = self._conn.execute(sql, params)  # type: ignore[arg-type]
+            cursor = self._conn.execute(sql.encode(), params)
             return cursor.fetchone() if cursor.description else None
         except psycopg.Error as exc:
             self.release()  # a broken session is never reused
-            raise translate_postgres_error(exc) from exc
-
-
-def lock_for(store: EventStore, purpose: str) -> ExclusiveLock:
-    """The lock named ``purpose`` ("runner", "rebuild") on ``store``'s database."""
-    from eventstore.sqlite import SQLiteEventStore
-
-    if isinstance(store, SQLiteEventStore):
-        return FileLock(f"{store.path}.{purpose}.lock")
-    from eventstore.postgres import PostgresEventStore
-
-    assert isinstance(store, PostgresEventStore)
-    conninfo = store.pool.conninfo  # what the store's own connections use
-    assert isinstance(conninfo, str)
-    return AdvisoryLock(conninfo, ADVISORY_KEYS[purpose])
+            raise self._store_error(exc) from exc

@@ -21,11 +21,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from eventstore.store import EventStore
-from projections.locks import lock_for
+from eventstore.store import EventLog
+from projections.backends import lock_for, storage_for
 from projections.model import Row
 from projections.runner import PROJECTIONS, chunks
-from projections.storage import ProjectionStorage, storage_for
+from projections.storage import ProjectionStorage
 from projections.tables import SPECS, group_of
 
 Progress = Callable[[int, int], None]  # (position folded, head position when started)
@@ -60,7 +60,7 @@ def with_dependencies(names: Iterable[str]) -> tuple[str, ...]:
 
 
 def rebuild(
-    store: EventStore,
+    store: EventLog,
     names: Sequence[str] = (),
     *,
     storage: ProjectionStorage | None = None,
@@ -84,7 +84,7 @@ def rebuild(
 
 
 def _rebuild(
-    store: EventStore,
+    store: EventLog,
     names: Sequence[str],
     storage: ProjectionStorage,
     batch_size: int,

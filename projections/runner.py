@@ -23,14 +23,15 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
-from eventstore.store import EventStore, RecordedEvent, StoreError, utcnow
+from eventstore.store import EventLog, RecordedEvent, StoreError, utcnow
+from projections.backends import lock_for, storage_for
 from projections.base_urls import BaseUrlsProjection, BaseUrlsState
 from projections.descriptors import DescriptorsProjection, DescriptorsState
 from projections.health import LastError, RunnerHealth, short_message
 from projections.installations import InstallationsProjection, LinksProjection, forge_states
-from projections.locks import ExclusiveLock, lock_for
+from projections.locks import ExclusiveLock
 from projections.reimports import ReimportsProjection, ReimportsState
-from projections.storage import ProjectionStorage, storage_for
+from projections.storage import ProjectionStorage
 from projections.tables import GROUPS, SPECS
 from projections.tenants import TenantsProjection, TenantsState
 
@@ -92,7 +93,7 @@ class ProjectionRunner:
     make a new one (it resumes from the committed rows)."""
 
     def __init__(
-        self, store: EventStore, storage: ProjectionStorage | None = None, batch_size: int = 2000
+        self, store: EventLog, storage: ProjectionStorage | None = None, batch_size: int = 2000
     ) -> None:
         self.store = store
         self.storage = storage or storage_for(store)
@@ -186,7 +187,7 @@ def _fold_failed(name: str, events: list[RecordedEvent], error: Exception) -> Ev
 class Leadership:
     """Who may run the projections: acquire() is non-blocking, release() idempotent."""
 
-    def __init__(self, store: EventStore) -> None:
+    def __init__(self, store: EventLog) -> None:
         self._lock: ExclusiveLock = lock_for(store, "runner")
 
     def acquire(self) -> bool:
@@ -211,7 +212,7 @@ class RunnerThread:
 
     def __init__(
         self,
-        store: EventStore,
+        store: EventLog,
         poll_seconds: float = 0.2,
         standby_seconds: float = 1.0,
         on_state: Callable[[str], None] | None = None,

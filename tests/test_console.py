@@ -31,7 +31,8 @@ from app.hostsim import make_install_payload
 from app.hostsim_forge import ForgeInstallation
 from app.settings import Settings
 from eventstore.events import Metadata
-from eventstore.store import Rejection, utcnow
+from eventstore.rejections import Rejection
+from eventstore.store import utcnow
 from projections.forge_ids import installation_ari
 from tests.conftest import IN_CI
 from tests.harness import ADMIN_TOKEN, RunningService, running_service

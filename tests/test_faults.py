@@ -29,11 +29,10 @@ import pytest
 
 from app.hostsim import KeyServer, SimulatedHost, make_install_payload
 from eventstore.events import Enabled, Metadata, stream_id_for
+from eventstore.rejections import REJECTION_WINDOW_SECONDS, Rejection
 from eventstore.store import (
-    REJECTION_WINDOW_SECONDS,
     EventStore,
     NewEvent,
-    Rejection,
     StoreFault,
     StoreUnavailable,
     open_store,

@@ -9,9 +9,9 @@ from urllib.parse import quote
 
 from app.hostsim import make_install_payload
 from app.hostsim_forge import ForgeInstallation
+from projections.backends import storage_for
 from projections.forge_ids import installation_ari
 from projections.rebuild import rebuild
-from projections.storage import storage_for
 from tests.test_forge_e2e import Forge, forge_service
 
 

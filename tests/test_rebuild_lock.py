@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from eventstore.store import EventStore, open_store
-from projections.locks import lock_for
+from projections.backends import lock_for, storage_for
 from projections.runner import PROJECTIONS, ProjectionRunner, chunks
-from projections.storage import storage_for
 from projections.tables import SPECS
 from tests.log_builder import append_random_calls
 from tests.test_runner import snapshot

@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from eventstore.store import EventStore, open_store
+from projections.backends import storage_for
 from projections.rebuild import rebuild, with_dependencies
 from projections.runner import Leadership, ProjectionRunner, RunnerThread, wait_for_position
-from projections.storage import storage_for
 from projections.tables import SPECS
 from tests.log_builder import append_random_calls
 

@@ -22,11 +22,12 @@ import pytest
 
 from eventstore import events as catalog
 from eventstore.events import stream_id_for
+from eventstore.postgres import translate_error
 from eventstore.store import EventStore, StoreError, StoreUnavailable, format_timestamp, utcnow
+from projections.backends import lock_for, storage_for
 from projections.health import LastError, RunnerHealth, backoff_delay, short_message
-from projections.locks import ADVISORY_KEYS, AdvisoryLock, lock_for
+from projections.locks import ADVISORY_KEYS, AdvisoryLock
 from projections.runner import EventNotFoldable, ProjectionRunner, RunnerThread
-from projections.storage import storage_for
 from projections.tables import SPECS
 from tests.conftest import ADMIN_URL
 from tests.harness import running_service
@@ -365,7 +366,9 @@ def test_leadership_on_a_black_holed_database_fails_instead_of_hanging() -> None
     hole.bind(("127.0.0.1", 0))
     hole.listen(1)
     port = hole.getsockname()[1]
-    lock = AdvisoryLock(f"postgresql://postgres@127.0.0.1:{port}/ledger", ADVISORY_KEYS["runner"])
+    lock = AdvisoryLock(
+        f"postgresql://postgres@127.0.0.1:{port}/ledger", ADVISORY_KEYS["runner"], translate_error
+    )
     outcome: list[BaseException | bool] = []
     attempt = threading.Thread(target=lambda: _capture(outcome, lock.try_acquire), daemon=True)
     try:

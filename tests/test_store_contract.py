@@ -24,18 +24,16 @@ from eventstore.events import (
     Uninstalled,
     stream_id_for,
 )
+from eventstore.rejections import REJECTION_WINDOW_SECONDS, Rejection, rejection_log_counters
 from eventstore.store import (
-    REJECTION_WINDOW_SECONDS,
     ConcurrencyConflict,
     EventStore,
     NewEvent,
-    Rejection,
     StoreError,
     StoreFault,
     StoreUnavailable,
     format_timestamp,
     open_store,
-    rejection_log_counters,
     utcnow,
 )
 from tests.conftest import ADMIN_URL

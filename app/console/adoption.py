@@ -19,7 +19,8 @@ from collections.abc import Iterable
 from datetime import date, timedelta
 
 from eventstore.events import client_key_of
-from eventstore.store import EventStore, RecordedEvent, Rejection
+from eventstore.rejections import Rejection
+from eventstore.store import EventStore, RecordedEvent
 from projections.model import INSTALLED, TenantRow
 from projections.tenants import TenantsProjection
 

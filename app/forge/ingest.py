@@ -35,7 +35,8 @@ from app.forge.jwks import JwksFetcher, JwksUnavailable, UnknownKid
 from app.forge.tokens import ForgeToken, TokenError, claimed_identity, read_fit, verify_fit
 from app.settings import Settings
 from eventstore.events import Metadata, installation_stream_id
-from eventstore.store import EventStore, Rejection, StoreError, format_timestamp, utcnow
+from eventstore.rejections import Rejection
+from eventstore.store import EventStore, StoreError, format_timestamp, utcnow
 
 log = logging.getLogger("ledger.forge")
 

@@ -1,0 +1,186 @@
+"""The rejection log: refused calls, kept for operators (SPEC §4, "rejection log").
+
+The interface (``RejectionLog``), the row (``Rejection``) and the pure rules every
+backend applies the same way: text escaping, what makes two refusals identical
+(fingerprint and window), and how often retention purges run.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import logging
+import re
+import threading
+import time
+from datetime import datetime
+from typing import Any, Final
+
+import msgspec
+
+from eventstore.clock import format_timestamp
+from eventstore.errors import StoreError
+from eventstore.events import canonical_json
+
+
+class Rejection(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One refused call. Never holds a token or a secret: only the token's SHA-256.
+
+    ``status`` is the caller's outcome code, opaque to the store: it is stored and
+    listed as given, never interpreted (the service records the HTTP status it
+    answered, which /admin/rejections shows under this name).
+
+    Identical refusals (same reason, remote address, claimed clientKey and path) in
+    one window of ``REJECTION_WINDOW_SECONDS`` are one row: ``at`` is the first,
+    ``last_seen_at`` the last, ``count`` how many; the row keeps the first one's
+    other fields (token hash, detail).
+    """
+
+    at: datetime
+    path: str
+    reason: str
+    status: int
+    client_key: str | None = None
+    base_url: str | None = None
+    remote_addr: str | None = None
+    token_sha256: str | None = None
+    detail: str | None = None
+    count: int = 1
+    last_seen_at: datetime | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out = msgspec.to_builtins(self)
+        out["at"] = format_timestamp(self.at)
+        out["count"] = self.count
+        out["last_seen_at"] = format_timestamp(self.last_seen_at or self.at)
+        return dict(out)
+
+
+# The rejection table's columns are Rejection's fields, in this order (declared once:
+# the backends build their statements from it).
+REJECTION_FIELDS: Final[tuple[str, ...]] = Rejection.__struct_fields__
+
+# Identical refusals within one window are kept as one row (see Rejection).
+REJECTION_WINDOW_SECONDS = 60
+# Retention purges run at most this often per store object, each deleting at most
+# REJECTION_PURGE_BATCH rows REJECTION_PURGE_BATCHES times: bounded work on the insert path.
+REJECTION_PURGE_INTERVAL_SECONDS = 60.0
+REJECTION_PURGE_BATCH = 1000
+REJECTION_PURGE_BATCHES = 10
+# Longest text kept in one field of a rejection row (claimed values are untrusted).
+REJECTION_FIELD_LIMIT = 2048
+
+# C0 and C1 control characters, DEL and lone surrogates: PostgreSQL cannot store NUL,
+# neither store can encode a lone surrogate, and none of them belong in a log an
+# operator reads on a terminal.
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape_text(value: str | None, limit: int = REJECTION_FIELD_LIMIT) -> str | None:
+    """A claimed value made storable: control characters escaped (NUL → ``\\x00``), cut
+    to ``limit`` characters."""
+    if value is None:
+        return None
+    return _UNPRINTABLE.sub(_escape_char, value[:limit])
+
+
+def storable_rejection(rejection: Rejection) -> Rejection:
+    """The rejection with every text field escaped (see escape_text); both stores write this."""
+    return msgspec.structs.replace(
+        rejection,
+        path=escape_text(rejection.path) or "",
+        reason=escape_text(rejection.reason) or "",
+        client_key=escape_text(rejection.client_key),
+        base_url=escape_text(rejection.base_url),
+        remote_addr=escape_text(rejection.remote_addr),
+        token_sha256=escape_text(rejection.token_sha256),
+        detail=escape_text(rejection.detail),
+    )
+
+
+def rejection_fingerprint(rejection: Rejection) -> str:
+    """What makes two refusals identical for coalescing: reason, remote address,
+    claimed clientKey and path (of an already escaped rejection)."""
+    parts = (rejection.reason, rejection.remote_addr, rejection.client_key, rejection.path)
+    return hashlib.sha256(canonical_json(list(parts))).hexdigest()
+
+
+def rejection_window(at: datetime) -> int:
+    """The number of the coalescing window a refusal at ``at`` falls in."""
+    return int(at.timestamp()) // REJECTION_WINDOW_SECONDS
+
+
+class RejectionLogCounters:
+    """Process-wide counts of coalesced and purged rejection rows, for /metrics."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.coalesced = 0
+        self.purged = 0
+
+    def add(self, *, coalesced: int = 0, purged: int = 0) -> None:
+        with self._lock:
+            self.coalesced += coalesced
+            self.purged += purged
+
+
+rejection_log_counters = RejectionLogCounters()
+
+
+class PurgeSchedule:
+    """At most one retention purge per interval for one store object (thread-safe)."""
+
+    def __init__(self, interval: float = REJECTION_PURGE_INTERVAL_SECONDS) -> None:
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._next = 0.0
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            if now < self._next:
+                return False
+            self._next = now + self._interval
+            return True
+
+
+class RejectionLog(abc.ABC):
+    """Where refused calls are recorded, coalesced, listed and purged."""
+
+    @abc.abstractmethod
+    def record_rejection(self, rejection: Rejection) -> None:
+        """Store a refusal: text escaped (storable_rejection), coalesced with an identical
+        one of the same window, and now and then rejections older than the retention
+        period purged. Never fails on odd text."""
+
+    @abc.abstractmethod
+    def purge_rejections(self, older_than: datetime) -> int:
+        """Delete rejections last seen before ``older_than`` (bounded batches); the count."""
+
+    @abc.abstractmethod
+    def list_rejections(
+        self,
+        limit: int = 100,
+        *,
+        reason: str | None = None,
+        since: datetime | None = None,
+        client_key: str | None = None,
+    ) -> list[Rejection]:
+        """Most recently seen first; only those with this reason, at or after ``since``, for this clientKey."""
+
+
+def purge_quietly(log: RejectionLog, older_than: datetime) -> None:
+    """The retention purge run from the insert path: housekeeping, so a failure is
+    logged and left to the next scheduled purge, never raised to the call that
+    recorded its rejection row."""
+    try:
+        log.purge_rejections(older_than)
+    except StoreError as error:
+        logging.getLogger("ledger.store").warning(
+            "rejection purge failed: %s; retried at the next purge", type(error).__name__
+        )
