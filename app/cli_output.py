@@ -225,5 +225,5 @@ def plain_help_metavars() -> None:
             return "[" + "|".join(str(c) for c in described.choices or ()) + "]"
         return (self.name or "value").upper()
 
-    TyperArgument.display_type_rich = argument_type  # type: ignore[method-assign,assignment]
+    TyperArgument.display_type_rich = argument_type  # type: ignore[method-assign,assignment]  # Typer offers no hook for its help placeholders
     TyperOption.display_type_rich = option_type  # type: ignore[method-assign]  # Typer offers no hook for its help placeholders

@@ -75,7 +75,7 @@ class DemoHost:
             event,
             payload,
             app_base_url=self.app_base_url,
-            alg=alg,  # type: ignore[arg-type]
+            alg=alg,  # type: ignore[arg-type]  # the demo sends a refused alg on purpose
             descriptor_version=version,
         )
         response = self.client.post(

@@ -437,7 +437,7 @@ class PostgresEventStore(SQLStore):
             current = row[0] if row else 0
             for number, script in enumerate(MIGRATIONS, start=1):
                 if number > current:
-                    conn.execute(script)  # type: ignore[call-overload]
+                    conn.execute(script)
                     conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", [number])
 
     # -- writing

@@ -124,7 +124,7 @@ def _base_url_changed(state: BaseUrlsState, event: RecordedEvent) -> None:
     stream_id = event.stream_id
     current = state._open.get(stream_id)
     if current is not None:  # else a stream that never had an Installed: ignore
-        data: BaseUrlChanged = event.data  # type: ignore[assignment]
+        data: BaseUrlChanged = event.data  # type: ignore[assignment]  # by event.type: the dispatch picked this handler
         _arrive(state, stream_id, current, data.to, event)
 
 

@@ -335,13 +335,13 @@ class ForgeFold:
 
 
 def _installed(fold: ForgeFold, event: RecordedEvent) -> None:
-    data: Installed = event.data  # type: ignore[assignment]
+    data: Installed = event.data  # type: ignore[assignment]  # by event.type: the dispatch picked this handler
     if "installationId" in data.details:
         fold.connect(client_key_of(event.stream_id), data.details["installationId"], event)
 
 
 def _details_changed(fold: ForgeFold, event: RecordedEvent) -> None:
-    data: DetailsChanged = event.data  # type: ignore[assignment]
+    data: DetailsChanged = event.data  # type: ignore[assignment]  # by event.type: the dispatch picked this handler
     if "installationId" in data.changes:
         fold.connect(client_key_of(event.stream_id), data.changes["installationId"], event)
 

@@ -77,7 +77,7 @@ class TenantRecord(msgspec.Struct, gc=False):
 
 
 # msgspec freezes a subclass of a mutable Struct (tested); mypy applies the dataclass rule.
-class TenantRow(TenantRecord, frozen=True, gc=False):  # type: ignore[misc]
+class TenantRow(TenantRecord, frozen=True, gc=False):  # type: ignore[misc]  # msgspec: a frozen subclass of a mutable struct, on purpose
     """A tenant's ``TenantRecord``, frozen: a row handed over never changes."""
 
 

@@ -110,7 +110,7 @@ def _base_url_changed(state: ReimportsState, event: RecordedEvent) -> None:
     current = state._url_of.get(stream_id)
     if current is None:  # a stream that never had an Installed
         return
-    data: BaseUrlChanged = event.data  # type: ignore[assignment]
+    data: BaseUrlChanged = event.data  # type: ignore[assignment]  # by event.type: the dispatch picked this handler
     url = normalize_base_url(data.to)
     if url != current:
         state._holder[url] = stream_id

@@ -99,7 +99,7 @@ _SHARED: dict[str, str] = {}
 
 def _installed(event: RecordedEvent) -> _Tenant:
     """A fresh record: an install (or reinstall) sets everything."""
-    data: Installed = event.data  # type: ignore[assignment]
+    data: Installed = event.data  # type: ignore[assignment]  # by event.type: the dispatch picked this handler
     details = data.details
     at = event.recorded_at
     base_url = data.base_url
@@ -140,19 +140,19 @@ def _changed(tenant: _Tenant, event: RecordedEvent) -> None:
 
 
 def _base_url_changed(tenant: _Tenant, event: RecordedEvent) -> None:
-    data: BaseUrlChanged = event.data  # type: ignore[assignment]
+    data: BaseUrlChanged = event.data  # type: ignore[assignment]  # by event.type: the dispatch picked this handler
     tenant.base_url = data.to
     _changed(tenant, event)
 
 
 def _descriptor_upgraded(tenant: _Tenant, event: RecordedEvent) -> None:
-    data: DescriptorUpgraded = event.data  # type: ignore[assignment]
+    data: DescriptorUpgraded = event.data  # type: ignore[assignment]  # by event.type: the dispatch picked this handler
     tenant.descriptor_version = data.to
     _changed(tenant, event)
 
 
 def _details_changed(tenant: _Tenant, event: RecordedEvent) -> None:
-    data: DetailsChanged = event.data  # type: ignore[assignment]
+    data: DetailsChanged = event.data  # type: ignore[assignment]  # by event.type: the dispatch picked this handler
     changes = data.changes
     if "displayUrl" in changes:
         tenant.display_url = changes["displayUrl"]
