@@ -31,6 +31,7 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey, RSAPublicNumbers
 
 from app.install_keys import KeyServerUnavailable, _read_capped
+from app.metrics import UNRECORDED, KeyMetrics
 
 __all__ = ["JwksFetcher", "JwksUnavailable", "UnknownKid", "parse_jwks"]
 
@@ -99,6 +100,7 @@ class JwksFetcher:
         timeout: float = 2.0,
         client: httpx.AsyncClient | None = None,
         clock: Callable[[], float] = time.monotonic,
+        metrics: KeyMetrics = UNRECORDED,
     ) -> None:
         self._documents = [_Document(url) for url in urls]
         self._timeout = timeout
@@ -107,14 +109,18 @@ class JwksFetcher:
         self._client = client or httpx.AsyncClient(timeout=timeout, follow_redirects=False)
         self._clock = clock
         self.fetches = 0  # HTTP requests made, for tests and metrics
+        self._metrics = metrics
 
     async def key(self, kid: str) -> RSAPublicKey:
         now = self._clock()
         await self._fetch_where(lambda d: self._stale(d, now))
         found = self._lookup(kid)
         if found is None:
+            self._metrics.miss()
             await self._fetch_where(lambda d: self._may_look_again(d, now))
             found = self._lookup(kid)
+        else:
+            self._metrics.hit()
         if found is not None:
             return found
         if any(d.down for d in self._documents):
@@ -161,8 +167,10 @@ class JwksFetcher:
         try:
             keys = await self._download(document.url)
         except _DocumentDown:
+            self._metrics.fetched("error")
             document.down = True  # keeps the keys it had
         else:
+            self._metrics.fetched("ok" if keys is not None else "refused")
             if keys is not None:  # a 4xx keeps the keys it had, like any failed refresh
                 document.keys = keys
             document.loaded_at = self._clock()

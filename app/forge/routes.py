@@ -65,7 +65,7 @@ def _add_route(app: FastAPI, route: Route, metrics: Metrics) -> None:
             )
         )
         elapsed = time.perf_counter() - started
-        metrics.observe_call(endpoint, outcome.code, outcome.status, elapsed, outcome.refused)
+        metrics.observe_call(endpoint, outcome, elapsed)
         _log(endpoint, outcome, elapsed)
         return _response(outcome)
 
