@@ -40,7 +40,6 @@ from app.tokens import (
     TokenError,
     UnverifiedToken,
     is_valid_kid,
-    load_rsa_public_key,
     parse_unverified,
     query_string_hash,
     relative_path,
@@ -219,7 +218,6 @@ class LifecycleIngestor:
         self.keyring = keyring
         self.fetcher = fetcher
         self.clock = clock
-        self._parsed_keys: dict[str, Any] = {}
 
     async def handle(self, request: CallRequest) -> Outcome:
         call_id = uuid.uuid4().hex
@@ -282,25 +280,15 @@ class LifecycleIngestor:
         kid = unverified.kid
         if kid is None or not is_valid_kid(kid):
             raise _Refusal(401, "invalid_kid", "the token's kid is missing or not allowed")
-        parsed = self._parsed_keys.get(kid)
-        if parsed is not None:
-            return parsed
         try:
-            pem = await self.fetcher.get(kid)
+            # The fetcher's cache holds the loaded key (and counts its hits for /metrics).
+            return await self.fetcher.get_public_key(kid)
         except (InvalidKid, UnknownKid) as error:
             raise _Refusal(401, error.code, error.public_detail) from None
-        except KeyServerUnavailable as error:  # key_server_busy too
+        except KeyServerUnavailable as error:  # key_server_busy and "not a PEM key" too
             raise _Refusal(
                 503, error.code, error.public_detail, self.settings.retry_after_seconds
             ) from None
-        try:
-            parsed = load_rsa_public_key(pem)
-        except TokenError as error:
-            raise _Refusal(
-                503, "key_server_unavailable", error.detail, self.settings.retry_after_seconds
-            ) from None
-        self._parsed_keys[kid] = parsed
-        return parsed
 
     # -- rules 3-8, in a worker thread: the store is synchronous
 
