@@ -125,9 +125,10 @@ class InstallKeyFetcher:
         if cached is not None:
             self._metrics.hit()
             return cached
-        self._metrics.miss()
         if kid in self._unknown:
+            self._metrics.hit()  # answered from memory too: no request
             raise UnknownKid("the key server answered 404 for this kid a moment ago")
+        self._metrics.miss()
         task = self._inflight.get(kid)
         if task is None:
             # Joining a fetch in flight is free; a new one must fit both bounds.

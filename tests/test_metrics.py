@@ -3,7 +3,9 @@ kept apart per app in one process (the embedded service)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import functools
 import json
 import os
 import subprocess
@@ -21,8 +23,12 @@ from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.embedded import bound_socket
+from app.forge.jwks import JwksFetcher, UnknownKid
 from app.hostsim import KeyServer, SimulatedHost, make_install_payload
-from app.metrics import MULTIPROC_ENV, reap_dead_processes
+from app.hostsim_forge import ForgePlatform, JwksServer
+from app.install_keys import InstallKeyFetcher
+from app.install_keys import UnknownKid as UnknownInstallKid
+from app.metrics import MULTIPROC_ENV, new_metrics, reap_dead_processes
 from app.serve import metrics_directory
 from tests.harness import RunningService, running_service
 
@@ -259,3 +265,62 @@ def test_a_dead_worker_leaves_the_live_gauges_but_not_the_counters(tmp_path: Pat
         f"counter_{gone.pid}.db",
         f"gauge_livesum_{os.getpid()}.db",
     }
+
+
+# ------------------------------------------------------------ key sources
+
+
+def test_install_key_lookups_and_fetches_are_counted() -> None:
+    metrics = new_metrics()
+    host = SimulatedHost()
+    with KeyServer() as keys:
+        host.register_with(keys)
+
+        async def scenario() -> None:
+            fetcher = InstallKeyFetcher(keys.url, metrics=metrics.key_source("install_keys"))
+            try:
+                for _ in range(3):
+                    await fetcher.get(host.kid)  # one fetch, then the cache
+                for _ in range(2):
+                    with pytest.raises(UnknownInstallKid):
+                        await fetcher.get("no-such-kid")  # one 404, then remembered
+            finally:
+                await fetcher.aclose()
+
+        asyncio.run(scenario())
+    found = samples(metrics.render().decode())
+    count = functools.partial(total, found, source="install_keys")
+    assert count("ledger_key_lookups_total", result="hit") == 3
+    assert count("ledger_key_lookups_total", result="miss") == 2
+    assert count("ledger_key_fetches_total", result="ok") == 1
+    assert count("ledger_key_fetches_total", result="unknown") == 1
+
+
+def test_jwks_lookups_and_fetches_are_counted() -> None:
+    metrics = new_metrics()
+    with JwksServer() as server:
+        platform = ForgePlatform(jwks=server)
+
+        async def scenario() -> None:
+            now = [1000.0]
+            fetcher = JwksFetcher(
+                [server.url], clock=lambda: now[0], metrics=metrics.key_source("forge_jwks")
+            )
+            try:
+                for _ in range(4):
+                    await fetcher.key(platform.kid)  # the document once (a miss), then held
+                now[0] += 61
+                with pytest.raises(UnknownKid):
+                    await fetcher.key("no-such-kid")  # looks again: a fetch, a miss
+                with pytest.raises(UnknownKid):
+                    await fetcher.key("no-such-kid-either")  # within the minute: held
+            finally:
+                await fetcher.aclose()
+
+        asyncio.run(scenario())
+        assert server.requests == 2
+    found = samples(metrics.render().decode())
+    count = functools.partial(total, found, source="forge_jwks")
+    assert count("ledger_key_lookups_total", result="hit") == 4
+    assert count("ledger_key_lookups_total", result="miss") == 2
+    assert count("ledger_key_fetches_total", result="ok") == 2

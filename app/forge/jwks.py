@@ -113,12 +113,13 @@ class JwksFetcher:
 
     async def key(self, kid: str) -> RSAPublicKey:
         now = self._clock()
-        await self._fetch_where(lambda d: self._stale(d, now))
+        waited = await self._fetch_where(lambda d: self._stale(d, now))
         found = self._lookup(kid)
         if found is None:
-            self._metrics.miss()
-            await self._fetch_where(lambda d: self._may_look_again(d, now))
+            waited = await self._fetch_where(lambda d: self._may_look_again(d, now)) or waited
             found = self._lookup(kid)
+        if waited:  # a miss waited for a fetch; a hit answered from the documents held
+            self._metrics.miss()
         else:
             self._metrics.hit()
         if found is not None:
@@ -149,7 +150,8 @@ class JwksFetcher:
             return self._retry_allowed(document, now)
         return at is None or now - at >= UNKNOWN_KID_SECONDS
 
-    async def _fetch_where(self, wanted: Callable[[_Document], bool]) -> None:
+    async def _fetch_where(self, wanted: Callable[[_Document], bool]) -> bool:
+        """Fetch the wanted documents (or join their fetches); whether it waited for any."""
         tasks = []
         for document in self._documents:
             if document.inflight is not None:
@@ -162,6 +164,7 @@ class JwksFetcher:
         if tasks:
             # shield: a caller that goes away must not cancel a fetch others wait on.
             await asyncio.shield(asyncio.gather(*tasks, return_exceptions=True))
+        return bool(tasks)
 
     async def _refresh(self, document: _Document) -> None:
         try:
