@@ -75,7 +75,7 @@ def serve(
     from app.serve import metrics_directory
 
     processes = workers or settings.workers
-    with metrics_directory(processes):
+    with metrics_directory(processes, settings):
         uvicorn.run(
             "app.service:create_app",
             factory=True,

@@ -17,22 +17,25 @@ from pathlib import Path
 from typing import Final
 
 from app.metrics import MULTIPROC_ENV
+from app.settings import Settings
 
 METRICS_DIR_PREFIX: Final = "metrics-"
 
 
 @contextmanager
-def metrics_directory(workers: int) -> Iterator[Path | None]:
+def metrics_directory(workers: int, settings: Settings) -> Iterator[Path | None]:
     """A per-run metrics directory for ``workers`` processes (None for one process,
     whose metrics stay in memory). Under ``LEDGER_VAR_DIR`` when that is set, else in
-    the system's temporary directory."""
+    the system's temporary directory (the default ``./var`` may not be writable where
+    the store is PostgreSQL). An inherited ``PROMETHEUS_MULTIPROC_DIR`` is replaced for
+    the run, then restored."""
     if workers <= 1:
         yield None
         return
-    parent = os.environ.get("LEDGER_VAR_DIR")
-    if parent:
-        Path(parent).mkdir(parents=True, exist_ok=True)
-    directory = Path(tempfile.mkdtemp(prefix=METRICS_DIR_PREFIX, dir=parent or None))
+    parent = settings.var_dir if "var_dir" in settings.model_fields_set else None
+    if parent is not None:
+        parent.mkdir(parents=True, exist_ok=True)
+    directory = Path(tempfile.mkdtemp(prefix=METRICS_DIR_PREFIX, dir=parent))
     previous = os.environ.get(MULTIPROC_ENV)
     os.environ[MULTIPROC_ENV] = str(directory)
     try:

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,7 @@ from app.install_keys import InstallKeyFetcher
 from app.install_keys import UnknownKid as UnknownInstallKid
 from app.metrics import MULTIPROC_ENV, new_metrics, reap_dead_processes
 from app.serve import metrics_directory
+from app.settings import Settings
 from tests.harness import RunningService, running_service
 
 T = TypeVar("T")
@@ -235,15 +237,22 @@ def _caught_up(service: RunningService) -> Samples | None:
 def test_the_metrics_directory_lives_for_one_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv(MULTIPROC_ENV, raising=False)
-    monkeypatch.setenv("LEDGER_VAR_DIR", str(tmp_path))
-    with metrics_directory(1) as none:
-        assert none is None and MULTIPROC_ENV not in os.environ
-    with metrics_directory(2) as directory:
-        assert directory is not None and directory.is_dir() and directory.parent == tmp_path
+    monkeypatch.delenv("LEDGER_VAR_DIR", raising=False)
+    monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path / "inherited"))
+    settings = Settings(var_dir=tmp_path / "var")
+    with metrics_directory(1, settings) as none:
+        assert none is None and os.environ[MULTIPROC_ENV] == str(tmp_path / "inherited")
+    with metrics_directory(2, settings) as directory:
+        assert directory is not None and directory.is_dir()
+        assert directory.parent == tmp_path / "var"
         assert os.environ[MULTIPROC_ENV] == str(directory)
         (directory / "counter_1.db").write_bytes(b"")
-    assert not directory.exists() and MULTIPROC_ENV not in os.environ
+    assert not directory.exists()
+    assert os.environ[MULTIPROC_ENV] == str(tmp_path / "inherited")
+    with metrics_directory(2, Settings()) as elsewhere:
+        # Not under ./var unless LEDGER_VAR_DIR says so.
+        assert elsewhere is not None and elsewhere.parent == Path(tempfile.gettempdir())
+    assert not elsewhere.exists()
 
 
 def test_a_dead_worker_leaves_the_live_gauges_but_not_the_counters(tmp_path: Path) -> None:
