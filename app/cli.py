@@ -73,17 +73,21 @@ def serve(
     with open_store(settings.database_url) as store:
         storage_for(store).ensure()
     settings.master_keys()
-    uvicorn.run(
-        "app.service:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers or settings.workers,
-        # Access logs would print query strings, and a token may travel as ?jwt=.
-        access_log=False,
-        log_level="warning",
-        proxy_headers=False,
-    )
+    from app.serve import metrics_directory
+
+    processes = workers or settings.workers
+    with metrics_directory(processes, settings):
+        uvicorn.run(
+            "app.service:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=processes,
+            # Access logs would print query strings, and a token may travel as ?jwt=.
+            access_log=False,
+            log_level="warning",
+            proxy_headers=False,
+        )
 
 
 @cli.command(epilog=examples("ledger migrate"))

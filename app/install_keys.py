@@ -26,6 +26,7 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from app.key_limits import MAX_FETCHES_IN_FLIGHT, Clock, FetchBudget, UnknownKids
+from app.metrics import UNRECORDED, KeyMetrics
 from app.tokens import TokenError, is_valid_kid, load_rsa_public_key
 
 __all__ = [
@@ -94,6 +95,7 @@ class InstallKeyFetcher:
         clock: Clock = time.monotonic,
         max_in_flight: int = MAX_FETCHES_IN_FLIGHT,
         budget: FetchBudget | None = None,
+        metrics: KeyMetrics = UNRECORDED,
     ) -> None:
         self._base_url = base_url.rstrip("/")
         self._timeout = timeout
@@ -106,6 +108,7 @@ class InstallKeyFetcher:
         self._unknown = UnknownKids(clock)
         self._max_in_flight = max_in_flight
         self._budget = budget or FetchBudget(clock)
+        self._metrics = metrics
 
     async def get(self, kid: str) -> str:
         """The PEM text of the install key named ``kid``."""
@@ -121,9 +124,12 @@ class InstallKeyFetcher:
             raise InvalidKid("the token's kid is not a valid key id")
         cached = self._cache.get(kid)
         if cached is not None:
+            self._metrics.hit()
             return cached
         if kid in self._unknown:
+            self._metrics.hit()  # answered from memory too: no request
             raise UnknownKid("the key server answered 404 for this kid a moment ago")
+        self._metrics.miss()
         task = self._inflight.get(kid)
         if task is None:
             # Joining a fetch in flight is free; a new one must fit both bounds.
@@ -142,6 +148,7 @@ class InstallKeyFetcher:
         if not task.cancelled():
             # Marks the exception retrieved even if every waiter has gone away.
             task.exception()
+        self._metrics.fetched(_fetch_result(task))
 
     async def _fetch(self, kid: str) -> InstallKey:
         url = f"{self._base_url}/{kid}"
@@ -195,6 +202,16 @@ async def read_capped(response: httpx.Response, limit: int) -> bytes:
             raise KeyServerUnavailable(f"the key server's answer exceeds {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _fetch_result(task: asyncio.Task[InstallKey]) -> str:
+    """How a fetch ended, as ``ledger_key_fetches_total`` counts it."""
+    if task.cancelled():
+        return "cancelled"
+    error = task.exception()
+    if error is None:
+        return "ok"
+    return "unknown" if isinstance(error, UnknownKid) else "error"
 
 
 def _load_key(kid: str, body: bytes) -> InstallKey:

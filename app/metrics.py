@@ -1,103 +1,336 @@
-"""Prometheus text metrics, kept in process (each service process answers for itself)."""
+"""Prometheus metrics of the service, true when several worker processes serve it.
+
+Two modes, chosen once per process (never per request):
+
+* **several workers** (``ledger serve --workers N``, N > 1): ``app.serve`` gives the
+  workers a fresh shared directory in ``PROMETHEUS_MULTIPROC_DIR`` before they start.
+  prometheus-client then keeps every value in a memory-mapped file per process, and a
+  scrape answered by any worker sums the files of all of them (``MultiProcessCollector``).
+  A worker that stops marks itself dead (its live gauges leave the sum); one that starts
+  does the same for workers that died without stopping (killed, crashed).
+* **one process** (``make run``, the tests' embedded service): values live in memory and
+  each app has its own registry, so two apps in one process never mix their counts.
+
+The hot path pays one dict lookup per call and prometheus-client's own lock per value.
+"""
 
 from __future__ import annotations
 
+import functools
+import os
+import re
 import threading
-from bisect import bisect_left
-from collections import defaultdict
-from collections.abc import Callable
-from typing import Any, Final
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Final, Protocol
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+    values,
+)
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from eventstore.rejections import rejection_log_counters
+from projections.health import LastError, RunnerHealth, lag_events
 
+__all__ = [
+    "CONTENT_TYPE",
+    "MULTIPROC_ENV",
+    "UNRECORDED",
+    "KeyMetrics",
+    "Metrics",
+    "multiprocess_directory",
+    "new_metrics",
+    "reap_dead_processes",
+]
+
+MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+BATCH_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_PID_FILE: Final = re.compile(r"_(\d+)\.db$")
+
+# `*_created` series exist in one mode only (the multiprocess collector has none):
+# without them both modes answer the same series.
+disable_created_metrics()
+
+
+class CallOutcome(Protocol):
+    """What a route knows about the call it answered (Connect's and Forge's Outcome)."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def code(self) -> str: ...
+
+    @property
+    def events(self) -> int: ...
+
+    @property
+    def refused(self) -> bool: ...
+
+
+class KeyMetrics(Protocol):
+    """Counts of one key source: lookups served from its cache or not, and fetches."""
+
+    def hit(self) -> None: ...
+
+    def miss(self) -> None: ...
+
+    def fetched(self, result: str) -> None: ...
+
+
+class _Unrecorded:
+    """For a key fetcher built without metrics (unit tests, tools)."""
+
+    def hit(self) -> None:
+        pass
+
+    def miss(self) -> None:
+        pass
+
+    def fetched(self, result: str) -> None:
+        pass
+
+
+UNRECORDED: Final[KeyMetrics] = _Unrecorded()
+
+
+class _KeySource:
+    def __init__(self, lookups: Counter, fetches: Counter, source: str) -> None:
+        self._hit = lookups.labels(source, "hit")
+        self._miss = lookups.labels(source, "miss")
+        self._fetches = fetches
+        self._source = source
+
+    def hit(self) -> None:
+        self._hit.inc()
+
+    def miss(self) -> None:
+        self._miss.inc()
+
+    def fetched(self, result: str) -> None:
+        self._fetches.labels(self._source, result).inc()
+
+
+class _RejectionLogSync:
+    """Carries this process's rejection-log counts (kept by the stores, outside any
+    metrics library) into counters, by the difference since the last carry."""
+
+    def __init__(self, coalesced: Counter, purged: Counter) -> None:
+        self._lock = threading.Lock()
+        self._coalesced, self._purged = coalesced, purged
+        self._seen = (0, 0)
+
+    def __call__(self) -> None:
+        with self._lock:
+            now = (rejection_log_counters.coalesced, rejection_log_counters.purged)
+            if now == self._seen:
+                return
+            self._coalesced.inc(now[0] - self._seen[0])
+            self._purged.inc(now[1] - self._seen[1])
+            self._seen = now
 
 
 class Metrics:
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._calls: dict[tuple[str, str, int], int] = defaultdict(int)
-        self._buckets: dict[str, list[int]] = defaultdict(lambda: [0] * (len(LATENCY_BUCKETS) + 1))
-        self._sums: dict[str, float] = defaultdict(float)
-        self._rejections: dict[str, int] = defaultdict(int)
-        # The projection runner's state (projections.health snapshot), set by the service.
-        self.runner_status: Callable[[], dict[str, Any]] | None = None
+    """Every metric of one service process. ``registry`` holds them in one-process
+    mode; with a ``directory`` (several workers) they live in its files instead."""
 
-    def observe_call(
-        self, endpoint: str, outcome: str, status: int, seconds: float, refused: bool
-    ) -> None:
-        with self._lock:
-            self._calls[(endpoint, outcome, status)] += 1
-            self._buckets[endpoint][bisect_left(LATENCY_BUCKETS, seconds)] += 1
-            self._sums[endpoint] += seconds
-            if refused:
-                self._rejections[outcome] += 1
+    def __init__(self, registry: CollectorRegistry | None, directory: Path | None) -> None:
+        r = registry
+        self._directory = directory
+        self._calls = Counter(
+            "ledger_calls",
+            "Lifecycle calls by endpoint, outcome and status.",
+            ("endpoint", "outcome", "status"),
+            registry=r,
+        )
+        self._rejections = Counter(
+            "ledger_rejections", "Refused lifecycle calls by reason code.", ("reason",), registry=r
+        )
+        self._duration = Histogram(
+            "ledger_call_duration_seconds",
+            "Lifecycle call latency, from the first byte of the body read to the answer.",
+            ("endpoint", "outcome"),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._append_batches = Histogram(
+            "ledger_append_batch_size",
+            "Appends committed together in one transaction (1 until group commit).",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self._sync_rejection_log = _RejectionLogSync(
+            Counter(
+                "ledger_rejections_coalesced",
+                "Refusals folded into an identical row.",
+                registry=r,
+            ),
+            Counter(
+                "ledger_rejections_purged",
+                "Rejection rows purged after the retention period.",
+                registry=r,
+            ),
+        )
+        self._key_lookups = Counter(
+            "ledger_key_lookups",
+            "Signing-key lookups by source, served from the cache (hit) or not (miss).",
+            ("source", "result"),
+            registry=r,
+        )
+        self._key_fetches = Counter(
+            "ledger_key_fetches",
+            "HTTP fetches of signing keys by source and result.",
+            ("source", "result"),
+            registry=r,
+        )
+        self._runner = _RunnerMetrics(r)
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._scraped = registry if directory is None else _multiprocess_registry(directory)
 
-    def render(self) -> str:
-        lines = [
-            "# HELP ledger_calls_total Lifecycle calls by endpoint, outcome and status.",
-            "# TYPE ledger_calls_total counter",
-        ]
-        with self._lock:
-            for (endpoint, outcome, status), count in sorted(self._calls.items()):
-                lines.append(
-                    f'ledger_calls_total{{endpoint="{endpoint}",outcome="{outcome}",status="{status}"}} {count}'
-                )
-            lines += [
-                "# HELP ledger_rejections_total Refused lifecycle calls by reason code.",
-                "# TYPE ledger_rejections_total counter",
-            ]
-            for reason, count in sorted(self._rejections.items()):
-                lines.append(f'ledger_rejections_total{{reason="{reason}"}} {count}')
-            lines += _rejection_log_lines()
-            lines += [
-                "# HELP ledger_call_duration_seconds Lifecycle call latency.",
-                "# TYPE ledger_call_duration_seconds histogram",
-            ]
-            for endpoint, buckets in sorted(self._buckets.items()):
-                cumulative = 0
-                for bound, count in zip((*LATENCY_BUCKETS, float("inf")), buckets, strict=True):
-                    cumulative += count
-                    le = "+Inf" if bound == float("inf") else repr(bound)
-                    lines.append(
-                        f'ledger_call_duration_seconds_bucket{{endpoint="{endpoint}",le="{le}"}} {cumulative}'
-                    )
-                lines.append(
-                    f'ledger_call_duration_seconds_sum{{endpoint="{endpoint}"}} {self._sums[endpoint]}'
-                )
-                lines.append(
-                    f'ledger_call_duration_seconds_count{{endpoint="{endpoint}"}} {cumulative}'
-                )
-        if self.runner_status is not None:
-            lines += _runner_lines(self.runner_status())
-        return "\n".join(lines) + "\n"
-
-
-def _runner_lines(status: dict[str, Any]) -> list[str]:
-    lines = [
-        "# HELP ledger_projection_lag_events Events in the log not yet folded, by projection.",
-        "# TYPE ledger_projection_lag_events gauge",
-    ]
-    for name, progress in status["projections"].items():
-        if progress["lag_events"] is not None:
-            lines.append(
-                f'ledger_projection_lag_events{{projection="{name}"}} {progress["lag_events"]}'
+    def observe_call(self, endpoint: str, outcome: CallOutcome, seconds: float) -> None:
+        key = (endpoint, outcome.code, outcome.status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children.setdefault(
+                key,
+                (self._calls.labels(*key), self._duration.labels(endpoint, outcome.code)),
             )
-    lines += [
-        "# HELP ledger_projection_failures_total Projection runner failures (each one retried).",
-        "# TYPE ledger_projection_failures_total counter",
-        f"ledger_projection_failures_total {status['failures']}",
-    ]
-    return lines
+        children[0].inc()
+        children[1].observe(seconds)
+        if outcome.events:
+            # Every accepted call is one append in its own transaction today; the
+            # group-commit writer will call observe_append_batch with its batch sizes.
+            self.observe_append_batch(1)
+        if outcome.refused:
+            self._rejections.labels(outcome.code).inc()
+            self._sync_rejection_log()  # a refusal is what coalesces or purges rows
+
+    def observe_append_batch(self, appends: int) -> None:
+        self._append_batches.observe(appends)
+
+    def key_source(self, source: str) -> KeyMetrics:
+        """The counters a key fetcher increments (``install_keys``, ``forge_jwks``)."""
+        return _KeySource(self._key_lookups, self._key_fetches, source)
+
+    def runner_health(self) -> RunnerHealth:
+        """A runner health record that also sets the projection metrics."""
+        return _MeteredHealth(self._runner)
+
+    def render(self) -> bytes:
+        self._sync_rejection_log()
+        assert self._scraped is not None
+        return generate_latest(self._scraped)
+
+    def process_exiting(self) -> None:
+        """This worker's live gauges leave the sum (counters stay: they were counted)."""
+        if self._directory is not None:
+            mark_process_dead(os.getpid(), str(self._directory))
 
 
-def _rejection_log_lines() -> list[str]:
-    """The rejection log's own upkeep, counted by the stores of this process."""
-    return [
-        "# HELP ledger_rejections_coalesced_total Refusals folded into an identical row.",
-        "# TYPE ledger_rejections_coalesced_total counter",
-        f"ledger_rejections_coalesced_total {rejection_log_counters.coalesced}",
-        "# HELP ledger_rejections_purged_total Rejection rows purged after the retention period.",
-        "# TYPE ledger_rejections_purged_total counter",
-        f"ledger_rejections_purged_total {rejection_log_counters.purged}",
-    ]
+class _RunnerMetrics:
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        # Every worker's runner (leader or standby) observes the shared checkpoints;
+        # the most recent observation of a live worker is the truest one.
+        self.lag = Gauge(
+            "ledger_projection_lag_events",
+            "Events in the log not yet folded, by projection.",
+            ("projection",),
+            multiprocess_mode="livemostrecent",
+            registry=registry,
+        )
+        self.failures = Counter(
+            "ledger_projection_failures",
+            "Projection runner failures (each one retried).",
+            registry=registry,
+        )
+        self.leader = Gauge(
+            "ledger_projection_runner_leader",
+            "Processes whose projection runner leads (1 across the workers of one serve).",
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+
+
+class _MeteredHealth(RunnerHealth):
+    """The runner's own health record, also written to the metrics as it changes (a
+    scrape may reach a worker whose runner is not the one that folds)."""
+
+    def __init__(self, metrics: _RunnerMetrics) -> None:
+        super().__init__()
+        self._metrics = metrics
+        self._lags: dict[str, Gauge] = {}
+
+    def set_role(self, role: str) -> None:
+        super().set_role(role)
+        self._metrics.leader.set(1 if role == "leader" else 0)
+
+    def observed(self, head: int, checkpoints: Mapping[str, int]) -> None:
+        super().observed(head, checkpoints)
+        for name, checkpoint in checkpoints.items():
+            gauge = self._lags.get(name) or self._lags.setdefault(
+                name, self._metrics.lag.labels(name)
+            )
+            gauge.set(lag_events(head, checkpoint))
+
+    def failed(self, error: LastError, *, store_failure: bool) -> float:
+        self._metrics.failures.inc()
+        return super().failed(error, store_failure=store_failure)
+
+
+def multiprocess_directory() -> Path | None:
+    """The shared directory, when prometheus-client writes values to files (it decided
+    so from the environment when first imported)."""
+    if values.ValueClass is values.MutexValue:
+        return None
+    return Path(os.environ[MULTIPROC_ENV])
+
+
+def new_metrics() -> Metrics:
+    """The metrics of a new app: its own in one process; the process's with workers."""
+    directory = multiprocess_directory()
+    if directory is None:
+        return Metrics(CollectorRegistry(), None)
+    return _process_metrics(directory)
+
+
+@functools.cache
+def _process_metrics(directory: Path) -> Metrics:
+    # One set per process: two objects for one file key would overwrite each other.
+    reap_dead_processes(directory)
+    return Metrics(None, directory)
+
+
+def _multiprocess_registry(directory: Path) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(directory))
+    return registry
+
+
+def reap_dead_processes(directory: Path) -> list[int]:
+    """Mark dead the processes that left files but no longer run (a worker killed or
+    crashed, then restarted by uvicorn); the pids marked."""
+    pids = {int(m.group(1)) for f in directory.glob("*.db") if (m := _PID_FILE.search(f.name))}
+    dead = sorted(pid for pid in pids if not _alive(pid))
+    for pid in dead:
+        mark_process_dead(pid, str(directory))
+    return dead
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: nothing is sent, only existence is checked
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -18,12 +18,14 @@ from app import admin, admin_forge, console
 from app.calls import log_outcome, read_capped_body, response_for
 from app.errors import install_error_handlers
 from app.forge.ingest import ForgeIngestor
+from app.forge.jwks import JwksFetcher
 from app.forge.routes import add_forge_routes
 from app.ingest import CallRequest, LifecycleIngestor
 from app.install_keys import InstallKeyFetcher
 from app.lifecycle import LIFECYCLE_EVENTS, LifecycleEvent
 from app.logs import configure_logging
-from app.metrics import Metrics
+from app.metrics import CONTENT_TYPE, Metrics, new_metrics
+from app.payload import MAX_BODY_BYTES
 from app.readiness import Readiness, runner_status
 from app.settings import Settings
 from eventstore.crypto import KeyRing
@@ -92,7 +94,7 @@ def create_app(
 ) -> FastAPI:
     """Build the service. ``store`` and the log stream may be injected (tests)."""
     settings = settings or Settings()
-    metrics = Metrics()
+    metrics = new_metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -107,19 +109,23 @@ def create_app(
             )
         else:
             opened = store
-        fetcher = InstallKeyFetcher(settings.install_keys_url)
+        fetcher = InstallKeyFetcher(
+            settings.install_keys_url, metrics=metrics.key_source("install_keys")
+        )
         keyring = KeyRing(opened, settings.master_keys())
         app.state.settings = settings
         app.state.store = opened
         app.state.keyring = keyring
         app.state.ingestor = LifecycleIngestor(settings, opened, keyring, fetcher)
-        app.state.forge = ForgeIngestor(settings, opened)
+        jwks = JwksFetcher(settings.forge_jwks_url_list, metrics=metrics.key_source("forge_jwks"))
+        app.state.forge = ForgeIngestor(settings, opened, jwks)
         storage = storage_for(opened)
         await run_in_threadpool(storage.ensure)
         app.state.projections = storage
-        runner = RunnerThread(opened).start() if settings.run_projections else None
+        runner: RunnerThread | None = None
+        if settings.run_projections:
+            runner = RunnerThread(opened, health=metrics.runner_health()).start()
         app.state.runner = runner
-        metrics.runner_status = lambda: runner_status(runner)
         try:
             yield
         finally:
@@ -129,6 +135,7 @@ def create_app(
             await app.state.forge.aclose()
             if owned:
                 opened.close()
+            metrics.process_exiting()
 
     app = FastAPI(
         title="Tenant ledger",
@@ -192,8 +199,9 @@ def create_app(
         return Readiness.model_validate({"status": "ready", "runner": runner})
 
     @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
-    def metrics_text() -> PlainTextResponse:
-        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+    def metrics_text() -> Response:
+        # Every worker's counts, whichever worker answers (app.metrics).
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     app.include_router(admin.router)
     app.include_router(console.router)
@@ -221,7 +229,7 @@ def _add_lifecycle_route(
             )
         )
         elapsed = time.perf_counter() - started
-        metrics.observe_call(name, outcome.code, outcome.status, elapsed, outcome.refused)
+        metrics.observe_call(name, outcome, elapsed)
         log_outcome(log, "lifecycle call", "client_key", name, outcome, elapsed)
         return response_for(outcome)
 

@@ -41,6 +41,11 @@ def short_message(error: BaseException) -> str:
     return text[:MESSAGE_LIMIT] + ("…" if len(text) > MESSAGE_LIMIT else "")
 
 
+def lag_events(head: int, checkpoint: int) -> int:
+    """Events in the log not yet folded by a projection at ``checkpoint``."""
+    return max(0, head - checkpoint)
+
+
 @dataclass(frozen=True)
 class LastError:
     type: str
@@ -119,7 +124,7 @@ class RunnerHealth:
             projections = {
                 name: {
                     "checkpoint": at,
-                    "lag_events": max(0, head - at) if head is not None else None,
+                    "lag_events": lag_events(head, at) if head is not None else None,
                 }
                 for name, at in sorted(checkpoints.items())
             }

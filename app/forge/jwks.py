@@ -31,6 +31,7 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey, RSAPublicNumbers
 
 from app.install_keys import KeyServerUnavailable, read_capped
+from app.metrics import UNRECORDED, KeyMetrics
 
 __all__ = ["JwksFetcher", "JwksUnavailable", "UnknownKid", "parse_jwks"]
 
@@ -99,6 +100,7 @@ class JwksFetcher:
         timeout: float = 2.0,
         client: httpx.AsyncClient | None = None,
         clock: Callable[[], float] = time.monotonic,
+        metrics: KeyMetrics = UNRECORDED,
     ) -> None:
         self._documents = [_Document(url) for url in urls]
         self._timeout = timeout
@@ -107,14 +109,19 @@ class JwksFetcher:
         self._client = client or httpx.AsyncClient(timeout=timeout, follow_redirects=False)
         self._clock = clock
         self.fetches = 0  # HTTP requests made, for tests and metrics
+        self._metrics = metrics
 
     async def key(self, kid: str) -> RSAPublicKey:
         now = self._clock()
-        await self._fetch_where(lambda d: self._stale(d, now))
+        waited = await self._fetch_where(lambda d: self._stale(d, now))
         found = self._lookup(kid)
         if found is None:
-            await self._fetch_where(lambda d: self._may_look_again(d, now))
+            waited = await self._fetch_where(lambda d: self._may_look_again(d, now)) or waited
             found = self._lookup(kid)
+        if waited:  # a miss waited for a fetch; a hit answered from the documents held
+            self._metrics.miss()
+        else:
+            self._metrics.hit()
         if found is not None:
             return found
         if any(d.down for d in self._documents):
@@ -143,7 +150,8 @@ class JwksFetcher:
             return self._retry_allowed(document, now)
         return at is None or now - at >= UNKNOWN_KID_SECONDS
 
-    async def _fetch_where(self, wanted: Callable[[_Document], bool]) -> None:
+    async def _fetch_where(self, wanted: Callable[[_Document], bool]) -> bool:
+        """Fetch the wanted documents (or join their fetches); whether it waited for any."""
         tasks = []
         for document in self._documents:
             if document.inflight is not None:
@@ -156,13 +164,16 @@ class JwksFetcher:
         if tasks:
             # shield: a caller that goes away must not cancel a fetch others wait on.
             await asyncio.shield(asyncio.gather(*tasks, return_exceptions=True))
+        return bool(tasks)
 
     async def _refresh(self, document: _Document) -> None:
         try:
             keys = await self._download(document.url)
         except _DocumentDown:
+            self._metrics.fetched("error")
             document.down = True  # keeps the keys it had
         else:
+            self._metrics.fetched("ok" if keys is not None else "refused")
             if keys is not None:  # a 4xx keeps the keys it had, like any failed refresh
                 document.keys = keys
             document.loaded_at = self._clock()

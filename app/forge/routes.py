@@ -64,7 +64,7 @@ def _add_route(app: FastAPI, route: Route, metrics: Metrics) -> None:
             )
         )
         elapsed = time.perf_counter() - started
-        metrics.observe_call(endpoint, outcome.code, outcome.status, elapsed, outcome.refused)
+        metrics.observe_call(endpoint, outcome, elapsed)
         log_outcome(log, "forge call", "installation_id", endpoint, outcome, elapsed)
         return response_for(outcome)
 
