@@ -25,7 +25,6 @@ from app.install_keys import InstallKeyFetcher
 from app.lifecycle import LIFECYCLE_EVENTS, LifecycleEvent
 from app.logs import configure_logging
 from app.metrics import CONTENT_TYPE, Metrics, new_metrics
-from app.payload import MAX_BODY_BYTES
 from app.readiness import Readiness, runner_status
 from app.settings import Settings
 from eventstore.crypto import KeyRing
