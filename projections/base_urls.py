@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from eventstore.events import BaseUrlChanged, Installed, stream_id_for
 from eventstore.store import RecordedEvent
-from projections.model import BaseUrlRow, Projection, normalize_base_url
+from projections.model import BaseUrlRow, Projection, fold_by_type, normalize_base_url
 
 __all__ = ["BaseUrlRow", "BaseUrlsProjection", "BaseUrlsState", "apply"]
 
@@ -137,10 +137,7 @@ _HANDLERS: dict[str, Callable[[BaseUrlsState, RecordedEvent], None]] = {
 
 def apply(state: BaseUrlsState, event: RecordedEvent) -> BaseUrlsState:
     """Fold one event into ``state`` (updated in place and returned)."""
-    handler = _HANDLERS.get(event.type)
-    if handler is not None:
-        handler(state, event)
-    return state
+    return fold_by_type(_HANDLERS, state, (event,))
 
 
 class BaseUrlsProjection:
@@ -158,12 +155,7 @@ class BaseUrlsProjection:
         return apply(state, event)
 
     def apply_many(self, state: BaseUrlsState, events: Iterable[RecordedEvent]) -> BaseUrlsState:
-        get = _HANDLERS.get
-        for event in events:
-            handler = get(event.type)
-            if handler is not None:
-                handler(state, event)
-        return state
+        return fold_by_type(_HANDLERS, state, events)
 
 
 if TYPE_CHECKING:  # the class satisfies the runner's protocol

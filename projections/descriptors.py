@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from eventstore.events import DescriptorUpgraded, stream_id_for
 from eventstore.store import RecordedEvent
-from projections.model import INSTALLED, DescriptorRow, Projection, TenantRow
+from projections.model import INSTALLED, DescriptorRow, Projection, TenantRow, fold_by_type
 
 __all__ = ["DescriptorRow", "DescriptorsProjection", "DescriptorsState", "apply", "latest_version"]
 
@@ -154,10 +154,7 @@ _HANDLERS: dict[str, Callable[[DescriptorsState, RecordedEvent], None]] = {
 
 def apply(state: DescriptorsState, event: RecordedEvent) -> DescriptorsState:
     """Fold one event into ``state`` (updated in place and returned)."""
-    handler = _HANDLERS.get(event.type)
-    if handler is not None:
-        handler(state, event)
-    return state
+    return fold_by_type(_HANDLERS, state, (event,))
 
 
 def latest_version(rows: Iterable[DescriptorRow]) -> str | None:
@@ -186,12 +183,7 @@ class DescriptorsProjection:
     def apply_many(
         self, state: DescriptorsState, events: Iterable[RecordedEvent]
     ) -> DescriptorsState:
-        get = _HANDLERS.get
-        for event in events:
-            handler = get(event.type)
-            if handler is not None:
-                handler(state, event)
-        return state
+        return fold_by_type(_HANDLERS, state, events)
 
 
 if TYPE_CHECKING:  # the class satisfies the runner's protocol

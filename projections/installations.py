@@ -45,6 +45,7 @@ from eventstore.events import (
 )
 from eventstore.store import RecordedEvent
 from projections.forge_ids import installation_uuid
+from projections.model import fold_by_type
 
 if TYPE_CHECKING:
     from projections.model import Projection
@@ -249,9 +250,7 @@ class ForgeFold:
     # -- events
 
     def apply(self, event: RecordedEvent) -> None:
-        handler = _HANDLERS.get(event.type)
-        if handler is not None:
-            handler(self, event)
+        fold_by_type(_HANDLERS, self, (event,))
 
     def connect(self, client_key: str, named: object, event: RecordedEvent) -> None:
         installation = installation_uuid(named)
@@ -399,12 +398,7 @@ class _ForgeProjection:
         return state
 
     def apply_many(self, state: Any, events: Iterable[RecordedEvent]) -> Any:
-        get = _HANDLERS.get
-        for event in events:
-            handler = get(event.type)
-            if handler is not None:
-                handler(state, event)
-        return state
+        return fold_by_type(_HANDLERS, state, events)
 
 
 class InstallationsProjection(_ForgeProjection):

@@ -33,7 +33,7 @@ The contract between a projection and the runner that persists it
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Final, Literal, Protocol, TypeVar
 
@@ -195,3 +195,22 @@ def normalize_base_url(url: str) -> str:
     if host_end < 0:
         return url.lower()
     return url[:host_end].lower() + url[host_end:]
+
+
+StateT = TypeVar("StateT")
+
+
+def fold_by_type(
+    handlers: Mapping[str, Callable[[StateT, RecordedEvent], None]],
+    state: StateT,
+    events: Iterable[RecordedEvent],
+) -> StateT:
+    """The one dispatch loop of every fold: each event to the handler of its type (an
+    event type with no handler leaves the state as it is); the state is updated in
+    place and returned (see the contract above)."""
+    get = handlers.get
+    for event in events:
+        handler = get(event.type)
+        if handler is not None:
+            handler(state, event)
+    return state

@@ -33,6 +33,7 @@ from projections.model import (
     BaseUrlRow,
     Projection,
     ReimportRow,
+    fold_by_type,
     normalize_base_url,
 )
 
@@ -126,10 +127,7 @@ _HANDLERS: dict[str, Callable[[ReimportsState, RecordedEvent], None]] = {
 
 def apply(state: ReimportsState, event: RecordedEvent) -> ReimportsState:
     """Fold one event into ``state`` (updated in place and returned)."""
-    handler = _HANDLERS.get(event.type)
-    if handler is not None:
-        handler(state, event)
-    return state
+    return fold_by_type(_HANDLERS, state, (event,))
 
 
 class ReimportsProjection:
@@ -148,12 +146,7 @@ class ReimportsProjection:
         return apply(state, event)
 
     def apply_many(self, state: ReimportsState, events: Iterable[RecordedEvent]) -> ReimportsState:
-        get = _HANDLERS.get
-        for event in events:
-            handler = get(event.type)
-            if handler is not None:
-                handler(state, event)
-        return state
+        return fold_by_type(_HANDLERS, state, events)
 
 
 if TYPE_CHECKING:  # the class satisfies the runner's protocol
