@@ -13,19 +13,17 @@ import hashlib
 import hmac
 import json
 import secrets
-import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any, Final, Literal
 from urllib.parse import quote, urlsplit
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from app.hostsim_server import BackgroundServer, QuietHandler
 from app.tokens import query_string_hash
 
 __all__ = [
@@ -45,8 +43,7 @@ LIFECYCLE_EVENTS: Final = frozenset({"installed", "uninstalled", "enabled", "dis
 # --- key server --------------------------------------------------------------
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
+class _Handler(QuietHandler):
 
     def do_GET(self) -> None:
         owner = self.server.owner
@@ -65,70 +62,22 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._answer(200, pem.encode("ascii"), "application/x-pem-file")
 
-    def _answer(self, status: int, body: bytes, content_type: str) -> None:
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client timed out and left: expected in "slow" mode
 
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # tests and the demo print their own story
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    owner: KeyServer
-
-
-class KeyServer:
+class KeyServer(BackgroundServer):
     """Serves ``GET /<kid>`` → PEM like connect-install-keys.atlassian.com.
 
     ``set_mode("error")`` answers 503, ``set_mode("slow")`` holds each answer for
     ``slow_seconds``; ``requests`` counts requests per kid (unknown kids too).
     """
 
+    handler = _Handler
+    thread_name = "hostsim-keyserver"
+
     def __init__(self, *, slow_seconds: float = 5.0, port: int = 0) -> None:
-        self.slow_seconds = slow_seconds
-        self.port = port  # 0: any free port
+        super().__init__(slow_seconds=slow_seconds, port=port)
         self.mode: KeyServerMode = "up"
         self.requests: dict[str, int] = {}
         self._keys: dict[str, str] = {}
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> KeyServer:
-        if self._server is not None:
-            return self
-        server = _Server(("127.0.0.1", self.port), _Handler)
-        server.owner = self
-        self._wake.clear()
-        self._server = server
-        # A short poll interval keeps stop() (which waits for one poll) quick.
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="hostsim-keyserver",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        server, thread = self._server, self._thread
-        if server is None:
-            return
-        self._wake.set()
-        server.shutdown()
-        server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
-        self._server = self._thread = None
 
     @property
     def url(self) -> str:
@@ -149,10 +98,7 @@ class KeyServer:
         if mode not in ("up", "error", "slow"):
             raise ValueError(f"unknown key server mode {mode!r}")
         self.mode = mode
-        # Release handlers sleeping in "slow"; re-arm for the next slow request.
-        self._wake.set()
-        if mode == "slow":
-            self._wake.clear()
+        self._rearm(slow=mode == "slow")
 
     def register(self, kid: str, public_pem: str) -> None:
         with self._lock:
@@ -170,16 +116,6 @@ class KeyServer:
         with self._lock:
             self.requests[kid] = self.requests.get(kid, 0) + 1
 
-    def __enter__(self) -> KeyServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 # --- lifecycle calls ---------------------------------------------------------

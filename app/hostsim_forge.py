@@ -16,18 +16,16 @@ import hashlib
 import hmac
 import json
 import secrets
-import threading
 import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any, Final, Literal
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from app.hostsim_server import BackgroundServer, QuietHandler
 from projections.forge_ids import app_ari, installation_ari
 
 __all__ = ["ForgeCall", "ForgeInstallation", "ForgePlatform", "JwksServer"]
@@ -51,8 +49,7 @@ def _b64_int(number: int) -> str:
 # --- JWKS server ---------------------------------------------------------------
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
+class _Handler(QuietHandler):
 
     def do_GET(self) -> None:
         owner = self.server.owner
@@ -74,57 +71,18 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._answer(200, json.dumps(owner.document()).encode(), "application/json")
 
-    def _answer(self, status: int, body: bytes, content_type: str) -> None:
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
 
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    owner: JwksServer
-
-
-class JwksServer:
+class JwksServer(BackgroundServer):
     """Serves ``GET <anything>`` → the JWKS of the keys published on it."""
 
+    handler = _Handler
+    thread_name = "hostsim-jwks"
+
     def __init__(self, *, slow_seconds: float = 5.0) -> None:
-        self.slow_seconds = slow_seconds
+        super().__init__(slow_seconds=slow_seconds)
         self.mode: JwksMode = "up"
         self.requests = 0
         self._keys: dict[str, rsa.RSAPublicKey] = {}
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> JwksServer:
-        server = _Server(("127.0.0.1", 0), _Handler)
-        server.owner = self
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is None:
-            return
-        self._wake.set()
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._server = self._thread = None
 
     @property
     def url(self) -> str:
@@ -135,9 +93,7 @@ class JwksServer:
 
     def set_mode(self, mode: JwksMode) -> None:
         self.mode = mode
-        self._wake.set()
-        if mode == "slow":
-            self._wake.clear()
+        self._rearm(slow=mode == "slow")
 
     def publish(self, kid: str, key: rsa.RSAPublicKey) -> None:
         with self._lock:
@@ -168,16 +124,6 @@ class JwksServer:
         with self._lock:
             self.requests += 1
 
-    def __enter__(self) -> JwksServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 # --- the platform ------------------------------------------------------------------
