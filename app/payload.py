@@ -49,6 +49,24 @@ class LifecyclePayload:
     shared_secret: str | None
 
 
+def parse_json_object(body: bytes, content_type: str | None) -> dict[str, Any]:
+    """Rule 1's common part for Connect and Forge: ``application/json``, at most
+    ``MAX_BODY_BYTES``, valid JSON, an object, within the size and character limits."""
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        raise BodyError(400, "unsupported_media_type", "the body must be application/json")
+    if len(body) > MAX_BODY_BYTES:
+        raise BodyError(413, "body_too_large", f"the body exceeds {MAX_BODY_BYTES} bytes")
+    try:
+        value = _decoder.decode(body)
+    except _DECODE_ERRORS:
+        raise BodyError(400, "malformed_json", "the body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise BodyError(400, "not_an_object", "the body must be a JSON object")
+    check_sizes(value, 0)
+    return value
+
+
 def claimed_identity(body: bytes) -> tuple[str | None, str | None]:
     """Best-effort clientKey and baseUrl of a body that may be refused, for the rejection log."""
     try:
@@ -88,18 +106,7 @@ def parse_lifecycle_body(
     dev_hosts: Iterable[str],
     require_secret: bool,
 ) -> LifecyclePayload:
-    media_type = (content_type or "").split(";", 1)[0].strip().lower()
-    if media_type != "application/json":
-        raise BodyError(400, "unsupported_media_type", "the body must be application/json")
-    if len(body) > MAX_BODY_BYTES:
-        raise BodyError(413, "body_too_large", f"the body exceeds {MAX_BODY_BYTES} bytes")
-    try:
-        value = _decoder.decode(body)
-    except _DECODE_ERRORS:
-        raise BodyError(400, "malformed_json", "the body is not valid JSON") from None
-    if not isinstance(value, dict):
-        raise BodyError(400, "not_an_object", "the body must be a JSON object")
-    check_sizes(value, 0)
+    value = parse_json_object(body, content_type)
 
     key = _string(value, "key", MAX_STRING)
     client_key = _string(value, "clientKey", MAX_CLIENT_KEY)

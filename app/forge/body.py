@@ -18,7 +18,7 @@ from typing import Any, Final, Literal
 import msgspec
 
 from app.forge.tokens import ForgeToken
-from app.payload import MAX_BODY_BYTES, BodyError, check_sizes
+from app.payload import MAX_BODY_BYTES, BodyError, parse_json_object
 from eventstore.events import canonical_json
 from projections.forge_ids import app_uuid, installation_uuid, normalise_cloud_id, site_of
 
@@ -50,18 +50,7 @@ class ForgeBody:
 
 
 def parse_forge_body(raw: bytes, content_type: str | None) -> ForgeBody:
-    media_type = (content_type or "").split(";", 1)[0].strip().lower()
-    if media_type != "application/json":
-        raise BodyError(400, "unsupported_media_type", "the body must be application/json")
-    if len(raw) > MAX_BODY_BYTES:
-        raise BodyError(413, "body_too_large", f"the body exceeds {MAX_BODY_BYTES} bytes")
-    try:
-        value = _decoder.decode(raw)
-    except _DECODE_ERRORS:
-        raise BodyError(400, "malformed_json", "the body is not valid JSON") from None
-    if not isinstance(value, dict):
-        raise BodyError(400, "not_an_object", "the body must be a JSON object")
-    check_sizes(value, 0)
+    value = parse_json_object(raw, content_type)
     retry: object = None
     if set(value) == {"payload"} and isinstance(value["payload"], dict):
         value = dict(value["payload"])
