@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from typing import Annotated, Any
 
 import typer
@@ -121,68 +120,22 @@ def rebuild(
     clean and never leaves a half-built table in service. One rebuild at a time: a
     second one waits for the first (or, with --no-wait, exits 1).
     """
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from projections.rebuild import RebuildReport, RebuildRunning, with_dependencies
-    from projections.rebuild import rebuild as rebuild_once
-
-    def run_rebuild(*args: Any, **kwargs: Any) -> RebuildReport:
-        def waiting() -> None:
-            print("waiting for the rebuild already running…", file=sys.stderr, flush=True)
-
-        try:
-            return rebuild_once(*args, wait=not no_wait, on_wait=waiting, **kwargs)
-        except RebuildRunning:
-            print(
-                "another rebuild is running on this database; run again when it has"
-                " finished, or without --no-wait to wait for it",
-                file=sys.stderr,
-            )
-            raise typer.Exit(1) from None
+    from app.cli_rebuild import progress_bar, progress_lines, rebuild_serialised, summary
+    from projections.rebuild import with_dependencies
 
     try:
         chosen = with_dependencies(names or [])
     except KeyError as error:
         console.print(f"[red]{escape(str(error))}[/red]")
         raise typer.Exit(2) from None
-    started = time.monotonic()
     with _store() as store:
         if sys.stdout.isatty() and not as_json:
-            with Progress(
-                TextColumn("rebuilding " + ", ".join(chosen)),
-                BarColumn(),
-                TextColumn("{task.completed:,.0f}/{task.total:,.0f} events"),
-                TextColumn("{task.fields[rate]:,.0f} events/s"),
-                TimeRemainingColumn(),
-                console=console,
-            ) as bar:
-                task = bar.add_task("rebuild", total=None, rate=0.0)
-
-                def show(position: int, head: int) -> None:
-                    rate = position / max(time.monotonic() - started, 1e-6)
-                    bar.update(task, completed=position, total=max(head, position), rate=rate)
-
-                report = run_rebuild(store, chosen, progress=show)
+            with progress_bar(console, chosen) as show:
+                report = rebuild_serialised(store, chosen, not no_wait, show)
         else:
-            last_print = [0.0]
-
-            def plain(position: int, head: int) -> None:
-                now = time.monotonic()
-                if now - last_print[0] >= 1.0 and not as_json:
-                    last_print[0] = now
-                    print(f"rebuild: {position}/{head} events", flush=True)
-
-            report = run_rebuild(store, chosen, progress=plain)
-    summary = {
-        "projections": list(report.names),
-        "events": report.events,
-        "position": report.position,
-        "rows": report.rows,
-        "seconds": round(report.seconds, 3),
-        "events_per_second": round(report.events_per_second),
-    }
+            report = rebuild_serialised(store, chosen, not no_wait, progress_lines(as_json))
     if as_json:
-        _print_json(summary)
+        _print_json(summary(report))
     else:
         console.print(
             f"rebuilt {', '.join(report.names)} from {report.events:,} events in {report.seconds:.2f} s"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import IO, Any
 
 from fastapi import FastAPI, Request, Response
@@ -94,20 +94,48 @@ def create_app(
     """Build the service. ``store`` and the log stream may be injected (tests)."""
     settings = settings or Settings()
     metrics = new_metrics()
+    app = FastAPI(
+        title="Tenant ledger",
+        version="0.1.0",
+        description=(
+            "Verifies Atlassian Connect lifecycle calls and keeps every accepted call as "
+            "immutable events. Secrets and tokens never appear in any answer."
+        ),
+        lifespan=_lifespan(settings, store, log_stream, metrics),
+    )
+    app.state.metrics = metrics
+    install_error_handlers(app, settings.retry_after_seconds)
+    app.add_exception_handler(StarletteHTTPException, _error_body)  # type: ignore[arg-type]  # Starlette types handlers by the base Exception
+    _add_descriptor_route(app, settings)
+    for name in LIFECYCLE_EVENTS:
+        _add_lifecycle_route(app, name, metrics, install_payload_schema(settings.app_key))
+    _add_operation_routes(app, settings, metrics)
+    app.include_router(admin.router)
+    app.include_router(console.router)
+    app.include_router(admin_forge.router)
+    add_forge_routes(app, metrics)
+    return app
+
+
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+
+
+def _lifespan(
+    settings: Settings, store: EventStore | None, log_stream: IO[str] | None, metrics: Metrics
+) -> Lifespan:
+    """Open what the service holds for its life (store, key fetchers, ingestors, the
+    projection runner) and close it again; an injected ``store`` is left open."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(stream=log_stream)
-        owned = store is None
-        opened: EventStore
-        if store is None:
+        opened = store
+        if opened is None:
             opened = await run_in_threadpool(
                 open_store,
                 settings.database_url,
                 rejection_retention_days=settings.rejection_retention_days,
             )
-        else:
-            opened = store
         fetcher = InstallKeyFetcher(
             settings.install_keys_url, metrics=metrics.key_source("install_keys")
         )
@@ -132,32 +160,23 @@ def create_app(
                 await run_in_threadpool(runner.stop)
             await fetcher.aclose()
             await app.state.forge.aclose()
-            if owned:
+            if store is None:
                 opened.close()
             metrics.process_exiting()
 
-    app = FastAPI(
-        title="Tenant ledger",
-        version="0.1.0",
-        description=(
-            "Verifies Atlassian Connect lifecycle calls and keeps every accepted call as "
-            "immutable events. Secrets and tokens never appear in any answer."
-        ),
-        lifespan=lifespan,
-    )
-    app.state.metrics = metrics
+    return lifespan
 
-    install_error_handlers(app, settings.retry_after_seconds)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def error_body(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        # Every error answer has the one shape {"error": code, "detail": words}.
-        if isinstance(exc.detail, dict) and "error" in exc.detail:
-            body = exc.detail
-        else:
-            body = {"error": f"http_{exc.status_code}", "detail": str(exc.detail)}
-        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+async def _error_body(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Every error answer has the one shape {"error": code, "detail": words}."""
+    if isinstance(exc.detail, dict) and "error" in exc.detail:
+        body = exc.detail
+    else:
+        body = {"error": f"http_{exc.status_code}", "detail": str(exc.detail)}
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
+
+def _add_descriptor_route(app: FastAPI, settings: Settings) -> None:
     @app.get("/atlassian-connect.json", tags=["connect"], summary="The app descriptor")
     def descriptor() -> dict[str, Any]:
         version = settings.descriptor_version
@@ -172,9 +191,8 @@ def create_app(
             "modules": {},
         }
 
-    for name in LIFECYCLE_EVENTS:
-        _add_lifecycle_route(app, name, metrics, install_payload_schema(settings.app_key))
 
+def _add_operation_routes(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
     @app.get("/healthz", tags=["operations"], response_model=Status)
     def healthz() -> Status:
         return Status(status="ok")
@@ -201,12 +219,6 @@ def create_app(
     def metrics_text() -> Response:
         # Every worker's counts, whichever worker answers (app.metrics).
         return Response(metrics.render(), media_type=CONTENT_TYPE)
-
-    app.include_router(admin.router)
-    app.include_router(console.router)
-    app.include_router(admin_forge.router)
-    add_forge_routes(app, metrics)
-    return app
 
 
 def _add_lifecycle_route(

@@ -366,6 +366,8 @@ def chromium() -> Iterator[Any]:
     if problem:
         if IN_CI:
             pytest.fail(f"{problem}; CI requires the browser tests", pytrace=False)
+        # Honest skip, local only: a developer without root cannot install chromium;
+        # under CI (above) the same problem fails the run.
         pytest.skip(problem)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
