@@ -61,6 +61,7 @@ from app.tokens import (
     verify_install_token,
     verify_shared_secret_token,
 )
+from eventstore.async_log import AsyncEventLog
 from eventstore.crypto import (
     CryptoError,
     KeyRing,
@@ -117,7 +118,8 @@ def extract_token(authorization: str | None, query: list[tuple[str, str]]) -> st
 
 
 class _TenantKeys:
-    """One attempt's view of a tenant's data key: read once when first needed, or made new.
+    """One attempt's view of a tenant's data key: the one read with the stream, opened
+    when first needed, or made new.
 
     A tenant without a stored key (a first install, or one forgotten) gets a fresh
     key that is stored by the same append that first uses it, so a first install
@@ -127,19 +129,21 @@ class _TenantKeys:
     the calls that need the secret with a retryable 503 until the key is back.
     """
 
-    def __init__(self, keyring: KeyRing, stream_id: str, *, load: bool) -> None:
+    def __init__(self, keyring: KeyRing, stream_id: str, wrapped: bytes | None) -> None:
         self._keyring = keyring
         self._stream_id = stream_id
+        self._wrapped = wrapped
         self._key: bytes | None = None
-        self._loaded = not load  # a tenant never installed has nothing to load
+        self._opened = wrapped is None  # nothing stored: nothing to open
         self.problem: CryptoError | None = None  # why the stored key did not unwrap
         self.wrapped_new_key: bytes | None = None
 
     def _stored(self) -> bytes | None:
-        if not self._loaded:
-            self._loaded = True
+        if not self._opened:
+            self._opened = True
+            assert self._wrapped is not None  # _opened starts False only with a key
             try:
-                self._key = self._keyring.stored_key(self._stream_id)
+                self._key = self._keyring.unwrap(self._stream_id, self._wrapped)
             except CryptoError as error:  # MasterKeyUnavailable too
                 self.problem = error
         return self._key
@@ -222,9 +226,12 @@ class _TenantSteps:
         self._descriptor_version = next((v for k, v in request.query if k == "v"), None)
         self.keys: _TenantKeys | None = None
 
-    def command(self, state: TenantState) -> LifecycleCall:
+    def command(self, state: TenantState, stored_key: bytes | None) -> LifecycleCall:
         checked = self._checked
-        self.keys = _TenantKeys(self._keyring, state.stream_id, load=state.known)
+        # A tenant never installed has no key of its own yet (one left by a lost race
+        # is refused by the append's check, and the call decided again).
+        wrapped = stored_key if state.known else None
+        self.keys = _TenantKeys(self._keyring, state.stream_id, wrapped)
         current = self.keys.current_secret(state)
         verification = self._verify(current)
         event = checked.request.event
@@ -296,12 +303,14 @@ class LifecycleIngestor:
         self,
         settings: Settings,
         store: EventStore,
+        log: AsyncEventLog,
         keyring: KeyRing,
         fetcher: InstallKeyFetcher,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
-        self.store = store
+        self.store = store  # the rejection log
+        self.log = log  # the hot path: read the stream, group-committed append
         self.keyring = keyring
         self.fetcher = fetcher
         self.clock = clock
@@ -321,7 +330,7 @@ class LifecycleIngestor:
                 raise Refusal(401, error.code, error.detail) from None
             install_key = await self._install_key(unverified)
             checked = _Checked(request, payload, token, unverified, install_key, call_id)
-            outcome = await to_thread.run_sync(self._run, checked)
+            outcome = await self._run(checked)
         except Refusal as refusal:
             outcome = Outcome(
                 status=refusal.status,
@@ -370,14 +379,14 @@ class LifecycleIngestor:
                 503, error.code, error.public_detail, self.settings.retry_after_seconds
             ) from None
 
-    # -- rules 4-8, in a worker thread: the store is synchronous
+    # -- rules 4-8, in the event loop (the log is async; SQLite's runs in threads)
 
-    def _run(self, checked: _Checked) -> Outcome:
+    async def _run(self, checked: _Checked) -> Outcome:
         # Rule 5: the stream is chosen by the clientKey, which the verified iss must equal.
         client_key = checked.payload.client_key
         steps = _TenantSteps(self, checked)
         try:
-            result = shell.run_with(DECIDER, self.store, stream_id_for(client_key), steps)
+            result = await shell.run_with(DECIDER, self.log, stream_id_for(client_key), steps)
         except shell.Contention:
             return self._retry_later(
                 checked, "contention", "too many concurrent calls for this tenant; retry"

@@ -205,10 +205,6 @@ class Metrics:
             )
         children[0].inc()
         children[1].observe(seconds)
-        if outcome.events:
-            # Every accepted call is one append in its own transaction today; the
-            # group-commit writer will call observe_append_batch with its batch sizes.
-            self.observe_append_batch(1)
         if outcome.refused:
             self._rejections.labels(outcome.code).inc()
             self._sync_rejection_log()  # a refusal is what coalesces or purges rows

@@ -140,12 +140,15 @@ def _lifespan(
             settings.install_keys_url, metrics=metrics.key_source("install_keys")
         )
         keyring = KeyRing(opened, settings.master_keys())
+        # The hot path's own async access to the log, with group commit.
+        log = opened.async_log(on_batch=metrics.observe_append_batch)
+        await log.open()
         app.state.settings = settings
         app.state.store = opened
         app.state.keyring = keyring
-        app.state.ingestor = LifecycleIngestor(settings, opened, keyring, fetcher)
+        app.state.ingestor = LifecycleIngestor(settings, opened, log, keyring, fetcher)
         jwks = JwksFetcher(settings.forge_jwks_url_list, metrics=metrics.key_source("forge_jwks"))
-        app.state.forge = ForgeIngestor(settings, opened, jwks)
+        app.state.forge = ForgeIngestor(settings, opened, log, jwks)
         storage = storage_for(opened)
         await run_in_threadpool(storage.ensure)
         app.state.projections = storage
@@ -160,6 +163,7 @@ def _lifespan(
                 await run_in_threadpool(runner.stop)
             await fetcher.aclose()
             await app.state.forge.aclose()
+            await log.aclose()
             if store is None:
                 opened.close()
             metrics.process_exiting()

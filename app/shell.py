@@ -6,9 +6,11 @@ This module owns everything around them that is the same for every decider:
 
 * the pure steps, ``fold`` and ``plan``/``plan_with`` (what to append given what was
   read);
-* the one I/O loop, ``run``/``run_with``: read the stream, plan, append with the
-  expected version; on ``ConcurrencyConflict`` (another writer got there first) read
-  again and decide again, a bounded number of times.
+* the one I/O loop, ``run``/``run_with``, awaitable over an ``AsyncEventLog``: read
+  the stream (and its data key), plan, append with the expected version; on
+  ``ConcurrencyConflict`` (another writer got there first, maybe in the same group
+  commit) read again and decide again, a bounded number of times. Synchronous callers
+  run the same loop on a synchronous store with ``run_blocking``/``run_with_blocking``.
 
 What differs by kind of stream around the decision is given as ``Steps``: the command
 to decide given the state read (Connect verifies an HS256 token with the tenant's
@@ -17,20 +19,28 @@ current secret, which only the state names), and how a decision becomes rows
 key with them). ``run`` is ``run_with`` for a command known in advance whose events
 need no finishing (``Given``).
 
-An asynchronous runner (an async connection, group commit) only has to replace
-``run_with``'s two store calls; ``fold`` and ``plan_with`` stay as they are.
+The service runs the loop in its event loop: on PostgreSQL over an async connection
+with group commit (``eventstore.postgres_async``), with no thread hop.
 
 Nothing here knows HTTP: a refusal is a code and words, the caller maps it.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Generic, Protocol, TypeAlias, TypeVar
 
+from eventstore.async_log import AsyncEventLog, InlineLog
 from eventstore.events import EventData, Metadata
-from eventstore.store import ConcurrencyConflict, EventStore, NewEvent, RecordedEvent
+from eventstore.store import (
+    AppendRequest,
+    ConcurrencyConflict,
+    EventStore,
+    NewEvent,
+    RecordedEvent,
+)
 
 __all__ = [
     "MAX_ATTEMPTS",
@@ -49,7 +59,9 @@ __all__ = [
     "plan",
     "plan_with",
     "run",
+    "run_blocking",
     "run_with",
+    "run_with_blocking",
 ]
 
 MAX_ATTEMPTS: Final = 25
@@ -122,8 +134,9 @@ class Rows:
 class Steps(Protocol[S_contra, C_co, E_contra]):
     """The parts of one attempt that differ by kind of stream, around the decision."""
 
-    def command(self, state: S_contra) -> C_co:
-        """The command to decide, given the state read."""
+    def command(self, state: S_contra, stored_key: bytes | None) -> C_co:
+        """The command to decide, given the state read and the wrapped data key the
+        store holds for the stream (None when it has none)."""
         ...
 
     def rows(self, stream_id: str, version: int, decision: Append[E_contra]) -> Rows:
@@ -137,7 +150,7 @@ class Given(Generic[C]):
 
     command_: C
 
-    def command(self, state: object) -> C:
+    def command(self, state: object, stored_key: bytes | None = None) -> C:
         return self.command_
 
     def rows(self, stream_id: str, version: int, decision: Append[EventData]) -> Rows:
@@ -201,11 +214,12 @@ def plan_with(
     stream_id: str,
     events: Iterable[RecordedEvent],
     steps: Steps[S, C, E],
+    stored_key: bytes | None = None,
 ) -> Plan[S]:
     """Fold what was read, ask, decide, make the rows: everything but the store's I/O
-    (``steps.command`` may read what the command needs, e.g. a data key)."""
+    (``stored_key``: the wrapped data key read with the stream, for ``steps.command``)."""
     state, version = fold(decider, stream_id, events)
-    decision = decider.decide(state, steps.command(state))
+    decision = decider.decide(state, steps.command(state, stored_key))
     if not isinstance(decision, Append):
         return Plan(state, version, decision)
     if not decision.events:
@@ -226,19 +240,53 @@ def plan(
 # ---------------------------------------------------------------- the I/O loop
 
 
-def run(
+async def run_with(
+    decider: Decider[S, C, E],
+    log: AsyncEventLog,
+    stream_id: str,
+    steps: Steps[S, C, E],
+    *,
+    max_attempts: int = MAX_ATTEMPTS,
+) -> Result:
+    """Read, decide and append for one command; raises ``Contention`` when every one of
+    ``max_attempts`` attempts met a concurrent append, and lets ``StoreError`` through.
+
+    The append is committed when this returns (with other calls' appends, when the
+    log group-commits): nothing is acknowledged before its commit."""
+    for attempt in range(1, max_attempts + 1):
+        read = await log.read_stream(stream_id)
+        step = plan_with(decider, stream_id, read.events, steps, read.data_key)
+        decision = step.decision
+        if not isinstance(decision, Append):
+            return Result(decision, [], attempts=attempt)
+        request = AppendRequest(
+            stream_id,
+            step.rows.events,
+            expected_version=step.version,
+            idempotency_key=decision.idempotency_key,
+            data_key=step.rows.data_key,
+        )
+        try:
+            appended = await log.append(request)
+        except ConcurrencyConflict:
+            continue  # someone else appended first: read again, decide again
+        return Result(decision, appended.events, appended.duplicate, attempt)
+    raise Contention(stream_id, max_attempts)
+
+
+async def run(
     decider: Decider[S, C, EventData],
-    store: EventStore,
+    log: AsyncEventLog,
     stream_id: str,
     command: C,
     *,
     max_attempts: int = MAX_ATTEMPTS,
 ) -> Result:
     """``run_with`` for a command known in advance whose events are appended as decided."""
-    return run_with(decider, store, stream_id, Given(command), max_attempts=max_attempts)
+    return await run_with(decider, log, stream_id, Given(command), max_attempts=max_attempts)
 
 
-def run_with(
+def run_with_blocking(
     decider: Decider[S, C, E],
     store: EventStore,
     stream_id: str,
@@ -246,22 +294,19 @@ def run_with(
     *,
     max_attempts: int = MAX_ATTEMPTS,
 ) -> Result:
-    """Read, decide and append for one command; raises ``Contention`` when every one of
-    ``max_attempts`` attempts met a concurrent append, and lets ``StoreError`` through."""
-    for attempt in range(1, max_attempts + 1):
-        step = plan_with(decider, stream_id, store.read_stream(stream_id), steps)
-        decision = step.decision
-        if not isinstance(decision, Append):
-            return Result(decision, [], attempts=attempt)
-        try:
-            appended = store.append(
-                stream_id,
-                step.rows.events,
-                expected_version=step.version,
-                idempotency_key=decision.idempotency_key,
-                data_key=step.rows.data_key,
-            )
-        except ConcurrencyConflict:
-            continue  # someone else appended first: read again, decide again
-        return Result(decision, appended.events, appended.duplicate, attempt)
-    raise Contention(stream_id, max_attempts)
+    """``run_with`` on a synchronous store, for synchronous callers (tools, tests):
+    the same loop, the store called directly. Not from inside a running event loop."""
+    log = InlineLog(store)
+    return asyncio.run(run_with(decider, log, stream_id, steps, max_attempts=max_attempts))
+
+
+def run_blocking(
+    decider: Decider[S, C, EventData],
+    store: EventStore,
+    stream_id: str,
+    command: C,
+    *,
+    max_attempts: int = MAX_ATTEMPTS,
+) -> Result:
+    """``run`` on a synchronous store, for synchronous callers (see ``run_with_blocking``)."""
+    return run_with_blocking(decider, store, stream_id, Given(command), max_attempts=max_attempts)

@@ -199,7 +199,11 @@ class KeyRing:
     def stored_key(self, stream_id: str) -> bytes | None:
         """The stream's data key, or None when it has none (new, or forgotten)."""
         wrapped = self._store.get_data_key(stream_id)
-        return None if wrapped is None else self._master.unwrap(stream_id, wrapped)
+        return None if wrapped is None else self.unwrap(stream_id, wrapped)
+
+    def unwrap(self, stream_id: str, wrapped: bytes) -> bytes:
+        """A data key read with its stream, opened (raises like ``MasterKeys.unwrap``)."""
+        return self._master.unwrap(stream_id, wrapped)
 
     def new_key(self, stream_id: str) -> tuple[bytes, bytes]:
         """A fresh data key and its wrapped form, to be stored with the append

@@ -55,7 +55,7 @@ def error_boundary(
 ) -> Callable[[type[_T]], type[_T]]:
     """Class decorator: the store's one error boundary.
 
-    Every public method (and ``__init__``) of the decorated class, and every iterator
+    Every public method (and ``__init__``, coroutines too) of the decorated class, and every iterator
     a method returns lazily, passes driver exceptions through ``translate``; one that
     it maps (to StoreUnavailable or StoreFault) is raised in its place, chained. A
     StoreError passes unchanged; an exception ``translate`` does not know (a bug in
@@ -89,6 +89,16 @@ def error_boundary(
 
         return guarded
 
+    def wrap_coroutine(function: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(function)
+        async def guarded(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await function(*args, **kwargs)
+            except Exception as exc:
+                rethrow(exc)
+
+        return guarded
+
     def decorate(cls: type[_T]) -> type[_T]:
         # Inherited methods too (a backend's shared SQL base): the resolved member of
         # every public name, wrapped once on the decorated class itself.
@@ -98,7 +108,11 @@ def error_boundary(
             member = inspect.getattr_static(cls, name)
             if not inspect.isfunction(member):
                 continue
-            wrapper = wrap_generator if inspect.isgeneratorfunction(member) else wrap_function
+            wrapper = wrap_function
+            if inspect.isgeneratorfunction(member):
+                wrapper = wrap_generator
+            elif inspect.iscoroutinefunction(member):
+                wrapper = wrap_coroutine
             setattr(cls, name, wrapper(member))
         return cls
 

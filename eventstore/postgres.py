@@ -25,8 +25,9 @@ from psycopg.rows import TupleRow
 from psycopg.types.string import ByteaBinaryLoader
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from eventstore.async_log import AsyncEventLog
 from eventstore.bulk import ImportRefused, checked
-from eventstore.chain import GENESIS, ChainRow, prepare_append
+from eventstore.chain import GENESIS, ChainRow
 from eventstore.clock import parse_timestamp
 from eventstore.database import PostgresDatabase
 from eventstore.errors import (
@@ -36,11 +37,19 @@ from eventstore.errors import (
     StoreUnavailable,
     error_boundary,
 )
+from eventstore.postgres_append import TRY_APPEND, Duplicate, PendingAppend
 from eventstore.rejections import REJECTION_PURGE_INTERVAL_SECONDS
 from eventstore.sql import Row, SQLStore, Statements
-from eventstore.store import AppendResult, Head, NewEvent, RawEvent, RecordedEvent, decode_event
-
-CONFLICT_SQLSTATE = "LD001"
+from eventstore.store import (
+    AppendRequest,
+    AppendResult,
+    BatchOutcome,
+    Head,
+    NewEvent,
+    RawEvent,
+    RecordedEvent,
+    decode_event,
+)
 
 # SQLSTATEs after which the same work may succeed later: the host gets a 503 and
 # retries. Whole classes: 08 connection exception, 53 insufficient resources (53300
@@ -289,6 +298,101 @@ MIGRATIONS: list[str] = [
     CREATE INDEX rejections_at ON rejections (at);
     CREATE INDEX rejections_last_seen ON rejections (last_seen_at, id);
     """,
+    # 4: group commit. ledger_try_append is ledger_append that answers a version
+    # conflict with a row (o_position NULL, o_actual the stream's version) instead of an
+    # error, so several appends pipelined in one transaction fail one by one; a failed
+    # statement would abort them all. ledger_append stays, for writers on older code.
+    r"""
+    CREATE FUNCTION ledger_try_append(
+        p_stream text, p_expected integer, p_key text, p_types text[],
+        p_schemas smallint[], p_data text[], p_metadata text[], p_call_ids text[],
+        p_recorded_at timestamptz, p_digests bytea[], p_data_key bytea
+    ) RETURNS TABLE (o_position bigint, o_hash bytea, o_duplicate boolean, o_actual integer)
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        v_position bigint;
+        v_hash bytea;
+        v_first bigint;
+        v_last bigint;
+        i integer;
+    BEGIN
+        SELECT h.position, h.hash INTO v_position, v_hash FROM ledger_head h FOR UPDATE;
+
+        -- Under the lock, so a concurrent append with the same key is seen here.
+        IF p_key IS NOT NULL THEN
+            SELECT first_position, last_position INTO v_first, v_last
+                FROM idempotency_keys WHERE key = p_key;
+            IF FOUND THEN
+                RETURN QUERY SELECT e.position, e.hash, true, NULL::integer FROM events e
+                    WHERE e.position BETWEEN v_first AND v_last ORDER BY e.position;
+                RETURN;
+            END IF;
+        END IF;
+
+        SELECT coalesce(max(e.version), 0) INTO o_actual FROM events e
+            WHERE e.stream_id = p_stream;
+        IF o_actual <> p_expected THEN
+            RETURN NEXT;  -- a conflict: o_position is NULL
+            RETURN;
+        END IF;
+
+        -- A first install's data key is stored with its events, in one transaction.
+        IF p_data_key IS NOT NULL THEN
+            INSERT INTO data_keys (stream_id, wrapped) VALUES (p_stream, p_data_key)
+                ON CONFLICT (stream_id) DO NOTHING;
+            IF NOT FOUND THEN
+                RETURN NEXT;  -- the stream has a key already: a conflict too
+                RETURN;
+            END IF;
+        END IF;
+
+        v_first := v_position + 1;
+        FOR i IN 1 .. array_length(p_types, 1) LOOP
+            v_position := v_position + 1;
+            v_hash := sha256(v_hash || int8send(v_position) || p_digests[i]);
+            INSERT INTO events (position, stream_id, version, type, schema_version, data,
+                                metadata, recorded_at, hash, call_id, chain_version)
+                VALUES (v_position, p_stream, p_expected + i, p_types[i], p_schemas[i],
+                        p_data[i], p_metadata[i], p_recorded_at, v_hash, p_call_ids[i],
+                        CASE WHEN octet_length(p_digests[i]) = 33
+                             THEN get_byte(p_digests[i], 0) ELSE 1 END);
+            o_position := v_position;
+            o_hash := v_hash;
+            o_duplicate := false;
+            RETURN NEXT;
+        END LOOP;
+
+        UPDATE ledger_head SET position = v_position, hash = v_hash;
+        IF p_key IS NOT NULL THEN
+            INSERT INTO idempotency_keys VALUES (p_key, p_stream, v_first, v_position);
+        END IF;
+        -- A wake-up hint for projection runners; the log itself stays the truth.
+        PERFORM pg_notify('ledger_events', v_position::text);
+    END $$;
+
+    CREATE OR REPLACE FUNCTION ledger_append(
+        p_stream text, p_expected integer, p_key text, p_types text[],
+        p_schemas smallint[], p_data text[], p_metadata text[], p_call_ids text[],
+        p_recorded_at timestamptz, p_digests bytea[], p_data_key bytea
+    ) RETURNS TABLE (o_position bigint, o_hash bytea, o_duplicate boolean)
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        r record;
+    BEGIN
+        FOR r IN SELECT * FROM ledger_try_append(p_stream, p_expected, p_key, p_types,
+                p_schemas, p_data, p_metadata, p_call_ids, p_recorded_at, p_digests,
+                p_data_key) LOOP
+            IF r.o_position IS NULL THEN
+                RAISE EXCEPTION 'version conflict'
+                    USING ERRCODE = 'LD001', DETAIL = r.o_actual::text;
+            END IF;
+            o_position := r.o_position;
+            o_hash := r.o_hash;
+            o_duplicate := r.o_duplicate;
+            RETURN NEXT;
+        END LOOP;
+    END $$;
+    """,
 ]
 
 STATEMENTS = Statements(
@@ -392,6 +496,7 @@ class PostgresEventStore(SQLStore):
         **_other_backends: object,  # open_store passes every option; another backend's are ignored
     ) -> None:
         self.url = url
+        self._bounds = (max_connections, timeout, statement_timeout)  # for async_log
         self._init_rejection_log(rejection_retention_days, rejection_purge_interval)
         self._quick_timeout = min(timeout, QUICK_TIMEOUT_SECONDS)
         self._pool = ConnectionPool(
@@ -418,6 +523,19 @@ class PostgresEventStore(SQLStore):
         self.database = PostgresDatabase(url, self._pool, translate_error)
         if migrate:
             self.migrate()
+
+    def async_log(self, on_batch: Callable[[int], None] | None = None) -> AsyncEventLog:
+        """An async psycopg pool of its own, with the same bounds (``postgres_async``)."""
+        from eventstore.postgres_async import AsyncPostgresLog
+
+        connections, timeout, statement_timeout = self._bounds
+        return AsyncPostgresLog(
+            self.url,
+            max_connections=connections,
+            timeout=timeout,
+            statement_timeout=statement_timeout,
+            on_batch=on_batch,
+        )
 
     @property
     def pool(self) -> ConnectionPool:
@@ -450,46 +568,28 @@ class PostgresEventStore(SQLStore):
         idempotency_key: str | None = None,
         data_key: bytes | None = None,
     ) -> AppendResult:
-        batch = prepare_append(stream_id, events, expected_version)
-        recorded_at, prepared, digests = batch.recorded_at, batch.events, batch.digests
-        params: list[Any] = [
-            stream_id,
-            expected_version,
-            idempotency_key,
-            [p.type for p in prepared],
-            [p.schema_version for p in prepared],
-            [p.data.decode() for p in prepared],
-            [p.metadata.decode() for p in prepared],
-            [p.call_id for p in prepared],
-            recorded_at,
-            digests,
-            data_key,
-        ]
-        try:
-            with self._connection() as conn:
-                # %b: binary parameters. Text-format arrays would escape every quote
-                # of the JSON bodies on the client and parse them again on the server.
-                rows = conn.execute(
-                    "SELECT o_position, encode(o_hash, 'hex'), o_duplicate FROM ledger_append("
-                    "%b, %b, %b, %b::text[], %b::smallint[], %b::text[], %b::text[], %b::text[],"
-                    " %b, %b::bytea[], %b::bytea)",
-                    params,
-                    prepare=True,
-                ).fetchall()
-        except psycopg.Error as exc:
-            if exc.sqlstate == CONFLICT_SQLSTATE:
-                detail = exc.diag.message_detail
-                raise ConcurrencyConflict(
-                    stream_id, expected_version, int(detail) if detail else None
-                ) from None
-            if exc.sqlstate == "23505":  # unique (stream_id, version): a racing writer won
-                raise ConcurrencyConflict(stream_id, expected_version) from None
-            raise  # the error boundary maps it
-        if rows and rows[0][2]:
-            first, last = rows[0][0], rows[-1][0]
-            return AppendResult(events=self._read_positions(first, last), duplicate=True)
-        recorded = batch.recorded(stream_id, expected_version, events, [(r[0], r[1]) for r in rows])
-        return AppendResult(events=recorded, duplicate=False)
+        request = AppendRequest(stream_id, events, expected_version, idempotency_key, data_key)
+        (outcome,) = self.append_batch([request])
+        if isinstance(outcome, ConcurrencyConflict):
+            raise outcome
+        return outcome
+
+    def append_batch(self, requests: Sequence[AppendRequest]) -> list[BatchOutcome]:
+        pending = [PendingAppend.of(r) for r in requests]  # encoded before any lock
+        with self._connection() as conn:
+            if len(pending) == 1:  # one statement: its own transaction, one round trip
+                rows = [conn.execute(TRY_APPEND, pending[0].params(), prepare=True).fetchall()]
+            else:
+                # One transaction, one round trip: BEGIN, the appends, COMMIT, then Sync.
+                with conn.pipeline(), conn.transaction():
+                    cursors = [conn.execute(TRY_APPEND, p.params(), prepare=True) for p in pending]
+                rows = [cursor.fetchall() for cursor in cursors]
+        return [self._outcome(p.outcome(r)) for p, r in zip(pending, rows, strict=True)]
+
+    def _outcome(self, outcome: BatchOutcome | Duplicate) -> BatchOutcome:
+        if isinstance(outcome, Duplicate):
+            return AppendResult(self._read_positions(outcome.first, outcome.last), duplicate=True)
+        return outcome
 
     # -- reading
 

@@ -29,7 +29,9 @@ from eventstore.errors import (
 from eventstore.rejections import REJECTION_PURGE_INTERVAL_SECONDS
 from eventstore.sql import Row, SQLStore, Statements
 from eventstore.store import (
+    AppendRequest,
     AppendResult,
+    BatchOutcome,
     Head,
     NewEvent,
     RawEvent,
@@ -251,34 +253,57 @@ class SQLiteEventStore(SQLStore):
         idempotency_key: str | None = None,
         data_key: bytes | None = None,
     ) -> AppendResult:
-        batch = prepare_append(stream_id, events, expected_version)
+        request = AppendRequest(stream_id, events, expected_version, idempotency_key, data_key)
+        (outcome,) = self.append_batch([request])
+        if isinstance(outcome, ConcurrencyConflict):
+            raise outcome
+        return outcome
+
+    def append_batch(self, requests: Sequence[AppendRequest]) -> list[BatchOutcome]:
+        # One write transaction for the batch; a savepoint per append, so a conflict
+        # undoes its own append only.
+        batches = [prepare_append(r.stream_id, r.events, r.expected_version) for r in requests]
         conn = self.connection()
+        conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                seen = None
-                if idempotency_key is not None:
-                    seen = conn.execute(STATEMENTS.idempotency_key, (idempotency_key,)).fetchone()
-                if seen is not None:
-                    result = AppendResult(self._read_positions(seen[0], seen[1]), duplicate=True)
-                    conn.execute("ROLLBACK")
-                    return result
-                self._check_version(conn, stream_id, expected_version, data_key, batch.stamp)
-                links = self._insert_events(conn, stream_id, expected_version, batch)
-                if idempotency_key is not None:
-                    conn.execute(
-                        "INSERT INTO idempotency_keys VALUES (?, ?, ?, ?)",
-                        (idempotency_key, stream_id, links[0][0], links[-1][0]),
-                    )
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        except sqlite3.IntegrityError:
-            raise ConcurrencyConflict(stream_id, expected_version) from None
-        recorded = batch.recorded(stream_id, expected_version, events, links)
-        return AppendResult(recorded, duplicate=False)
+            outcomes = [
+                self._append_one(conn, r, b) for r, b in zip(requests, batches, strict=True)
+            ]
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return outcomes
+
+    def _append_one(
+        self, conn: sqlite3.Connection, request: AppendRequest, batch: PreparedAppend
+    ) -> BatchOutcome:
+        key, stream_id, expected = (
+            request.idempotency_key,
+            request.stream_id,
+            request.expected_version,
+        )
+        seen = None if key is None else conn.execute(STATEMENTS.idempotency_key, (key,)).fetchone()
+        if seen is not None:
+            return AppendResult(self._read_positions(seen[0], seen[1]), duplicate=True)
+        conn.execute("SAVEPOINT one_append")
+        try:
+            self._check_version(conn, stream_id, expected, request.data_key, batch.stamp)
+            links = self._insert_events(conn, stream_id, expected, batch)
+            if key is not None:
+                conn.execute(
+                    "INSERT INTO idempotency_keys VALUES (?, ?, ?, ?)",
+                    (key, stream_id, links[0][0], links[-1][0]),
+                )
+        except (ConcurrencyConflict, sqlite3.IntegrityError) as error:
+            conn.execute("ROLLBACK TO one_append")
+            conn.execute("RELEASE one_append")
+            if isinstance(error, ConcurrencyConflict):
+                return error
+            return ConcurrencyConflict(stream_id, expected)
+        conn.execute("RELEASE one_append")
+        return AppendResult(batch.recorded(stream_id, expected, request.events, links), False)
 
     @staticmethod
     def _check_version(

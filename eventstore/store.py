@@ -11,7 +11,7 @@ uses them (one import line instead of three).
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Self, TypedDict, Unpack
@@ -35,6 +35,7 @@ from eventstore.events import (
 from eventstore.rejections import RejectionLog
 
 if TYPE_CHECKING:
+    from eventstore.async_log import AsyncEventLog
     from eventstore.chain import ChainRow
     from eventstore.database import Database
 
@@ -154,6 +155,21 @@ class AppendResult:
 
 
 @dataclass(frozen=True, slots=True)
+class AppendRequest:
+    """One append of a batch (``EventLog.append_batch``); fields as ``EventLog.append``."""
+
+    stream_id: str
+    events: Sequence[NewEvent]
+    expected_version: int
+    idempotency_key: str | None = None
+    data_key: bytes | None = None
+
+
+# What a batch gives each of its appends, in order: its result, or its own conflict.
+BatchOutcome = AppendResult | ConcurrencyConflict
+
+
+@dataclass(frozen=True, slots=True)
 class Head:
     position: int
     hash: str
@@ -210,6 +226,24 @@ class EventLog(abc.ABC):
         stored for the stream in the same transaction (a first install seals its
         secret with it); ConcurrencyConflict if the stream has one already.
         """
+
+    def append_batch(self, requests: Sequence[AppendRequest]) -> list[BatchOutcome]:
+        """Several appends, each as ``append`` would do it, with one outcome each: its
+        result, or its own ConcurrencyConflict (the others are not affected). A store
+        that can commits them in one transaction (group commit); a StoreError means
+        the batch as a whole failed and nothing of it was stored. This default commits
+        each in its own transaction, so a failure leaves the earlier ones stored."""
+        outcomes: list[BatchOutcome] = []
+        for r in requests:
+            try:
+                outcomes.append(
+                    self.append(
+                        r.stream_id, r.events, r.expected_version, r.idempotency_key, r.data_key
+                    )
+                )
+            except ConcurrencyConflict as conflict:
+                outcomes.append(conflict)
+        return outcomes
 
     @abc.abstractmethod
     def read_stream(
@@ -285,6 +319,15 @@ class EventStore(EventLog, DataKeyStore, RejectionLog, abc.ABC):
     ``PostgresEventStore`` (production). One contract test suite runs against both.
     """
 
+    def async_log(self, on_batch: Callable[[int], None] | None = None) -> AsyncEventLog:
+        """This store's log for an event loop (``eventstore.async_log``), with group
+        commit; ``on_batch`` hears each committed batch's size. ``await open()`` it
+        before use and ``await aclose()`` it after. This default runs the store's own
+        calls in worker threads; a backend with an async driver overrides it."""
+        from eventstore.async_log import ThreadedLog
+
+        return ThreadedLog(self, on_batch)
+
 
 def open_store(url: str, **options: Unpack[StoreOptions]) -> EventStore:
     """A store for a ``sqlite:///path`` or ``postgresql://…`` URL: the one place that
@@ -301,7 +344,9 @@ def open_store(url: str, **options: Unpack[StoreOptions]) -> EventStore:
 
 
 __all__ = [
+    "AppendRequest",
     "AppendResult",
+    "BatchOutcome",
     "ConcurrencyConflict",
     "EventLog",
     "EventStore",

@@ -49,7 +49,7 @@ class FakeKeys:
     seal: Sealer = fake_seal
     reveal: Callable[[SealedSecret], CurrentSecret] = fake_reveal
 
-    def command(self, state: TenantState) -> LifecycleCall:
+    def command(self, state: TenantState, stored_key: bytes | None = None) -> LifecycleCall:
         current = self.reveal(state.secret) if state.secret is not None else None
         return replace(self.call, current_secret=current)
 
@@ -110,6 +110,6 @@ def append_random_calls(store: EventStore, rng: random.Random, calls: int, tenan
             descriptor_version=version,
             metadata=Metadata(descriptor_version=version, iat=written),
         )
-        result = shell.run_with(DECIDER, store, stream, FakeKeys(call))
+        result = shell.run_with_blocking(DECIDER, store, stream, FakeKeys(call))
         written += len(result.events) if result.appended else 0
     return written

@@ -74,9 +74,9 @@ def test_fold_and_plan_are_pure_steps() -> None:
 
 
 def test_run_appends_after_the_version_it_read(store: EventStore) -> None:
-    first = shell.run(Counter(), store, STREAM, Add(2))
+    first = shell.run_blocking(Counter(), store, STREAM, Add(2))
     assert first.appended and [e.version for e in first.events] == [1, 2]
-    second = shell.run(Counter(), store, STREAM, Add(1))
+    second = shell.run_blocking(Counter(), store, STREAM, Add(1))
     assert [e.version for e in second.events] == [3]
     # The decision saw the two earlier events.
     assert second.events[0].metadata.call_id == "after-2"
@@ -84,8 +84,8 @@ def test_run_appends_after_the_version_it_read(store: EventStore) -> None:
 
 
 def test_skip_and_refuse_append_nothing(store: EventStore) -> None:
-    skipped = shell.run(Counter(), store, STREAM, Add(0))
-    refused = shell.run(Counter(), store, STREAM, Add(1, refuse=True))
+    skipped = shell.run_blocking(Counter(), store, STREAM, Add(0))
+    refused = shell.run_blocking(Counter(), store, STREAM, Add(1, refuse=True))
     assert isinstance(skipped.decision, Skip) and not skipped.appended
     assert isinstance(refused.decision, Refuse) and refused.decision.code == "refused"
     assert store.read_stream(STREAM) == []
@@ -96,7 +96,7 @@ def test_a_conflict_is_read_again_and_decided_again(store_url: str, store: Event
 
     with open_store(store_url) as other:
         decider = Interfering(other=other, times=2)
-        result = shell.run(decider, store, STREAM, Add(1))
+        result = shell.run_blocking(decider, store, STREAM, Add(1))
     assert result.attempts == 3
     assert decider.calls == [0, 1, 2]  # each attempt saw the other writer's event
     assert [e.version for e in result.events] == [3]
@@ -109,15 +109,15 @@ def test_bounded_attempts_end_in_contention(store_url: str, store: EventStore) -
     with open_store(store_url) as other:
         decider = Interfering(other=other, times=100)
         with pytest.raises(Contention) as raised:
-            shell.run(decider, store, STREAM, Add(1), max_attempts=4)
+            shell.run_blocking(decider, store, STREAM, Add(1), max_attempts=4)
     assert raised.value.attempts == 4
     assert len(decider.calls) == 4
     assert len(store.read_stream(STREAM)) == 4  # only the other writer's events
 
 
 def test_the_idempotency_key_writes_once(store: EventStore) -> None:
-    first = shell.run(Counter(), store, STREAM, Add(1, key="k" * 64))
-    again = shell.run(Counter(), store, STREAM, Add(1, key="k" * 64))
+    first = shell.run_blocking(Counter(), store, STREAM, Add(1, key="k" * 64))
+    again = shell.run_blocking(Counter(), store, STREAM, Add(1, key="k" * 64))
     assert first.appended and not again.appended and again.duplicate
     assert [e.position for e in again.events] == [e.position for e in first.events]
     assert len(store.read_stream(STREAM)) == 1
@@ -130,7 +130,7 @@ class Doubling:
     wrapped: bytes
     asked: list[int] = field(default_factory=list)
 
-    def command(self, state: Count) -> Add:
+    def command(self, state: Count, stored_key: bytes | None = None) -> Add:
         self.asked.append(state.seen)
         return Add(state.seen + 1)
 
@@ -141,8 +141,8 @@ class Doubling:
 
 def test_steps_ask_from_the_state_and_store_a_data_key_with_the_rows(store: EventStore) -> None:
     steps = Doubling(wrapped=b"w" * 60)
-    first = shell.run_with(Counter(), store, STREAM, steps)
-    second = shell.run_with(Counter(), store, STREAM, steps)
+    first = shell.run_with_blocking(Counter(), store, STREAM, steps)
+    second = shell.run_with_blocking(Counter(), store, STREAM, steps)
     assert steps.asked == [0, 1]
     assert [e.version for e in first.events] == [1]
     assert [e.version for e in second.events] == [2, 3]

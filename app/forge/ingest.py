@@ -34,6 +34,7 @@ from app.forge.decider import ForgeCall, InstallationDecider
 from app.forge.jwks import JwksFetcher, JwksUnavailable, UnknownKid
 from app.forge.tokens import ForgeToken, TokenError, claimed_identity, read_fit, verify_fit
 from app.settings import Settings
+from eventstore.async_log import AsyncEventLog
 from eventstore.events import Metadata, installation_stream_id
 from eventstore.rejections import Rejection
 from eventstore.store import EventStore, StoreError, format_timestamp, utcnow
@@ -70,11 +71,13 @@ class ForgeIngestor:
         self,
         settings: Settings,
         store: EventStore,
+        log: AsyncEventLog,
         jwks: JwksFetcher | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
-        self.store = store
+        self.store = store  # the rejection log
+        self.log = log  # the hot path: read the stream, group-committed append
         self.jwks = jwks or JwksFetcher(settings.forge_jwks_url_list)
         self.clock = clock
 
@@ -97,9 +100,7 @@ class ForgeIngestor:
             problem = check_body(request.route, body.fields, verified)
             if problem is not None:
                 raise Refusal(401, "body_token_mismatch", problem)
-            outcome = await to_thread.run_sync(
-                self._decide_append, request, body, verified, call_id
-            )
+            outcome = await self._decide_append(request, body, verified, call_id)
         except Refusal as refusal:
             outcome = Outcome(
                 refusal.status,
@@ -146,9 +147,9 @@ class ForgeIngestor:
         except TokenError as error:
             raise Refusal(401, error.code, error.detail) from None
 
-    # -- rules 5-7, in a worker thread: the store is synchronous
+    # -- rules 5-7, in the event loop (the log is async; SQLite's runs in threads)
 
-    def _decide_append(
+    async def _decide_append(
         self, request: ForgeRequest, body: ForgeBody, token: ForgeToken, call_id: str
     ) -> Outcome:
         delivery = delivery_sha256(request.route, body.fields, token)
@@ -160,7 +161,8 @@ class ForgeIngestor:
         )
         installation = token.installation_id
         try:
-            result = shell.run(DECIDER, self.store, installation_stream_id(installation), call)
+            stream_id = installation_stream_id(installation)
+            result = await shell.run(DECIDER, self.log, stream_id, call)
         except StoreError:  # unavailable, or any other trouble of the store: retryable
             return self._unavailable(
                 call_id, installation, "store_unavailable", "the ledger's store is unavailable"
