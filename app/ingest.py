@@ -50,11 +50,12 @@ from app.payload import (
 )
 from app.settings import Settings
 from app.tokens import (
+    ParsedToken,
     TokenError,
     UnverifiedToken,
     VerifiedToken,
     is_valid_kid,
-    parse_unverified,
+    parse_token,
     query_string_hash,
     relative_path,
     token_sha256,
@@ -101,8 +102,7 @@ class _Checked:
 
     request: CallRequest
     payload: LifecyclePayload
-    token: str
-    unverified: UnverifiedToken
+    token: ParsedToken  # parsed once, verified with the install key or the secret
     install_key: RSAPublicKey | None  # RS256 only
     call_id: str
 
@@ -237,7 +237,7 @@ class _TenantSteps:
         event = checked.request.event
         return LifecycleCall(
             event=event,
-            alg=checked.unverified.alg,
+            alg=checked.token.token.alg,
             verification=verification,
             payload=checked.payload.fields,
             shared_secret=checked.payload.shared_secret if event == "installed" else None,
@@ -257,7 +257,7 @@ class _TenantSteps:
         now, leeway = int(self._clock()), settings.clock_skew_seconds
         client_key = checked.payload.client_key
         try:
-            if checked.unverified.alg == "RS256" and checked.install_key is not None:
+            if checked.token.token.alg == "RS256" and checked.install_key is not None:
                 return verify_install_token(
                     checked.token,
                     checked.install_key,
@@ -267,7 +267,7 @@ class _TenantSteps:
                     now=now,
                     leeway=leeway,
                 )
-            if checked.unverified.alg == "HS256":
+            if checked.token.token.alg == "HS256":
                 if not isinstance(current, str):
                     return NotVerifiable()
                 return verify_shared_secret_token(
@@ -325,11 +325,11 @@ class LifecycleIngestor:
             if token is None:
                 raise Refusal(401, "missing_token", "Authorization: JWT <token> is required")
             try:
-                unverified = parse_unverified(token)
+                parsed = parse_token(token)
             except TokenError as error:
                 raise Refusal(401, error.code, error.detail) from None
-            install_key = await self._install_key(unverified)
-            checked = _Checked(request, payload, token, unverified, install_key, call_id)
+            install_key = await self._install_key(parsed.token)
+            checked = _Checked(request, payload, parsed, install_key, call_id)
             outcome = await self._run(checked)
         except Refusal as refusal:
             outcome = Outcome(

@@ -397,7 +397,7 @@ def _check_claims(
 
 
 def verify_install_token(
-    token: str,
+    token: str | ParsedToken,
     public_key_pem: str | bytes | RSAPublicKey,
     *,
     client_key: str,
@@ -411,8 +411,9 @@ def verify_install_token(
     Checks, first failure wins: alg is RS256, kid well formed, signature, claims
     present, ``iss`` == client_key, ``aud`` names app_base_url (trailing ``/``
     ignored), ``qsh``, ``exp`` > now - leeway, ``iat`` <= now + leeway.
+    ``token`` may be given already parsed (``parse_token``): a call parses it once.
     """
-    parsed = parse_token(token)
+    parsed = token if isinstance(token, ParsedToken) else parse_token(token)
     _require_alg(parsed, "RS256")
     if not is_valid_kid(parsed.token.kid):
         raise TokenError("invalid_kid", "the token header's kid is missing or not allowed")
@@ -425,7 +426,7 @@ def verify_install_token(
 
 
 def verify_shared_secret_token(
-    token: str,
+    token: str | ParsedToken,
     secret: str,
     *,
     client_key: str,
@@ -438,7 +439,7 @@ def verify_shared_secret_token(
     Same rules as ``verify_install_token`` except ``aud``, which Atlassian's
     HS256 tokens do not carry.
     """
-    parsed = parse_token(token)
+    parsed = token if isinstance(token, ParsedToken) else parse_token(token)
     _require_alg(parsed, "HS256")
     if not secret:
         # An empty secret is known to everyone: anyone could sign with it.
