@@ -37,7 +37,7 @@ from eventstore.errors import (
     StoreUnavailable,
     error_boundary,
 )
-from eventstore.postgres_append import TRY_APPEND, Duplicate, PendingAppend
+from eventstore.postgres_append import TRY_APPEND_BATCH, Duplicate, PendingBatch
 from eventstore.rejections import REJECTION_PURGE_INTERVAL_SECONDS
 from eventstore.sql import Row, SQLStore, Statements
 from eventstore.store import (
@@ -298,78 +298,122 @@ MIGRATIONS: list[str] = [
     CREATE INDEX rejections_at ON rejections (at);
     CREATE INDEX rejections_last_seen ON rejections (last_seen_at, id);
     """,
-    # 4: group commit. ledger_try_append is ledger_append that answers a version
-    # conflict with a row (o_position NULL, o_actual the stream's version) instead of an
-    # error, so several appends pipelined in one transaction fail one by one; a failed
-    # statement would abort them all. ledger_append stays, for writers on older code.
+    # 4: group commit. ledger_try_append_batch appends a batch in one statement, and
+    # answers a version conflict with a row (o_position NULL, o_actual the stream's
+    # version) instead of an error, so the appends of a batch fail one by one; an error
+    # would abort them all.
     r"""
-    CREATE FUNCTION ledger_try_append(
-        p_stream text, p_expected integer, p_key text, p_types text[],
-        p_schemas smallint[], p_data text[], p_metadata text[], p_call_ids text[],
-        p_recorded_at timestamptz, p_digests bytea[], p_data_key bytea
-    ) RETURNS TABLE (o_position bigint, o_hash bytea, o_duplicate boolean, o_actual integer)
+    -- A batch in one statement (one round trip, one transaction): the appends of
+    -- several calls, their per-event arrays concatenated, p_counts events each. Set
+    -- based: one head lock, one lookup of the keys and versions, one insert of all
+    -- rows; the chain is computed in the loop. The caller's precondition: the streams
+    -- of a batch are distinct, and so are its idempotency keys (eventstore.postgres
+    -- splits a batch that repeats one).
+    CREATE FUNCTION ledger_try_append_batch(
+        p_streams text[], p_expected integer[], p_keys text[], p_counts integer[],
+        p_types text[], p_schemas smallint[], p_data text[], p_metadata text[],
+        p_call_ids text[], p_recorded_at timestamptz[], p_digests bytea[], p_data_keys bytea[]
+    ) RETURNS TABLE (o_index integer, o_position bigint, o_hash bytea, o_duplicate boolean,
+                     o_actual integer)
     LANGUAGE plpgsql AS $$
     DECLARE
         v_position bigint;
         v_hash bytea;
-        v_first bigint;
-        v_last bigint;
-        i integer;
+        v_dup_first bigint[];
+        v_dup_last bigint[];
+        v_actual integer[];
+        v_keyed text[];
+        e_pos bigint[] := '{}';
+        e_hash bytea[] := '{}';
+        e_req integer[] := '{}';
+        e_k integer[] := '{}';
+        e_src integer[] := '{}';
+        k_req integer[] := '{}';
+        k_first bigint[] := '{}';
+        n integer;
+        k integer;
+        v_src integer := 0;
     BEGIN
         SELECT h.position, h.hash INTO v_position, v_hash FROM ledger_head h FOR UPDATE;
 
-        -- Under the lock, so a concurrent append with the same key is seen here.
-        IF p_key IS NOT NULL THEN
-            SELECT first_position, last_position INTO v_first, v_last
-                FROM idempotency_keys WHERE key = p_key;
-            IF FOUND THEN
-                RETURN QUERY SELECT e.position, e.hash, true, NULL::integer FROM events e
-                    WHERE e.position BETWEEN v_first AND v_last ORDER BY e.position;
-                RETURN;
+        -- Under the lock: the keys used before, and each stream's version.
+        SELECT array_agg(ik.first_position ORDER BY r.n), array_agg(ik.last_position ORDER BY r.n),
+               array_agg(coalesce((SELECT max(e.version) FROM events e
+                                   WHERE e.stream_id = r.stream), 0) ORDER BY r.n)
+            INTO v_dup_first, v_dup_last, v_actual
+            FROM unnest(p_streams, p_keys) WITH ORDINALITY AS r(stream, key, n)
+            LEFT JOIN idempotency_keys ik ON ik.key = r.key;
+
+        -- A first install's data key is stored with its events; a stream that has one
+        -- already is a conflict.
+        WITH stored AS (
+            INSERT INTO data_keys (stream_id, wrapped)
+                SELECT r.stream, r.wrapped
+                FROM unnest(p_streams, p_data_keys) WITH ORDINALITY AS r(stream, wrapped, n)
+                WHERE r.wrapped IS NOT NULL AND v_dup_first[r.n] IS NULL
+                  AND v_actual[r.n] = p_expected[r.n]
+                ON CONFLICT (stream_id) DO NOTHING
+                RETURNING stream_id)
+        SELECT coalesce(array_agg(stream_id), '{}') INTO v_keyed FROM stored;
+
+        FOR n IN 1 .. array_length(p_streams, 1) LOOP
+            IF v_dup_first[n] IS NOT NULL THEN
+                RETURN QUERY SELECT n, e.position, e.hash, true, NULL::integer FROM events e
+                    WHERE e.position BETWEEN v_dup_first[n] AND v_dup_last[n];
+            ELSIF v_actual[n] <> p_expected[n]
+                  OR (p_data_keys[n] IS NOT NULL AND NOT p_streams[n] = ANY(v_keyed)) THEN
+                o_index := n;
+                o_position := NULL;
+                o_hash := NULL;
+                o_duplicate := false;
+                o_actual := v_actual[n];
+                RETURN NEXT;  -- a conflict: o_position is NULL
+            ELSE
+                k_req := k_req || n;
+                k_first := k_first || (v_position + 1);
+                FOR k IN 1 .. p_counts[n] LOOP
+                    v_position := v_position + 1;
+                    v_hash := sha256(v_hash || int8send(v_position) || p_digests[v_src + k]);
+                    e_pos := e_pos || v_position;
+                    e_hash := e_hash || v_hash;
+                    e_req := e_req || n;
+                    e_k := e_k || k;
+                    e_src := e_src || (v_src + k);
+                    o_index := n;
+                    o_position := v_position;
+                    o_hash := v_hash;
+                    o_duplicate := false;
+                    o_actual := NULL;
+                    RETURN NEXT;
+                END LOOP;
             END IF;
-        END IF;
-
-        SELECT coalesce(max(e.version), 0) INTO o_actual FROM events e
-            WHERE e.stream_id = p_stream;
-        IF o_actual <> p_expected THEN
-            RETURN NEXT;  -- a conflict: o_position is NULL
-            RETURN;
-        END IF;
-
-        -- A first install's data key is stored with its events, in one transaction.
-        IF p_data_key IS NOT NULL THEN
-            INSERT INTO data_keys (stream_id, wrapped) VALUES (p_stream, p_data_key)
-                ON CONFLICT (stream_id) DO NOTHING;
-            IF NOT FOUND THEN
-                RETURN NEXT;  -- the stream has a key already: a conflict too
-                RETURN;
-            END IF;
-        END IF;
-
-        v_first := v_position + 1;
-        FOR i IN 1 .. array_length(p_types, 1) LOOP
-            v_position := v_position + 1;
-            v_hash := sha256(v_hash || int8send(v_position) || p_digests[i]);
-            INSERT INTO events (position, stream_id, version, type, schema_version, data,
-                                metadata, recorded_at, hash, call_id, chain_version)
-                VALUES (v_position, p_stream, p_expected + i, p_types[i], p_schemas[i],
-                        p_data[i], p_metadata[i], p_recorded_at, v_hash, p_call_ids[i],
-                        CASE WHEN octet_length(p_digests[i]) = 33
-                             THEN get_byte(p_digests[i], 0) ELSE 1 END);
-            o_position := v_position;
-            o_hash := v_hash;
-            o_duplicate := false;
-            RETURN NEXT;
+            v_src := v_src + p_counts[n];
         END LOOP;
 
-        UPDATE ledger_head SET position = v_position, hash = v_hash;
-        IF p_key IS NOT NULL THEN
-            INSERT INTO idempotency_keys VALUES (p_key, p_stream, v_first, v_position);
+        IF array_length(e_pos, 1) IS NULL THEN
+            RETURN;  -- nothing appended
         END IF;
+        -- A chain version 2 link input is its version byte and a digest (33 bytes); a
+        -- 32-byte one is a version 1 row digest (a writer from before).
+        INSERT INTO events (position, stream_id, version, type, schema_version, data,
+                            metadata, recorded_at, hash, call_id, chain_version)
+            SELECT e.pos, p_streams[e.req], p_expected[e.req] + e.k, p_types[e.src],
+                   p_schemas[e.src], p_data[e.src], p_metadata[e.src], p_recorded_at[e.req],
+                   e.hash, p_call_ids[e.src],
+                   CASE WHEN octet_length(p_digests[e.src]) = 33
+                        THEN get_byte(p_digests[e.src], 0) ELSE 1 END
+            FROM unnest(e_pos, e_hash, e_req, e_k, e_src) AS e(pos, hash, req, k, src);
+        UPDATE ledger_head SET position = v_position, hash = v_hash;
+        INSERT INTO idempotency_keys (key, stream_id, first_position, last_position)
+            SELECT p_keys[a.req], p_streams[a.req], a.first, a.first + p_counts[a.req] - 1
+            FROM unnest(k_req, k_first) AS a(req, first)
+            WHERE p_keys[a.req] IS NOT NULL;
         -- A wake-up hint for projection runners; the log itself stays the truth.
         PERFORM pg_notify('ledger_events', v_position::text);
     END $$;
 
+    -- Writers on older code still call ledger_append: a batch of one, raising on a
+    -- conflict as before.
     CREATE OR REPLACE FUNCTION ledger_append(
         p_stream text, p_expected integer, p_key text, p_types text[],
         p_schemas smallint[], p_data text[], p_metadata text[], p_call_ids text[],
@@ -379,9 +423,10 @@ MIGRATIONS: list[str] = [
     DECLARE
         r record;
     BEGIN
-        FOR r IN SELECT * FROM ledger_try_append(p_stream, p_expected, p_key, p_types,
-                p_schemas, p_data, p_metadata, p_call_ids, p_recorded_at, p_digests,
-                p_data_key) LOOP
+        FOR r IN SELECT * FROM ledger_try_append_batch(ARRAY[p_stream], ARRAY[p_expected],
+                ARRAY[p_key], ARRAY[array_length(p_types, 1)], p_types, p_schemas, p_data,
+                p_metadata, p_call_ids, ARRAY[p_recorded_at], p_digests, ARRAY[p_data_key])
+        LOOP
             IF r.o_position IS NULL THEN
                 RAISE EXCEPTION 'version conflict'
                     USING ERRCODE = 'LD001', DETAIL = r.o_actual::text;
@@ -575,16 +620,20 @@ class PostgresEventStore(SQLStore):
         return outcome
 
     def append_batch(self, requests: Sequence[AppendRequest]) -> list[BatchOutcome]:
-        pending = [PendingAppend.of(r) for r in requests]  # encoded before any lock
+        batches = PendingBatch.split(requests)  # encoded before any lock is taken
         with self._connection() as conn:
-            if len(pending) == 1:  # one statement: its own transaction, one round trip
-                rows = [conn.execute(TRY_APPEND, pending[0].params(), prepare=True).fetchall()]
-            else:
-                # One transaction, one round trip: BEGIN, the appends, COMMIT, then Sync.
-                with conn.pipeline(), conn.transaction():
-                    cursors = [conn.execute(TRY_APPEND, p.params(), prepare=True) for p in pending]
-                rows = [cursor.fetchall() for cursor in cursors]
-        return [self._outcome(p.outcome(r)) for p, r in zip(pending, rows, strict=True)]
+            if len(batches) == 1:  # one statement: its own transaction
+                rows = [
+                    conn.execute(TRY_APPEND_BATCH, batches[0].params(), prepare=True).fetchall()
+                ]
+            else:  # a stream or key repeated: one statement per part, one transaction
+                with conn.transaction():
+                    rows = [
+                        conn.execute(TRY_APPEND_BATCH, b.params(), prepare=True).fetchall()
+                        for b in batches
+                    ]
+        outcomes = PendingBatch.outcomes_of(batches, rows, len(requests))
+        return [self._outcome(outcome) for outcome in outcomes]
 
     def _outcome(self, outcome: BatchOutcome | Duplicate) -> BatchOutcome:
         if isinstance(outcome, Duplicate):

@@ -1,8 +1,8 @@
 """The PostgreSQL log for the event loop: an async psycopg pool, group commit.
 
 The hot path of an accepted call is two round trips and no thread hop: one read of
-the stream and its data key (two statements pipelined), and one append, committed
-with whatever other appends arrived meanwhile (``GroupCommit``: one transaction and
+the stream and its data key (one statement), and one append, committed with
+whatever other appends arrived meanwhile (``GroupCommit``: one transaction and
 one fsync for the batch, each append's own conflict its own). Parameters are sent in
 binary. Errors pass through the same ``translate_error`` as the synchronous store.
 """
@@ -19,10 +19,16 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from eventstore.async_log import AsyncEventLog, GroupCommit, StreamSnapshot
 from eventstore.errors import StoreUnavailable, error_boundary
 from eventstore.postgres import STATEMENTS, _libpq_url, _session_options, translate_error
-from eventstore.postgres_append import TRY_APPEND, Duplicate, PendingAppend
+from eventstore.postgres_append import TRY_APPEND_BATCH, Duplicate, PendingBatch
 from eventstore.store import AppendRequest, AppendResult, BatchOutcome, decode_event
 
-_READ_STREAM = STATEMENTS.read_stream + " ORDER BY version"
+# The stream and its data key in one statement (one round trip, no pipeline: see
+# eventstore.postgres_append); the key's subquery is evaluated once, not per row.
+_READ_STREAM_AND_KEY = (
+    f"SELECT {STATEMENTS.event_columns},"
+    " (SELECT wrapped FROM data_keys WHERE stream_id = %s)"
+    " FROM events WHERE stream_id = %s ORDER BY version"
+)
 
 
 @error_boundary(translate_error)
@@ -60,35 +66,33 @@ class AsyncPostgresLog(AsyncEventLog):
             raise StoreUnavailable("PostgreSQL did not answer") from exc
 
     async def read_stream(self, stream_id: str) -> StreamSnapshot:
-        async with self._pool.connection() as conn, conn.pipeline() as pipeline:
-            events = await conn.execute(_READ_STREAM, [stream_id], prepare=True)
-            key = await conn.execute(STATEMENTS.get_data_key, [stream_id], prepare=True)
-            await pipeline.sync()  # both statements in one round trip
-            rows = await events.fetchall()
-            wrapped = await key.fetchone()
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(_READ_STREAM_AND_KEY, [stream_id, stream_id], prepare=True)
+            rows = await cursor.fetchall()
+        if not rows:
+            return StreamSnapshot([])
         return StreamSnapshot(
-            [decode_event(*row) for row in rows], bytes(wrapped[0]) if wrapped else None
+            [decode_event(*row[:-1]) for row in rows],
+            bytes(rows[0][-1]) if rows[0][-1] is not None else None,
         )
 
     async def append(self, request: AppendRequest) -> AppendResult:
         return await self._writer.append(request)
 
     async def _commit_batch(self, requests: Sequence[AppendRequest]) -> list[BatchOutcome]:
-        pending = [PendingAppend.of(r) for r in requests]  # encoded before any lock
+        batches = PendingBatch.split(requests)  # encoded before any lock is taken
         async with self._pool.connection() as conn:
-            if len(pending) == 1:  # one statement: its own transaction
-                cursor = await conn.execute(TRY_APPEND, pending[0].params(), prepare=True)
+            if len(batches) == 1:  # one statement: its own transaction
+                cursor = await conn.execute(TRY_APPEND_BATCH, batches[0].params(), prepare=True)
                 rows = [await cursor.fetchall()]
-            else:
-                # One transaction and one round trip: BEGIN, the appends, COMMIT, Sync.
-                async with conn.pipeline(), conn.transaction():
-                    cursors = [
-                        await conn.execute(TRY_APPEND, p.params(), prepare=True) for p in pending
-                    ]
-                rows = [await cursor.fetchall() for cursor in cursors]
-            return [
-                await self._outcome(conn, p.outcome(r)) for p, r in zip(pending, rows, strict=True)
-            ]
+            else:  # a stream or key repeated: one statement per part, one transaction
+                async with conn.transaction():
+                    rows = []
+                    for batch in batches:
+                        cursor = await conn.execute(TRY_APPEND_BATCH, batch.params(), prepare=True)
+                        rows.append(await cursor.fetchall())
+            outcomes = PendingBatch.outcomes_of(batches, rows, len(requests))
+            return [await self._outcome(conn, outcome) for outcome in outcomes]
 
     @staticmethod
     async def _outcome(

@@ -187,7 +187,7 @@ def test_a_batch_whose_connection_dies_mid_commit_stores_nothing(
             killed = blocker.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname ="
                 " current_database() AND pid <> pg_backend_pid() AND state = 'active' AND query LIKE"
-                " '%ledger_try_append%'"
+                " '%ledger_try_append_batch%'"
             ).fetchall()
             assert killed, "no batch was waiting on the head lock"
             outcomes = await asyncio.gather(*batch, return_exceptions=True)
@@ -279,3 +279,26 @@ def test_a_writer_killed_mid_batch_loses_nothing_it_acknowledged(
         assert stored[stream_id_for(stream)] >= version  # nothing acknowledged is lost
     assert all(count % 2 == 0 for count in stored.values())  # no append half-stored
     _assert_log_is_whole(store)
+
+
+def test_ledger_append_still_serves_writers_on_older_code(
+    postgres_databases: PostgresDatabases,
+) -> None:
+    """PostgreSQL: ``ledger_append`` (what a process on older code calls during a rolling
+    upgrade) is now a batch of one, and still raises a conflict as an error."""
+    url = postgres_databases.create()
+    with open_store(url) as store:
+        store.append(stream_id_for("a"), [_event(0)], 0)
+        with psycopg.connect(url, autocommit=True) as conn:
+            call = (
+                "SELECT o_position, o_duplicate FROM ledger_append(%s, %s, NULL, ARRAY['Enabled'],"
+                " ARRAY[1]::smallint[], ARRAY['{}'], ARRAY['{}'], ARRAY[NULL]::text[], now(),"
+                " ARRAY[%s]::bytea[], NULL)"
+            )
+            rows = conn.execute(call, [stream_id_for("a"), 1, b"\x01" * 32]).fetchall()
+            assert rows == [(2, False)]
+            with pytest.raises(psycopg.Error) as raised:
+                conn.execute(call, [stream_id_for("a"), 1, b"\x01" * 32])
+            assert raised.value.sqlstate == "LD001"
+        assert store.stream_version(stream_id_for("a")) == 2
+        assert store.head().position == 2
