@@ -20,8 +20,9 @@ SCRIPTS = {
     "verify.py": (["--events", "2000", "--repeats", "1", "--no-profile"], ["verify_events_per_s"]),
     "store.py": (
         ["--events", "100", "--seconds", "1", "--rounds", "1", "--read-events", "2000",
-         "--batch-sizes", "1000", "--repeats", "1", "--no-profile"],
-        ["append_events_per_s", "append_vs_eventsourcing", "read_all_events_per_s"],
+         "--batch-sizes", "1000", "--repeats", "1", "--no-profile", "--writers", "8"],
+        ["append_events_per_s", "append_vs_eventsourcing", "concurrent_append_events_per_s",
+         "read_all_events_per_s"],
     ),
     "fold_micro.py": (
         ["--events", "2000", "--tenants", "500", "--repeat", "1"], ["fold_all_events_per_s"]
