@@ -345,16 +345,20 @@ MIGRATIONS: list[str] = [
             LEFT JOIN idempotency_keys ik ON ik.key = r.key;
 
         -- A first install's data key is stored with its events; a stream that has one
-        -- already is a conflict.
-        WITH stored AS (
-            INSERT INTO data_keys (stream_id, wrapped)
-                SELECT r.stream, r.wrapped
-                FROM unnest(p_streams, p_data_keys) WITH ORDINALITY AS r(stream, wrapped, n)
-                WHERE r.wrapped IS NOT NULL AND v_dup_first[r.n] IS NULL
-                  AND v_actual[r.n] = p_expected[r.n]
-                ON CONFLICT (stream_id) DO NOTHING
-                RETURNING stream_id)
-        SELECT coalesce(array_agg(stream_id), '{}') INTO v_keyed FROM stored;
+        -- already is a conflict. (Each guard below is a plain expression: cheaper than
+        -- a statement that finds nothing to do.)
+        v_keyed := '{}';
+        IF cardinality(array_remove(p_data_keys, NULL)) > 0 THEN
+            WITH stored AS (
+                INSERT INTO data_keys (stream_id, wrapped)
+                    SELECT r.stream, r.wrapped
+                    FROM unnest(p_streams, p_data_keys) WITH ORDINALITY AS r(stream, wrapped, n)
+                    WHERE r.wrapped IS NOT NULL AND v_dup_first[r.n] IS NULL
+                      AND v_actual[r.n] = p_expected[r.n]
+                    ON CONFLICT (stream_id) DO NOTHING
+                    RETURNING stream_id)
+            SELECT coalesce(array_agg(stream_id), '{}') INTO v_keyed FROM stored;
+        END IF;
 
         FOR n IN 1 .. array_length(p_streams, 1) LOOP
             IF v_dup_first[n] IS NOT NULL THEN
@@ -404,10 +408,12 @@ MIGRATIONS: list[str] = [
                         THEN get_byte(p_digests[e.src], 0) ELSE 1 END
             FROM unnest(e_pos, e_hash, e_req, e_k, e_src) AS e(pos, hash, req, k, src);
         UPDATE ledger_head SET position = v_position, hash = v_hash;
-        INSERT INTO idempotency_keys (key, stream_id, first_position, last_position)
-            SELECT p_keys[a.req], p_streams[a.req], a.first, a.first + p_counts[a.req] - 1
-            FROM unnest(k_req, k_first) AS a(req, first)
-            WHERE p_keys[a.req] IS NOT NULL;
+        IF cardinality(array_remove(p_keys, NULL)) > 0 THEN
+            INSERT INTO idempotency_keys (key, stream_id, first_position, last_position)
+                SELECT p_keys[a.req], p_streams[a.req], a.first, a.first + p_counts[a.req] - 1
+                FROM unnest(k_req, k_first) AS a(req, first)
+                WHERE p_keys[a.req] IS NOT NULL;
+        END IF;
         -- A wake-up hint for projection runners; the log itself stays the truth.
         PERFORM pg_notify('ledger_events', v_position::text);
     END $$;
