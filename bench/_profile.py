@@ -1,8 +1,9 @@
-"""Where a ``ledger serve`` worker's CPU goes under load: py-spy, grouped by area.
+"""Where a ``ledger serve``'s CPU goes under load: py-spy, grouped by area.
 
-``py-spy record --gil --format raw`` samples the thread holding the GIL of one worker
-process (so the shares are of that worker's Python CPU time, not wall time) for the
-measured window. Each sample is put in one area by walking its stack from the leaf
+``py-spy record --gil --format raw`` samples the thread holding the GIL of each of the
+service's processes (its workers, and a projection process if it has one: the shares
+are of their Python CPU time, not wall time) for the measured window; the processes'
+samples are added up into one table. Each sample is put in one area by walking its stack from the leaf
 towards the root: the first frame whose file matches a rule of ``AREAS`` names it (a
 leaf in ``json`` called from PyJWT counts as JWT parsing; a leaf in psycopg called
 from the projection runner counts as the runner, because the runner's rule looks at
@@ -22,7 +23,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # (area, pattern on a frame's file) in the order a frame is tested; the first match wins.
@@ -35,7 +36,7 @@ AREAS: tuple[tuple[str, str], ...] = (
     ("RSA verification", r"cryptography/hazmat/.*(rsa|padding|hashes)|jwt/algorithms\.py"),
     ("AES-GCM (data keys, secrets)", r"cryptography/hazmat/.*aead|eventstore/crypto\.py"
                                      r"|eventstore/data_keys\.py"),
-    ("JWT parsing", r"/jwt/|app/tokens\.py"),
+    ("JWT parsing", r"/jwt/|app/tokens\.py|app/forge/tokens\.py"),
     ("logging", r"/logging/|app/logs\.py"),
     ("metrics", r"prometheus_client|app/metrics\.py"),
     ("body validation", r"/pydantic|/msgspec|app/payload\.py"),
@@ -63,6 +64,7 @@ class Profile:
     total: int
     top_frames: list[tuple[str, int]]
     ours: list[tuple[str, int]]  # this project's functions, inclusive
+    pids: list[int] = field(default_factory=list)
 
     def seconds(self) -> float:
         return self.total / RATE
@@ -100,6 +102,20 @@ def finish(spy: subprocess.Popen[bytes], pid: int, out_dir: Path) -> Profile | N
     return parse(pid, out.read_text().splitlines())
 
 
+def merge(profiles: Sequence[Profile]) -> Profile:
+    """One table for several processes (their samples added up)."""
+    samples: collections.Counter[str] = collections.Counter()
+    leaves: collections.Counter[str] = collections.Counter()
+    ours: collections.Counter[str] = collections.Counter()
+    for profile in profiles:
+        samples.update(profile.samples)
+        leaves.update(dict(profile.top_frames))
+        ours.update(dict(profile.ours))
+    return Profile(profiles[0].pid if profiles else 0, samples,
+                   sum(p.total for p in profiles), leaves.most_common(12), ours.most_common(15),
+                   [p.pid for p in profiles])
+
+
 def parse(pid: int, lines: Sequence[str]) -> Profile:
     samples: collections.Counter[str] = collections.Counter()
     leaves: collections.Counter[str] = collections.Counter()
@@ -117,7 +133,7 @@ def parse(pid: int, lines: Sequence[str]) -> Profile:
         for frame in set(frames):
             if re.search(r"\((app|eventstore|projections)/", frame):
                 inclusive[frame] += count
-    return Profile(pid, samples, total, leaves.most_common(12), inclusive.most_common(15))
+    return Profile(pid, samples, total, leaves.most_common(40), inclusive.most_common(40), [pid])
 
 
 def area_of(frames: Sequence[str]) -> str:
@@ -133,24 +149,24 @@ def area_of(frames: Sequence[str]) -> str:
 
 
 def report(profile: Profile, calls: float) -> None:
-    """The areas by share, with the GIL-held µs per call ``calls`` (the calls this worker
-    answered, estimated) implies."""
+    """The areas by share, with the GIL-held µs per call that ``calls`` (the calls the
+    profiled processes answered) implies."""
     if not profile.total:
         print("   py-spy recorded nothing")
         return
     per_call = profile.seconds() * 1e6 / calls if calls else 0.0
-    print(f"   profile of worker {profile.pid} (py-spy --gil, {RATE} Hz, {profile.total:,} samples"
-          f" = {profile.seconds():.1f} s holding the GIL; ~{calls:,.0f} calls answered by it:"
-          f" ~{per_call:,.0f} µs of GIL time per call)")
+    print(f"   profile of the service's processes {profile.pids} (py-spy --gil, {RATE} Hz each,"
+          f" {profile.total:,} samples = {profile.seconds():.1f} s holding a GIL; {calls:,.0f}"
+          f" calls answered: ~{per_call:,.0f} µs of GIL time per call)")
     print(f"     {'area':<40} {'share':>6} {'µs/call':>8}")
     for area, count in profile.samples.most_common():
         share = count / profile.total
         print(f"     {area:<40} {share:6.1%} {share * per_call:8.0f}")
     print("   top leaf frames:")
-    for frame, count in profile.top_frames:
+    for frame, count in profile.top_frames[:12]:
         print(f"     {count / profile.total:6.1%}  {frame[:120]}")
     print("   this project's functions, inclusive (their callees counted in):")
-    for frame, count in profile.ours:
+    for frame, count in profile.ours[:15]:
         print(f"     {count / profile.total:6.1%}  {frame[:120]}")
 
 

@@ -584,8 +584,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--no-replay", action="store_true",
                         help="skip sending every call a second time")
     parser.add_argument("--profile", "--py-spy", dest="profile", action="store_true",
-                        help="sample one service worker with py-spy during the measured window"
-                             " and print its CPU by area")
+                        help="sample the service's processes with py-spy during the measured"
+                             " window and print their CPU by area")
     parser.add_argument("--no-peer", action="store_true",
                         default=os.environ.get("LEDGER_BENCH_NO_PEER", "") not in ("", "0"),
                         help="skip atlassian-connect-express (also LEDGER_BENCH_NO_PEER=1)")
@@ -815,16 +815,17 @@ class MeasuredWindow:
         self.lag: _lag.LagResult | None = None
 
     def run(self, load: Callable[[], LoadResult]) -> LoadResult:
-        pid = self.service.worker_pids()[0]
-        spy = _profile.start(pid, self.args.seconds, self.work) if self.args.profile else None
+        pids = self.service.worker_pids() if self.args.profile else []
+        spies = [(pid, _profile.start(pid, self.args.seconds, self.work)) for pid in pids]
         sampler = _lag.LagSampler(self.database_url, self.args.lag_interval).start()
         self.activity_before = database_activity(self.database_url)
         before = CpuSample.take(self.service, self.database)
         result = load()
         self.cpu = (before, CpuSample.take(self.service, self.database))
         self.lag = sampler.stop()
-        if spy is not None:
-            self.profile = _profile.finish(spy, pid, self.work)
+        profiles = [_profile.finish(spy, pid, self.work) for pid, spy in spies if spy]
+        if profiles and all(profiles):
+            self.profile = _profile.merge([p for p in profiles if p])
         return result
 
     def report(self, result: LoadResult) -> None:
@@ -833,7 +834,7 @@ class MeasuredWindow:
         if self.lag is not None:
             print("   " + _lag.describe(self.lag, self.args.lag_interval))
         if self.profile is not None:
-            _profile.report(self.profile, result.ok / max(1, len(self.service.worker_pids())))
+            _profile.report(self.profile, result.ok)
 
 
 def check_ledger(args: argparse.Namespace, service: Service, database_url: str,
