@@ -43,12 +43,13 @@ AREAS: tuple[tuple[str, str], ...] = (
     ("fold and decide", r"app/lifecycle\.py|projections/"),
     ("event store (append, chain, reads)", r"eventstore/"),
     ("psycopg", r"/psycopg"),
+    # The product's own ASGI middleware (LastResort) counts with the framework's.
+    ("FastAPI/Starlette routing, middleware", r"/starlette/|/fastapi/|app/errors\.py"),
     ("ingest glue (app/)", r"app/(ingest|shell|calls|answers|service|key_limits|install_keys"
-                           r"|errors|evidence)\.py|app/forge/"),
+                           r"|evidence)\.py|app/forge/"),
     ("app, other", r"(^|[ (/])app/"),
     ("thread hand-off", r"anyio/to_thread|anyio/_backends|starlette/concurrency"
                         r"|concurrent/futures|/threading\.py|/queue\.py"),
-    ("FastAPI/Starlette routing, middleware", r"/starlette/|/fastapi/"),
     ("uvicorn HTTP", r"/uvicorn/|httptools|/h11/"),
     ("event loop", r"/asyncio/|uvloop"),
 )
@@ -86,7 +87,8 @@ def start(pid: int, seconds: float, out_dir: Path) -> subprocess.Popen[bytes] | 
     out = out_dir / f"py-spy-{pid}.txt"
     return subprocess.Popen(
         [py_spy, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))),
-         "--rate", str(RATE), "--nonblocking", "--gil", "--format", "raw", "--output", str(out)],
+         "--rate", str(RATE), "--nonblocking", "--gil", "--full-filenames", "--format", "raw",
+         "--output", str(out)],
         stdout=subprocess.DEVNULL, stderr=(out_dir / f"py-spy-{pid}.err").open("wb"),
     )
 
