@@ -219,8 +219,10 @@ def start_ledger(env: dict[str, str], port: int, workers: int, log_dir: Path,
     log_path = log_dir / f"service-{time.time_ns()}.log"
     command = [str(LEDGER) if LEDGER.exists() else "ledger", "serve", "--host", "127.0.0.1",
                "--port", str(port), "--workers", str(workers)]
-    # The code beside this bench, whichever checkout the venv's editable install names.
-    paths = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+    # The code beside this bench, whichever checkout the venv's editable install names
+    # (LEDGER_BENCH_CODE names another checkout: an A/B of the service with one bench).
+    code = os.environ.get("LEDGER_BENCH_CODE") or str(ROOT)
+    paths = [code, *filter(None, [os.environ.get("PYTHONPATH")])]
     with log_path.open("ab") as log:
         process = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": os.pathsep.join(paths),
                                                  **env}, stdout=log,

@@ -56,6 +56,7 @@ import _profile  # noqa: E402
 import psycopg  # noqa: E402
 from _benchkit import (  # noqa: E402
     Service,
+    children_of,
     free_port,
     print_environment,
     result_line,
@@ -755,7 +756,9 @@ class Runner:
                 check_ace_verifies(peer.url, calls[0])
                 warm = self.load(peer.url, calls[:warm_count], self.args.warmup, "ace-warmup")
                 cpu_before = resource.getrusage(resource.RUSAGE_SELF)
+                ace_before = _ace_cpu(peer)
                 result = self.load(peer.url, calls[warm_count:], self.args.seconds, "ace-measured")
+                ace_cpu = _ace_cpu(peer) - ace_before
                 cpu_after = resource.getrusage(resource.RUSAGE_SELF)
                 time.sleep(0.5)
                 stored = _ace.stored_installs(database_url)
@@ -769,12 +772,19 @@ class Runner:
               f" {warm.status['204'] + result.status['204'] + 1:,})")
         key_server_cpu = (cpu_after.ru_utime + cpu_after.ru_stime
                           - cpu_before.ru_utime - cpu_before.ru_stime)
-        print(f"   ACE fetches the install key on every call (the ledger caches it): the key"
-              f" server (this process) used {key_server_cpu:.1f} core-s of the window")
+        print(f"   ACE's Node processes used {ace_cpu:.1f} core-s in the window"
+              f" ({ace_cpu * 1e3 / max(1, result.answered):.1f} ms of CPU per answer); ACE fetches"
+              f" the install key on every call (the ledger caches it): the key server (this"
+              f" process) used {key_server_cpu:.1f} core-s")
         if result.exhausted:
             print(f"   WARNING: the ACE calls ran out ({result.exhausted} went to /healthz and"
                   " are not counted): rerun with a larger --ace-calls")
         return rate
+
+
+def _ace_cpu(peer: _ace.AcePeer) -> float:
+    pids = [peer.process.pid, *children_of(peer.process.pid)]
+    return sum(process_cpu_seconds(pid) for pid in pids)
 
 
 def check_ace_verifies(url: str, call: Call) -> None:
@@ -831,6 +841,10 @@ class MeasuredWindow:
     def report(self, result: LoadResult) -> None:
         if self.cpu:
             print("   " + describe_cpu(*self.cpu, result.seconds))
+            before, after = self.cpu
+            answered = max(1, result.answered)
+            print(f"   per answer: service workers {(after.workers - before.workers) * 1e3 / answered:.2f}"
+                  f" ms of CPU, PostgreSQL {(after.postgres - before.postgres) * 1e3 / answered:.2f} ms")
         if self.lag is not None:
             print("   " + _lag.describe(self.lag, self.args.lag_interval))
         if self.profile is not None:
