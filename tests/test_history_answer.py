@@ -5,13 +5,15 @@ and with every shared secret redacted."""
 from __future__ import annotations
 
 from collections import Counter
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import msgspec
 
 from app import reads
 from eventstore.events import EVENT_TYPES
-from eventstore.store import NewEvent, open_store
+from eventstore.store import NewEvent, format_timestamp, open_store
 from eventstore.synthetic import RandomLog
 
 
@@ -34,3 +36,13 @@ def test_history_json_is_the_answer_encoded(tmp_path: Path) -> None:
             assert b'"ct"' not in expected  # every sealed secret is redacted
     finally:
         store.close()
+
+
+def test_shown_time_encodes_as_format_timestamp() -> None:
+    utc_zone = ZoneInfo("Etc/UTC")
+    for zone in (UTC, utc_zone, timezone(timedelta(hours=2)), timezone(timedelta(minutes=-30))):
+        for micro in (0, 1, 10, 500_000, 123_000, 999_999):
+            value = datetime(2026, 12, 2, 23, 59, 59, micro, tzinfo=zone)
+            assert msgspec.json.encode(reads.shown_time(value)) == msgspec.json.encode(
+                format_timestamp(value)
+            ), value
