@@ -20,8 +20,16 @@ in flight when the load generator stops are accounted for separately), then send
 every call a second time: each must answer 204 (a duplicate), and the ledger must
 then hold exactly one ``Installed`` per distinct call sent.
 
+While the load runs, a thread samples projection lag (``bench/_lag.py``: commit → the
+tenants projection's checkpoint), and with ``--profile`` py-spy samples the service's
+processes (``bench/_profile.py``: CPU by area). Then the same kind of load, pre-signed
+again for its base URL, goes to the peer, atlassian-connect-express 11.5.3
+(``bench/_ace.py``, the app in ``bench/ace/``), installed from the npm registry into a
+temporary folder; without Node or npm, or when it fails, one ``PEER skipped`` line says
+why (``--no-peer`` or ``LEDGER_BENCH_NO_PEER=1`` skips it).
+
 Run: ``.venv/bin/python bench/ingest.py`` (full figures), or quicker:
-``.venv/bin/python bench/ingest.py --calls 6000 --seconds 4 --warmup 1``.
+``.venv/bin/python bench/ingest.py --calls 6000 --seconds 4 --warmup 1 --no-peer``.
 """
 
 from __future__ import annotations
