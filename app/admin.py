@@ -11,7 +11,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Final, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from app import reads
@@ -135,12 +135,12 @@ async def tenant(
     summary="A tenant's events, oldest first",
     **documented(EventsAnswer, 404),
 )
-async def tenant_events(client_key: ClientKeyPath, store: StoreDep) -> FastJSONResponse:
+async def tenant_events(client_key: ClientKeyPath, store: StoreDep) -> Response:
     try:
-        answer = await run_in_threadpool(reads.tenant_events_answer, store, client_key)
+        body = await run_in_threadpool(reads.tenant_events_json, store, client_key)
     except reads.NotFound as error:
         raise not_found(error) from None
-    return FastJSONResponse(answer)
+    return Response(body, media_type="application/json")
 
 
 @router.get(

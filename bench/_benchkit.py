@@ -157,9 +157,10 @@ def print_profile(label: str, run: Callable[[], Any], top: int = 14) -> None:
 
 # ---------------------------------------------------------------- ``ledger serve`` under test
 
+ROOT = Path(__file__).resolve().parent.parent
 # The ``ledger`` script of the Python running this (its virtualenv), else the project's.
 _SIBLING = Path(sys.executable).with_name("ledger")
-LEDGER = _SIBLING if _SIBLING.exists() else Path(__file__).resolve().parent.parent / ".venv/bin/ledger"
+LEDGER = _SIBLING if _SIBLING.exists() else ROOT / ".venv/bin/ledger"
 
 
 def free_port() -> int:
@@ -218,8 +219,13 @@ def start_ledger(env: dict[str, str], port: int, workers: int, log_dir: Path,
     log_path = log_dir / f"service-{time.time_ns()}.log"
     command = [str(LEDGER) if LEDGER.exists() else "ledger", "serve", "--host", "127.0.0.1",
                "--port", str(port), "--workers", str(workers)]
+    # The code beside this bench, whichever checkout the venv's editable install names
+    # (LEDGER_BENCH_CODE names another checkout: an A/B of the service with one bench).
+    code = os.environ.get("LEDGER_BENCH_CODE") or str(ROOT)
+    paths = [code, *filter(None, [os.environ.get("PYTHONPATH")])]
     with log_path.open("ab") as log:
-        process = subprocess.Popen(command, env={**os.environ, **env}, stdout=log,
+        process = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": os.pathsep.join(paths),
+                                                 **env}, stdout=log,
                                    stderr=subprocess.STDOUT, cwd=log_dir, start_new_session=True)
     service = Service(process, f"http://127.0.0.1:{port}", log_path)
     deadline = time.monotonic() + limit

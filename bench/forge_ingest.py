@@ -7,7 +7,9 @@ Token signed by the simulated Forge platform (``app.hostsim_forge``), whose keys
 process serves as a JWKS. Calls are pre-signed before the clock starts (600-second
 lifetime, so none expires during the run); a warm-up, then the measured window.
 Afterwards the ledger must hold one ``ForgeInstalled`` per 204 (and at most one per call
-sent: a call cut off in flight may be stored unanswered).
+sent: a call cut off in flight may be stored unanswered). Like ``bench/ingest.py`` it
+measures projection lag during the window and, with ``--profile``, samples the service's
+processes with py-spy. There is no peer: atlassian-connect-express has no Forge ingestion.
 
 Run: ``.venv/bin/python bench/forge_ingest.py`` (full figures), or quicker:
 ``.venv/bin/python bench/forge_ingest.py --calls 4000 --seconds 3 --warmup 1``.
@@ -28,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _lag  # noqa: E402
 import ingest  # noqa: E402
 import psycopg  # noqa: E402
 from _benchkit import print_environment, result_line, scratch_database  # noqa: E402
@@ -86,6 +89,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--sign-processes", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--load", choices=("auto", "wrk", "python"), default="auto")
+    parser.add_argument("--profile", action="store_true",
+                        help="sample the service's processes with py-spy during the measured"
+                             " window and print their CPU by area")
+    parser.add_argument("--lag-interval", type=float, default=0.025,
+                        help="projection lag: seconds between polls (default 0.025)")
     args = parser.parse_args()
     print_environment("bench/forge_ingest.py: verified Forge installed calls over HTTP")
     wrk = None if args.load == "python" else ingest.find_wrk(allow_install=args.load != "python")
@@ -106,8 +114,10 @@ def main() -> None:
                                            Path(tmp))
             try:
                 warmed = load(args, wrk, service.url, Path(tmp), calls[:warm], args.warmup, "warm")
-                result = load(args, wrk, service.url, Path(tmp), calls[warm:], args.seconds,
-                              "measured")
+                window = ingest.MeasuredWindow(args, service, database_url, Path(tmp))
+                result = window.run(lambda: load(args, wrk, service.url, Path(tmp), calls[warm:],
+                                                 args.seconds, "measured"))
+                window.report(result)
                 ingest.wait_until_idle(database_url)
                 stored = forge_installed(database_url)
             finally:
@@ -125,6 +135,10 @@ def main() -> None:
     failures = result.failed + (0 if consistent else 1)
     print(f"RESULT forge_ingest_non_2xx {failures} responses target 0 ratio "
           f"{1.0 if failures == 0 else 0.0:.1f}")
+    if window.lag is not None:
+        print(result_line("forge_projection_lag_p99_ms",
+                          _lag.percentile(window.lag.tenants, 99) * 1e3, "ms",
+                          _lag.TARGET_P99_S * 1e3, lower_is_better=True))
     if not consistent:
         raise SystemExit("the ledger's contents do not match the answers")
 

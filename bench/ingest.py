@@ -20,8 +20,16 @@ in flight when the load generator stops are accounted for separately), then send
 every call a second time: each must answer 204 (a duplicate), and the ledger must
 then hold exactly one ``Installed`` per distinct call sent.
 
+While the load runs, a thread samples projection lag (``bench/_lag.py``: commit → the
+tenants projection's checkpoint), and with ``--profile`` py-spy samples the service's
+processes (``bench/_profile.py``: CPU by area). Then the same kind of load, pre-signed
+again for its base URL, goes to the peer, atlassian-connect-express 11.5.3
+(``bench/_ace.py``, the app in ``bench/ace/``), installed from the npm registry into a
+temporary folder; without Node or npm, or when it fails, one ``PEER skipped`` line says
+why (``--no-peer`` or ``LEDGER_BENCH_NO_PEER=1`` skips it).
+
 Run: ``.venv/bin/python bench/ingest.py`` (full figures), or quicker:
-``.venv/bin/python bench/ingest.py --calls 6000 --seconds 4 --warmup 1``.
+``.venv/bin/python bench/ingest.py --calls 6000 --seconds 4 --warmup 1 --no-peer``.
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,9 +58,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _ace  # noqa: E402
+import _lag  # noqa: E402
+import _profile  # noqa: E402
 import psycopg  # noqa: E402
 from _benchkit import (  # noqa: E402
     Service,
+    children_of,
     free_port,
     print_environment,
     result_line,
@@ -65,6 +77,7 @@ from app.hostsim import KeyServer, SimulatedHost, make_install_payload  # noqa: 
 
 CALLS_TARGET = 3000.0  # SPEC §9
 P99_TARGET_MS = 25.0
+ACE_RATIO_TARGET = 10.0  # SPEC §9: >= 10x atlassian-connect-express, same machine and load
 
 # One pre-signed call: path with query, Authorization header value, JSON body.
 Call = tuple[str, str, bytes]
@@ -562,67 +575,10 @@ def replay(url: str, calls: Sequence[Call], connections: int = 8) -> collections
     return total
 
 
-# ---------------------------------------------------------------- py-spy (optional)
-
-
-def start_py_spy(pids: Sequence[int], seconds: float, out_dir: Path) -> list[subprocess.Popen[bytes]]:
-    py_spy = shutil.which("py-spy") or str(ROOT / ".venv" / "bin" / "py-spy")
-    if not Path(py_spy).exists():
-        print("   py-spy is not installed (pip install py-spy): no profile")
-        return []
-    return [
-        subprocess.Popen(
-            [py_spy, "record", "--pid", str(pid), "--duration", str(int(seconds)),
-             "--rate", "250", "--nonblocking", "--gil", "--format", "raw",
-             "--output", str(out_dir / f"py-spy-{pid}.txt")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        for pid in pids
-    ]
-
-
-def summarize_py_spy(out_dir: Path, top: int = 25) -> None:
-    own: collections.Counter[str] = collections.Counter()
-    inclusive: collections.Counter[str] = collections.Counter()
-    total = 0
-    for path in out_dir.glob("py-spy-*.txt"):
-        for line in path.read_text().splitlines():
-            stack, _, count_text = line.rpartition(" ")
-            if not count_text.isdigit():
-                continue
-            count = int(count_text)
-            frames = [f for f in stack.split(";")[1:] if f]
-            total += count
-            leaf = frames[-1] if frames else "?"
-            own[_short(leaf)] += count
-            for frame in set(map(_short, frames)):
-                inclusive[frame] += count
-    if not total:
-        print("   py-spy recorded nothing")
-        return
-    print(f"   py-spy --gil over the service workers: {total} samples of the thread holding"
-          " the GIL (where the workers' Python CPU time goes)")
-    print("   top own time:")
-    for frame, count in own.most_common(top):
-        print(f"     {count / total:6.1%}  {frame}")
-    print("   top inclusive time, this project's functions (app/, eventstore/, projections/):")
-    ours = [(f, c) for f, c in inclusive.most_common()
-            if re.search(r"\((app|eventstore|projections)/", f)]
-    for frame, count in ours[:top]:
-        print(f"     {count / total:6.1%}  {frame}")
-    print("   top inclusive time, libraries:")
-    for frame, count in [(f, c) for f, c in inclusive.most_common() if (f, c) not in ours][:top]:
-        print(f"     {count / total:6.1%}  {frame}")
-
-
-def _short(frame: str) -> str:
-    return re.sub(r"/[^ ]*/(site-packages|main)/", "", frame)
-
-
 # ---------------------------------------------------------------- main
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--calls", type=int, default=25_000,
                         help="pre-signed first installs (default 25000)")
@@ -636,9 +592,21 @@ def main() -> None:
                         help="load generator (auto: wrk, installing it with apt-get if missing)")
     parser.add_argument("--no-replay", action="store_true",
                         help="skip sending every call a second time")
-    parser.add_argument("--py-spy", action="store_true",
-                        help="profile the service workers with py-spy during the measured window")
-    args = parser.parse_args()
+    parser.add_argument("--profile", "--py-spy", dest="profile", action="store_true",
+                        help="sample the service's processes with py-spy during the measured"
+                             " window and print their CPU by area")
+    parser.add_argument("--no-peer", action="store_true",
+                        default=os.environ.get("LEDGER_BENCH_NO_PEER", "") not in ("", "0"),
+                        help="skip atlassian-connect-express (also LEDGER_BENCH_NO_PEER=1)")
+    parser.add_argument("--ace-calls", type=int, default=10_000,
+                        help="pre-signed calls for the ACE peer (default 10000)")
+    parser.add_argument("--lag-interval", type=float, default=0.025,
+                        help="projection lag: seconds between polls (default 0.025)")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     print_environment("bench/ingest.py: verified first installs over HTTP")
     started = time.perf_counter()
 
@@ -649,48 +617,40 @@ def main() -> None:
     print(f"   load generator: {generator}, {args.connections} keep-alive connections")
 
     port = free_port()
-    app_base_url = f"http://127.0.0.1:{port}"
     host = SimulatedHost()
     t0 = time.perf_counter()
-    calls = presign(host, app_base_url, args.calls, args.sign_processes)
+    calls = presign(host, f"http://127.0.0.1:{port}", args.calls, args.sign_processes)
     print(f"   pre-signed {len(calls):,} RS256 first installs in {time.perf_counter() - t0:.1f} s"
           f" ({args.sign_processes} processes; body {len(calls[0][2])} bytes, token"
           f" {len(calls[0][1]) - 4} bytes)")
     warm_count = min(len(calls) // 5, max(1000, int(args.warmup * 2500)))
-    warm_calls, measured_calls = calls[:warm_count], calls[warm_count:]
 
     with tempfile.TemporaryDirectory(prefix="ledger-bench-ingest-") as tmp, \
             KeyServer() as key_server:
         work = Path(tmp)
         host.register_with(key_server)
-        script = work / "walk.lua"
-        script.write_text(LUA_SCRIPT)
-        warm_file, measured_file = work / "warmup.tsv", work / "measured.tsv"
-        write_request_file(warm_file, warm_calls)
-        write_request_file(measured_file, measured_calls)
-        attempts = 3
-        for attempt in range(1, attempts + 1):
-            # A fresh database per attempt: a service that died mid-way leaves events behind.
-            with scratch_database("ingest") as database_url:
-                outcome = run_attempt(
-                    args, wrk, port, key_server.url, database_url, work, script,
-                    (warm_file, warm_calls), (measured_file, measured_calls),
-                )
-            if outcome is not None:
-                break
-            print(f"   attempt {attempt}/{attempts} discarded: the service died (see above)")
-        else:
-            raise SystemExit(f"ledger serve did not stay up for {attempts} attempts")
+        runner = Runner(args, wrk, work, key_server.url)
+        outcome = runner.measure_ours(port, calls[:warm_count], calls[warm_count:])
+        ace_rate = None if args.no_peer else runner.measure_ace(host)
 
+    print_results(outcome, ace_rate)
+    print(f"\ntotal run time {time.perf_counter() - started:.0f} s")
+    if not outcome.consistent or not outcome.replay_ok:
+        raise SystemExit("the ledger's contents do not match the answers (see above)")
+
+
+def print_results(outcome: Outcome, ace_rate: float | None) -> None:
     result = outcome.result
     failures = result.failed + (0 if outcome.consistent else 1)
     print(result_line("ingest_calls_per_s", outcome.rate, "calls/s", CALLS_TARGET))
     print(result_line("ingest_p99_ms", result.p99_ms, "ms", P99_TARGET_MS, lower_is_better=True))
     print(f"RESULT ingest_non_2xx {failures} responses target 0 ratio "
           f"{1.0 if failures == 0 else 0.0:.1f}")
-    print(f"\ntotal run time {time.perf_counter() - started:.0f} s")
-    if not outcome.consistent or not outcome.replay_ok:
-        raise SystemExit("the ledger's contents do not match the answers (see above)")
+    if ace_rate:
+        print(result_line("ingest_vs_ace", outcome.rate / ace_rate, "x", ACE_RATIO_TARGET))
+    if outcome.lag is not None:
+        print(result_line("projection_lag_p99_ms", _lag.percentile(outcome.lag.tenants, 99) * 1e3,
+                          "ms", _lag.TARGET_P99_S * 1e3, lower_is_better=True))
 
 
 @dataclass
@@ -699,6 +659,7 @@ class Outcome:
     result: LoadResult
     consistent: bool
     replay_ok: bool
+    lag: _lag.LagResult | None = None
 
 
 def _report_death(service: Service, when: str) -> None:
@@ -708,112 +669,245 @@ def _report_death(service: Service, when: str) -> None:
                     if '"lifecycle call"' not in line)[-2500:])
 
 
-def run_attempt(
-    args: argparse.Namespace,
-    wrk: str | None,
-    port: int,
-    key_server_url: str,
-    database_url: str,
-    work: Path,
-    script: Path,
-    warm_part: tuple[Path, Sequence[Call]],
-    measured_part: tuple[Path, Sequence[Call]],
-) -> Outcome | None:
-    """Warm-up, measured window and checks against one fresh service; None if it died."""
-    warm_file, warm_calls = warm_part
-    measured_file, measured_calls = measured_part
-    service = start_service(database_url, port, key_server_url, args.workers, work)
-    try:
+class Runner:
+    """One bench run's load generator, scratch folder and key server, for both services."""
+
+    def __init__(self, args: argparse.Namespace, wrk: str | None, work: Path,
+                 key_server_url: str) -> None:
+        self.args, self.wrk, self.work, self.key_server_url = args, wrk, work, key_server_url
+        self.script = work / "walk.lua"
+        self.script.write_text(LUA_SCRIPT)
+
+    def load(self, url: str, calls: Sequence[Call], seconds: float, name: str) -> LoadResult:
+        if not self.wrk:
+            return run_fallback(url, calls, seconds, self.args.connections)
+        request_file = self.work / f"{name}.tsv"
+        if not request_file.exists():
+            write_request_file(request_file, calls)
+        return run_wrk(self.wrk, url, request_file, self.script, seconds,
+                       self.args.connections, self.args.wrk_threads)
+
+    def measure_ours(self, port: int, warm: Sequence[Call], measured: Sequence[Call]) -> Outcome:
+        attempts = 3
+        for attempt in range(1, attempts + 1):
+            # A fresh database per attempt: a service that died mid-way leaves events behind.
+            with scratch_database("ingest") as database_url:
+                service = start_service(database_url, port, self.key_server_url,
+                                        self.args.workers, self.work)
+                try:
+                    outcome = self.run_attempt(service, database_url, warm, measured)
+                finally:
+                    stop_service(service)
+                if outcome is not None:
+                    _print_log_tail(service, outcome)
+                    return outcome
+            print(f"   attempt {attempt}/{attempts} discarded: the service died (see above)")
+        raise SystemExit(f"ledger serve did not stay up for {attempts} attempts")
+
+    def run_attempt(self, service: Service, database_url: str, warm_calls: Sequence[Call],
+                    measured_calls: Sequence[Call]) -> Outcome | None:
+        """Warm-up, measured window and checks against one fresh service; None if it died."""
         workers_at_start = service.worker_pids()
-        print(f"   ledger serve --workers {args.workers} up: parent {service.process.pid},"
+        print(f"   ledger serve --workers {self.args.workers} up: parent {service.process.pid},"
               f" workers {workers_at_start}")
 
         def alive() -> bool:
             return service.process.poll() is None and service.worker_pids() == workers_at_start
 
-        def load(request_file: Path, subset: Sequence[Call], seconds: float) -> LoadResult:
-            if wrk:
-                return run_wrk(wrk, service.url, request_file, script, seconds,
-                               args.connections, args.wrk_threads)
-            return run_fallback(service.url, subset, seconds, args.connections)
-
-        warm = load(warm_file, warm_calls, args.warmup)
+        warm = self.load(service.url, warm_calls, self.args.warmup, "warmup")
         print(f"   warm-up: {warm.answered:,} answers in {warm.seconds:.1f} s, statuses "
               f"{warm.status}, errors {warm.errors}")
         wait_until_idle(database_url, quiet=0.3)
         if not alive():
             _report_death(service, "during start-up or warm-up")
             return None
-        spies: list[subprocess.Popen[bytes]] = []
-        if args.py_spy:
-            spies = start_py_spy(service.worker_pids(), args.seconds, work)
-        activity_before = database_activity(database_url)
-        database = database_url.rsplit("/", 1)[1]
-        before = CpuSample.take(service, database)
-        result = load(measured_file, measured_calls, args.seconds)
-        after = CpuSample.take(service, database)
-        for spy in spies:
-            spy.wait(timeout=60)
+        window = MeasuredWindow(self.args, service, database_url, self.work)
+        result = window.run(lambda: self.load(service.url, measured_calls, self.args.seconds,
+                                              "measured"))
         if not alive():
             _report_death(service, "during the measured window")
             return None
-
-        rate = result.ok / result.seconds
         print(f"   measured: {result.answered:,} answers in {result.seconds:.2f} s: "
               f"{result.status}; socket errors/timeouts {result.errors}")
         print(f"   latency ms: mean {result.mean_ms:.1f}, p50 {result.p50_ms:.1f}, p90 "
               f"{result.p90_ms:.1f}, p99 {result.p99_ms:.1f}, p99.9 {result.p999_ms:.1f}, "
               f"max {result.max_ms:.1f}")
-        print("   " + describe_cpu(before, after, result.seconds))
         if result.exhausted or warm.exhausted:
             print(f"   WARNING: the pre-signed calls ran out ({result.exhausted} requests went"
                   " to /healthz instead): rerun with a larger --calls")
-        if spies:
-            summarize_py_spy(work)
+        window.report(result)
+        consistent, replay_ok = check_ledger(self.args, service, database_url,
+                                             (warm, warm_calls), (result, measured_calls),
+                                             window.activity_before)
+        rate = result.ok / result.seconds
+        return Outcome(rate, result, consistent, replay_ok, window.lag)
 
-        # Exactly-once accounting.
-        wait_until_idle(database_url)
-        time.sleep(1.1)  # statistics reach pg_stat_database about once a second
-        activity = database_activity(database_url)
-        calls_done = max(1, result.answered)
-        print("   PostgreSQL work per measured call (incl. the projection runner): " + ", ".join(
-            f"{(activity[k] - activity_before[k]) / calls_done:.1f} {k}" for k in activity))
-        installed, events, rejections = ledger_counts(database_url)
-        answered_204 = warm.status["204"] + result.status["204"]
-        sent = warm.sent + result.sent
-        in_flight = sent - warm.answered - result.answered
-        print(f"   ledger: {installed:,} Installed events ({events:,} events, {rejections}"
-              f" rejections); 204 answers seen: {answered_204:,}; calls sent {sent:,}, of"
-              f" which {in_flight} were cut off in flight when the load generator stopped")
-        consistent = answered_204 <= installed <= answered_204 + max(in_flight, 0)
-        replay_ok = True
-        if installed == answered_204:
-            print("   check: the ledger holds exactly as many Installed events as 204 answers")
-        elif consistent:
-            print(f"   check: {installed - answered_204} more Installed events than 204 answers"
-                  " seen, all explained by calls the load generator cut off in flight")
-        else:
-            print("   CHECK FAILED: Installed events do not match the 204 answers")
-        if not args.no_replay:
-            sent_calls = warm.sent_calls(warm_calls) + result.sent_calls(measured_calls)
-            t1 = time.perf_counter()
-            statuses = replay(service.url, sent_calls)
-            wait_until_idle(database_url, quiet=0.3)
-            after_installed = ledger_counts(database_url)[0]
-            replay_ok = (statuses == collections.Counter({204: len(sent_calls)})
-                         and after_installed == len(sent_calls))
-            verdict = "ok" if replay_ok else "FAILED"
-            print(f"   replay check {verdict}: every one of the {len(sent_calls):,} calls sent"
-                  f" again in {time.perf_counter() - t1:.1f} s -> {dict(statuses)}; the ledger"
-                  f" now holds {after_installed:,} Installed events (one per distinct call)")
-    finally:
-        stop_service(service)
-    if result.failed or not consistent or not replay_ok:
+    def measure_ace(self, host: SimulatedHost) -> float | None:
+        """The same pre-signed load (signed again for ACE's base URL) against the ACE peer;
+        its calls/s (204 answers only), or None with one skip line."""
+        print("\n-- peer: atlassian-connect-express 11.5.3, same load, same key server")
+        try:
+            folder = _ace.install(self.work)
+            return self._run_ace(folder, host)
+        except _ace.PeerUnavailable as reason:
+            print(f"PEER skipped: atlassian-connect-express: {reason}")
+            return None
+
+    def _run_ace(self, folder: Path, host: SimulatedHost) -> float:
+        port = free_port()
+        calls = presign(host, f"http://127.0.0.1:{port}", self.args.ace_calls,
+                        self.args.sign_processes)
+        warm_count = min(len(calls) // 5, max(300, int(self.args.warmup * 300)))
+        with scratch_database("ace") as database_url:
+            peer = _ace.start(folder, database_url, port, self.key_server_url, self.args.workers)
+            try:
+                check_ace_verifies(peer.url, calls[0])
+                warm = self.load(peer.url, calls[:warm_count], self.args.warmup, "ace-warmup")
+                cpu_before = resource.getrusage(resource.RUSAGE_SELF)
+                ace_before = _ace_cpu(peer)
+                result = self.load(peer.url, calls[warm_count:], self.args.seconds, "ace-measured")
+                ace_cpu = _ace_cpu(peer) - ace_before
+                cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+                time.sleep(0.5)
+                stored = _ace.stored_installs(database_url)
+            finally:
+                peer.stop()
+        rate = result.status["204"] / result.seconds
+        print(f"   ACE ({self.args.workers} Node processes): {result.status['204']:,} accepted in"
+              f" {result.seconds:.1f} s = {rate:,.0f} calls/s; p50 {result.p50_ms:.1f} ms, p99"
+              f" {result.p99_ms:.1f} ms; statuses {result.status}, errors {result.errors}; it"
+              f" stored {stored:,} tenants (204 answers incl. warm-up:"
+              f" {warm.status['204'] + result.status['204'] + 1:,})")
+        key_server_cpu = (cpu_after.ru_utime + cpu_after.ru_stime
+                          - cpu_before.ru_utime - cpu_before.ru_stime)
+        print(f"   ACE's Node processes used {ace_cpu:.1f} core-s in the window"
+              f" ({ace_cpu * 1e3 / max(1, result.answered):.1f} ms of CPU per answer); ACE fetches"
+              f" the install key on every call (the ledger caches it): the key server (this"
+              f" process) used {key_server_cpu:.1f} core-s")
+        if result.exhausted:
+            print(f"   WARNING: the ACE calls ran out ({result.exhausted} went to /healthz and"
+                  " are not counted): rerun with a larger --ace-calls")
+        return rate
+
+
+def _ace_cpu(peer: _ace.AcePeer) -> float:
+    pids = [peer.process.pid, *children_of(peer.process.pid)]
+    return sum(process_cpu_seconds(pid) for pid in pids)
+
+
+def check_ace_verifies(url: str, call: Call) -> None:
+    """ACE must refuse a call whose signature is broken and take the real one: else the
+    peer would not be doing the same work."""
+    target, authorization, body = call
+    host, port = url.split("://", 1)[1].split(":")
+    broken = authorization[:-6] + ("AAAAAA" if not authorization.endswith("AAAAAA") else "BBBBBB")
+    statuses = []
+    for header in (broken, authorization):
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        conn.request("POST", target, body=body, headers={
+            "Authorization": header, "Content-Type": "application/json"})
+        answer = conn.getresponse()
+        answer.read()
+        statuses.append(answer.status)
+        conn.close()
+    # ACE answers 400 ("Unable to decode JWT token") when the RS256 signature is wrong.
+    if not (400 <= statuses[0] < 500 and statuses[1] == 204):
+        raise _ace.PeerUnavailable(f"ACE answered {statuses} to a broken and a valid signed"
+                                   " install (expected a 4xx, then 204): it is not verifying"
+                                   " as configured")
+    print(f"   ACE check: a broken signature is refused ({statuses[0]}), the valid call"
+          " accepted (204)")
+
+
+class MeasuredWindow:
+    """What runs beside the measured load: CPU samples, py-spy, the projection lag sampler."""
+
+    def __init__(self, args: argparse.Namespace, service: Service, database_url: str,
+                 work: Path) -> None:
+        self.args, self.service, self.work = args, service, work
+        self.database_url = database_url
+        self.database = database_url.rsplit("/", 1)[1]
+        self.activity_before: dict[str, int] = {}
+        self.cpu: tuple[CpuSample, CpuSample] | None = None
+        self.profile: _profile.Profile | None = None
+        self.lag: _lag.LagResult | None = None
+
+    def run(self, load: Callable[[], LoadResult]) -> LoadResult:
+        pids = self.service.worker_pids() if self.args.profile else []
+        spies = [(pid, _profile.start(pid, self.args.seconds, self.work)) for pid in pids]
+        sampler = _lag.LagSampler(self.database_url, self.args.lag_interval).start()
+        self.activity_before = database_activity(self.database_url)
+        before = CpuSample.take(self.service, self.database)
+        result = load()
+        self.cpu = (before, CpuSample.take(self.service, self.database))
+        self.lag = sampler.stop()
+        profiles = [_profile.finish(spy, pid, self.work) for pid, spy in spies if spy]
+        if profiles and all(profiles):
+            self.profile = _profile.merge([p for p in profiles if p])
+        return result
+
+    def report(self, result: LoadResult) -> None:
+        if self.cpu:
+            print("   " + describe_cpu(*self.cpu, result.seconds))
+            before, after = self.cpu
+            answered = max(1, result.answered)
+            print(f"   per answer: service workers {(after.workers - before.workers) * 1e3 / answered:.2f}"
+                  f" ms of CPU, PostgreSQL {(after.postgres - before.postgres) * 1e3 / answered:.2f} ms")
+        if self.lag is not None:
+            print("   " + _lag.describe(self.lag, self.args.lag_interval))
+        if self.profile is not None:
+            _profile.report(self.profile, result.ok)
+
+
+def check_ledger(args: argparse.Namespace, service: Service, database_url: str,
+                 warm_part: tuple[LoadResult, Sequence[Call]],
+                 measured_part: tuple[LoadResult, Sequence[Call]],
+                 activity_before: dict[str, int]) -> tuple[bool, bool]:
+    """Exactly-once accounting, then (unless --no-replay) every call sent again."""
+    (warm, warm_calls), (result, measured_calls) = warm_part, measured_part
+    wait_until_idle(database_url)
+    time.sleep(1.1)  # statistics reach pg_stat_database about once a second
+    activity = database_activity(database_url)
+    calls_done = max(1, result.answered)
+    print("   PostgreSQL work per measured call (incl. the projection runner): " + ", ".join(
+        f"{(activity[k] - activity_before[k]) / calls_done:.1f} {k}" for k in activity))
+    installed, events, rejections = ledger_counts(database_url)
+    answered_204 = warm.status["204"] + result.status["204"]
+    sent = warm.sent + result.sent
+    in_flight = sent - warm.answered - result.answered
+    print(f"   ledger: {installed:,} Installed events ({events:,} events, {rejections}"
+          f" rejections); 204 answers seen: {answered_204:,}; calls sent {sent:,}, of"
+          f" which {in_flight} were cut off in flight when the load generator stopped")
+    consistent = answered_204 <= installed <= answered_204 + max(in_flight, 0)
+    if installed == answered_204:
+        print("   check: the ledger holds exactly as many Installed events as 204 answers")
+    elif consistent:
+        print(f"   check: {installed - answered_204} more Installed events than 204 answers"
+              " seen, all explained by calls the load generator cut off in flight")
+    else:
+        print("   CHECK FAILED: Installed events do not match the 204 answers")
+    if args.no_replay:
+        return consistent, True
+    sent_calls = warm.sent_calls(warm_calls) + result.sent_calls(measured_calls)
+    t1 = time.perf_counter()
+    statuses = replay(service.url, sent_calls)
+    wait_until_idle(database_url, quiet=0.3)
+    after_installed = ledger_counts(database_url)[0]
+    replay_ok = (statuses == collections.Counter({204: len(sent_calls)})
+                 and after_installed == len(sent_calls))
+    verdict = "ok" if replay_ok else "FAILED"
+    print(f"   replay check {verdict}: every one of the {len(sent_calls):,} calls sent"
+          f" again in {time.perf_counter() - t1:.1f} s -> {dict(statuses)}; the ledger"
+          f" now holds {after_installed:,} Installed events (one per distinct call)")
+    return consistent, replay_ok
+
+
+def _print_log_tail(service: Service, outcome: Outcome) -> None:
+    if outcome.result.failed or not outcome.consistent or not outcome.replay_ok:
         tail = "\n".join(line for line in service.log_path.read_text().splitlines()
                          if '"outcome":"accepted"' not in line)[-3000:]
         if tail.strip():
             print("   service log tail (accepted calls left out):\n" + tail)
-    return Outcome(rate, result, consistent, replay_ok)
 
 
 if __name__ == "__main__":
