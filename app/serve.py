@@ -182,7 +182,9 @@ class RunnerSupervisor:
             assert process.pid is not None and process.exitcode is not None  # it ran and ended
             mark_process_dead(process.pid, str(self.metrics_dir))  # its live gauges leave
             if process.exitcode == 0:
-                log.warning(f"the projection runner process {process.pid} was stopped; not restarted")
+                log.warning(
+                    f"the projection runner process {process.pid} was stopped; not restarted"
+                )
                 return
             failures = 1 if time.monotonic() - started >= STABLE_SECONDS else failures + 1
             delay = backoff_delay(failures)

@@ -176,7 +176,9 @@ class StateFile:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def publish(self, snapshot: Mapping[str, Any], earlier: Mapping[str, Any] | None = None) -> None:
+    def publish(
+        self, snapshot: Mapping[str, Any], earlier: Mapping[str, Any] | None = None
+    ) -> None:
         """Write ``snapshot``, counting the ``earlier`` processes' failures (see
         ``carried_over``) with its own."""
         if earlier:
@@ -215,7 +217,9 @@ class StateFile:
         """Said by whoever saw the runner process die (its parent): ``stopped``, with
         the death as the last error, so ``/readyz`` tells why until the next one starts."""
         found = self.last() or stopped_snapshot()
-        how = f"was killed by signal {-exitcode}" if exitcode < 0 else f"exited with code {exitcode}"
+        how = (
+            f"was killed by signal {-exitcode}" if exitcode < 0 else f"exited with code {exitcode}"
+        )
         message = f"the runner process {pid} {how}; restarting in {restart_in:.1f} s"
         self.publish(
             found
