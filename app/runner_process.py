@@ -20,6 +20,7 @@ ended by itself or the store could not be opened; the parent restarts it with ba
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import signal
 import sys
@@ -36,12 +37,15 @@ from projections.runner import RunnerThread
 
 log = logging.getLogger("ledger.projections")
 
+PROCESS_NAME: Final = b"ledger-runner"
+PR_SET_NAME: Final = 15  # <linux/prctl.h>
 # How often the snapshot is published: what /readyz may lag behind the runner by.
 PUBLISH_SECONDS: Final = 0.25
 
 
 def run(stop_pipe: Connection) -> None:
     """The process's entry point (a 'spawn' process: nothing inherited but the pipe)."""
+    _name_process(PROCESS_NAME)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda _signal, _frame: stop.set())
@@ -51,6 +55,14 @@ def run(stop_pipe: Connection) -> None:
     configure_logging()
     if not serve_projections(Settings(), stop):
         sys.exit(1)
+
+
+def _name_process(name: bytes) -> None:
+    """Show the process as ``name`` in ps and /proc/<pid>/comm (Linux), so it can be told
+    apart from the workers, whose command line is the same ('spawn')."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_NAME, ctypes.c_char_p(name), 0, 0, 0)
 
 
 def _until_parent_lets_go(pipe: Connection, stop: threading.Event) -> None:

@@ -151,6 +151,7 @@ def test_the_runner_is_a_process_of_its_own_and_ends_with_serve(
             )
             runner_pid = first["pid"]
             assert parent_of(runner_pid) == service.process.pid
+            assert Path(f"/proc/{runner_pid}/comm").read_text().strip() == "ledger-runner"
             clients = install(service.url, host, 20)
             until(lambda: listed_tenants(service.url) == clients or None, "read models catch up")
             caught_up = service.runner_where(
