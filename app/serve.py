@@ -135,26 +135,27 @@ class RunnerSupervisor:
         self._thread = threading.Thread(target=self._supervise, name="runner-supervisor")
         self._thread.daemon = True
 
-    @property
-    def pid(self) -> int | None:
-        process = self._process
-        return process.pid if process is not None else None
-
     def start(self) -> RunnerSupervisor:
         self._thread.start()
         return self
 
     def stop(self, timeout: float = STOP_SECONDS) -> None:
         """Ask the runner process to stop (it releases the leadership) and wait for it;
-        SIGTERM, then SIGKILL, if it does not stop in time."""
+        SIGTERM, then SIGKILL, if it does not stop in time. Only the supervising thread
+        joins the process (two joiners would race to reap it)."""
         with self._lock:
             self._stopping.set()
-            process, pipe = self._process, self._stop_pipe
-        if pipe is not None:
-            pipe.close()  # the runner process sees the end of the pipe and stops
-        if process is not None:
-            _end(process, timeout)
+            process = self._process
+            if self._stop_pipe is not None:
+                self._stop_pipe.close()  # the runner process sees the pipe end and stops
         self._thread.join(timeout)
+        if process is not None and self._thread.is_alive():
+            log.warning(f"the projection runner process {process.pid} did not stop; ending it")
+            process.terminate()
+            self._thread.join(5)
+            if self._thread.is_alive():
+                process.kill()
+                self._thread.join()
 
     def _spawn(self) -> tuple[BaseProcess, Connection] | None:
         with self._lock:
@@ -176,9 +177,10 @@ class RunnerSupervisor:
             process, pipe = spawned
             started = time.monotonic()
             process.join()
-            if self._stopping.is_set():
-                return
-            pipe.close()
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                pipe.close()
             assert process.pid is not None and process.exitcode is not None  # it ran and ended
             mark_process_dead(process.pid, str(self.metrics_dir))  # its live gauges leave
             if process.exitcode == 0:
@@ -195,14 +197,3 @@ class RunnerSupervisor:
             )
             if self._stopping.wait(delay):
                 return
-
-
-def _end(process: BaseProcess, timeout: float) -> None:
-    process.join(timeout)
-    if process.is_alive():
-        log.warning(f"the projection runner process {process.pid} did not stop; terminating it")
-        process.terminate()
-        process.join(5)
-    if process.is_alive():
-        process.kill()
-        process.join()
