@@ -20,6 +20,7 @@ import pytest
 from app.embedded import bound_socket
 from app.hostsim import KeyServer, SimulatedHost, make_install_payload
 from app.metrics import MULTIPROC_ENV
+from projections.health import RunnerHealth, StateFile
 
 T = TypeVar("T")
 ADMIN_TOKEN = "runner-process-test-token"
@@ -235,3 +236,27 @@ def test_serve_without_projections_starts_no_runner(
     with KeyServer() as keys, serve(f"sqlite:///{tmp_path / 'l.db'}", tmp_path, keys, 1) as service:
         assert service.runner()["role"] == "stopped" and service.runner()["pid"] is None
         assert not list(tmp_path.glob("metrics-*"))  # one process: metrics in memory
+
+
+def test_the_state_file_tells_a_dead_runner_and_keeps_its_death_on_record(
+    tmp_path: Path,
+) -> None:
+    state = StateFile(tmp_path / "projection-runner.json")
+    assert state.status()["role"] == "stopped" and state.status()["pid"] is None
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    leader = RunnerHealth()
+    leader.set_role("leader")
+    state.publish(leader.snapshot() | {"pid": dead.pid})
+    assert (state.last() or {}).get("role") == "leader"
+    assert state.status()["role"] == "stopped"  # its process is gone
+    state.process_failed(dead.pid, -9, 0.5)
+    after = state.status()
+    assert after["failures"] == after["consecutive_failures"] == 1
+    assert after["last_error"]["type"] == "RunnerProcessDied"
+    earlier = state.carried_over()
+    state.publish(leader.snapshot(), earlier)  # the next runner process, healthy so far
+    now = state.status()
+    assert now["role"] == "leader" and now["pid"] == os.getpid()
+    assert now["failures"] == 1 and now["consecutive_failures"] == 0
+    assert now["last_error"]["type"] == "RunnerProcessDied"
