@@ -39,6 +39,7 @@ log = logging.getLogger("ledger.projections")
 
 PROCESS_NAME: Final = b"ledger-runner"
 PR_SET_NAME: Final = 15  # <linux/prctl.h>
+RUNNER_CONNECTIONS: Final = 4
 # How often the snapshot is published: what /readyz may lag behind the runner by.
 PUBLISH_SECONDS: Final = 0.25
 
@@ -79,8 +80,11 @@ def serve_projections(settings: Settings, stop: threading.Event) -> bool:
     earlier = state.carried_over()  # /readyz keeps counting this serve's runner deaths
     health, exiting = runner_process_health()
     try:
+        # One thread uses it: a reading cursor and a writing transaction at most at once.
         store = open_store(
-            settings.database_url, rejection_retention_days=settings.rejection_retention_days
+            settings.database_url,
+            rejection_retention_days=settings.rejection_retention_days,
+            max_connections=RUNNER_CONNECTIONS,
         )
     except Exception as error:
         log.error(f"the projection runner process cannot open the store: {short_message(error)}")
