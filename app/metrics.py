@@ -35,6 +35,7 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
+from app.settings import MULTIPROC_ENV
 from eventstore.rejections import rejection_log_counters
 from projections.health import LastError, RunnerHealth, lag_events, process_alive
 
@@ -50,7 +51,6 @@ __all__ = [
     "runner_process_health",
 ]
 
-MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256)

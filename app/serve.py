@@ -1,5 +1,5 @@
-"""What ``ledger serve`` runs: uvicorn's worker processes, and the projection runner in a
-process of its own beside them.
+"""What ``ledger serve`` runs: uvicorn's workers (with one, uvicorn serves in the serve
+process itself), and the projection runner in a process of its own beside them.
 
 **The runner process.** Folding takes CPU and GIL time that ingestion needs, so the HTTP
 workers run no runner: ``RunnerSupervisor`` starts ``app.runner_process`` (a 'spawn'
@@ -24,7 +24,7 @@ import logging
 import multiprocessing
 import os
 import shutil
-import sys
+import signal
 import tempfile
 import threading
 import time
@@ -33,14 +33,15 @@ from contextlib import ExitStack, contextmanager
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
+from types import FrameType
 from typing import Final
 
-from prometheus_client.multiprocess import mark_process_dead
-
-from app import runner_process
-from app.metrics import MULTIPROC_ENV
-from app.settings import Settings
+from app.settings import MULTIPROC_ENV, Settings
 from projections.health import StateFile, backoff_delay
+
+# Nothing here imports prometheus-client at module level: it chooses between memory and
+# files once, when first imported, and with one worker uvicorn serves in this process,
+# which must import it only after PROMETHEUS_MULTIPROC_DIR is set.
 
 log = logging.getLogger("ledger.serve")
 
@@ -88,15 +89,22 @@ def _environment(name: str, value: str) -> Iterator[None]:
 
 
 def run_service(host: str, port: int, workers: int, settings: Settings) -> None:
-    """Serve until SIGINT or SIGTERM: ``workers`` HTTP processes, plus the projection
-    runner's own process unless ``LEDGER_RUN_PROJECTIONS`` is false."""
+    """Serve until SIGINT or SIGTERM: ``workers`` HTTP processes (one: uvicorn serves in
+    this process), plus the projection runner's own process unless
+    ``LEDGER_RUN_PROJECTIONS`` is false."""
     import uvicorn
-    from uvicorn.config import STARTUP_FAILURE
-    from uvicorn.supervisors import Multiprocess
 
     processes = workers + (1 if settings.run_projections else 0)
+    # uvicorn re-raises a SIGTERM it handled once it has shut down: then end through
+    # the cleanup below (the runner stopped, the directory removed), not at once.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with metrics_directory(processes, settings) as directory, ExitStack() as running:
-        config = uvicorn.Config(
+        if settings.run_projections and directory is not None:
+            _check_metrics_mode(directory)
+            state_file = directory / STATE_FILE_NAME
+            running.enter_context(_environment(STATE_FILE_ENV, str(state_file)))
+            running.callback(RunnerSupervisor(state_file, directory).start().stop)
+        uvicorn.run(
             "app.service:create_app",
             factory=True,
             host=host,
@@ -107,18 +115,19 @@ def run_service(host: str, port: int, workers: int, settings: Settings) -> None:
             log_level="warning",
             proxy_headers=False,
         )
-        socket = config.bind_socket()
-        running.callback(socket.close)
-        if settings.run_projections and directory is not None:
-            state_file = directory / STATE_FILE_NAME
-            running.enter_context(_environment(STATE_FILE_ENV, str(state_file)))
-            running.callback(RunnerSupervisor(state_file, directory).start().stop)
-        # One worker too runs in a child process: the same metrics mode as several, and
-        # uvicorn restarts it if it dies.
-        server = Multiprocess(config, sockets=[socket])
-        server.run()
-    if any(process.exitcode == STARTUP_FAILURE for process in server.processes):
-        sys.exit(STARTUP_FAILURE)
+
+
+def _exit_on_sigterm(_signal: int, _frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
+def _check_metrics_mode(directory: Path) -> None:
+    """With one worker, this process serves: its metrics must go to ``directory`` too,
+    or a scrape would miss the runner process's."""
+    from app.metrics import multiprocess_directory
+
+    if multiprocess_directory() != directory:
+        raise RuntimeError(f"prometheus-client was imported before {MULTIPROC_ENV} was set")
 
 
 class RunnerSupervisor:
@@ -161,6 +170,8 @@ class RunnerSupervisor:
         with self._lock:
             if self._stopping.is_set():
                 return None
+            from app import runner_process
+
             receive, send = self._spawn_context.Pipe(duplex=False)
             process = self._spawn_context.Process(
                 target=runner_process.run, args=(receive,), name="ledger-projections"
@@ -182,7 +193,7 @@ class RunnerSupervisor:
                     return
                 pipe.close()
             assert process.pid is not None and process.exitcode is not None  # it ran and ended
-            mark_process_dead(process.pid, str(self.metrics_dir))  # its live gauges leave
+            _metrics_of_dead_process(process.pid, self.metrics_dir)
             if process.exitcode == 0:
                 log.warning(
                     f"the projection runner process {process.pid} was stopped; not restarted"
@@ -197,3 +208,10 @@ class RunnerSupervisor:
             )
             if self._stopping.wait(delay):
                 return
+
+
+def _metrics_of_dead_process(pid: int, directory: Path) -> None:
+    """Its live gauges (leader, lag) leave the sum; its counters stay."""
+    from prometheus_client.multiprocess import mark_process_dead
+
+    mark_process_dead(pid, str(directory))

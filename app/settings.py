@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Final
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from eventstore.crypto import MasterKeys, load_or_create_master_key
 from projections.forge_ids import app_uuid
+
+# prometheus-client's own variable: the directory where every process of `ledger serve`
+# writes its metrics (app.serve sets it; app.metrics reads it).
+MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def _split(value: str) -> tuple[str, ...]:

@@ -144,9 +144,11 @@ def parent_of(pid: int) -> int:
 def test_the_runner_is_a_process_of_its_own_and_ends_with_serve(
     store_url: str, tmp_path: Path
 ) -> None:
+    # With one worker uvicorn serves in the serve process itself; with two, in children.
+    count = 2 if store_url.startswith("postgresql") else 1
     with KeyServer() as keys:
         host = SimulatedHost(key_server=keys)
-        with serve(store_url, tmp_path, keys, workers=2) as service:
+        with serve(store_url, tmp_path, keys, workers=count) as service:
             first = service.runner_where(
                 "the runner process leads", lambda r: r["role"] == "leader"
             )
@@ -160,12 +162,15 @@ def test_the_runner_is_a_process_of_its_own_and_ends_with_serve(
                 lambda r: (r["head"] or 0) >= len(clients) and r["lag_events"] == 0,
             )
             workers = service.worker_pids()
-            assert len(workers) == 2 and runner_pid not in workers
-            assert workers | {runner_pid} <= set(service.children())
+            assert len(workers) == count and runner_pid not in workers
+            assert (workers - {service.process.pid}) | {runner_pid} <= set(service.children())
             # Every worker shows the one runner process's state.
             seen = {service.runner()["pid"] for _ in range(10)}
             assert seen == {runner_pid} and caught_up["role"] == "leader"
             assert caught_up["failures"] == 0 and caught_up["last_error"] is None
+            # The runner process's metrics are in every scrape, with one worker too.
+            scrape = httpx.get(f"{service.url}/metrics", timeout=10).text.splitlines()
+            assert "ledger_projection_runner_leader 1.0" in scrape
             service.process.terminate()
             assert service.process.wait(timeout=60) == 0
         assert gone(runner_pid)
