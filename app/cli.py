@@ -61,9 +61,10 @@ def serve(
         int | None, typer.Option(metavar="N", help="Service processes (default: LEDGER_WORKERS).")
     ] = None,
 ) -> None:
-    """Run the HTTP service (lifecycle webhooks, descriptor, admin API) on uvicorn."""
-    import uvicorn
+    """Run the HTTP service (lifecycle webhooks, descriptor, admin API) on uvicorn.
 
+    The projection runner runs in a process of its own beside the workers (restarted if
+    it dies, stopped with the service); LEDGER_RUN_PROJECTIONS=false runs none."""
     settings = Settings()
     # Create the schema (and, on the embedded default, the master key) once, before
     # the workers start, so they do not race to do it.
@@ -72,21 +73,11 @@ def serve(
     with open_store(settings.database_url) as store:
         storage_for(store).ensure()
     settings.master_keys()
-    from app.serve import metrics_directory
+    from app.logs import configure_logging
+    from app.serve import run_service
 
-    processes = workers or settings.workers
-    with metrics_directory(processes, settings):
-        uvicorn.run(
-            "app.service:create_app",
-            factory=True,
-            host=host,
-            port=port,
-            workers=processes,
-            # Access logs would print query strings, and a token may travel as ?jwt=.
-            access_log=False,
-            log_level="warning",
-            proxy_headers=False,
-        )
+    configure_logging()  # the runner supervisor's lines, as JSON like the workers'
+    run_service(host, port, workers or settings.workers, settings)
 
 
 @cli.command(epilog=examples("ledger migrate"))

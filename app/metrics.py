@@ -20,7 +20,7 @@ import functools
 import os
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Final, Protocol
 
@@ -35,8 +35,9 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
+from app.settings import MULTIPROC_ENV
 from eventstore.rejections import rejection_log_counters
-from projections.health import LastError, RunnerHealth, lag_events
+from projections.health import LastError, RunnerHealth, lag_events, process_alive
 
 __all__ = [
     "CONTENT_TYPE",
@@ -47,9 +48,9 @@ __all__ = [
     "multiprocess_directory",
     "new_metrics",
     "reap_dead_processes",
+    "runner_process_health",
 ]
 
-MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -233,8 +234,9 @@ class Metrics:
 
 class _RunnerMetrics:
     def __init__(self, registry: CollectorRegistry | None) -> None:
-        # Every worker's runner (leader or standby) observes the shared checkpoints;
-        # the most recent observation of a live worker is the truest one.
+        # Every runner (leader or standby: the runner process of `ledger serve`, or a
+        # thread of the one process) observes the shared checkpoints; the most recent
+        # observation of a live process is the truest one.
         self.lag = Gauge(
             "ledger_projection_lag_events",
             "Events in the log not yet folded, by projection.",
@@ -249,7 +251,8 @@ class _RunnerMetrics:
         )
         self.leader = Gauge(
             "ledger_projection_runner_leader",
-            "Processes whose projection runner leads (1 across the workers of one serve).",
+            "Processes whose projection runner leads (1 across all instances on one database;"
+            " per serve: 1 if its runner process leads, else 0).",
             multiprocess_mode="livesum",
             registry=registry,
         )
@@ -279,6 +282,18 @@ class _MeteredHealth(RunnerHealth):
     def failed(self, error: LastError, *, store_failure: bool) -> float:
         self._metrics.failures.inc()
         return super().failed(error, store_failure=store_failure)
+
+
+def runner_process_health() -> tuple[RunnerHealth, Callable[[], None]]:
+    """For the runner process of `ledger serve`: a health record that writes only the
+    projection metrics into the serve's shared directory (a scrape of any worker sums
+    them in), and what to call when the process exits."""
+    directory = multiprocess_directory()
+    if directory is None:
+        raise RuntimeError(f"the runner process needs {MULTIPROC_ENV} (set by ledger serve)")
+    reap_dead_processes(directory)  # a runner process that died before this one
+    health = _MeteredHealth(_RunnerMetrics(None))
+    return health, lambda: mark_process_dead(os.getpid(), str(directory))
 
 
 def multiprocess_directory() -> Path | None:
@@ -314,19 +329,7 @@ def reap_dead_processes(directory: Path) -> list[int]:
     """Mark dead the processes that left files but no longer run (a worker killed or
     crashed, then restarted by uvicorn); the pids marked."""
     pids = {int(m.group(1)) for f in directory.glob("*.db") if (m := _PID_FILE.search(f.name))}
-    dead = sorted(pid for pid in pids if not _alive(pid))
+    dead = sorted(pid for pid in pids if not process_alive(pid))
     for pid in dead:
         mark_process_dead(pid, str(directory))
     return dead
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)  # signal 0: nothing is sent, only existence is checked
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
 from projections.health import stopped_snapshot
-from projections.runner import RunnerThread
 
 
 class ProjectionProgress(BaseModel):
@@ -24,10 +23,14 @@ class RunnerError(BaseModel):
 
 class RunnerState(BaseModel):
     role: Literal["leader", "standby", "stopped"]
+    # The process whose runner this is: under `ledger serve` a process of its own, not
+    # the worker answering; None when no runner has reported.
+    pid: int | None
     head: int | None
     lag_events: int | None  # the largest lag of any projection
     projections: dict[str, ProjectionProgress]
-    failures: int  # since the process started
+    failures: int  # since the process started (`ledger serve`: since it started, deaths of
+    # its runner process included)
     consecutive_failures: int  # 0 when the last attempt succeeded
     last_error: RunnerError | None  # kept after recovery, with its time
     observed_at: str | None
@@ -38,6 +41,14 @@ class Readiness(BaseModel):
     runner: RunnerState
 
 
-def runner_status(runner: RunnerThread | None) -> dict[str, Any]:
-    """This process's runner state; ``stopped`` when it runs no projections."""
+class RunnerView(Protocol):
+    """Where a worker learns the runner's state: its own runner thread
+    (``projections.runner.RunnerThread``), or the state file of the runner process of
+    its ``ledger serve`` (``projections.health.StateFile``)."""
+
+    def status(self) -> dict[str, Any]: ...
+
+
+def runner_status(runner: RunnerView | None) -> dict[str, Any]:
+    """The runner state this process shows; ``stopped`` when it knows of no runner."""
     return runner.status() if runner is not None else stopped_snapshot()

@@ -25,11 +25,12 @@ from app.install_keys import InstallKeyFetcher
 from app.lifecycle import LIFECYCLE_EVENTS, LifecycleEvent
 from app.logs import configure_logging
 from app.metrics import CONTENT_TYPE, Metrics, new_metrics
-from app.readiness import Readiness, runner_status
+from app.readiness import Readiness, RunnerView, runner_status
 from app.settings import Settings
 from eventstore.crypto import KeyRing
 from eventstore.store import EventStore, StoreUnavailable, open_store
 from projections.backends import storage_for
+from projections.health import StateFile
 from projections.runner import RunnerThread
 
 log = logging.getLogger("ledger.service")
@@ -152,10 +153,8 @@ def _lifespan(
         storage = storage_for(opened)
         await run_in_threadpool(storage.ensure)
         app.state.projections = storage
-        runner: RunnerThread | None = None
-        if settings.run_projections:
-            runner = RunnerThread(opened, health=metrics.runner_health()).start()
-        app.state.runner = runner
+        runner = _runner_thread(settings, opened, metrics)
+        app.state.runner = _runner_view(settings, runner)
         try:
             yield
         finally:
@@ -169,6 +168,23 @@ def _lifespan(
             metrics.process_exiting()
 
     return lifespan
+
+
+def _runner_thread(settings: Settings, store: EventStore, metrics: Metrics) -> RunnerThread | None:
+    """The projection runner in a thread of this process, unless it runs none or its
+    ``ledger serve`` runs the projections in a process of their own (off the HTTP
+    workers' CPU and GIL)."""
+    if not settings.run_projections or settings.projection_state_file is not None:
+        return None
+    return RunnerThread(store, health=metrics.runner_health()).start()
+
+
+def _runner_view(settings: Settings, thread: RunnerThread | None) -> RunnerView | None:
+    """Where /readyz reads the runner's state: this process's thread, or the file the
+    runner process of this serve publishes."""
+    if thread is None and settings.run_projections and settings.projection_state_file:
+        return StateFile(settings.projection_state_file)
+    return thread
 
 
 async def _error_body(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Final
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from eventstore.crypto import MasterKeys, load_or_create_master_key
 from projections.forge_ids import app_uuid
+
+# prometheus-client's own variable: the directory where every process of `ledger serve`
+# writes its metrics (app.serve sets it; app.metrics reads it).
+MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def _split(value: str) -> tuple[str, ...]:
@@ -37,6 +42,10 @@ class Settings(BaseSettings):
     retry_after_seconds: int = Field(default=5, ge=1)
     # Whether this process takes part in running the projections (leader or standby).
     run_projections: bool = True
+    # Internal, set by `ledger serve` for its processes: the projection runner runs in a
+    # process of its own, which publishes its state in this file; the HTTP workers run
+    # no runner and show that state in /readyz (app.serve, app.runner_process).
+    projection_state_file: Path | None = None
     # Where the embedded default keeps its generated master key.
     var_dir: Path = Path("./var")
     # SPEC §10: the Forge app's id (UUID or ARI; unset: every Forge call is refused).

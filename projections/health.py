@@ -1,16 +1,21 @@
 """What the projection runner reports about itself: role, progress, lag and failures.
 
-Pure helpers (backoff, safe error text) and one thread-safe record the runner thread
-writes and ``/readyz`` and ``/metrics`` read.
+Pure helpers (backoff, safe error text), one thread-safe record the runner thread
+writes and ``/readyz`` and ``/metrics`` read, and the state file through which a runner
+in its own process (``ledger serve``) shows that record to the HTTP workers.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Final
 
 from eventstore.store import format_timestamp, utcnow
@@ -131,6 +136,7 @@ class RunnerHealth:
             lags = [p["lag_events"] for p in projections.values() if p["lag_events"] is not None]
             return {
                 "role": self._role,
+                "pid": os.getpid(),
                 "head": head,
                 "lag_events": max(lags) if lags else None,
                 "projections": projections,
@@ -143,4 +149,85 @@ class RunnerHealth:
 
 def stopped_snapshot() -> dict[str, Any]:
     """The state of a process that does not run projections at all."""
-    return RunnerHealth().snapshot() | {"role": "stopped"}
+    return RunnerHealth().snapshot() | {"role": "stopped", "pid": None}
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs (signal 0: nothing is sent)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    return True
+
+
+class StateFile:
+    """The runner process's snapshot, published for the HTTP workers of its serve.
+
+    The runner process rewrites it a few times a second (a new file renamed over the
+    old one, so a reader never sees half of it); the workers read it for ``/readyz``.
+    It is only as true as its writer is alive: a snapshot whose process is gone is
+    shown as ``stopped``, with everything else as last published."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def publish(
+        self, snapshot: Mapping[str, Any], earlier: Mapping[str, Any] | None = None
+    ) -> None:
+        """Write ``snapshot``, counting the ``earlier`` processes' failures (see
+        ``carried_over``) with its own."""
+        if earlier:
+            snapshot = dict(snapshot)
+            snapshot["failures"] = snapshot["failures"] + earlier["failures"]
+            snapshot["last_error"] = snapshot["last_error"] or earlier["last_error"]
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        temporary.write_text(json.dumps(snapshot))
+        os.replace(temporary, self.path)
+
+    def last(self) -> dict[str, Any] | None:
+        """The last snapshot published, as written; None if none can be read."""
+        with contextlib.suppress(OSError, ValueError):
+            found = json.loads(self.path.read_text())
+            if isinstance(found, dict):
+                return found
+        return None
+
+    def status(self) -> dict[str, Any]:
+        """The runner's state as a reader should see it now."""
+        found = self.last()
+        if found is None:
+            return stopped_snapshot()  # not started yet, or its directory is gone
+        pid = found.get("pid")
+        if found.get("role") != "stopped" and not (isinstance(pid, int) and process_alive(pid)):
+            found["role"] = "stopped"  # killed without a word: its last word is stale
+        return found
+
+    def carried_over(self) -> dict[str, Any]:
+        """What a new runner process keeps of its predecessors in this serve (their
+        failures, and the last error until it has one of its own)."""
+        found = self.last() or {}
+        return {"failures": int(found.get("failures") or 0), "last_error": found.get("last_error")}
+
+    def process_failed(self, pid: int, exitcode: int, restart_in: float) -> None:
+        """Said by whoever saw the runner process die (its parent): ``stopped``, with
+        the death as the last error, so ``/readyz`` tells why until the next one starts."""
+        found = self.last() or stopped_snapshot()
+        how = (
+            f"was killed by signal {-exitcode}" if exitcode < 0 else f"exited with code {exitcode}"
+        )
+        message = f"the runner process {pid} {how}; restarting in {restart_in:.1f} s"
+        self.publish(
+            found
+            | {
+                "role": "stopped",
+                "pid": pid,
+                "failures": int(found.get("failures") or 0) + 1,
+                "consecutive_failures": int(found.get("consecutive_failures") or 0) + 1,
+                "last_error": LastError("RunnerProcessDied", message, utcnow()).as_dict(),
+            }
+        )

@@ -116,11 +116,12 @@ class ProjectionRunner:
     def checkpoints(self) -> dict[str, int]:
         return dict(self._positions)
 
-    def run_once(self) -> int:
+    def run_once(self, stopping: Callable[[], bool] = lambda: False) -> int:
         """Fold and persist every event committed so far; the number folded.
 
         Events up to one this code cannot read are folded and committed first; then
-        EventNotFoldable names the unreadable one."""
+        EventNotFoldable names the unreadable one. ``stopping`` is asked after each
+        committed batch, so a stop does not wait for a long backlog."""
         folded = 0
         self._unreadable = None
         events = self._readable(self.store.read_all(self.position, self.batch_size))
@@ -128,6 +129,8 @@ class ProjectionRunner:
             if not self._fold_and_commit(batch):
                 return folded
             folded += len(batch)
+            if stopping():
+                return folded
         if self._unreadable is not None:
             raise self._not_foldable(self._unreadable) from self._unreadable
         return folded
@@ -268,7 +271,7 @@ class RunnerThread:
                         continue
                     self._set_role("leader")
                     runner = runner or ProjectionRunner(self.store, storage)
-                    folded = runner.run_once()
+                    folded = runner.run_once(self._stop.is_set)
                     self.health.observed(self.store.head().position, runner.checkpoints)
                     self.health.succeeded(as_leader=True)
                     if folded == 0:

@@ -107,8 +107,14 @@ def serve(store_url: str, var_dir: Path, keys: KeyServer, workers: int) -> Itera
             server.stdout.close()
 
 
+def _runner_pid(url: str) -> int | None:
+    """The pid of the serve's runner process, once it has reported."""
+    pid = httpx.get(f"{url}/readyz", timeout=10).json()["runner"]["pid"]
+    return int(pid) if pid is not None else None
+
+
 def calls_by_process(directory: Path) -> dict[int, float]:
-    """``ledger_calls_total`` as each worker's own file holds it (what a scrape of that
+    """``ledger_calls_total`` as each process's own file holds it (what a scrape of that
     worker alone would say without the sum)."""
     counts: dict[int, float] = {}
     for path in directory.glob("counter_*.db"):
@@ -127,6 +133,7 @@ def test_every_scrape_sums_all_workers(tmp_path: Path) -> None:
         host = SimulatedHost(key_server=keys)
         with serve(store_url, tmp_path, keys, workers=2) as url:
             [directory] = tmp_path.glob("metrics-*")
+            runner_pid = until(lambda: _runner_pid(url), "the runner process reports")
 
             def send(refused: bool) -> int:
                 # A new connection per call, so the kernel hands calls to both workers.
@@ -154,6 +161,7 @@ def test_every_scrape_sums_all_workers(tmp_path: Path) -> None:
                         break
             sent = accepted + refused
             per_worker = calls_by_process(directory)
+            assert per_worker.pop(runner_pid) == 0  # the runner process takes no call
             assert len(per_worker) == 2 and all(0 < c < sent for c in per_worker.values())
             assert sum(per_worker.values()) == sent
 
@@ -180,9 +188,11 @@ def test_every_scrape_sums_all_workers(tmp_path: Path) -> None:
                 return found if lag and not any(lag) else None
 
             found = until(caught_up, "the projection lag falls to 0")
-            assert total(found, "ledger_projection_runner_leader") == 1  # one of two leads
+            assert total(found, "ledger_projection_runner_leader") == 1  # its runner leads
             assert total(found, "ledger_projection_failures_total") == 0
-            assert any(directory.glob("gauge_livemostrecent_*.db"))
+            # Only the runner process observes the projections: the workers run none.
+            lag_files = [f.name for f in directory.glob("gauge_livemostrecent_*.db")]
+            assert lag_files == [f"gauge_livemostrecent_{runner_pid}.db"]
         assert not directory.exists()
         assert not list(tmp_path.glob("metrics-*"))
 

@@ -1,0 +1,102 @@
+"""The projection runner in a process of its own, started and kept running by `ledger serve`.
+
+Folding the log into the read models costs CPU, and in a worker it also holds the GIL that
+ingestion needs: under `ledger serve` the runner (``projections.runner.RunnerThread``,
+unchanged: leader or hot standby, batch reads, backoff, leadership released on failure)
+runs here instead, and the HTTP workers run none.
+
+What the workers see: this process publishes the runner's snapshot a few times a second
+in a state file (``projections.health.StateFile``, in the serve's run directory), which
+their ``/readyz`` reads; its metrics go to the serve's shared prometheus-client directory,
+so a scrape of any worker sums them in.
+
+How it ends: when its parent closes the stop pipe (serve is stopping) or dies (the kernel
+closes the pipe then: a killed `ledger serve` never leaves its runner behind), or on
+SIGTERM: exit code 0. SIGINT is ignored: Ctrl-C reaches the whole process group, and the
+parent stops the workers first, then this process. Exit code 1 when the runner thread
+ended by itself or the store could not be opened; the parent restarts it with backoff.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import signal
+import sys
+import threading
+from multiprocessing.connection import Connection
+from typing import Final
+
+from app.logs import configure_logging
+from app.metrics import runner_process_health
+from app.settings import Settings
+from eventstore.store import open_store
+from projections.health import StateFile, short_message
+from projections.runner import RunnerThread
+
+log = logging.getLogger("ledger.projections")
+
+PROCESS_NAME: Final = b"ledger-runner"
+PR_SET_NAME: Final = 15  # <linux/prctl.h>
+RUNNER_CONNECTIONS: Final = 4
+# How often the snapshot is published: what /readyz may lag behind the runner by.
+PUBLISH_SECONDS: Final = 0.25
+
+
+def run(stop_pipe: Connection) -> None:
+    """The process's entry point (a 'spawn' process: nothing inherited but the pipe)."""
+    _name_process(PROCESS_NAME)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda _signal, _frame: stop.set())
+    threading.Thread(
+        target=_until_parent_lets_go, args=(stop_pipe, stop), name="parent-watch", daemon=True
+    ).start()
+    configure_logging()
+    if not serve_projections(Settings(), stop):
+        sys.exit(1)
+
+
+def _name_process(name: bytes) -> None:
+    """Show the process as ``name`` in ps and /proc/<pid>/comm (Linux), so it can be told
+    apart from the workers, whose command line is the same ('spawn')."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_NAME, ctypes.c_char_p(name), 0, 0, 0)
+
+
+def _until_parent_lets_go(pipe: Connection, stop: threading.Event) -> None:
+    with contextlib.suppress(EOFError, OSError):
+        pipe.recv()  # nothing is ever sent: this returns when the other end closes
+    stop.set()
+
+
+def serve_projections(settings: Settings, stop: threading.Event) -> bool:
+    """Run the projections until ``stop``; whether they ended as asked."""
+    if settings.projection_state_file is None:
+        raise RuntimeError("the runner process needs LEDGER_PROJECTION_STATE_FILE")
+    state = StateFile(settings.projection_state_file)
+    earlier = state.carried_over()  # /readyz keeps counting this serve's runner deaths
+    health, exiting = runner_process_health()
+    try:
+        # One thread uses it: a reading cursor and a writing transaction at most at once.
+        store = open_store(
+            settings.database_url,
+            rejection_retention_days=settings.rejection_retention_days,
+            max_connections=RUNNER_CONNECTIONS,
+        )
+    except Exception as error:
+        log.error(f"the projection runner process cannot open the store: {short_message(error)}")
+        exiting()
+        return False
+    thread = RunnerThread(store, health=health).start()
+    try:
+        while not stop.wait(PUBLISH_SECONDS) and thread.is_alive():
+            state.publish(thread.status(), earlier)
+        return stop.is_set()
+    finally:
+        thread.stop()
+        state.publish(thread.status(), earlier)  # its last word: stopped
+        store.close()
+        exiting()
