@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
 import msgspec
@@ -348,6 +349,37 @@ _EVENT_PAGE_ANY_DATESTYLE = _EVENT_PAGE.replace(
     "to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')",
 )
 _decode_time = msgspec.json.Decoder(datetime).decode
+_COLUMNS = [itemgetter(i) for i in range(9)]
+
+
+def _page_events(rows: list[Any]) -> Iterator[RecordedEvent]:
+    """A page of ``_EVENT_PAGE`` rows as typed events (``decode_event``'s work).
+
+    Binary rows with text columns as bytes (msgspec decodes them without an
+    intermediate str); one str per event type name per page. Lazy C-level ``map``s,
+    no Python loop: each event is decoded as it is taken, so a row that cannot be
+    decoded raises only after the events before it, and only a few objects are alive
+    at a time (decoding a whole page first was slower: cache misses and
+    garbage-collector passes over thousands of fresh objects).
+    """
+    position, stream, version, kind, schema, data, metadata, at, digest = (
+        map(column, rows) for column in _COLUMNS
+    )
+    names = {name: name.decode() for name in set(map(_COLUMNS[3], rows))}
+    types = list(map(names.__getitem__, kind))
+    schemas = list(schema)
+    return map(
+        RecordedEvent,
+        position,
+        stream,
+        version,
+        types,
+        schemas,
+        map(decode_data, types, schemas, data),
+        map(decode_metadata, metadata),
+        map(_decode_time, at),
+        map(bytes.hex, digest),
+    )
 
 
 def _libpq_url(url: str) -> str:
@@ -512,37 +544,17 @@ class PostgresEventStore(SQLStore):
     # -- reading
 
     def read_all(self, after_position: int = 0, batch_size: int = 1000) -> Iterator[RecordedEvent]:
-        # The hot path of every rebuild and full read: binary rows, text columns as
-        # bytes (msgspec decodes them without an intermediate str), event type names
-        # shared per page. Rows are decoded one at a time, as they are taken: decoding
-        # a whole page first keeps thousands of fresh objects alive at once and was
-        # slower (cache misses, garbage-collector passes). When the first page is
-        # full, the next pages are fetched by a helper thread while this one decodes:
-        # the server (on another core) and the decoding overlap.
+        # The hot path of every rebuild and full read (see _page_events). When the
+        # first page is full, the next pages are fetched by a helper thread while this
+        # one decodes: the server (on another core) and the decoding overlap.
         first = self._event_page(after_position, batch_size)
         pages: Iterator[list[Any]] = iter([first])
         stop = threading.Event()
         if len(first) == batch_size:
             pages = itertools.chain(pages, self._prefetched(first[-1][0], batch_size, stop))
-        types: dict[bytes, str] = {}
         try:
             for rows in pages:
-                for position, stream_id, version, kind, schema, data, metadata, at, digest in rows:
-                    event_type = types.get(kind)
-                    if event_type is None:
-                        event_type = types[kind] = kind.decode()
-                    # decode_event's work, inlined: this runs once per event.
-                    yield RecordedEvent(
-                        position,
-                        stream_id,
-                        version,
-                        event_type,
-                        schema,
-                        decode_data(event_type, schema, data),
-                        decode_metadata(metadata),
-                        _decode_time(at),
-                        digest.hex(),
-                    )
+                yield from _page_events(rows)
         finally:
             stop.set()  # a reader that stops early releases the helper thread
 
