@@ -64,7 +64,9 @@ def rebuild(
     names: Sequence[str] = (),
     *,
     storage: ProjectionStorage | None = None,
-    batch_size: int = 10_000,
+    # Pages of 2,000: at 10,000 the pages read ahead and in the batch lifted the peak RSS
+    # of a 1M-event rebuild from under 300 MB to 475 MB, for no gain in speed.
+    batch_size: int = 2_000,
     progress: Progress | None = None,
     wait: bool = True,
     on_wait: Callable[[], None] | None = None,
