@@ -262,7 +262,10 @@ def timed_count(make: Callable[[], Iterator[RecordedEvent]]) -> tuple[int, float
 def bench_read(events: int, batch_sizes: list[int], profile: bool, repeats: int) -> None:
     print(f"\n-- b. read_all of {events:,} events decoded to typed RecordedEvents")
     with scratch_database("read") as url:
-        store = PostgresEventStore(url, min_connections=1, max_connections=2)
+        # The import is one COPY that lasts as long as generating the log (minutes at 1M).
+        store = PostgresEventStore(
+            url, min_connections=1, max_connections=2, statement_timeout=3600.0
+        )
         try:
             load_synthetic(store, events)
             check_chain(store)

@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     print_environment("bench/verify.py: ledger verify (PostgresEventStore.verify)")
     with scratch_database("verify") as url:
-        store = PostgresEventStore(url, max_connections=2)
+        # The import is one COPY that lasts as long as generating the log (minutes at 1M).
+        store = PostgresEventStore(url, max_connections=2, statement_timeout=3600.0)
         try:
             load_synthetic(store, args.events, args.seed)
             seconds = timed_verify(store, args.events)

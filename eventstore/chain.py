@@ -26,8 +26,9 @@ leaves the chain verifiable.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -237,6 +238,42 @@ def column_links(rows: Iterable[ChainRow]) -> Iterator[Link]:
         yield (position, stored, b"\x02" + sha256(stream + rest).digest(), None)
 
 
+def verify_rows(rows: Iterable[ChainRow], check: ChainCheck) -> VerifyReport:
+    """``verify_links(column_links(rows), check)``, faster: verify's own loop.
+
+    The usual row (chain version 2, the next position, no checkpoint at it, its stored
+    hash matching) is checked here without building a link per row; the first row
+    that is anything else is handed, with the rest, to ``verify_links``, which judges
+    it and everything after exactly as it always does.
+    """
+    previous, position = check.previous, check.after
+    points = check.checkpoints
+    streams: dict[str | bytes, bytes] = {}  # a stream's hash, reused across its events
+    sha256, encode, join = hashlib.sha256, canonical_json, b"\n".join
+    remaining = iter(rows)
+    for row in remaining:
+        at, stream_id, version, kind, schema, stamp, data, metadata, stored, chain = row
+        if chain != 2 or at != position + 1 or at in points:
+            break
+        stream = streams.get(stream_id)
+        if stream is None:
+            if len(streams) >= 100_000:
+                streams.clear()
+            key = stream_id if isinstance(stream_id, bytes) else stream_id.encode()
+            stream = streams[stream_id] = sha256(key).digest()
+        rest = sha256(join((encode([version, kind, schema, stamp]), data, metadata))).digest()
+        link_input = b"\x02" + sha256(stream + rest).digest()
+        computed = sha256(previous + at.to_bytes(8, "big") + link_input).digest()
+        if computed.hex() != stored:
+            break
+        previous, position = computed, at
+    else:
+        return _finish(previous, position, check)
+    resumed = ChainCheck(position, previous, check.stored_head, points, check.head_label)
+    report = verify_links(column_links(itertools.chain([row], remaining)), resumed)
+    return replace(report, events=report.events + position - check.after)
+
+
 def _other_version(row: ChainRow) -> Link:
     """A row not of chain version 2 (version 1, or one this code does not know)."""
     position, stream_id, version, kind, schema, stamp, data, metadata, stored, chain = row
@@ -263,8 +300,8 @@ def verify_store(
     meanwhile lie beyond it and are left for the next run.
     """
     stored = store.head()
-    return verify_links(
-        column_links(store.read_chain(0, through=stored.position)),
+    return verify_rows(
+        store.read_chain(0, through=stored.position),
         ChainCheck(stored_head=stored, checkpoints=checkpoints or {}),
     )
 

@@ -39,7 +39,13 @@ def installation_id_of(stream_id: str) -> str | None:
     return None
 
 
-class SealedSecret(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+# Event data and metadata are ``gc=False`` Structs: they hold only JSON values (strings,
+# numbers, and dicts and lists of those), which cannot refer back to them, so they are
+# never part of a reference cycle; a full read makes a million of them, and keeping them
+# out of the cyclic garbage collector's scans makes it measurably faster.
+
+
+class SealedSecret(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True):
     """A shared secret encrypted with the tenant's data key (see eventstore.crypto).
 
     ``ad`` records the associated data the ciphertext is bound to, so that a
@@ -52,7 +58,7 @@ class SealedSecret(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ad: str
 
 
-class Installed(msgspec.Struct, frozen=True):
+class Installed(msgspec.Struct, frozen=True, gc=False):
     """Every payload field of the call; ``sharedSecret`` replaced by its sealed form.
 
     ``details`` holds the fields beyond key/clientKey/baseUrl/sharedSecret,
@@ -66,39 +72,39 @@ class Installed(msgspec.Struct, frozen=True):
     details: dict[str, Any]
 
 
-class SecretRotated(msgspec.Struct, frozen=True):
+class SecretRotated(msgspec.Struct, frozen=True, gc=False):
     shared_secret: SealedSecret
 
 
-class BaseUrlChanged(msgspec.Struct, frozen=True):
+class BaseUrlChanged(msgspec.Struct, frozen=True, gc=False):
     from_: str
     to: str
 
 
-class DescriptorUpgraded(msgspec.Struct, frozen=True):
+class DescriptorUpgraded(msgspec.Struct, frozen=True, gc=False):
     from_: str | None
     to: str
 
 
-class DetailsChanged(msgspec.Struct, frozen=True):
+class DetailsChanged(msgspec.Struct, frozen=True, gc=False):
     """Changed payload fields only, with their new value (``None`` when removed)."""
 
     changes: dict[str, Any]
 
 
-class InstallConfirmed(msgspec.Struct, frozen=True):
+class InstallConfirmed(msgspec.Struct, frozen=True, gc=False):
     pass
 
 
-class Enabled(msgspec.Struct, frozen=True):
+class Enabled(msgspec.Struct, frozen=True, gc=False):
     pass
 
 
-class Disabled(msgspec.Struct, frozen=True):
+class Disabled(msgspec.Struct, frozen=True, gc=False):
     pass
 
 
-class Uninstalled(msgspec.Struct, frozen=True):
+class Uninstalled(msgspec.Struct, frozen=True, gc=False):
     pass
 
 
@@ -106,7 +112,7 @@ class Uninstalled(msgspec.Struct, frozen=True):
 # Snake-case field names on the wire: these events are ours, not a copy of a payload.
 
 
-class ForgeInstalled(msgspec.Struct, frozen=True):
+class ForgeInstalled(msgspec.Struct, frozen=True, gc=False):
     """The first call of a Forge installation: what its token and body said then.
 
     ``license`` is the token's ``app.license`` in the ledger's own names (``active``,
@@ -125,29 +131,29 @@ class ForgeInstalled(msgspec.Struct, frozen=True):
     license: dict[str, Any] | None
 
 
-class ForgeUpgraded(msgspec.Struct, frozen=True, rename={"from_": "from"}):
+class ForgeUpgraded(msgspec.Struct, frozen=True, gc=False, rename={"from_": "from"}):
     from_: str | None
     to: str
 
 
-class ForgeLicenseChanged(msgspec.Struct, frozen=True, rename={"from_": "from"}):
+class ForgeLicenseChanged(msgspec.Struct, frozen=True, gc=False, rename={"from_": "from"}):
     from_: dict[str, Any] | None
     to: dict[str, Any] | None
 
 
-class ForgeDetailsChanged(msgspec.Struct, frozen=True):
+class ForgeDetailsChanged(msgspec.Struct, frozen=True, gc=False):
     """Changed recorded fields only (ForgeInstalled's names), with their new value."""
 
     changes: dict[str, Any]
 
 
-class ForgeInstallConfirmed(msgspec.Struct, frozen=True):
+class ForgeInstallConfirmed(msgspec.Struct, frozen=True, gc=False):
     """A later ``installed`` or ``upgraded`` delivery that changed no recorded field."""
 
     route: str
 
 
-class ForgeUninstalling(msgspec.Struct, frozen=True):
+class ForgeUninstalling(msgspec.Struct, frozen=True, gc=False):
     pass
 
 
@@ -208,7 +214,7 @@ SCHEMA_VERSIONS: Final[dict[str, int]] = {name: 1 for name in EVENT_TYPES} | {
 }
 
 
-class Metadata(msgspec.Struct, frozen=True, omit_defaults=True):
+class Metadata(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     """Where an event came from. Holds a token's SHA-256, never the token itself."""
 
     call_id: str | None = None
@@ -278,8 +284,9 @@ def metadata_to_json(metadata: Metadata) -> bytes:
     return _json_encoder.encode(metadata)
 
 
-def decode_metadata(raw: bytes | str) -> Metadata:
-    return _metadata_decoder.decode(raw)
+# Stored metadata JSON -> Metadata: the decoder's own method (no Python call around
+# it), as every event read runs it.
+decode_metadata: Final[Callable[[bytes | str], Metadata]] = _metadata_decoder.decode
 
 
 _EMPTY: Final[dict[str, EventData]] = {

@@ -389,6 +389,9 @@ def forge_states(
 class _ForgeProjection:
     event_types: ClassVar[frozenset[str]] = frozenset(_HANDLERS)
     state_type: ClassVar[type[ForgeFold]] = ForgeFold
+    # Both projections fold the same ForgeFold: a rebuild folds it once for both and
+    # takes each table's rows from it with ``rows_from`` (projections.rebuild).
+    shared_fold: ClassVar[str] = "forge"
 
     def initial_state(self) -> Any:
         return self.state_type()
@@ -409,6 +412,10 @@ class InstallationsProjection(_ForgeProjection):
     key_fields: ClassVar[tuple[str, ...]] = ("installation_id",)
     state_type: ClassVar[type[ForgeFold]] = InstallationsState
 
+    def rows_from(self, fold: ForgeFold) -> Iterator[InstallationRow]:
+        """This table's changed rows from a fold shared with ``links``."""
+        return fold.installation_changes()
+
 
 class LinksProjection(_ForgeProjection):
     """The ``links`` projection (key: ``link_id``; rows never change once written)."""
@@ -417,6 +424,10 @@ class LinksProjection(_ForgeProjection):
     row_type: ClassVar[type[LinkRow]] = LinkRow
     key_fields: ClassVar[tuple[str, ...]] = ("link_id",)
     state_type: ClassVar[type[ForgeFold]] = LinksState
+
+    def rows_from(self, fold: ForgeFold) -> Iterator[LinkRow]:
+        """This table's new rows from a fold shared with ``installations``."""
+        return iter(fold.link_changes())
 
 
 if TYPE_CHECKING:

@@ -64,6 +64,8 @@ def rebuild(
     names: Sequence[str] = (),
     *,
     storage: ProjectionStorage | None = None,
+    # Pages of 2,000: at 10,000 the pages read ahead and in the batch lifted the peak RSS
+    # (200,000 events: 131 MB -> 201 MB) for no gain in speed.
     batch_size: int = 2_000,
     progress: Progress | None = None,
     wait: bool = True,
@@ -83,6 +85,42 @@ def rebuild(
         lock.release()
 
 
+@dataclass
+class _Fold:
+    """One fold of a rebuild, its state, and the projections whose rows it gives."""
+
+    projection: Any
+    state: Any
+    names: list[str]
+
+    def apply_many(self, batch: Sequence[Any]) -> None:
+        self.state = self.projection.apply_many(self.state, batch)
+
+    def rows(self, name: str) -> Iterable[Row]:
+        """``name``'s changed rows (lazily, for COPY), forgotten once taken."""
+        if len(self.names) == 1:
+            return self.state.drain_changes()
+        return PROJECTIONS[name].rows_from(self.state)
+
+
+def _folds(names: Sequence[str]) -> list[_Fold]:
+    """Each fold once: projections that declare the same ``shared_fold`` (the two Forge
+    tables) are fed by one state, folded once, instead of folding every event twice."""
+    folds: list[_Fold] = []
+    shared: dict[str, _Fold] = {}
+    for name in names:
+        projection = PROJECTIONS[name]
+        key = getattr(projection, "shared_fold", None)
+        if key is not None and key in shared:
+            shared[key].names.append(name)
+            continue
+        fold = _Fold(projection, projection.initial_state(), [name])
+        folds.append(fold)
+        if key is not None:
+            shared[key] = fold
+    return folds
+
+
 def _rebuild(
     store: EventLog,
     names: Sequence[str],
@@ -94,29 +132,28 @@ def _rebuild(
     storage.ensure()
     chosen = with_dependencies(names)
     storage.prepare_rebuild(chosen)
-    folds = {name: PROJECTIONS[name] for name in chosen}
-    states: dict[str, Any] = {name: fold.initial_state() for name, fold in folds.items()}
+    folds = _folds(chosen)
     head = store.head().position
     position = 0
     events = 0
     for batch in chunks(store.read_all(0, batch_size), batch_size):
-        for name, fold in folds.items():
-            states[name] = fold.apply_many(states[name], batch)
+        for fold in folds:
+            fold.apply_many(batch)
         position = batch[-1].position
         events += len(batch)
         if progress:
             progress(position, head)
 
-    rows = {name: storage.bulk_load(name, states[name].drain_changes()) for name in chosen}
+    rows = {name: storage.bulk_load(name, fold.rows(name)) for fold in folds for name in fold.names}
 
     def catch_up() -> tuple[int, Mapping[str, Sequence[Row]]]:
         nonlocal position, events
         for batch in chunks(store.read_all(position, batch_size), batch_size):
-            for name, fold in folds.items():
-                states[name] = fold.apply_many(states[name], batch)
+            for fold in folds:
+                fold.apply_many(batch)
             position = batch[-1].position
             events += len(batch)
-        return position, {name: states[name].take_changes() for name in chosen}
+        return position, {name: list(fold.rows(name)) for fold in folds for name in fold.names}
 
     final = storage.swap(chosen, catch_up)
     if progress:

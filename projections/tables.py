@@ -10,9 +10,11 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from typing import Any, Final, Literal, get_args, get_origin
 
 import msgspec
+from msgspec.structs import astuple
 
 from eventstore.store import format_timestamp, parse_timestamp
 from projections.installations import InstallationRow, LinkRow
@@ -38,7 +40,16 @@ class TableSpec:
     def column_names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns)
 
+    @cached_property
+    def in_field_order(self) -> bool:
+        """Whether the columns are the row type's fields, all and in order: then a
+        PostgreSQL row is the row's own tuple (``astuple``, one C call per row)."""
+        fields = tuple(f.name for f in msgspec.structs.fields(self.row_type))
+        return fields == tuple(c.field for c in self.columns)
+
     def to_tuple(self, row: Row, sqlite: bool) -> tuple[Any, ...]:
+        if not sqlite and self.in_field_order:
+            return astuple(row)
         values = []
         for column in self.columns:
             value = getattr(row, column.field)

@@ -497,3 +497,45 @@ def test_full_line_round_trips_the_stored_bytes(log_url: str) -> None:
     assert len(rows) == EVENTS
     for row in rows:
         assert link_input(_row(full_line(row))) == link_input(row)
+
+
+def _chain_rows(count: int) -> list[tuple[Any, ...]]:
+    from eventstore.synthetic import RandomLog, chain_rows
+
+    rows = chain_rows(RandomLog(seed=5).events(count))
+    return [
+        (r.position, r.stream_id, r.version, r.type, r.schema_version, r.recorded_at, r.data,
+         r.metadata, r.hash, r.chain_version)
+        for r in rows
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["none", "tamper", "drop", "swap", "old_version", "unknown_version", "checkpoint", "short"],
+)
+def test_verify_s_own_loop_judges_every_row_as_the_link_walk_does(damage: str) -> None:
+    """verify_store's fast loop (verify_rows) hands anything unusual to verify_links: the
+    reports must be the same, position, count and reason."""
+    from eventstore.chain import ChainCheck, column_links, verify_links, verify_rows
+    from eventstore.store import Head
+
+    rows = _chain_rows(60)
+    head = Head(rows[-1][0], rows[-1][8])
+    points: dict[int, tuple[str, str]] = {}
+    if damage == "tamper":
+        rows[20] = (*rows[20][:6], rows[20][6] + b" ", *rows[20][7:])
+    elif damage == "drop":
+        del rows[30]
+    elif damage == "swap":
+        rows[10], rows[11] = rows[11], rows[10]
+    elif damage == "old_version":
+        rows[40] = (*rows[40][:9], 1)
+    elif damage == "unknown_version":
+        rows[5] = (*rows[5][:9], 9)
+    elif damage == "checkpoint":
+        points = {25: ("d.json", rows[25][8]), 50: ("e.json", "00" * 32)}
+    elif damage == "short":
+        rows = rows[:45]
+    check = ChainCheck(stored_head=head, checkpoints=points)
+    assert verify_rows(rows, check) == verify_links(column_links(rows), check)

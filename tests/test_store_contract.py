@@ -558,3 +558,46 @@ def test_a_full_sqlite_database_is_unavailable_and_recovers(tmp_path: Path) -> N
         conn.execute("PRAGMA max_page_count = 1073741823")  # space again
         store.append(stream_id_for("a"), [NewEvent(big, meta())], 1)
         assert store.verify().ok
+
+
+def _logged(store: EventStore, events: int) -> list[str]:
+    """A synthetic log of every Connect event type, bulk-loaded; its stream ids."""
+    from eventstore.synthetic import RandomLog, chain_rows
+
+    rows = list(chain_rows(RandomLog(seed=3).events(events), store.head()))
+    store.import_rows(rows)
+    return sorted({row.stream_id for row in rows})
+
+
+def test_read_all_decodes_every_event_as_read_stream_does(store: EventStore) -> None:
+    """read_all has its own fast path on PostgreSQL: the same typed events, times and hashes."""
+    streams = _logged(store, 400)
+    by_stream = [event for stream in streams for event in store.read_stream(stream)]
+    everything = list(store.read_all(0, batch_size=64))
+    assert [e.position for e in everything] == list(range(1, 401))
+    assert sorted(everything, key=lambda e: e.position) == sorted(
+        by_stream, key=lambda e: e.position
+    )
+    assert {type(e.data).__name__ for e in everything} >= {"Installed", "SecretRotated"}
+    assert all(e.recorded_at.utcoffset() == timedelta(0) for e in everything)
+
+
+def test_read_all_times_are_right_under_any_datestyle_and_time_zone(
+    postgres_databases: Any,
+) -> None:
+    """read_all has the server write recorded_at as text; a database whose sessions use
+    another DateStyle and TimeZone must read the same instants."""
+    url = postgres_databases.create()
+    with open_store(url) as store:
+        _logged(store, 50)
+        expected = list(store.read_all())
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f"ALTER DATABASE \"{name}\" SET datestyle = 'SQL, DMY'")
+        conn.execute(f"ALTER DATABASE \"{name}\" SET timezone = 'Asia/Kathmandu'")
+    with open_store(url) as store:
+        assert list(store.read_all(0, batch_size=7)) == expected
+        assert [e.recorded_at for e in store.read_all()] == [e.recorded_at for e in expected]
+        assert [format_timestamp(e.recorded_at) for e in store.read_all()] == [
+            format_timestamp(e.recorded_at) for e in expected
+        ]
