@@ -50,54 +50,18 @@ class StoreFault(StoreError):
 _T = TypeVar("_T")
 
 
-def error_boundary(
-    translate: Callable[[Exception], StoreError | None],
-) -> Callable[[type[_T]], type[_T]]:
+Translate = Callable[[Exception], StoreError | None]
+
+
+def error_boundary(translate: Translate) -> Callable[[type[_T]], type[_T]]:
     """Class decorator: the store's one error boundary.
 
-    Every public method (and ``__init__``, coroutines too) of the decorated class, and every iterator
-    a method returns lazily, passes driver exceptions through ``translate``; one that
-    it maps (to StoreUnavailable or StoreFault) is raised in its place, chained. A
-    StoreError passes unchanged; an exception ``translate`` does not know (a bug in
-    our own code) is not disguised as a store error.
+    Every public method (and ``__init__``, coroutines too) of the decorated class, and
+    every iterator a method returns lazily, passes driver exceptions through
+    ``translate``; one that it maps (to StoreUnavailable or StoreFault) is raised in
+    its place, chained. A StoreError passes unchanged; an exception ``translate`` does
+    not know (a bug in our own code) is not disguised as a store error.
     """
-
-    def rethrow(exc: Exception) -> NoReturn:
-        if not isinstance(exc, StoreError):
-            mapped = translate(exc)
-            if mapped is not None:
-                raise mapped from exc
-        raise exc
-
-    def wrap_function(function: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(function)
-        def guarded(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return function(*args, **kwargs)
-            except Exception as exc:
-                rethrow(exc)
-
-        return guarded
-
-    def wrap_generator(function: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
-        @functools.wraps(function)
-        def guarded(*args: Any, **kwargs: Any) -> Iterator[Any]:
-            try:
-                yield from function(*args, **kwargs)
-            except Exception as exc:
-                rethrow(exc)
-
-        return guarded
-
-    def wrap_coroutine(function: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(function)
-        async def guarded(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return await function(*args, **kwargs)
-            except Exception as exc:
-                rethrow(exc)
-
-        return guarded
 
     def decorate(cls: type[_T]) -> type[_T]:
         # Inherited methods too (a backend's shared SQL base): the resolved member of
@@ -106,14 +70,50 @@ def error_boundary(
             if name.startswith("_") and name != "__init__":
                 continue
             member = inspect.getattr_static(cls, name)
-            if not inspect.isfunction(member):
-                continue
-            wrapper = wrap_function
-            if inspect.isgeneratorfunction(member):
-                wrapper = wrap_generator
-            elif inspect.iscoroutinefunction(member):
-                wrapper = wrap_coroutine
-            setattr(cls, name, wrapper(member))
+            if inspect.isfunction(member):
+                setattr(cls, name, _guarded(member, translate))
         return cls
 
     return decorate
+
+
+def _rethrow(exc: Exception, translate: Translate) -> NoReturn:
+    if not isinstance(exc, StoreError):
+        mapped = translate(exc)
+        if mapped is not None:
+            raise mapped from exc
+    raise exc
+
+
+def _guarded(function: Callable[..., Any], translate: Translate) -> Callable[..., Any]:
+    """``function`` with its driver errors translated: a plain function, a generator
+    (errors raised while it is iterated) or a coroutine (errors raised while awaited)."""
+    if inspect.isgeneratorfunction(function):
+
+        @functools.wraps(function)
+        def generator(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            try:
+                yield from function(*args, **kwargs)
+            except Exception as exc:
+                _rethrow(exc, translate)
+
+        return generator
+    if inspect.iscoroutinefunction(function):
+
+        @functools.wraps(function)
+        async def coroutine(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await function(*args, **kwargs)
+            except Exception as exc:
+                _rethrow(exc, translate)
+
+        return coroutine
+
+    @functools.wraps(function)
+    def plain(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except Exception as exc:
+            _rethrow(exc, translate)
+
+    return plain
