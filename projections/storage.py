@@ -105,9 +105,22 @@ class ProjectionStorage(abc.ABC):
         rows = self._query("SELECT name, position FROM projection_checkpoints")
         return {name: int(position) for name, position in rows}
 
-    @property
-    def _move_checkpoint(self) -> str:
-        return f"UPDATE projection_checkpoints SET position = {self.mark} WHERE name = {self.mark}"
+    def _move_checkpoints(self, tx: Transaction, position: int, names: Sequence[str]) -> None:
+        if not names:
+            return
+        marks = ", ".join([self.mark] * len(names))
+        tx.execute(
+            f"UPDATE projection_checkpoints SET position = {self.mark} WHERE name IN ({marks})",
+            (position, *names),
+        )
+
+    def _upsert(self, tx: Transaction, name: str, table: str, rows: Sequence[Row]) -> None:
+        """Insert or replace ``rows`` of projection ``name`` in ``table``, one statement
+        per row (PostgreSQL overrides this with one statement for all of them)."""
+        spec = SPECS[name]
+        tx.executemany(
+            upsert_sql(spec, table, self.sqlite), [spec.to_tuple(r, self.sqlite) for r in rows]
+        )
 
     def load_rows(self, name: str) -> list[Any]:
         spec = SPECS[name]
@@ -130,15 +143,8 @@ class ProjectionStorage(abc.ABC):
             else:
                 for name, rows in changes.items():
                     if rows:
-                        spec = SPECS[name]
-                        tx.executemany(
-                            upsert_sql(spec, spec.name, self.sqlite),
-                            [spec.to_tuple(r, self.sqlite) for r in rows],
-                        )
-                tx.executemany(
-                    self._move_checkpoint,
-                    [(position, name) for name in expected],
-                )
+                        self._upsert(tx, name, name, rows)
+                self._move_checkpoints(tx, position, list(expected))
                 written = True
         return written
 
@@ -164,19 +170,12 @@ class ProjectionStorage(abc.ABC):
             self._lock_checkpoints(tx)
             position, late = catch_up()
             for name in names:
-                spec = SPECS[name]
                 rows = late.get(name, ())
                 if rows:
-                    tx.executemany(
-                        upsert_sql(spec, name + REBUILD_SUFFIX, self.sqlite),
-                        [spec.to_tuple(r, self.sqlite) for r in rows],
-                    )
+                    self._upsert(tx, name, name + REBUILD_SUFFIX, rows)
                 tx.execute(f"DROP TABLE IF EXISTS {name}")
                 tx.execute(f"ALTER TABLE {name}{REBUILD_SUFFIX} RENAME TO {name}")
-                tx.execute(
-                    self._move_checkpoint,
-                    (position, name),
-                )
+            self._move_checkpoints(tx, position, list(names))
         return position
 
     # -- queries for the admin API and the CLI

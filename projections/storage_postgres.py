@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -54,6 +55,19 @@ class PostgresProjectionStorage(ProjectionStorage):
                     yield _PostgresTx(conn)
             except _Rollback:
                 pass
+
+    def _upsert(self, tx: Transaction, name: str, table: str, rows: Sequence[Row]) -> None:
+        """All rows in one statement: one array per column, unnested server-side (a
+        statement per row cost the runner more CPU than its folds under load)."""
+        spec = SPECS[name]
+        at = [spec.column_names.index(column) for column in spec.key]
+        # One row per key (the last): a statement may not update a row twice.
+        latest = {}
+        for row in rows:
+            values = spec.to_tuple(row, False)
+            latest[tuple(values[i] for i in at)] = values
+        columns = zip(*latest.values(), strict=True)
+        tx.execute(_unnest_upsert_sql(name, table), [list(column) for column in columns])
 
     def _query(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
         with self._errors(), self._pool.connection() as conn:
@@ -108,6 +122,17 @@ class PostgresProjectionStorage(ProjectionStorage):
             for number, index in enumerate(spec.indexes):
                 conn.execute(f"CREATE INDEX {name}_ix{number}_{tag} ON {table} ({index})".encode())
         return count
+
+
+@functools.cache
+def _unnest_upsert_sql(name: str, table: str) -> str:
+    spec = SPECS[name]
+    arrays = ", ".join(f"%s::{SQL_TYPES[c.kind][0]}[]" for c in spec.columns)
+    updates = ", ".join(f"{c} = excluded.{c}" for c in spec.column_names if c not in spec.key)
+    return (
+        f"INSERT INTO {table} ({', '.join(spec.column_names)}) SELECT * FROM unnest({arrays})"
+        f" ON CONFLICT ({', '.join(spec.key)}) DO UPDATE SET {updates}"
+    )
 
 
 _COPY_TYPES: dict[str, str] = {

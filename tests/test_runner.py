@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 
 from eventstore.store import EventStore, open_store
 from projections.backends import storage_for
+from projections.model import BaseUrlRow, DescriptorRow
 from projections.rebuild import rebuild, with_dependencies
 from projections.runner import Leadership, ProjectionRunner, RunnerThread, wait_for_position
 from projections.tables import SPECS
@@ -244,3 +246,30 @@ def test_processes_starting_at_once_create_the_tables_once(store_url: str) -> No
     assert errors == []
     with open_store(store_url) as store:
         assert set(storage_for(store).checkpoints()) == set(SPECS)
+
+
+def test_a_batch_upserts_rows_in_one_go_last_version_of_a_key_wins(store: EventStore) -> None:
+    """``commit_batch`` writes every changed row (PostgreSQL: one statement per table),
+    replaces rows it wrote before, keeps NULLs, and moves only the named checkpoints."""
+    storage = storage_for(store)
+    storage.ensure()
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    open_row = BaseUrlRow("https://a.example", "k1", t0, None, 1)
+    other = BaseUrlRow("https://b.example", "k2", t0, None, 2)
+    assert storage.commit_batch({"base_urls": 0}, {"base_urls": [open_row, other]}, 2)
+    closed = BaseUrlRow("https://a.example", "k1", t0, t0 + timedelta(days=1), 1)
+    stale = DescriptorRow("1.0", t0, 1, 3)
+    fresh = DescriptorRow("1.0", t0, 2, 3)
+    changes = {"base_urls": [closed], "descriptors": [stale, fresh]}
+    assert storage.commit_batch({"base_urls": 2, "descriptors": 0}, changes, 3)
+    assert sorted(storage.load_rows("base_urls"), key=lambda r: r.base_url) == [closed, other]
+    assert storage.load_rows("descriptors") == [fresh]
+    checkpoints = storage.checkpoints()
+    assert (checkpoints["base_urls"], checkpoints["descriptors"], checkpoints["tenants"]) == (
+        3,
+        3,
+        0,
+    )
+    # A checkpoint moved by someone else: nothing is written.
+    assert not storage.commit_batch({"base_urls": 2}, {"base_urls": [open_row]}, 4)
+    assert sorted(storage.load_rows("base_urls"), key=lambda r: r.base_url) == [closed, other]
