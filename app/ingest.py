@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from app import shell
 from app.calls import Outcome, Refusal
 from app.install_keys import InstallKeyFetcher, InvalidKid, KeyServerUnavailable, UnknownKid
+from app.known_streams import KnownStreams
 from app.lifecycle import (
     DECIDER,
     CurrentSecret,
@@ -314,6 +315,7 @@ class LifecycleIngestor:
         self.keyring = keyring
         self.fetcher = fetcher
         self.clock = clock
+        self.known = KnownStreams()  # the tenants' streams seen to exist: one read saved
 
     async def handle(self, request: CallRequest) -> Outcome:
         call_id = uuid.uuid4().hex
@@ -386,7 +388,9 @@ class LifecycleIngestor:
         client_key = checked.payload.client_key
         steps = _TenantSteps(self, checked)
         try:
-            result = await shell.run_with(DECIDER, self.log, stream_id_for(client_key), steps)
+            result = await shell.run_with(
+                DECIDER, self.log, stream_id_for(client_key), steps, known=self.known
+            )
         except shell.Contention:
             return self._retry_later(
                 checked, "contention", "too many concurrent calls for this tenant; retry"

@@ -32,6 +32,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Generic, Protocol, TypeAlias, TypeVar
 
+from app.known_streams import KnownStreams
 from eventstore.async_log import AsyncEventLog, InlineLog
 from eventstore.events import EventData, Metadata
 from eventstore.store import (
@@ -247,16 +248,31 @@ async def run_with(
     steps: Steps[S, C, E],
     *,
     max_attempts: int = MAX_ATTEMPTS,
+    known: KnownStreams | None = None,
 ) -> Result:
     """Read, decide and append for one command; raises ``Contention`` when every one of
     ``max_attempts`` attempts met a concurrent append, and lets ``StoreError`` through.
 
-    The append is committed when this returns (with other calls' appends, when the
-    log group-commits): nothing is acknowledged before its commit."""
+    With ``known``, a stream this process has not seen exist is first decided as an
+    empty stream without a read (``app.known_streams``: the append's expected version
+    checks that guess; a decision on it that appends nothing is made again on a read).
+    The append is committed when this returns (with other calls' appends, when the log
+    group-commits): nothing is acknowledged before its commit."""
+    guess_empty = known is not None and not known.exists(stream_id)
     for attempt in range(1, max_attempts + 1):
-        read = await log.read_stream(stream_id)
-        step = plan_with(decider, stream_id, read.events, steps, read.data_key)
+        if guess_empty:
+            assert known is not None
+            known.guesses += 1
+            step = plan_with(decider, stream_id, (), steps)
+        else:
+            read = await log.read_stream(stream_id)
+            if known is not None and read.events:
+                known.saw(stream_id)
+            step = plan_with(decider, stream_id, read.events, steps, read.data_key)
         decision = step.decision
+        if not isinstance(decision, Append) and guess_empty:
+            guess_empty = False  # never answered on a guess: read, decide again
+            continue
         if not isinstance(decision, Append):
             return Result(decision, [], attempts=attempt)
         request = AppendRequest(
@@ -269,7 +285,17 @@ async def run_with(
         try:
             appended = await log.append(request)
         except ConcurrencyConflict:
-            continue  # someone else appended first: read again, decide again
+            # Someone else appended first, or the stream guessed empty was not.
+            if guess_empty:
+                assert known is not None
+                known.wrong += 1
+                guess_empty = False
+            continue
+        if known is not None:
+            known.saw(stream_id)
+            if appended.duplicate and guess_empty:
+                guess_empty = False  # a repeat is the read's to judge, as without a guess
+                continue
         return Result(decision, appended.events, appended.duplicate, attempt)
     raise Contention(stream_id, max_attempts)
 
@@ -281,9 +307,12 @@ async def run(
     command: C,
     *,
     max_attempts: int = MAX_ATTEMPTS,
+    known: KnownStreams | None = None,
 ) -> Result:
     """``run_with`` for a command known in advance whose events are appended as decided."""
-    return await run_with(decider, log, stream_id, Given(command), max_attempts=max_attempts)
+    return await run_with(
+        decider, log, stream_id, Given(command), max_attempts=max_attempts, known=known
+    )
 
 
 def run_with_blocking(

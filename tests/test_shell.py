@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 import pytest
 
 from app import shell
+from app.known_streams import KnownStreams
 from app.shell import Append, Contention, Decision, Refuse, Skip
+from eventstore.async_log import InlineLog, StreamSnapshot
 from eventstore.events import EventData, InstallConfirmed, Metadata
 from eventstore.store import EventStore, NewEvent, RecordedEvent
 
@@ -150,3 +153,82 @@ def test_steps_ask_from_the_state_and_store_a_data_key_with_the_rows(store: Even
     # The pure step makes the same rows without the store.
     step = shell.plan_with(Counter(), STREAM, store.read_stream(STREAM), Doubling(b"x"))
     assert (step.version, len(step.new_events()), step.rows.data_key) == (3, 4, None)
+
+
+class CountingLog(InlineLog):
+    """The store called inline, counting the shell's reads."""
+
+    def __init__(self, store: EventStore) -> None:
+        super().__init__(store)
+        self.reads = 0
+
+    async def read_stream(self, stream_id: str) -> StreamSnapshot:
+        self.reads += 1
+        return await super().read_stream(stream_id)
+
+
+@dataclass
+class RefusesTheUnknown(Counter):
+    """Refuses a stream with no events (as Connect refuses an unknown tenant's call)."""
+
+    seen: list[int] = field(default_factory=list)
+
+    def decide(self, state: Count, command: Add) -> Decision:
+        self.seen.append(state.seen)
+        if state.seen == 0:
+            return Refuse("unknown", "no events yet")
+        return super().decide(state, command)
+
+
+def run_known(decider: Counter, log: CountingLog, known: KnownStreams, n: int = 1) -> shell.Result:
+    return asyncio.run(shell.run(decider, log, STREAM, Add(n), known=known))
+
+
+def test_a_stream_never_seen_is_decided_empty_and_appended_without_a_read(
+    store: EventStore,
+) -> None:
+    log, known = CountingLog(store), KnownStreams()
+    first = run_known(Counter(), log, known, 2)
+    assert (log.reads, first.attempts, [e.version for e in first.events]) == (0, 1, [1, 2])
+    assert known.exists(STREAM) and (known.guesses, known.wrong) == (1, 0)
+    # Seen to exist: read before every decision from now on.
+    second = run_known(Counter(), log, known)
+    assert (log.reads, [e.version for e in second.events]) == (1, [3])
+    assert second.events[0].metadata.call_id == "after-2"
+
+
+def test_a_wrong_guess_conflicts_and_is_decided_again_on_a_read(store: EventStore) -> None:
+    store.append(STREAM, [NewEvent(InstallConfirmed(), Metadata())] * 2, 0)  # another process
+    log, known = CountingLog(store), KnownStreams()
+    result = run_known(Counter(), log, known)
+    assert (result.attempts, log.reads, known.wrong) == (2, 1, 1)
+    assert [e.version for e in result.events] == [3]
+    assert result.events[0].metadata.call_id == "after-2"  # decided on what was read
+    assert len(store.read_stream(STREAM)) == 3
+
+
+def test_nothing_is_refused_on_a_guess(store: EventStore) -> None:
+    store.append(STREAM, [NewEvent(InstallConfirmed(), Metadata())], 0)
+    decider, log, known = RefusesTheUnknown(), CountingLog(store), KnownStreams()
+    accepted = run_known(decider, log, known)
+    assert decider.seen == [0, 1] and log.reads == 1  # refused on the guess: read, decided again
+    assert accepted.appended and [e.version for e in accepted.events] == [2]
+    # On a stream that really is empty the refusal stands, decided on a read.
+    other = "counter:two"
+    refused = asyncio.run(shell.run(RefusesTheUnknown(), log, other, Add(1), known=known))
+    assert isinstance(refused.decision, Refuse) and log.reads == 2
+    assert store.read_stream(other) == [] and not known.exists(other)
+
+
+def test_known_streams_are_bounded_least_recently_used_out() -> None:
+    known = KnownStreams(max_streams=2)
+    known.saw("a")
+    known.saw("b")
+    assert known.exists("a")  # "a" is now the most recent
+    known.saw("c")
+    assert (known.exists("a"), known.exists("b"), known.exists("c"), len(known)) == (
+        True,
+        False,
+        True,
+        2,
+    )

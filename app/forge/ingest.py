@@ -33,6 +33,7 @@ from app.forge.body import (
 from app.forge.decider import ForgeCall, InstallationDecider
 from app.forge.jwks import JwksFetcher, JwksUnavailable, UnknownKid
 from app.forge.tokens import ForgeToken, TokenError, claimed_identity, read_fit, verify_fit
+from app.known_streams import KnownStreams
 from app.settings import Settings
 from eventstore.async_log import AsyncEventLog
 from eventstore.events import Metadata, installation_stream_id
@@ -80,6 +81,7 @@ class ForgeIngestor:
         self.log = log  # the hot path: read the stream, group-committed append
         self.jwks = jwks or JwksFetcher(settings.forge_jwks_url_list)
         self.clock = clock
+        self.known = KnownStreams()  # the installations' streams seen to exist: one read saved
 
     async def aclose(self) -> None:
         await self.jwks.aclose()
@@ -162,7 +164,7 @@ class ForgeIngestor:
         installation = token.installation_id
         try:
             stream_id = installation_stream_id(installation)
-            result = await shell.run(DECIDER, self.log, stream_id, call)
+            result = await shell.run(DECIDER, self.log, stream_id, call, known=self.known)
         except StoreError:  # unavailable, or any other trouble of the store: retryable
             return self._unavailable(
                 call_id, installation, "store_unavailable", "the ledger's store is unavailable"
