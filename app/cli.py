@@ -76,7 +76,7 @@ def serve(
     from app.logs import configure_logging
     from app.serve import run_service
 
-    configure_logging()  # the runner supervisor's lines, as JSON like the workers'
+    configure_logging(settings.log_level)  # the runner supervisor's lines, as JSON like the workers'
     run_service(host, port, workers or settings.workers, settings)
 
 

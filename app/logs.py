@@ -45,10 +45,12 @@ class JsonFormatter(logging.Formatter):
         return msgspec.json.encode(entry).decode()
 
 
-def configure_logging(level: int = logging.INFO, stream: Any = None) -> None:
+def configure_logging(level: int | str = logging.INFO, stream: Any = None) -> None:
+    """JSON lines on ``stream`` (stderr) from ``level`` up (a number, or a name such as
+    ``LEDGER_LOG_LEVEL``'s "debug")."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger("ledger")
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    root.setLevel(level.upper() if isinstance(level, str) else level)
     root.propagate = False

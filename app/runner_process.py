@@ -56,8 +56,9 @@ def run(stop_pipe: Connection) -> None:
     threading.Thread(
         target=_until_parent_lets_go, args=(stop_pipe, stop), name="parent-watch", daemon=True
     ).start()
-    configure_logging()
-    if not serve_projections(Settings(), stop):
+    settings = Settings()
+    configure_logging(settings.log_level)
+    if not serve_projections(settings, stop):
         sys.exit(1)
 
 

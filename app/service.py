@@ -129,7 +129,7 @@ def _lifespan(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        configure_logging(stream=log_stream)
+        configure_logging(settings.log_level, stream=log_stream)
         opened = store
         if opened is None:
             opened = await run_in_threadpool(
@@ -251,7 +251,7 @@ def _add_lifecycle_route(
         outcome = await ingestor.handle(
             CallRequest(
                 event=name,
-                path=request.url.path,
+                path=request.scope["path"],  # what request.url.path holds, without building a URL
                 query=list(request.query_params.multi_items()),
                 authorization=request.headers.get("authorization"),
                 content_type=request.headers.get("content-type"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Final
+from typing import Final, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     # process of its own, which publishes its state in this file; the HTTP workers run
     # no runner and show that state in /readyz (app.serve, app.runner_process).
     projection_state_file: Path | None = None
+    # The lowest level of the JSON log lines written: accepted calls are at debug.
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Where the embedded default keeps its generated master key.
     var_dir: Path = Path("./var")
     # SPEC §10: the Forge app's id (UUID or ARI; unset: every Forge call is refused).

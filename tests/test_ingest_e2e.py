@@ -574,3 +574,24 @@ def test_reinstall_after_uninstall_by_hs256_is_refused(service: RunningService) 
     call = service.call("installed", takeover, alg="HS256", shared_secret=payload["sharedSecret"])
     refused(service, service.send(call), 401, "first_install_not_signed")
     assert len(service.stream(payload["clientKey"])) == before
+
+
+@pytest.mark.parametrize("level", ["info", "debug"])
+def test_an_accepted_call_is_logged_at_debug_a_refused_one_at_info(level: str) -> None:
+    """A line per accepted call costs the hot path; the ledger records those calls."""
+    import io
+    import logging
+
+    from app.calls import Outcome, log_outcome
+    from app.logs import configure_logging
+
+    out = io.StringIO()
+    configure_logging(level, stream=out)
+    log = logging.getLogger("ledger.test")
+    log_outcome(log, "lifecycle call", "client_key", "installed", Outcome(204, "accepted", "a1"), 0)
+    log_outcome(log, "lifecycle call", "client_key", "installed", Outcome(401, "bad_sig", "r1"), 0)
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    shown = [(line["call_id"], line["level"]) for line in lines]
+    accepted = [("a1", "debug")] if level == "debug" else []
+    assert shown == [*accepted, ("r1", "info")]
+    configure_logging()

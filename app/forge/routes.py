@@ -55,7 +55,7 @@ def _add_route(app: FastAPI, route: Route, metrics: Metrics) -> None:
         outcome = await ingestor.handle(
             ForgeRequest(
                 route=route,
-                path=request.url.path,
+                path=request.scope["path"],  # what request.url.path holds, without building a URL
                 authorization=request.headers.get("authorization"),
                 content_type=request.headers.get("content-type"),
                 body=await read_capped_body(request),
