@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import admin, admin_forge, console
-from app.calls import log_outcome, read_capped_body, response_for
+from app.calls import add_call_route, log_outcome, read_capped_body, response_for
 from app.errors import install_error_handlers
 from app.forge.ingest import ForgeIngestor
 from app.forge.jwks import JwksFetcher
@@ -264,10 +264,10 @@ def _add_lifecycle_route(
         log_outcome(log, "lifecycle call", "client_key", name, outcome, elapsed)
         return response_for(outcome)
 
-    app.add_api_route(
+    add_call_route(
+        app,
         f"/{name}",
         lifecycle,
-        methods=["POST"],
         status_code=204,
         tags=["lifecycle"],
         summary=f"Atlassian Connect `{name}` lifecycle callback",

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from app.hostsim import make_install_payload
+from app.settings import Settings
 from eventstore.store import format_timestamp, utcnow
 from tests.harness import RunningService, running_service
 
@@ -193,3 +194,26 @@ def test_admin_answers_follow_their_documented_models(service: RunningService) -
         "application/json"
     ]["schema"]
     assert schema["$ref"].endswith("/TenantsPage")
+
+
+def test_lifecycle_routes_are_served_plain_and_documented_once(service: RunningService) -> None:
+    """Each lifecycle path: a plain Starlette route first (it serves), the documented
+    FastAPI route right after it, with the same endpoint; one entry in the document."""
+    from fastapi.routing import APIRoute
+    from starlette.routing import Route
+
+    from app.service import create_app
+
+    app = create_app(Settings())
+    routes = app.router.routes
+    hot = [f"/{name}" for name in ("installed", "uninstalled", "enabled", "disabled")]
+    hot += [p for p in app.openapi()["paths"] if p.startswith("/forge/")]
+    assert len(hot) > 4
+    for path in hot:
+        at = [i for i, r in enumerate(routes) if isinstance(r, Route) and r.path == path]
+        assert len(at) == 2 and at[1] == at[0] + 1, path
+        plain, documented = routes[at[0]], routes[at[1]]
+        assert type(plain) is Route and isinstance(documented, APIRoute)
+        assert plain.endpoint is documented.endpoint and plain.methods == documented.methods
+    # Another method still meets the 405 it met before.
+    assert service.client.get("/installed").status_code == 405

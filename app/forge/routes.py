@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 
-from app.calls import log_outcome, read_capped_body, response_for
+from app.calls import add_call_route, log_outcome, read_capped_body, response_for
 from app.forge.body import ROUTES, Route
 from app.forge.ingest import ForgeIngestor, ForgeRequest
 from app.metrics import Metrics
@@ -68,10 +68,10 @@ def _add_route(app: FastAPI, route: Route, metrics: Metrics) -> None:
         log_outcome(log, "forge call", "installation_id", endpoint, outcome, elapsed)
         return response_for(outcome)
 
-    app.add_api_route(
+    add_call_route(
+        app,
         f"/forge/{route}",
         forge_call,
-        methods=["POST"],
         status_code=204,
         tags=["forge"],
         summary=f"Forge lifecycle: {TRIGGERS[route]}",
