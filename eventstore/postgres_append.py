@@ -16,9 +16,16 @@ from dataclasses import dataclass
 from itertools import groupby
 from typing import Any, Final
 
+import psycopg
+
+from eventstore import pg_arrays
 from eventstore.chain import PreparedAppend, prepare_append
 from eventstore.errors import ConcurrencyConflict
+from eventstore.pg_arrays import ByteaArray, Int2Array, Int4Array, TextArray, TimestamptzArray
 from eventstore.store import AppendRequest, AppendResult, BatchOutcome
+
+# Our own array classes: registered for every connection this process opens.
+pg_arrays.register(psycopg.adapters)
 
 # %b: binary parameters. Text-format arrays would escape every quote of the JSON
 # bodies on the client and parse them again on the server.
@@ -75,19 +82,20 @@ class PendingBatch:
 
     def params(self) -> list[Any]:
         events = [p for batch in self.prepared for p in batch.events]
+        # Typed arrays: each dumped in one pass (eventstore.pg_arrays); JSON as its bytes.
         return [
-            [r.stream_id for r in self.requests],
-            [r.expected_version for r in self.requests],
-            [r.idempotency_key for r in self.requests],
-            [len(batch.events) for batch in self.prepared],
-            [p.type for p in events],
-            [p.schema_version for p in events],
-            [p.data.decode() for p in events],
-            [p.metadata.decode() for p in events],
-            [p.call_id for p in events],
-            [batch.recorded_at for batch in self.prepared],
-            [digest for batch in self.prepared for digest in batch.digests],
-            [r.data_key for r in self.requests],
+            TextArray([r.stream_id for r in self.requests]),
+            Int4Array([r.expected_version for r in self.requests]),
+            TextArray([r.idempotency_key for r in self.requests]),
+            Int4Array([len(batch.events) for batch in self.prepared]),
+            TextArray([p.type for p in events]),
+            Int2Array([p.schema_version for p in events]),
+            TextArray([p.data for p in events]),
+            TextArray([p.metadata for p in events]),
+            TextArray([p.call_id for p in events]),
+            TimestamptzArray([batch.recorded_at for batch in self.prepared]),
+            ByteaArray([digest for batch in self.prepared for digest in batch.digests]),
+            ByteaArray([r.data_key for r in self.requests]),
         ]
 
     def outcomes(self, rows: Rows) -> list[BatchOutcome | Duplicate]:
