@@ -1,4 +1,5 @@
-"""One-dimensional PostgreSQL arrays in binary, for the append's parameters.
+"""One-dimensional PostgreSQL arrays in binary, for the append's parameters
+and the projection runner's upserts.
 
 psycopg dumps a Python list by looking for its element type, choosing an element
 dumper and calling it once per element, all in Python: for the twelve small arrays of
@@ -7,8 +8,8 @@ knows every array's element type, so it wraps each list in one of these classes,
 whose dumper writes PostgreSQL's binary array format in one pass (``array_send``:
 dimensions, a null flag, the element type, then each element's length and bytes).
 
-Register them on a connection with ``register(conn.adapters)`` (the stores' pools do,
-for every connection they open).
+Importing this module registers them for every connection the process opens (they
+are this module's own classes: nothing else is dumped differently).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import struct
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
+import psycopg
 from psycopg.adapt import AdaptersMap, Dumper
 from psycopg.postgres import types as pg_types
 from psycopg.pq import Format
@@ -28,6 +30,7 @@ _NULL = _LENGTH.pack(-1)
 _INT4 = struct.Struct("!ii")  # length 4, value
 _INT2 = struct.Struct("!ih")  # length 2, value
 _INT8 = struct.Struct("!iq")  # length 8, value
+_TRUE, _FALSE = _LENGTH.pack(1) + b"\x01", _LENGTH.pack(1) + b"\x00"
 _EPOCH_2000 = datetime(2000, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -77,6 +80,22 @@ class Int2Array(_Array):
         return _INT2.pack(2, value)
 
 
+class Int8Array(_Array):
+    element = "int8"
+
+    @classmethod
+    def element_bytes(cls, value: int) -> bytes:
+        return _INT8.pack(8, value)
+
+
+class BoolArray(_Array):
+    element = "bool"
+
+    @classmethod
+    def element_bytes(cls, value: bool) -> bytes:
+        return _TRUE if value else _FALSE
+
+
 class TimestamptzArray(_Array):
     """``timestamptz[]`` of timezone-aware datetimes (microseconds since 2000 UTC)."""
 
@@ -117,6 +136,8 @@ ARRAY_TYPES: tuple[type[_Array], ...] = (
     ByteaArray,
     Int4Array,
     Int2Array,
+    Int8Array,
+    BoolArray,
     TimestamptzArray,
 )
 
@@ -125,3 +146,6 @@ def register(adapters: AdaptersMap) -> None:
     """Dump these classes with their one-pass dumpers on the connections of ``adapters``."""
     for cls in ARRAY_TYPES:
         adapters.register_dumper(cls, _dumper_for(cls))
+
+
+register(psycopg.adapters)

@@ -16,16 +16,10 @@ from dataclasses import dataclass
 from itertools import groupby
 from typing import Any, Final
 
-import psycopg
-
-from eventstore import pg_arrays
 from eventstore.chain import PreparedAppend, prepare_append
 from eventstore.errors import ConcurrencyConflict
 from eventstore.pg_arrays import ByteaArray, Int2Array, Int4Array, TextArray, TimestamptzArray
 from eventstore.store import AppendRequest, AppendResult, BatchOutcome
-
-# Our own array classes: registered for every connection this process opens.
-pg_arrays.register(psycopg.adapters)
 
 # %b: binary parameters. Text-format arrays would escape every quote of the JSON
 # bodies on the client and parse them again on the server.

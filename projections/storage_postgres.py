@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 
 from eventstore.database import PostgresDatabase
+from eventstore.pg_arrays import BoolArray, Int4Array, Int8Array, TextArray, TimestamptzArray
 from projections.model import Row
 from projections.storage import REBUILD_SUFFIX, ProjectionStorage, Transaction
 from projections.tables import SPECS, SQL_TYPES
@@ -67,7 +68,8 @@ class PostgresProjectionStorage(ProjectionStorage):
             values = spec.to_tuple(row, False)
             latest[tuple(values[i] for i in at)] = values
         columns = zip(*latest.values(), strict=True)
-        tx.execute(_unnest_upsert_sql(name, table), [list(column) for column in columns])
+        arrays = [_ARRAYS[c.kind](column) for c, column in zip(spec.columns, columns, strict=True)]
+        tx.execute(_unnest_upsert_sql(name, table), arrays)
 
     def _query(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
         with self._errors(), self._pool.connection() as conn:
@@ -127,13 +129,22 @@ class PostgresProjectionStorage(ProjectionStorage):
 @functools.cache
 def _unnest_upsert_sql(name: str, table: str) -> str:
     spec = SPECS[name]
-    arrays = ", ".join(f"%s::{SQL_TYPES[c.kind][0]}[]" for c in spec.columns)
+    arrays = ", ".join(f"%b::{SQL_TYPES[c.kind][0]}[]" for c in spec.columns)
     updates = ", ".join(f"{c} = excluded.{c}" for c in spec.column_names if c not in spec.key)
     return (
         f"INSERT INTO {table} ({', '.join(spec.column_names)}) SELECT * FROM unnest({arrays})"
         f" ON CONFLICT ({', '.join(spec.key)}) DO UPDATE SET {updates}"
     )
 
+
+# Each column kind's array, dumped in binary in one pass (eventstore.pg_arrays).
+_ARRAYS: dict[str, type[list[Any]]] = {
+    "text": TextArray,
+    "bool": BoolArray,
+    "int": Int4Array,
+    "bigint": Int8Array,
+    "time": TimestamptzArray,
+}
 
 _COPY_TYPES: dict[str, str] = {
     "text": "text",

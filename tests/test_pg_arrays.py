@@ -11,13 +11,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from eventstore import pg_arrays
-from eventstore.pg_arrays import ByteaArray, Int2Array, Int4Array, TextArray, TimestamptzArray
+from eventstore.pg_arrays import (
+    BoolArray,
+    ByteaArray,
+    Int2Array,
+    Int4Array,
+    Int8Array,
+    TextArray,
+    TimestamptzArray,
+)
 
 
 @pytest.fixture(scope="module")
 def conn(postgres_databases: Any) -> Any:
     with psycopg.connect(postgres_databases.create(), autocommit=True) as connection:
-        pg_arrays.register(connection.adapters)
         yield connection
 
 
@@ -51,13 +58,22 @@ def test_text_arrays_round_trip_str_and_utf8_bytes(conn: Any, values: list[str |
     fours=st.lists(st.integers(-(2**31), 2**31 - 1), max_size=6),
     twos=st.lists(st.none() | st.integers(-(2**15), 2**15 - 1), max_size=6),
     blobs=st.lists(st.none() | st.binary(max_size=40), max_size=6),
+    eights=st.lists(st.none() | st.integers(-(2**63), 2**63 - 1), max_size=6),
+    flags=st.lists(st.none() | st.booleans(), max_size=6),
 )
 def test_number_and_bytea_arrays_round_trip(
-    conn: Any, fours: list[int], twos: list[int | None], blobs: list[bytes | None]
+    conn: Any,
+    fours: list[int],
+    twos: list[int | None],
+    blobs: list[bytes | None],
+    eights: list[int | None],
+    flags: list[bool | None],
 ) -> None:
     assert echo(conn, Int4Array(fours), "int4[]") == fours
     assert echo(conn, Int2Array(twos), "int2[]") == twos
     assert echo(conn, ByteaArray(blobs), "bytea[]") == blobs
+    assert echo(conn, Int8Array(eights), "int8[]") == eights
+    assert echo(conn, BoolArray(flags), "bool[]") == flags
 
 
 def test_timestamptz_arrays_keep_the_instant_to_the_microsecond(conn: Any) -> None:
