@@ -138,21 +138,28 @@ def _base_url_host(base_url: str) -> tuple[str, str]:
     """(scheme, host) of an absolute http(s) URL that a browser reads the same way:
     anything ambiguous (backslashes, spaces, control characters, user info, a port
     that is not a number, a host that is no DNS name or IP address) is refused."""
-    invalid = BodyError(400, "invalid_base_url", "baseUrl must be an absolute https URL")
-    if any(ch in "\\ " or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in base_url):
-        raise invalid
+    if _AMBIGUOUS.search(base_url):
+        raise _invalid_base_url()
     try:
         parts = urlsplit(base_url)
         parts.port  # noqa: B018 - raises for a port that is not a number in range
     except ValueError:
-        raise invalid from None
+        raise _invalid_base_url() from None
     scheme = parts.scheme.lower()
     host = (parts.hostname or "").lower()
     if scheme not in ("https", "http") or "@" in parts.netloc:
-        raise invalid
+        raise _invalid_base_url()
     if not (_HOST.match(host.removesuffix(".")) or _is_ip(host)):
-        raise invalid
+        raise _invalid_base_url()
     return scheme, host
+
+
+# A backslash, a space, a control character or DEL: a URL a browser may read otherwise.
+_AMBIGUOUS = re.compile(r"[\\ \x00-\x1f\x7f]")
+
+
+def _invalid_base_url() -> BodyError:
+    return BodyError(400, "invalid_base_url", "baseUrl must be an absolute https URL")
 
 
 def _is_ip(host: str) -> bool:
