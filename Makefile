@@ -33,7 +33,7 @@ test: lint browser
 	$(BIN)/pytest -q
 
 bench: $(STAMP)
-	@for b in bench/store.py bench/ingest.py bench/rebuild.py bench/verify.py; do \
+	@for b in bench/store.py bench/ingest.py bench/forge_ingest.py bench/rebuild.py bench/verify.py; do \
 		echo "== $$b"; $(BIN)/python $$b || exit $$?; done
 
 demo: $(STAMP)

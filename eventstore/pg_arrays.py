@@ -27,10 +27,7 @@ _HEADER = struct.Struct("!iiIii")  # ndim, has_null, element oid, length, lower 
 _EMPTY = struct.Struct("!iiI")  # ndim 0, has_null 0, element oid
 _LENGTH = struct.Struct("!i")
 _NULL = _LENGTH.pack(-1)
-_INT4 = struct.Struct("!ii")  # length 4, value
-_INT2 = struct.Struct("!ih")  # length 2, value
 _INT8 = struct.Struct("!iq")  # length 8, value
-_TRUE, _FALSE = _LENGTH.pack(1) + b"\x01", _LENGTH.pack(1) + b"\x00"
 _EPOCH_2000 = datetime(2000, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -64,36 +61,30 @@ class ByteaArray(_Array):
         return _LENGTH.pack(len(value)) + value
 
 
-class Int4Array(_Array):
-    element = "int4"
+class _FixedWidth(_Array):
+    """Elements of one width: each is its length and its value, in ``packed``."""
+
+    packed: ClassVar[struct.Struct]  # "!i" (the length) and the value's own format
 
     @classmethod
-    def element_bytes(cls, value: int) -> bytes:
-        return _INT4.pack(4, value)
+    def element_bytes(cls, value: Any) -> bytes:
+        return cls.packed.pack(cls.packed.size - 4, value)
 
 
-class Int2Array(_Array):
-    element = "int2"
-
-    @classmethod
-    def element_bytes(cls, value: int) -> bytes:
-        return _INT2.pack(2, value)
+class Int2Array(_FixedWidth):
+    element, packed = "int2", struct.Struct("!ih")
 
 
-class Int8Array(_Array):
-    element = "int8"
-
-    @classmethod
-    def element_bytes(cls, value: int) -> bytes:
-        return _INT8.pack(8, value)
+class Int4Array(_FixedWidth):
+    element, packed = "int4", struct.Struct("!ii")
 
 
-class BoolArray(_Array):
-    element = "bool"
+class Int8Array(_FixedWidth):
+    element, packed = "int8", _INT8
 
-    @classmethod
-    def element_bytes(cls, value: bool) -> bytes:
-        return _TRUE if value else _FALSE
+
+class BoolArray(_FixedWidth):
+    element, packed = "bool", struct.Struct("!i?")
 
 
 class TimestamptzArray(_Array):
