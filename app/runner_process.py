@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import os
 import signal
 import sys
 import threading
@@ -42,6 +43,7 @@ PR_SET_NAME: Final = 15  # <linux/prctl.h>
 RUNNER_CONNECTIONS: Final = 4
 # How often the snapshot is published: what /readyz may lag behind the runner by.
 PUBLISH_SECONDS: Final = 0.25
+RUNNER_NICENESS: Final = 10
 # After a batch, how long appends may gather before the next (the runner's CPU per event
 # falls as batches grow; SPEC §9 allows a projection lag of 1 s).
 GATHER_SECONDS: Final = 0.1
@@ -50,6 +52,10 @@ GATHER_SECONDS: Final = 0.1
 def run(stop_pipe: Connection) -> None:
     """The process's entry point (a 'spawn' process: nothing inherited but the pipe)."""
     _name_process(PROCESS_NAME)
+    with contextlib.suppress(OSError):
+        # Background work: when the cores are busy, the HTTP workers go first (the
+        # projections may lag by up to a second, SPEC §9; a caller waits on a worker).
+        os.nice(RUNNER_NICENESS)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda _signal, _frame: stop.set())
