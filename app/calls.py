@@ -6,6 +6,7 @@ answering an outcome, logging it). The shells decide; the routes only translate.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,12 +16,14 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.routing import Route
 
+from app.metrics import Metrics
 from app.payload import MAX_BODY_BYTES
 
 __all__ = [
     "Outcome",
     "Refusal",
     "add_call_route",
+    "answer_call",
     "log_outcome",
     "read_capped_body",
     "response_for",
@@ -71,6 +74,23 @@ def response_for(outcome: Outcome) -> Response:
         status_code=outcome.status,
         headers=headers,
     )
+
+
+def answer_call(
+    metrics: Metrics,
+    log: logging.Logger,
+    message: str,
+    subject_field: str,
+    endpoint: str,
+    outcome: Outcome,
+    started: float,
+) -> Response:
+    """The end of every lifecycle route: count and time the call (from ``started``, a
+    ``time.perf_counter()``), log it, and answer it."""
+    elapsed = time.perf_counter() - started
+    metrics.observe_call(endpoint, outcome, elapsed)
+    log_outcome(log, message, subject_field, endpoint, outcome, elapsed)
+    return response_for(outcome)
 
 
 def log_outcome(

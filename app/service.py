@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import admin, admin_forge, console
-from app.calls import add_call_route, log_outcome, read_capped_body, response_for
+from app.calls import add_call_route, answer_call, read_capped_body
 from app.errors import install_error_handlers
 from app.forge.ingest import ForgeIngestor
 from app.forge.jwks import JwksFetcher
@@ -259,10 +259,7 @@ def _add_lifecycle_route(
                 remote_addr=request.client.host if request.client else None,
             )
         )
-        elapsed = time.perf_counter() - started
-        metrics.observe_call(name, outcome, elapsed)
-        log_outcome(log, "lifecycle call", "client_key", name, outcome, elapsed)
-        return response_for(outcome)
+        return answer_call(metrics, log, "lifecycle call", "client_key", name, outcome, started)
 
     add_call_route(
         app,

@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 
-from app.calls import add_call_route, log_outcome, read_capped_body, response_for
+from app.calls import add_call_route, answer_call, read_capped_body
 from app.forge.body import ROUTES, Route
 from app.forge.ingest import ForgeIngestor, ForgeRequest
 from app.metrics import Metrics
@@ -63,10 +63,9 @@ def _add_route(app: FastAPI, route: Route, metrics: Metrics) -> None:
                 trace_id=request.headers.get("x-b3-traceid"),
             )
         )
-        elapsed = time.perf_counter() - started
-        metrics.observe_call(endpoint, outcome, elapsed)
-        log_outcome(log, "forge call", "installation_id", endpoint, outcome, elapsed)
-        return response_for(outcome)
+        return answer_call(
+            metrics, log, "forge call", "installation_id", endpoint, outcome, started
+        )
 
     add_call_route(
         app,
