@@ -273,3 +273,26 @@ def test_a_batch_upserts_rows_in_one_go_last_version_of_a_key_wins(store: EventS
     # A checkpoint moved by someone else: nothing is written.
     assert not storage.commit_batch({"base_urls": 2}, {"base_urls": [open_row]}, 4)
     assert sorted(storage.load_rows("base_urls"), key=lambda r: r.base_url) == [closed, other]
+
+
+def test_after_a_batch_the_runner_lets_appends_gather(store: EventStore) -> None:
+    """``gather_seconds`` (the runner process's 0.1 s): after folding a batch the runner
+    waits before the next, so what arrives meanwhile is folded as one batch; it is never
+    a reason to stop folding."""
+    storage = storage_for(store)
+    storage.ensure()
+    thread = RunnerThread(store, poll_seconds=0.05, gather_seconds=2.0).start()
+    try:
+        rng = random.Random(11)
+        while store.head().position == 0:
+            append_random_calls(store, rng, 3)
+        first = store.head().position
+        assert wait_for_position(storage, first, 10)  # folded at once
+        while store.head().position == first:
+            append_random_calls(store, rng, 3)
+        second = store.head().position
+        time.sleep(0.5)
+        assert min(storage.checkpoints().values()) < second  # gathering, not folding
+        assert wait_for_position(storage, second, 10)  # then folded, in one batch
+    finally:
+        thread.stop()
