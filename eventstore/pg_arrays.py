@@ -33,11 +33,15 @@ _MICROSECOND = timedelta(microseconds=1)
 
 
 class _Array(list[Any]):
+    """A list whose elements are all of one PostgreSQL type, ``element``. Only its
+    subclasses are registered and ever dumped; each writes its own elements."""
+
     element: ClassVar[str]
 
     @classmethod
     def element_bytes(cls, value: Any) -> bytes:
-        raise NotImplementedError
+        """One non-NULL element: its 4-byte length, then its bytes (``array_send``)."""
+        raise NotImplementedError(f"{cls.__name__} is abstract: use one of ARRAY_TYPES")
 
 
 class TextArray(_Array):
