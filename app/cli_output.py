@@ -198,12 +198,13 @@ def print_record(
 
 def note(message: str, console: Console | None = None) -> None:
     """A line for people (stderr): never mixed into what a script parses on stdout."""
-    (console or stderr_console()).print(Text(message))
+    # soft_wrap: one line stays one line (a pipe or a log reads it whole).
+    (console or stderr_console()).print(Text(message), soft_wrap=True)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """Say why on stderr and exit: 1 not found or a check failed, 2 usage error."""
-    stderr_console().print(Text("error: ", style="bold red") + Text(message))
+    stderr_console().print(Text("error: ", style="bold red") + Text(message), soft_wrap=True)
     raise typer.Exit(code)
 
 

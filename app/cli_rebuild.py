@@ -13,8 +13,9 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+from app.cli_output import fail
 from eventstore.store import EventStore
-from projections.rebuild import RebuildReport, RebuildRunning
+from projections.rebuild import RebuildFoldFailed, RebuildReport, RebuildRunning
 from projections.rebuild import rebuild as rebuild_once
 
 Progressed = Callable[[int, int], None]
@@ -37,6 +38,11 @@ def rebuild_serialised(
             file=sys.stderr,
         )
         raise typer.Exit(1) from None
+    except RebuildFoldFailed as failed:
+        fail(
+            f"rebuild stopped, nothing was swapped in: {failed};"
+            " fix the fold and run `ledger rebuild` again"
+        )
 
 
 @contextmanager

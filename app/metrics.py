@@ -22,7 +22,7 @@ import re
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -249,6 +249,14 @@ class _RunnerMetrics:
             "Projection runner failures (each one retried).",
             registry=registry,
         )
+        self.stalled = Gauge(
+            "ledger_projection_stalled",
+            "1 while a projection is stopped at an event its fold fails on (SPEC §6; the"
+            " event and the error are in /readyz), else 0.",
+            ("projection",),
+            multiprocess_mode="livemostrecent",
+            registry=registry,
+        )
         self.leader = Gauge(
             "ledger_projection_runner_leader",
             "Processes whose projection runner leads (1 across all instances on one database;"
@@ -271,13 +279,23 @@ class _MeteredHealth(RunnerHealth):
         super().set_role(role)
         self._metrics.leader.set(1 if role == "leader" else 0)
 
-    def observed(self, head: int, checkpoints: Mapping[str, int]) -> None:
-        super().observed(head, checkpoints)
+    def observed(
+        self,
+        head: int,
+        checkpoints: Mapping[str, int],
+        stalled: Mapping[str, dict[str, Any]] | None = None,
+    ) -> None:
+        super().observed(head, checkpoints, stalled)
         for name, checkpoint in checkpoints.items():
             gauge = self._lags.get(name) or self._lags.setdefault(
                 name, self._metrics.lag.labels(name)
             )
             gauge.set(lag_events(head, checkpoint))
+            self._metrics.stalled.labels(name).set(1 if stalled and name in stalled else 0)
+
+    def stalled(self, error: LastError) -> None:
+        self._metrics.failures.inc()
+        super().stalled(error)
 
     def failed(self, error: LastError, *, store_failure: bool) -> float:
         self._metrics.failures.inc()

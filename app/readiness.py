@@ -9,9 +9,20 @@ from pydantic import BaseModel
 from projections.health import stopped_snapshot
 
 
+class Stalled(BaseModel):
+    """A projection stopped at an event its fold fails on (SPEC §6); the others go on."""
+
+    position: int
+    type: str
+    error: str
+    since: str | None = None
+    attempts: int | None = None
+
+
 class ProjectionProgress(BaseModel):
     checkpoint: int
     lag_events: int | None  # head position - checkpoint; None before the head was read
+    stalled: Stalled | None = None
 
 
 class RunnerError(BaseModel):
@@ -23,6 +34,7 @@ class RunnerError(BaseModel):
 
 class RunnerState(BaseModel):
     role: Literal["leader", "standby", "stopped"]
+    degraded: bool = False  # some projection is stalled (see projections[...].stalled)
     # The process whose runner this is: under `ledger serve` a process of its own, not
     # the worker answering; None when no runner has reported.
     pid: int | None
@@ -38,6 +50,9 @@ class RunnerState(BaseModel):
 
 class Readiness(BaseModel):
     status: str
+    # Ready (the store answers), but a projection has stopped at an event: the other
+    # read models are current, that one is not (SPEC §6).
+    degraded: bool = False
     runner: RunnerState
 
 

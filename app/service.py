@@ -233,7 +233,10 @@ def _add_operation_routes(app: FastAPI, settings: Settings, metrics: Metrics) ->
                 headers={"Retry-After": str(settings.retry_after_seconds)},
             )
         runner = runner_status(request.app.state.runner)
-        return Readiness.model_validate({"status": "ready", "runner": runner})
+        degraded = bool(runner.get("degraded"))
+        return Readiness.model_validate(
+            {"status": "ready", "degraded": degraded, "runner": runner}
+        )
 
     @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
     def metrics_text() -> Response:

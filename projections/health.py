@@ -79,6 +79,7 @@ class RunnerHealth:
         self._role = "standby"
         self._head: int | None = None
         self._checkpoints: dict[str, int] = {}
+        self._stalled: dict[str, dict[str, Any]] = {}
         self._observed_at: datetime | None = None
         self._failures = 0
         self._in_a_row = 0
@@ -93,11 +94,26 @@ class RunnerHealth:
         with self._lock:
             self._role = role
 
-    def observed(self, head: int, checkpoints: Mapping[str, int]) -> None:
+    def observed(
+        self,
+        head: int,
+        checkpoints: Mapping[str, int],
+        stalled: Mapping[str, dict[str, Any]] | None = None,
+    ) -> None:
+        """``stalled``: the projections stopped at an event (a leader knows; a standby
+        passes None and shows none)."""
         with self._lock:
             self._head = head
             self._checkpoints = dict(checkpoints)
+            self._stalled = dict(stalled or {})
             self._observed_at = utcnow()
+
+    def stalled(self, error: LastError) -> None:
+        """A projection group stopped at an event (or failed its retry): counted and
+        kept as the last error; the runner itself goes on, so no backoff here."""
+        with self._lock:
+            self._failures += 1
+            self._last_error = error
 
     def succeeded(self, *, as_leader: bool) -> None:
         """A pass worked. A standby's pass (the store answered) ends a streak of store
@@ -126,16 +142,20 @@ class RunnerHealth:
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             head, checkpoints = self._head, dict(self._checkpoints)
-            projections = {
+            projections: dict[str, dict[str, Any]] = {
                 name: {
                     "checkpoint": at,
                     "lag_events": lag_events(head, at) if head is not None else None,
+                    "stalled": self._stalled.get(name),
                 }
                 for name, at in sorted(checkpoints.items())
             }
-            lags = [p["lag_events"] for p in projections.values() if p["lag_events"] is not None]
+            lags: list[int] = [
+                p["lag_events"] for p in projections.values() if p["lag_events"] is not None
+            ]
             return {
                 "role": self._role,
+                "degraded": bool(self._stalled),
                 "pid": os.getpid(),
                 "head": head,
                 "lag_events": max(lags) if lags else None,

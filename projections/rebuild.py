@@ -23,6 +23,7 @@ from typing import Any
 
 from eventstore.store import EventLog
 from projections.backends import lock_for, storage_for
+from projections.health import short_message
 from projections.model import Row
 from projections.runner import PROJECTIONS, chunks
 from projections.storage import ProjectionStorage
@@ -33,6 +34,18 @@ Progress = Callable[[int, int], None]  # (position folded, head position when st
 
 class RebuildRunning(Exception):
     """Another rebuild holds the lock (and the caller chose not to wait)."""
+
+
+class RebuildFoldFailed(Exception):
+    """A fold raised (a bug): nothing was swapped in; the live tables are untouched."""
+
+    def __init__(self, names: Sequence[str], first: Any, last: Any, error: Exception) -> None:
+        super().__init__(
+            f"the {', '.join(names)} fold failed on an event in positions"
+            f" {first.position}-{last.position} (from {first.type}):"
+            f" {type(error).__name__}: {short_message(error)}"
+        )
+        self.position = first.position
 
 
 @dataclass(frozen=True)
@@ -94,7 +107,10 @@ class _Fold:
     names: list[str]
 
     def apply_many(self, batch: Sequence[Any]) -> None:
-        self.state = self.projection.apply_many(self.state, batch)
+        try:
+            self.state = self.projection.apply_many(self.state, batch)
+        except Exception as error:
+            raise RebuildFoldFailed(self.names, batch[0], batch[-1], error) from error
 
     def rows(self, name: str) -> Iterable[Row]:
         """``name``'s changed rows (lazily, for COPY), forgotten once taken."""

@@ -21,13 +21,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Final
 
-from eventstore.store import EventLog, RecordedEvent, StoreError, utcnow
+from eventstore.store import EventLog, RecordedEvent, StoreError, format_timestamp, utcnow
 from projections.backends import lock_for, storage_for
 from projections.base_urls import BaseUrlsProjection, BaseUrlsState
 from projections.descriptors import DescriptorsProjection, DescriptorsState
-from projections.health import LastError, RunnerHealth, short_message
+from projections.health import LastError, RunnerHealth, backoff_delay, short_message
 from projections.installations import InstallationsProjection, LinksProjection, forge_states
 from projections.locks import ExclusiveLock
 from projections.reimports import ReimportsProjection, ReimportsState
@@ -86,27 +88,70 @@ def resume_states(storage: ProjectionStorage) -> dict[str, Any]:
     }
 
 
+@dataclass
+class Stall:
+    """A group of projections stopped at an event its folds failed on (a bug): the
+    other groups go on; this one is retried with back-off from its checkpoint."""
+
+    position: int
+    type: str
+    error: str
+    since: datetime
+    attempts: int
+    retry_at: float  # time.monotonic() of the next attempt
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "position": self.position,
+            "type": self.type,
+            "error": self.error,
+            "since": format_timestamp(self.since),
+            "attempts": self.attempts,
+        }
+
+
 class ProjectionRunner:
     """Folds new events into the persisted read models. Not thread-safe: one per process.
 
-    After an exception the in-memory folds may be half-applied: drop the runner and
-    make a new one (it resumes from the committed rows)."""
+    A group of projections (``projections.tables.GROUPS``: the ones folded in one pass)
+    whose fold raises on an event stops alone at that event: the events before it are
+    committed, its checkpoint stays just before it, and the other groups go on. It is
+    retried with back-off (``stall_backoff``) from its checkpoint; once the code is
+    fixed it folds past the event and catches up. No event is ever skipped.
+
+    After any other exception the in-memory folds may be half-applied: drop the runner
+    and make a new one (it resumes from the committed rows)."""
 
     def __init__(
-        self, store: EventLog, storage: ProjectionStorage | None = None, batch_size: int = 2000
+        self,
+        store: EventLog,
+        storage: ProjectionStorage | None = None,
+        batch_size: int = 2000,
+        stall_backoff: Callable[[int], float] = backoff_delay,
     ) -> None:
         self.store = store
         self.storage = storage or storage_for(store)
         self.batch_size = batch_size
+        self.stall_backoff = stall_backoff
         self.storage.ensure()
         self._states: dict[str, Any] = {}
         self._positions: dict[str, int] = {}
         self._unreadable: Exception | None = None
+        self._stalls: dict[tuple[str, ...], Stall] = {}
+        self._new_stalls: list[tuple[tuple[str, ...], Stall]] = []
+        # Stalls whose retry is under way: their attempts and first time carry over.
+        self._retrying: dict[tuple[str, ...], Stall] = {}
         self.reload()
 
     def reload(self) -> None:
         self._positions = self.storage.checkpoints()
         self._states = resume_states(self.storage)
+
+    def _reload_group(self, group: tuple[str, ...]) -> None:
+        """The group's states as committed (the rows match its checkpoint)."""
+        states = resume_states(self.storage)
+        for name in group:
+            self._states[name] = states[name]
 
     @property
     def position(self) -> int:
@@ -116,17 +161,41 @@ class ProjectionRunner:
     def checkpoints(self) -> dict[str, int]:
         return dict(self._positions)
 
+    @property
+    def stalled(self) -> dict[str, dict[str, Any]]:
+        """Each stalled projection: the event it stopped at and why."""
+        return {name: stall.as_dict() for group, stall in self._stalls.items() for name in group}
+
+    def take_new_stalls(self) -> list[tuple[tuple[str, ...], Stall]]:
+        """The stalls (first ones and failed retries) since the last call, to log and count."""
+        found, self._new_stalls = self._new_stalls, []
+        return found
+
+    def _active_groups(self) -> list[tuple[str, ...]]:
+        """The groups to fold in this pass: the healthy ones and the stalled ones whose
+        retry is due (taken out of the stalls; a failure puts them back)."""
+        now = time.monotonic()
+        for group, stall in list(self._stalls.items()):
+            if now >= stall.retry_at:
+                del self._stalls[group]
+                self._retrying[group] = stall
+        return [group for group in GROUPS if group not in self._stalls]
+
     def run_once(self, stopping: Callable[[], bool] = lambda: False) -> int:
-        """Fold and persist every event committed so far; the number folded.
+        """Fold and persist every event committed so far; the number read.
 
         Events up to one this code cannot read are folded and committed first; then
         EventNotFoldable names the unreadable one. ``stopping`` is asked after each
         committed batch, so a stop does not wait for a long backlog."""
         folded = 0
         self._unreadable = None
-        events = self._readable(self.store.read_all(self.position, self.batch_size))
+        groups = self._active_groups()
+        if not groups:
+            return 0
+        start = min(self._positions[group[0]] for group in groups)
+        events = self._readable(self.store.read_all(start, self.batch_size))
         for batch in chunks(events, self.batch_size):
-            if not self._fold_and_commit(batch):
+            if not self._fold_and_commit(batch, groups):
                 return folded
             folded += len(batch)
             if stopping():
@@ -135,30 +204,64 @@ class ProjectionRunner:
             raise self._not_foldable(self._unreadable) from self._unreadable
         return folded
 
-    def _fold_and_commit(self, batch: list[RecordedEvent]) -> bool:
-        for group in GROUPS:
+    def _fold_and_commit(self, batch: list[RecordedEvent], groups: list[tuple[str, ...]]) -> bool:
+        moved: dict[str, int] = {}
+        for group in groups:
+            if group in self._stalls:
+                continue  # stalled earlier in this pass
             after = self._positions[group[0]]
             pending = (
                 batch if batch[0].position > after else [e for e in batch if e.position > after]
             )
-            if pending:
-                for name in group:
-                    try:
-                        self._states[name] = PROJECTIONS[name].apply_many(
-                            self._states[name], pending
-                        )
-                    except Exception as error:
-                        raise _fold_failed(name, pending, error) from error
-        last = batch[-1].position
+            reached = self._fold_group(group, pending) if pending else batch[-1].position
+            moved.update(dict.fromkeys(group, max(after, reached)))
         changes = {name: self._states[name].take_changes() for name in SPECS}
-        if not self.storage.commit_batch(dict(self._positions), changes, last):
+        if not self.storage.commit_batch(dict(self._positions), changes, moved):
             # A rebuild swapped tables in: our in-memory folds are stale.
+            last = batch[-1].position
             log.info("projection checkpoints moved; reloading", extra={"position": last})
             self.reload()
+            self._stalls.clear()
             return False
-        self._positions = dict.fromkeys(self._positions, last)
+        self._positions.update(moved)
+        for group, stall in list(self._retrying.items()):
+            if group not in self._stalls and self._positions[group[0]] >= stall.position:
+                del self._retrying[group]  # it folded past the event: healed
         return True
 
+    def _fold_group(self, group: tuple[str, ...], pending: list[RecordedEvent]) -> int:
+        """Fold ``pending`` into the group's states; the last position folded. On a
+        failure the group keeps what folds before the failing event and is stalled."""
+        try:
+            for name in group:
+                self._states[name] = PROJECTIONS[name].apply_many(self._states[name], pending)
+            return pending[-1].position
+        except Exception:  # noqa: S110 - found again, one event at a time, below
+            pass
+        # The states may be half-applied: start again from the committed rows, find
+        # the event that fails, and keep exactly what comes before it.
+        self._reload_group(group)
+        failing, error = _first_failure(group, self._states, pending)
+        self._reload_group(group)
+        before = [e for e in pending if e.position < failing.position]
+        for name in group:
+            self._states[name] = PROJECTIONS[name].apply_many(self._states[name], before)
+        self._stall(group, failing, error)
+        return failing.position - 1
+
+    def _stall(self, group: tuple[str, ...], event: RecordedEvent, error: Exception) -> None:
+        earlier = self._retrying.pop(group, None)
+        attempts = earlier.attempts + 1 if earlier and earlier.position == event.position else 1
+        stall = Stall(
+            position=event.position,
+            type=event.type,
+            error=f"{type(error).__name__}: {short_message(error)}",
+            since=earlier.since if earlier and attempts > 1 else utcnow(),
+            attempts=attempts,
+            retry_at=time.monotonic() + self.stall_backoff(attempts),
+        )
+        self._stalls[group] = stall
+        self._new_stalls.append((group, stall))
     def _readable(self, events: Iterator[RecordedEvent]) -> Iterator[RecordedEvent]:
         """The events up to the first one that cannot be decoded (remembered, not raised:
         the ones before it are still folded)."""
@@ -178,13 +281,20 @@ class ProjectionRunner:
         return EventNotFoldable(raw.position, raw.type, raw.schema_version, reason)
 
 
-def _fold_failed(name: str, events: list[RecordedEvent], error: Exception) -> EventNotFoldable:
-    first, last = events[0], events[-1]
-    reason = (
-        f"the {name} fold failed in positions {first.position}-{last.position}:"
-        f" {type(error).__name__}: {short_message(error)}"
-    )
-    return EventNotFoldable(first.position, first.type, first.schema_version, reason)
+def _first_failure(
+    group: tuple[str, ...], states: dict[str, Any], pending: list[RecordedEvent]
+) -> tuple[RecordedEvent, Exception]:
+    """The first event of ``pending`` that one of the group's folds raises on, one
+    event at a time (``states`` are folded in place up to it)."""
+    for event in pending:
+        try:
+            for name in group:
+                states[name] = PROJECTIONS[name].apply_many(states[name], [event])
+        except Exception as error:
+            return event, error
+    # Folded one by one, nothing failed: the batch fold itself is at fault; stop at
+    # the batch's first event rather than guess.
+    return pending[0], RuntimeError("the batch fold failed but no single event did")
 
 
 class Leadership:
@@ -274,7 +384,10 @@ class RunnerThread:
                     self._set_role("leader")
                     runner = runner or ProjectionRunner(self.store, storage)
                     folded = runner.run_once(self._stop.is_set)
-                    self.health.observed(self.store.head().position, runner.checkpoints)
+                    self._report_stalls(runner)
+                    self.health.observed(
+                        self.store.head().position, runner.checkpoints, runner.stalled
+                    )
                     self.health.succeeded(as_leader=True)
                     if folded == 0:
                         leadership.wait_for_events(self.poll_seconds)
@@ -292,6 +405,18 @@ class RunnerThread:
         finally:
             leadership.release()
             self._set_role("stopped")
+
+    def _report_stalls(self, runner: ProjectionRunner) -> None:
+        """Log and count each projection group that stopped (or failed its retry)."""
+        for group, stall in runner.take_new_stalls():
+            names = ", ".join(group)
+            message = (
+                f"projections {names} stopped at position {stall.position} ({stall.type}):"
+                f" {stall.error}; the others go on; retry {stall.attempts} in"
+                f" {runner.stall_backoff(stall.attempts):.1f} s"
+            )
+            self.health.stalled(LastError("ProjectionStalled", message, utcnow(), stall.position))
+            log.error(message, extra={"position": stall.position})
 
     def _failed(self, error: Exception, storage: ProjectionStorage) -> float:
         """Log and count a failure; the seconds to back off."""

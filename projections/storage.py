@@ -131,10 +131,11 @@ class ProjectionStorage(abc.ABC):
         self,
         expected: Mapping[str, int],
         changes: Mapping[str, Sequence[Row]],
-        position: int,
+        moved: Mapping[str, int],
     ) -> bool:
-        """Upsert changed rows and move the checkpoints of ``expected``'s projections to
-        ``position``; False (nothing written) when a checkpoint was moved by someone else."""
+        """Upsert changed rows and move each checkpoint of ``moved`` to its position (a
+        stalled projection's stays behind); False (nothing written) when a checkpoint
+        of ``expected`` was moved by someone else."""
         written = False
         with self._transaction() as tx:
             current = self._lock_checkpoints(tx)
@@ -144,7 +145,12 @@ class ProjectionStorage(abc.ABC):
                 for name, rows in changes.items():
                     if rows:
                         self._upsert(tx, name, name, rows)
-                self._move_checkpoints(tx, position, list(expected))
+                by_position: dict[int, list[str]] = {}
+                for name, position in moved.items():
+                    if position != current.get(name):
+                        by_position.setdefault(position, []).append(name)
+                for position, names in by_position.items():
+                    self._move_checkpoints(tx, position, names)
                 written = True
         return written
 

@@ -256,12 +256,14 @@ def test_a_batch_upserts_rows_in_one_go_last_version_of_a_key_wins(store: EventS
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     open_row = BaseUrlRow("https://a.example", "k1", t0, None, 1)
     other = BaseUrlRow("https://b.example", "k2", t0, None, 2)
-    assert storage.commit_batch({"base_urls": 0}, {"base_urls": [open_row, other]}, 2)
+    assert storage.commit_batch({"base_urls": 0}, {"base_urls": [open_row, other]}, {"base_urls": 2})
     closed = BaseUrlRow("https://a.example", "k1", t0, t0 + timedelta(days=1), 1)
     stale = DescriptorRow("1.0", t0, 1, 3)
     fresh = DescriptorRow("1.0", t0, 2, 3)
     changes = {"base_urls": [closed], "descriptors": [stale, fresh]}
-    assert storage.commit_batch({"base_urls": 2, "descriptors": 0}, changes, 3)
+    assert storage.commit_batch(
+        {"base_urls": 2, "descriptors": 0}, changes, {"base_urls": 3, "descriptors": 3}
+    )
     assert sorted(storage.load_rows("base_urls"), key=lambda r: r.base_url) == [closed, other]
     assert storage.load_rows("descriptors") == [fresh]
     checkpoints = storage.checkpoints()
@@ -271,7 +273,7 @@ def test_a_batch_upserts_rows_in_one_go_last_version_of_a_key_wins(store: EventS
         0,
     )
     # A checkpoint moved by someone else: nothing is written.
-    assert not storage.commit_batch({"base_urls": 2}, {"base_urls": [open_row]}, 4)
+    assert not storage.commit_batch({"base_urls": 2}, {"base_urls": [open_row]}, {"base_urls": 4})
     assert sorted(storage.load_rows("base_urls"), key=lambda r: r.base_url) == [closed, other]
 
 

@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.console import auth, pages
 from app.console.adoption import AdoptionSeries
+from app.readiness import runner_status
 from app.settings import Settings
 from eventstore.store import EventStore, StoreUnavailable, format_timestamp
 from projections.forge_ids import installation_uuid
@@ -59,9 +60,22 @@ def _printable(text: str) -> str:
 def _render(
     request: Request, template: str, context: dict[str, Any], status: int = 200
 ) -> HTMLResponse:
+    context = {"stalled": _stalled_projections(request), **context}
     return templates.TemplateResponse(
         request, template, context, status_code=status, headers=HEADERS
     )
+
+
+def _stalled_projections(request: Request) -> dict[str, dict[str, Any]]:
+    """The projections stopped at an event (SPEC §6), shown on every page: a person
+    reading a stale read model is told which one and why."""
+    runner = runner_status(getattr(request.app.state, "runner", None))
+    projections = runner.get("projections") or {}
+    return {
+        name: progress["stalled"]
+        for name, progress in sorted(projections.items())
+        if isinstance(progress, dict) and progress.get("stalled")
+    }
 
 
 async def _page(
