@@ -18,8 +18,9 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from anyio import to_thread
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
@@ -30,6 +31,7 @@ from app.install_keys import InstallKeyFetcher, InvalidKid, KeyServerUnavailable
 from app.known_streams import KnownStreams
 from app.lifecycle import (
     DECIDER,
+    TOKEN_REUSED_DETAIL,
     CurrentSecret,
     LifecycleCall,
     LifecycleEvent,
@@ -51,10 +53,12 @@ from app.payload import (
 )
 from app.settings import Settings
 from app.tokens import (
+    AppBase,
     ParsedToken,
     TokenError,
     UnverifiedToken,
     VerifiedToken,
+    body_mac,
     is_valid_kid,
     parse_token,
     query_string_hash,
@@ -76,6 +80,7 @@ from eventstore.events import Metadata, SealedSecret, client_key_of, stream_id_f
 from eventstore.rejections import Rejection
 from eventstore.store import (
     EventStore,
+    RecordedEvent,
     StoreError,
     StoreUnavailable,
     format_timestamp,
@@ -210,6 +215,12 @@ def _unavailable(problem: CryptoError) -> SecretUnavailable:
     )
 
 
+def _other_body(events: Sequence[RecordedEvent], mac: str) -> bool:
+    """Whether the events stored for a token came with another body (rule 6); events
+    stored before bodies were told apart (no mac) count as the same body."""
+    return any(e.metadata.body_mac not in (None, mac) for e in events)
+
+
 class _TenantSteps:
     """One call's steps around the tenant decider (``app.shell.Steps``): each attempt
     opens the current secret and verifies the token with it; an accepted decision's
@@ -221,11 +232,19 @@ class _TenantSteps:
         self._clock = ingestor.clock
         self._checked = checked
         request = checked.request
-        self._qsh = query_string_hash(
-            request.method, relative_path(request.path, self._settings.app_base_url), request.query
+        # One query string hash per app base URL the host may have signed for (the
+        # current one first): the path is relative to the base (SPEC §4 rule 3).
+        current, *previous = (
+            AppBase(
+                base, query_string_hash(request.method, relative_path(request.path, base), request.query)
+            )
+            for base in self._settings.app_base_urls
         )
+        self._qsh = current.qsh
+        self._previous = tuple(previous)
         self._descriptor_version = next((v for k, v in request.query if k == "v"), None)
         self.keys: _TenantKeys | None = None
+        self.body_mac = body_mac(checked.token, self._body())
 
     def command(self, state: TenantState, stored_key: bytes | None) -> LifecycleCall:
         checked = self._checked
@@ -267,6 +286,7 @@ class _TenantSteps:
                     qsh=self._qsh,
                     now=now,
                     leeway=leeway,
+                    previous=self._previous,
                 )
             if checked.token.token.alg == "HS256":
                 if not isinstance(current, str):
@@ -278,6 +298,8 @@ class _TenantSteps:
                     qsh=self._qsh,
                     now=now,
                     leeway=leeway,
+                    app_base_url=settings.app_base_url,
+                    previous=self._previous,
                 )
         except TokenError as error:
             return TokenRefused(error.code, error.detail)
@@ -296,7 +318,16 @@ class _TenantSteps:
             remote_addr=request.remote_addr,
             path=request.path,
             descriptor_version=self._descriptor_version,
+            app_base_url=token.app_base_url if token else None,
+            body_mac=self.body_mac if token else None,
         )
+
+    def _body(self) -> dict[str, Any]:
+        """The body as sent, secret included (``payload.fields`` holds it without)."""
+        payload = self._checked.payload
+        if payload.shared_secret is None:
+            return dict(payload.fields)
+        return {**payload.fields, "sharedSecret": payload.shared_secret}
 
 
 class LifecycleIngestor:
@@ -411,6 +442,10 @@ class LifecycleIngestor:
         if isinstance(decision, shell.Skip):
             return Outcome(204, decision.code, call_id, decision.detail or None, client_key)
         if result.duplicate:  # the store's backstop: a race with the same token
+            if _other_body(result.events, steps.body_mac):
+                return Outcome(
+                    409, "token_reused", call_id, TOKEN_REUSED_DETAIL, client_key, 0, None
+                )
             return Outcome(204, "duplicate", call_id, subject=client_key)
         return Outcome(204, "accepted", call_id, subject=client_key, events=len(result.events))
 

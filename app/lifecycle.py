@@ -90,8 +90,9 @@ class TenantState:
     # this event's associated data, so a ciphertext re-appended later does not.
     secret_version: int = 0
     last_iat: int | None = None
-    # The SHA-256 of every token this tenant's calls were accepted with (rule 6).
-    token_hashes: frozenset[str] = frozenset()
+    # The SHA-256 of every token this tenant's calls were accepted with, and the mac
+    # of the body it came with (None when recorded before bodies were told apart; rule 6).
+    token_bodies: Mapping[str, str | None] = field(default_factory=dict)
 
     @property
     def status(self) -> Literal["new", "installed", "uninstalled"]:
@@ -125,9 +126,9 @@ def evolve(state: TenantState, event: RecordedEvent) -> TenantState:
         version=event.version,
         row=tenants.apply(state.row, event),
         last_iat=state.last_iat if iat is None or (state.last_iat or 0) >= iat else iat,
-        token_hashes=state.token_hashes
-        if sha is None or sha in state.token_hashes
-        else state.token_hashes | {sha},
+        token_bodies=state.token_bodies
+        if sha is None or sha in state.token_bodies
+        else {**state.token_bodies, sha: event.metadata.body_mac},
     )
     data = event.data
     if isinstance(data, Installed):
@@ -257,7 +258,7 @@ def decide(state: TenantState, call: LifecycleCall) -> Decision:
     if not isinstance(verification, VerifiedToken):  # an HS256 call without a secret: rule 4
         return Refuse("no_shared_secret", "the tenant's secret is not available", status=401)
     return (
-        _rule_6_replay(state, verification)
+        _rule_6_replay(state, verification, call.metadata.body_mac)
         or _rule_7_unknown(state, call)
         or _accept(state, call, verification)
     )
@@ -294,9 +295,18 @@ def _rule_4_hs256(state: TenantState, call: LifecycleCall) -> Decision | None:
     return None
 
 
-def _rule_6_replay(state: TenantState, token: VerifiedToken) -> Decision | None:
-    if token.sha256 in state.token_hashes:
-        return Skip("duplicate")
+TOKEN_REUSED_DETAIL: Final = "this token was already used with another body"  # noqa: S105 - words
+
+
+def _rule_6_replay(
+    state: TenantState, token: VerifiedToken, body_mac: str | None
+) -> Decision | None:
+    if token.sha256 in state.token_bodies:
+        earlier = state.token_bodies[token.sha256]
+        if earlier is None or body_mac is None or earlier == body_mac:
+            return Skip("duplicate")
+        # A copy raced in (or was replayed) with another body: never silent.
+        return Refuse("token_reused", TOKEN_REUSED_DETAIL, status=409)
     if state.last_iat is not None and token.iat < state.last_iat:
         return Refuse(
             "stale_call",

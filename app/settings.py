@@ -26,6 +26,9 @@ class Settings(BaseSettings):
 
     database_url: str = "sqlite:///./var/ledger.db"
     app_base_url: str = "http://localhost:8000"
+    # SPEC §4 rule 3: base URLs the app had before it moved its domain; hosts still on the
+    # old descriptor sign for them (comma-separated; empty: none).
+    app_previous_base_urls: str = ""
     app_key: str = "tenant-ledger"
     descriptor_version: str = "1"
     install_keys_url: str = "https://connect-install-keys.atlassian.com"
@@ -62,6 +65,26 @@ class Settings(BaseSettings):
         if app_uuid(value.strip()) is None:
             raise ValueError("LEDGER_FORGE_APP_ID must be a UUID or ari:cloud:ecosystem::app/<uuid>")
         return value.strip()
+
+    @field_validator("app_previous_base_urls")
+    @classmethod
+    def _previous_base_urls_are_urls(cls, value: str) -> str:
+        for url in (part.strip() for part in value.split(",")):
+            if url and not url.lower().startswith(("https://", "http://")):
+                raise ValueError(
+                    "LEDGER_APP_PREVIOUS_BASE_URLS must be comma-separated http(s) URLs"
+                )
+        return value
+
+    @cached_property
+    def app_base_urls(self) -> tuple[str, ...]:
+        """The current app base URL first, then the previous ones (SPEC §4 rule 3)."""
+        previous = (url.strip() for url in self.app_previous_base_urls.split(","))
+        found = [self.app_base_url]
+        for url in previous:
+            if url and url.rstrip("/") not in {known.rstrip("/") for known in found}:
+                found.append(url)
+        return tuple(found)
 
     @property
     def forge_app_uuid(self) -> str | None:

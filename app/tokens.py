@@ -28,6 +28,7 @@ from functools import lru_cache
 from typing import Any, Final
 from urllib.parse import quote, urlsplit
 
+import msgspec
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
@@ -113,6 +114,18 @@ class VerifiedToken:
     iat: int
     exp: int
     sha256: str
+    # The app base URL the token was verified against (SPEC §4 rule 3): the current one
+    # or a previous one; None where no base URL was asked for.
+    app_base_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AppBase:
+    """An app base URL a request may have been signed for, and the request's query
+    string hash relative to it (the path under a base URL depends on the base)."""
+
+    url: str | None
+    qsh: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,29 +366,51 @@ def _audiences(claims: Mapping[str, Any]) -> list[str]:
     raise TokenError("invalid_claim", "the aud claim is neither a string nor a list of strings")
 
 
+def body_mac(token: ParsedToken, body: Mapping[str, Any]) -> str:
+    """What tells one body sent with a token from another (SPEC §4 rule 6): HMAC-SHA256
+    of the body as one canonical JSON value (keys sorted), keyed by the token itself.
+
+    Keyed, not a plain SHA-256: the body holds the shared secret, and the log keeps
+    this value; only whoever holds the token (never stored) can test a guess with it."""
+    key = parsed_token_bytes(token)
+    canonical = msgspec.json.encode(body, order="sorted")
+    return hmac.new(key, canonical, hashlib.sha256).hexdigest()
+
+
+def parsed_token_bytes(token: ParsedToken) -> bytes:
+    """The token as signed: its signing input and signature."""
+    return token.signing_input + b"." + token.signature
+
+
 def _check_claims(
     parsed: ParsedToken,
     *,
     client_key: str,
-    qsh: str,
+    bases: Sequence[AppBase],
     now: int,
     leeway: int,
-    app_base_url: str | None,
+    check_aud: bool,
 ) -> VerifiedToken:
+    """The claims, first failure wins. ``bases``: the current app base URL first, then
+    the previous ones; the first whose qsh matches is chosen, among those ``aud`` names
+    when ``check_aud``."""
     claims = parsed.token.claims
     iss = _string_claim(claims, "iss")
     claimed_qsh = _string_claim(claims, "qsh")
     exp = _time_claim(claims, "exp")
     iat = _time_claim(claims, "iat")
-    audiences = _audiences(claims) if app_base_url is not None else []
+    audiences = _audiences(claims) if check_aud else []
 
     if not _same(iss, client_key):
         raise TokenError("iss_mismatch", "the token's iss is not the payload's clientKey")
-    if app_base_url is not None:
-        wanted = app_base_url.rstrip("/")
-        if not any(_same(aud.rstrip("/"), wanted) for aud in audiences):
+    if check_aud:
+        named = [b for b in bases if b.url is not None and _names(audiences, b.url)]
+        if not named:
             raise TokenError("aud_mismatch", "the token's aud does not name this app")
-    if not _same(claimed_qsh, qsh):
+    else:
+        named = list(bases)
+    chosen = next((b for b in named if _same(claimed_qsh, b.qsh)), None)
+    if chosen is None:
         raise TokenError("qsh_mismatch", "the token's qsh does not match this request")
     if exp <= now - leeway:
         raise TokenError("token_expired", "the token's exp has passed")
@@ -393,7 +428,14 @@ def _check_claims(
         iat=int(iat),
         exp=int(exp),
         sha256=parsed.token.sha256,
+        app_base_url=chosen.url,
     )
+
+
+def _names(audiences: Sequence[str], base_url: str) -> bool:
+    """Whether ``aud`` names ``base_url`` (a trailing ``/`` ignored on either side)."""
+    wanted = base_url.rstrip("/")
+    return any(_same(aud.rstrip("/"), wanted) for aud in audiences)
 
 
 def verify_install_token(
@@ -405,12 +447,14 @@ def verify_install_token(
     qsh: str,
     now: int,
     leeway: int,
+    previous: Sequence[AppBase] = (),
 ) -> VerifiedToken:
     """Verify a signed-install (RS256) token against the key its ``kid`` names.
 
     Checks, first failure wins: alg is RS256, kid well formed, signature, claims
     present, ``iss`` == client_key, ``aud`` names app_base_url (trailing ``/``
-    ignored), ``qsh``, ``exp`` > now - leeway, ``iat`` <= now + leeway.
+    ignored) or one of ``previous`` (then ``qsh`` is the one relative to it), ``qsh``,
+    ``exp`` > now - leeway, ``iat`` <= now + leeway.
     ``token`` may be given already parsed (``parse_token``): a call parses it once.
     """
     parsed = token if isinstance(token, ParsedToken) else parse_token(token)
@@ -421,7 +465,12 @@ def verify_install_token(
     if not _RS256.verify(parsed.signing_input, key, parsed.signature):
         raise TokenError("bad_signature", "the signature does not verify with the install key")
     return _check_claims(
-        parsed, client_key=client_key, qsh=qsh, now=now, leeway=leeway, app_base_url=app_base_url
+        parsed,
+        client_key=client_key,
+        bases=(AppBase(app_base_url, qsh), *previous),
+        now=now,
+        leeway=leeway,
+        check_aud=True,
     )
 
 
@@ -433,11 +482,14 @@ def verify_shared_secret_token(
     qsh: str,
     now: int,
     leeway: int,
+    app_base_url: str | None = None,
+    previous: Sequence[AppBase] = (),
 ) -> VerifiedToken:
     """Verify an HS256 token with the tenant's stored shared secret.
 
     Same rules as ``verify_install_token`` except ``aud``, which Atlassian's
-    HS256 tokens do not carry.
+    HS256 tokens do not carry: the qsh may be relative to ``app_base_url`` or to one
+    of ``previous`` (the first that matches is the one recorded).
     """
     parsed = token if isinstance(token, ParsedToken) else parse_token(token)
     _require_alg(parsed, "HS256")
@@ -447,5 +499,10 @@ def verify_shared_secret_token(
     if not _HS256.verify(parsed.signing_input, secret.encode("utf-8"), parsed.signature):
         raise TokenError("bad_signature", "the signature does not verify with the shared secret")
     return _check_claims(
-        parsed, client_key=client_key, qsh=qsh, now=now, leeway=leeway, app_base_url=None
+        parsed,
+        client_key=client_key,
+        bases=(AppBase(app_base_url, qsh), *previous),
+        now=now,
+        leeway=leeway,
+        check_aud=False,
     )
