@@ -183,7 +183,9 @@ def test_a_copy_racing_in_with_another_body_is_never_silent(service: RunningServ
         answers: list[int] = []
         barrier = threading.Barrier(2)
 
-        def send(which: LifecycleCall) -> None:
+        def send(
+            which: LifecycleCall, answers: list[int] = answers, barrier: Any = barrier
+        ) -> None:
             with httpx.Client(base_url=service.url, timeout=30) as client:
                 barrier.wait()
                 response = client.post(
