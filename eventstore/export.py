@@ -12,11 +12,16 @@ their ciphertext; a data key is never in the log), its ``chain`` version and
 ``hash``. A proof carries its stream's rows in full and every other row only as
 what links the chain: ``stream_sha256`` and ``rest_sha256`` (chain version 2) or
 ``digest`` (version 1, whose stream a proof cannot show).
+
+The verifier takes nothing else: a full export shows every row in full, a link
+stands only in a proof and only for another stream's row, and every line has exactly
+its fields, of their JSON types (tools/verify_export.py applies the same rules).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from itertools import takewhile
@@ -120,6 +125,7 @@ LINK_ROWS: Final[Mapping[int, Mapping[str, type]]] = {
 }
 HEX_FIELDS: Final = frozenset({"previous", "head", "hash", "digest", "stream_sha256", "rest_sha256"})
 MAX_POSITION: Final = 2**63 - 1  # a position is hashed as 8 bytes
+_HEX64: Final = re.compile("[0-9a-f]{64}")
 
 
 @dataclass(slots=True)
@@ -177,7 +183,7 @@ def _shape_problem(value: Any, fields: Mapping[str, type], what: str) -> str | N
 
 
 def _hex64(text: str) -> bool:
-    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+    return _HEX64.fullmatch(text) is not None
 
 
 def _read_header(first: bytes | str | None) -> dict[str, Any] | str:
