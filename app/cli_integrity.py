@@ -118,10 +118,12 @@ def verify(
         raise typer.Exit(1) from None
     if export_file is not None:
         try:
-            with export_file.open(encoding="utf-8") as lines:
+            # Bytes, split at "\n" only: a line that is not UTF-8 is a failed check at its
+            # position (as in tools/verify_export.py), not a file that cannot be read.
+            with export_file.open("rb") as lines:
                 report = verify_export(_non_empty(lines), points)
-        except (OSError, UnicodeDecodeError) as error:
-            raise _usage(f"{export_file}: cannot be read ({error})") from None
+        except OSError as error:
+            raise _usage(f"{export_file}: cannot be read ({error.strerror or error})") from None
         report["export"] = str(export_file)
     else:
         with _store() as store:
@@ -132,7 +134,7 @@ def verify(
     raise typer.Exit(0 if report["ok"] else 1)
 
 
-def _non_empty(lines: Iterator[str]) -> Iterator[str]:
+def _non_empty(lines: Iterator[bytes]) -> Iterator[bytes]:
     return (line for line in lines if line.strip())
 
 

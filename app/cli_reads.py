@@ -61,7 +61,7 @@ TENANT_COLUMNS = (
     "last_seen_at",
     "version",
 )
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([smhd])$")  # ASCII digits: \d takes "٣"
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
@@ -131,7 +131,10 @@ def parse_since(value: str, now: datetime) -> datetime:
     """An RFC 3339 time, or a duration ago: ``30m``, ``24h``, ``7d``. ValueError otherwise."""
     match = _DURATION.match(value.strip())
     if match:
-        return now - timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+        try:
+            return now - timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+        except OverflowError:  # further back than the calendar goes: no such time
+            raise ValueError(f"{value} reaches back before year 1") from None
     return parse_timestamp(value)
 
 

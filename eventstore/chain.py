@@ -159,6 +159,27 @@ def verify_links(links: Iterable[Link], check: ChainCheck) -> VerifyReport:
     return _finish(previous, position, check)
 
 
+def verify_start(check: ChainCheck) -> VerifyReport | None:
+    """The digests a chain walk never meets: those at or before ``check.after``.
+
+    At ``after`` the chain's hash is the one the walk starts from (at 0, 32 zero bytes),
+    so a digest there must name it; before ``after`` the walk cannot confirm a digest,
+    so it fails rather than pass unchecked. None when every such digest holds.
+    """
+    start = check.previous.hex()
+    for position, (label, head) in sorted(check.checkpoints.items()):
+        if position > check.after:
+            break
+        if position < check.after:
+            reason = f"{label}: position {position} is not checked here (the check starts after {check.after})"
+        elif head != start:
+            reason = f"{label}: position {position} hashes to {start}, not to the digest's head {head}"
+        else:
+            continue
+        return VerifyReport(False, 0, start, position, reason)
+    return None
+
+
 def _misplaced(found: int, expected: int) -> str:
     if found > expected:
         missing = f"{expected}" if found == expected + 1 else f"{expected} to {found - 1}"
@@ -300,10 +321,8 @@ def verify_store(
     meanwhile lie beyond it and are left for the next run.
     """
     stored = store.head()
-    return verify_rows(
-        store.read_chain(0, through=stored.position),
-        ChainCheck(stored_head=stored, checkpoints=checkpoints or {}),
-    )
+    check = ChainCheck(stored_head=stored, checkpoints=checkpoints or {})
+    return verify_start(check) or verify_rows(store.read_chain(0, through=stored.position), check)
 
 
 @dataclass(frozen=True, slots=True)

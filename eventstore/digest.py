@@ -8,6 +8,7 @@ recomputed, no longer hashes to a digest taken before the rewrite.
 from __future__ import annotations
 
 import json
+import string
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,15 +51,13 @@ def parse_digest(text: str, label: str) -> Digest:
     try:
         document = json.loads(text)
         position, head = document["position"], document["head"]
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, IndexError, RecursionError):
         raise DigestError(f"{label}: not a digest (JSON with position and head)") from None
-    valid_head = isinstance(head, str) and len(head) == 64
-    if not valid_head or not isinstance(position, int) or position < 0:
+    # type(), not isinstance: JSON's true is no position (bool is an int subclass)
+    if type(position) is not int or position < 0 or not isinstance(head, str) or len(head) != 64:
         raise DigestError(f"{label}: not a digest (a position and a 64-digit hex head)")
-    try:
-        bytes.fromhex(head)
-    except ValueError:
-        raise DigestError(f"{label}: the head is not hexadecimal") from None
+    if not all(c in string.hexdigits for c in head):  # bytes.fromhex would skip spaces
+        raise DigestError(f"{label}: the head is not hexadecimal")
     return Digest(label, position, head.lower())
 
 
@@ -67,10 +66,13 @@ def read_digests(paths: Iterable[Path]) -> list[Digest]:
     digests = []
     for path in paths:
         try:
-            text = path.read_text()
+            text = path.read_bytes().decode()
         except OSError as error:
-            raise DigestError(f"{path}: cannot be read ({error.strerror})") from None
-        lines = [line for line in text.splitlines() if line.strip()] or [""]
+            raise DigestError(f"{path}: cannot be read ({error.strerror or error})") from None
+        except UnicodeDecodeError:
+            raise DigestError(f"{path}: not a digest (not UTF-8 text)") from None
+        # Lines end at "\n" only, as tools/verify_export.py reads them.
+        lines = [line for line in text.split("\n") if line.strip()] or [""]
         for number, line in enumerate(lines, start=1):
             label = str(path) if len(lines) == 1 else f"{path}:{number}"
             digests.append(parse_digest(line, label))

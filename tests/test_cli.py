@@ -189,6 +189,8 @@ def test_exit_codes(service: RunningService) -> None:
     run("show", payload["clientKey"], "--as-of", "1999-01-01T00:00:00Z", code=1)
     run("show", payload["clientKey"], "--as-of", "yesterday", code=2)
     run("rejections", "--since", "a while", code=2)
+    for since in ("99999999999999999999d", "99999999d", "٣d"):  # beyond year 1; not ASCII
+        run("rejections", "--since", since, code=2)
     run("tenants", "--state", "gone", code=2)
     run("tenants", "--no-such-option", code=2)
     run("rebuild", "nonsense", code=2)

@@ -54,7 +54,9 @@ def valid_session(settings: Settings, value: str | None, now: float | None = Non
     if not token or not value:
         return False
     expires_text, _, mac = value.partition(".")
-    if not expires_text.isdigit() or len(expires_text) > 12:
+    # ASCII digits only: str.isdigit also passes "²³", which int() refuses, and
+    # Arabic-Indic digits, which int() reads but which no session of ours ever holds.
+    if not (expires_text.isascii() and expires_text.isdigit()) or len(expires_text) > 12:
         return False
     expires = int(expires_text)
     if expires <= (now if now is not None else time.time()):
