@@ -10,7 +10,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from eventstore.crypto import MasterKeys, load_or_create_master_key
-from projections.forge_ids import app_uuid
+from eventstore.ids import app_uuid
 
 # prometheus-client's own variable: the directory where every process of `ledger serve`
 # writes its metrics (app.serve sets it; app.metrics reads it).

@@ -32,7 +32,7 @@ import psycopg
 from eventstore.store import EventStore, Head
 
 if TYPE_CHECKING:
-    from eventstore.synthetic import RandomLog
+    from eventstore.testing.synthetic import RandomLog
 
 DEFAULT_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -124,7 +124,11 @@ def load_synthetic(store: EventStore, events: int, seed: int = 7,
                    log: RandomLog | None = None, spread_events: int = 0) -> Head:
     """Generate a realistic log and bulk-load it with the store's own ``import_rows``
     (which recomputes the chain as it goes); print the time and the mix."""
-    from eventstore.synthetic import RandomLog, chain_rows, mix  # AES-GCM: not in light children
+    from eventstore.testing.synthetic import (  # AES-GCM: not in light children
+        RandomLog,
+        chain_rows,
+        mix,
+    )
 
     started = time.perf_counter()
     counts: Counter[str] = Counter()

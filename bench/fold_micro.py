@@ -41,7 +41,7 @@ from _benchkit import cpu_model, load_average, result_line
 
 from eventstore.events import SCHEMA_VERSIONS
 from eventstore.store import RecordedEvent
-from eventstore.synthetic import RandomLog, Synthetic, chain_rows, decoded
+from eventstore.testing.synthetic import RandomLog, Synthetic, chain_rows, decoded
 from projections.base_urls import BaseUrlsProjection
 from projections.descriptors import DescriptorsProjection
 from projections.reimports import ReimportsProjection
@@ -53,7 +53,7 @@ HASH = "0" * 64
 
 
 def build_log(n_events: int, n_tenants: int, seed: int = 7) -> list[Synthetic]:
-    """The product's synthetic log (``eventstore.synthetic.RandomLog``)."""
+    """The product's synthetic log (``eventstore.testing.synthetic.RandomLog``)."""
     log = RandomLog(seed=seed, new_tenant_share=n_tenants / n_events, reuse_share=0.01,
                     vacated_share=0.4)
     return list(log.events(n_events))

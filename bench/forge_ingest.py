@@ -35,7 +35,7 @@ import ingest  # noqa: E402
 import psycopg  # noqa: E402
 from _benchkit import print_environment, result_line, scratch_database  # noqa: E402
 
-from app.hostsim_forge import ForgeInstallation, ForgePlatform, JwksServer  # noqa: E402
+from app.sim.forge import ForgeInstallation, ForgePlatform, JwksServer  # noqa: E402
 
 CALLS_TARGET = 3000.0  # SPEC §9: the same figures as Connect installs
 P99_TARGET_MS = 25.0

@@ -73,7 +73,7 @@ from _benchkit import (  # noqa: E402
 )
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 
-from app.hostsim import KeyServer, SimulatedHost, make_install_payload  # noqa: E402
+from app.sim.connect import KeyServer, SimulatedHost, make_install_payload  # noqa: E402
 
 CALLS_TARGET = 3000.0  # SPEC §9
 P99_TARGET_MS = 25.0

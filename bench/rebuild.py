@@ -92,8 +92,8 @@ START = datetime(2024, 1, 1, tzinfo=UTC)
 def generate(url: str, events: int, tenants: int, seed: int) -> tuple[int, bytes, str]:
     """Migrate, generate and import the log (``RandomLog`` with reimports and one
     spread tenant, ``store.import_rows``); returns (head, hash, spread tenant's key)."""
-    from eventstore.postgres import PostgresEventStore
-    from eventstore.synthetic import RandomLog
+    from eventstore.postgres.store import PostgresEventStore
+    from eventstore.testing.synthetic import RandomLog
 
     spread_count = min(HISTORY_EVENTS, max(1, events // 100))
     log = RandomLog(seed=seed, new_tenant_share=tenants / (events - spread_count),
@@ -125,7 +125,7 @@ def load_eventsourcing(url: str, events: int) -> None:
     import psycopg
     from store import eventsourcing_recorder
 
-    from eventstore.postgres import PostgresEventStore
+    from eventstore.postgres.store import PostgresEventStore
 
     datastore, _recorder = eventsourcing_recorder(url)  # the library creates its table
     datastore.close()
@@ -187,9 +187,9 @@ def cpu_seconds() -> float:
 
 
 def child_rebuild(url: str, profile: bool) -> dict[str, Any]:
-    from eventstore.postgres import PostgresEventStore
+    from eventstore.postgres.store import PostgresEventStore
     from projections.rebuild import rebuild
-    from projections.tables import SPECS
+    from projections.storage.tables import SPECS
 
     before = {"rss_after_imports_mb": rss_mb(), "peak_after_imports_mb": peak_rss_mb()}
     marks: list[tuple[float, int, float]] = []
@@ -431,9 +431,9 @@ def append_history(url: str, master_key: str, count: int, head: tuple[int, bytes
     with the store's own append."""
     from eventstore.chain import ChainCheck, column_links, verify_links
     from eventstore.crypto import KeyRing, MasterKeys
-    from eventstore.postgres import PostgresEventStore
+    from eventstore.postgres.store import PostgresEventStore
     from eventstore.store import NewEvent
-    from eventstore.synthetic import RandomLog
+    from eventstore.testing.synthetic import RandomLog
 
     log = RandomLog(seed=seed)
     store = PostgresEventStore(url, max_connections=1)
@@ -609,7 +609,7 @@ def main() -> None:
             load_eventsourcing(url, position)
             bench_rebuild(url, max(1, args.repeats), args.profile)
         else:  # the service's runner resumes from rebuilt tables, as after a full run
-            from eventstore.postgres import PostgresEventStore
+            from eventstore.postgres.store import PostgresEventStore
             from projections.rebuild import rebuild
 
             store = PostgresEventStore(url, max_connections=2)

@@ -30,7 +30,7 @@ from _benchkit import (
     scratch_database,
 )
 
-from eventstore.postgres import PostgresEventStore
+from eventstore.postgres.store import PostgresEventStore
 
 TARGET = 300_000.0  # events/s
 

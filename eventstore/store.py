@@ -337,7 +337,7 @@ def open_store(url: str, **options: Unpack[StoreOptions]) -> EventStore:
 
         return SQLiteEventStore(url, **options)
     if url.startswith(("postgresql:", "postgres:")):
-        from eventstore.postgres import PostgresEventStore
+        from eventstore.postgres.store import PostgresEventStore
 
         return PostgresEventStore(url, **options)
     raise ValueError("LEDGER_DATABASE_URL must start with sqlite:/// or postgresql://")

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from eventstore.database import PostgresDatabase, SQLiteDatabase
 from eventstore.store import EventLog
 from projections.locks import ADVISORY_KEYS, AdvisoryLock, ExclusiveLock, FileLock
-from projections.storage import ProjectionStorage
-from projections.storage_postgres import PostgresProjectionStorage
-from projections.storage_sqlite import SQLiteProjectionStorage
+from projections.storage.base import ProjectionStorage
+from projections.storage.postgres import PostgresProjectionStorage
+from projections.storage.sqlite import SQLiteProjectionStorage
 
 
 @dataclass(frozen=True, slots=True)

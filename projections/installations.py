@@ -43,8 +43,8 @@ from eventstore.events import (
     client_key_of,
     installation_id_of,
 )
+from eventstore.ids import installation_uuid
 from eventstore.store import RecordedEvent
-from projections.forge_ids import installation_uuid
 from projections.model import fold_by_type
 
 if TYPE_CHECKING:

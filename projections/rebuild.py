@@ -26,8 +26,8 @@ from projections.backends import lock_for, storage_for
 from projections.health import short_message
 from projections.model import Row
 from projections.runner import PROJECTIONS, chunks
-from projections.storage import ProjectionStorage
-from projections.tables import SPECS, group_of
+from projections.storage.base import ProjectionStorage
+from projections.storage.tables import SPECS, group_of
 
 Progress = Callable[[int, int], None]  # (position folded, head position when started)
 

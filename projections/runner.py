@@ -33,8 +33,8 @@ from projections.health import LastError, RunnerHealth, backoff_delay, short_mes
 from projections.installations import InstallationsProjection, LinksProjection, forge_states
 from projections.locks import ExclusiveLock
 from projections.reimports import ReimportsProjection, ReimportsState
-from projections.storage import ProjectionStorage
-from projections.tables import GROUPS, SPECS
+from projections.storage.base import ProjectionStorage
+from projections.storage.tables import GROUPS, SPECS
 from projections.tenants import TenantsProjection, TenantsState
 
 log = logging.getLogger("ledger.projections")

@@ -60,8 +60,8 @@ from eventstore.events import (
     Installed,
     stream_id_for,
 )
+from eventstore.ids import installation_uuid
 from eventstore.store import RecordedEvent
-from projections.forge_ids import installation_uuid
 from projections.model import (
     INSTALLED,
     UNINSTALLED,

@@ -12,9 +12,9 @@ from typing import Any
 
 import httpx
 
-from app.embedded import embedded_service
-from app.hostsim import KeyServer, LifecycleCall, SimulatedHost, make_install_payload
+from app.serve.embedded import embedded_service
 from app.settings import Settings
+from app.sim.connect import KeyServer, LifecycleCall, SimulatedHost, make_install_payload
 from eventstore.events import stream_id_for
 from eventstore.store import EventStore, RecordedEvent, open_store
 

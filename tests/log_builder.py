@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from app import shell
-from app.lifecycle import (
+from app.ingest import shell
+from app.ingest.connect.decider import (
     DECIDER,
     CurrentSecret,
     LifecycleCall,
@@ -24,7 +24,7 @@ from app.lifecycle import (
     TenantState,
     sealed_rows,
 )
-from app.tokens import VerifiedToken
+from app.ingest.jwt import VerifiedToken
 from eventstore.events import Metadata, SealedSecret, stream_id_for
 from eventstore.store import EventStore
 

@@ -6,7 +6,7 @@ benchmarks); this module keeps the names the tests import.
 
 from __future__ import annotations
 
-from eventstore.synthetic import (
+from eventstore.testing.synthetic import (
     APP_KEY,
     DUMMY_HASH,
     DUMMY_SECRET,

@@ -14,10 +14,10 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.admin import MAX_GRACE_HOURS, MAX_POSITION
-from app.hostsim import make_install_payload
-from app.service import create_app
+from app.http.app import create_app
+from app.http.routes.tenants import MAX_GRACE_HOURS, MAX_POSITION
 from app.settings import Settings
+from app.sim.connect import make_install_payload
 from eventstore.store import ConcurrencyConflict, StoreUnavailable
 from tests.harness import RunningService, running_service
 

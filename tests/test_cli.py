@@ -16,10 +16,10 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from app import cli_output
-from app.cli import cli
-from app.cli_output import make_console, print_records, tsv_field
-from app.hostsim import make_install_payload
+from app.cli import output as cli_output
+from app.cli.main import cli
+from app.cli.output import make_console, print_records, tsv_field
+from app.sim.connect import make_install_payload
 from tests.harness import RunningService, running_service
 
 runner = CliRunner()

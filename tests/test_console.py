@@ -22,18 +22,18 @@ import httpx
 import msgspec
 import pytest
 
-from app.console import auth
-from app.console.adoption import AdoptionSeries, adoption_by_day, rejections_by_day
-from app.console.pages import PAGE_SIZE
-from app.console.svg import Column, stacked_columns
-from app.console.timeline import timeline
-from app.hostsim import make_install_payload
-from app.hostsim_forge import ForgeInstallation
+from app.http.console import auth
+from app.http.console.adoption import AdoptionSeries, adoption_by_day, rejections_by_day
+from app.http.console.pages import PAGE_SIZE
+from app.http.console.svg import Column, stacked_columns
+from app.http.console.timeline import timeline
 from app.settings import Settings
+from app.sim.connect import make_install_payload
+from app.sim.forge import ForgeInstallation
 from eventstore.events import Metadata
+from eventstore.ids import installation_ari
 from eventstore.rejections import Rejection
 from eventstore.store import utcnow
-from projections.forge_ids import installation_ari
 from tests.conftest import IN_CI
 from tests.harness import ADMIN_TOKEN, RunningService, running_service
 from tests.projection_events import T0, Log

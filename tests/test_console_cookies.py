@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from app.console import auth
+from app.http.console import auth
 from tests.harness import RunningService, running_service
 
 PAGES = (

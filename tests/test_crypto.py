@@ -11,7 +11,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from app.lifecycle import fold
+from app.ingest.connect.decider import fold
 from eventstore.crypto import (
     CryptoError,
     DataKeyDestroyed,

@@ -7,7 +7,7 @@ import io
 
 from rich.console import Console
 
-from app.demo import run_demo
+from app.cli.demo.connect import run_demo
 
 SECTIONS = (
     "calls sent by the simulated host",

@@ -11,12 +11,12 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from app import cli as cli_module
-from app import cli_output
-from app.cli import cli
-from app.hostsim import make_install_payload
-from app.hostsim_forge import ForgeInstallation
-from projections.forge_ids import installation_ari
+from app.cli import main as cli_module
+from app.cli import output as cli_output
+from app.cli.main import cli
+from app.sim.connect import make_install_payload
+from app.sim.forge import ForgeInstallation
+from eventstore.ids import installation_ari
 from tests.test_forge_e2e import forge_service
 
 runner = CliRunner()

@@ -14,9 +14,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app import shell
-from app.forge.body import ForgeFacts, Route
-from app.forge.decider import ForgeCall, InstallationDecider
+from app.ingest import shell
+from app.ingest.forge.body import ForgeFacts, Route
+from app.ingest.forge.decider import ForgeCall, InstallationDecider
 from eventstore.events import (
     DetailsChanged,
     EventData,
@@ -25,8 +25,8 @@ from eventstore.events import (
     installation_stream_id,
     stream_id_for,
 )
+from eventstore.ids import installation_ari
 from eventstore.store import RecordedEvent
-from projections.forge_ids import installation_ari
 from projections.installations import (
     InstallationsProjection,
     LinksProjection,

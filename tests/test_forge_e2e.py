@@ -12,10 +12,10 @@ from typing import Any
 
 import httpx
 
-from app.hostsim_forge import ForgeCall, ForgeInstallation, ForgePlatform, JwksServer
+from app.sim.forge import ForgeCall, ForgeInstallation, ForgePlatform, JwksServer
 from eventstore.events import installation_stream_id
+from eventstore.ids import installation_ari
 from eventstore.store import RecordedEvent, open_store
-from projections.forge_ids import installation_ari
 from tests.harness import RunningService, running_service
 
 

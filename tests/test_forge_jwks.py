@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.forge.jwks import JwksFetcher, JwksUnavailable, UnknownKid, parse_jwks
-from app.hostsim_forge import ForgePlatform, JwksServer
+from app.ingest.forge.keys import JwksFetcher, JwksUnavailable, UnknownKid, parse_jwks
+from app.sim.forge import ForgePlatform, JwksServer
 
 
 class Clock:

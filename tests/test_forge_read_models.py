@@ -7,10 +7,10 @@ import uuid
 from typing import Any
 from urllib.parse import quote
 
-from app.hostsim import make_install_payload
-from app.hostsim_forge import ForgeInstallation
+from app.sim.connect import make_install_payload
+from app.sim.forge import ForgeInstallation
+from eventstore.ids import installation_ari
 from projections.backends import storage_for
-from projections.forge_ids import installation_ari
 from projections.rebuild import rebuild
 from tests.test_forge_e2e import Forge, forge_service
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.forge.body import (
+from app.ingest.forge.body import (
     BodyError,
     check_body,
     claimed_installation,
@@ -18,9 +18,9 @@ from app.forge.body import (
     facts_of,
     parse_forge_body,
 )
-from app.forge.tokens import ForgeToken, TokenError, claimed_identity, read_fit, verify_fit
-from app.hostsim_forge import ForgeInstallation, ForgePlatform
-from projections import forge_ids as ids
+from app.ingest.forge.tokens import ForgeToken, TokenError, claimed_identity, read_fit, verify_fit
+from app.sim.forge import ForgeInstallation, ForgePlatform
+from eventstore import ids
 
 PLATFORM = ForgePlatform()
 OTHER = ForgePlatform()  # another Forge app, with keys of its own

@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from app import shell
+from app.ingest import shell
 from eventstore.async_log import AsyncEventLog, GroupCommit
 from eventstore.events import DetailsChanged, Enabled, Metadata, stream_id_for
 from eventstore.store import (

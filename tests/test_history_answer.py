@@ -11,10 +11,10 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
-from app import reads
+from app.queries import reads
 from eventstore.events import EVENT_TYPES
 from eventstore.store import NewEvent, format_timestamp, open_store
-from eventstore.synthetic import RandomLog
+from eventstore.testing.synthetic import RandomLog
 
 
 def test_history_json_is_the_answer_encoded(tmp_path: Path) -> None:

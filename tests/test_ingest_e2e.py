@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from app.hostsim import SimulatedHost, make_install_payload
+from app.sim.connect import SimulatedHost, make_install_payload
 from eventstore.events import Installed, SecretRotated, stream_id_for
 from eventstore.store import open_store
 from tests.harness import ADMIN_TOKEN, RunningService, running_service
@@ -582,7 +582,7 @@ def test_an_accepted_call_is_logged_at_debug_a_refused_one_at_info(level: str) -
     import io
     import logging
 
-    from app.calls import Outcome, log_outcome
+    from app.ingest.outcome import Outcome, log_outcome
     from app.logs import configure_logging
 
     out = io.StringIO()

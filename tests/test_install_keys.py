@@ -1,4 +1,4 @@
-"""InstallKeyFetcher against a real KeyServer over HTTP (app.hostsim)."""
+"""InstallKeyFetcher against a real KeyServer over HTTP (app.sim.connect)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.hostsim import KeyServer, SimulatedHost
-from app.install_keys import (
+from app.ingest.connect.keys import (
     InstallKeyError,
     InstallKeyFetcher,
     InvalidKid,
@@ -19,13 +18,14 @@ from app.install_keys import (
     KeyServerUnavailable,
     UnknownKid,
 )
-from app.key_limits import (
+from app.ingest.key_limits import (
     FETCH_BURST,
     MAX_FETCHES_IN_FLIGHT,
     UNKNOWN_KID_TTL_SECONDS,
     FetchBudget,
     UnknownKids,
 )
+from app.sim.connect import KeyServer, SimulatedHost
 
 
 class FakeClock:

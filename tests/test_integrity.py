@@ -23,7 +23,7 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from app.cli import cli
+from app.cli.main import cli
 from eventstore.chain import GENESIS, link, link_input, row_digest
 from eventstore.crypto import seal_secret, secret_ad
 from eventstore.events import (
@@ -500,7 +500,7 @@ def test_full_line_round_trips_the_stored_bytes(log_url: str) -> None:
 
 
 def _chain_rows(count: int) -> list[tuple[Any, ...]]:
-    from eventstore.synthetic import RandomLog, chain_rows
+    from eventstore.testing.synthetic import RandomLog, chain_rows
 
     rows = chain_rows(RandomLog(seed=5).events(count))
     return [

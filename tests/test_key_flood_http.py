@@ -11,8 +11,8 @@ from pathlib import Path
 
 import httpx
 
-from app.hostsim import SimulatedHost, make_install_payload
-from app.key_limits import FETCH_BURST, FETCH_RATE_PER_SECOND
+from app.ingest.key_limits import FETCH_BURST, FETCH_RATE_PER_SECOND
+from app.sim.connect import SimulatedHost, make_install_payload
 from tests.harness import RunningService, running_service
 
 FLOOD = 120

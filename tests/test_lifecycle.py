@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app import shell
-from app.lifecycle import (
+from app.ingest import shell
+from app.ingest.connect.decider import (
     DECIDER,
     Decision,
     LifecycleCall,
@@ -33,7 +33,7 @@ from app.lifecycle import (
     fold,
     initial_state,
 )
-from app.shell import Append, Skip
+from app.ingest.shell import Append, Skip
 from eventstore.events import (
     SCHEMA_VERSIONS,
     BaseUrlChanged,

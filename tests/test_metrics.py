@@ -23,15 +23,15 @@ import pytest
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.embedded import bound_socket
-from app.forge.jwks import JwksFetcher, UnknownKid
-from app.hostsim import KeyServer, SimulatedHost, make_install_payload
-from app.hostsim_forge import ForgePlatform, JwksServer
-from app.install_keys import InstallKeyFetcher
-from app.install_keys import UnknownKid as UnknownInstallKid
+from app.ingest.connect.keys import InstallKeyFetcher
+from app.ingest.connect.keys import UnknownKid as UnknownInstallKid
+from app.ingest.forge.keys import JwksFetcher, UnknownKid
 from app.metrics import MULTIPROC_ENV, new_metrics, reap_dead_processes
-from app.serve import metrics_directory
+from app.serve.embedded import bound_socket
+from app.serve.supervisor import metrics_directory
 from app.settings import Settings
+from app.sim.connect import KeyServer, SimulatedHost, make_install_payload
+from app.sim.forge import ForgePlatform, JwksServer
 from tests.harness import RunningService, running_service
 
 T = TypeVar("T")

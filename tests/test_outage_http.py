@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 import eventstore.store
-from app.service import create_app
+from app.http.app import create_app
 from app.settings import Settings
 from tests.harness import RunningService, running_service
 
@@ -60,7 +60,7 @@ def wait_ready(service: RunningService) -> None:
 
 
 # Until helper "store"'s error boundary lands (it adds StoreFault), pooled statements and
-# projections/storage.py let psycopg's AdminShutdown and PoolTimeout escape: a 500. Once
+# projections/storage/base.py let psycopg's AdminShutdown and PoolTimeout escape: a 500. Once
 # it has landed this marker is off by itself and the test must pass (it does on a merge
 # of h-app, h-store and h-runner).
 @pytest.mark.xfail(

@@ -1,4 +1,4 @@
-"""Rule 1 of SPEC §4: the body of a lifecycle call (``app.payload``)."""
+"""Rule 1 of SPEC §4: the body of a lifecycle call (``app.ingest.connect.body``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.payload import (
+from app.ingest.connect.body import (
     MAX_BODY_BYTES,
     MAX_CLIENT_KEY,
     MAX_DEPTH,

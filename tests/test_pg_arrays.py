@@ -1,4 +1,4 @@
-"""The append's binary arrays (eventstore.pg_arrays) read back by PostgreSQL itself."""
+"""The append's binary arrays (eventstore.postgres.arrays) read back by PostgreSQL itself."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eventstore import pg_arrays
-from eventstore.pg_arrays import (
+from eventstore.postgres import arrays as pg_arrays
+from eventstore.postgres.arrays import (
     BoolArray,
     ByteaArray,
     Int2Array,

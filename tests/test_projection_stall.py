@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from app.cli import cli
+from app.cli.main import cli
 from eventstore.store import EventStore, RecordedEvent
 from projections import runner as runner_module
 from projections.backends import storage_for
 from projections.rebuild import rebuild
 from projections.runner import ProjectionRunner
-from projections.tables import SPECS
+from projections.storage.tables import SPECS
 from tests.harness import ADMIN_TOKEN, running_service
 from tests.log_builder import append_random_calls
 from tests.test_runner import snapshot

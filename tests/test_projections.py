@@ -120,8 +120,8 @@ def sample_tenant() -> dict[str, Any]:
 
 def test_the_tenant_shape_is_declared_once() -> None:
     """The table's columns and the admin answer follow the row type, field by field."""
-    from app.answers import TenantAnswer
-    from projections.tables import TENANTS
+    from app.http.schemas import TenantAnswer
+    from projections.storage.tables import TENANTS
 
     row = msgspec.structs.fields(TenantRow)
     assert [(c.name, c.field) for c in TENANTS.columns] == [(f.name, f.name) for f in row]

@@ -9,7 +9,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
-from app.tokens import (
+from app.ingest.jwt import (
     TokenError,
     canonical_request,
     parse_unverified,

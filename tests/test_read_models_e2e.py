@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from app.hostsim import make_install_payload
 from app.settings import Settings
+from app.sim.connect import make_install_payload
 from eventstore.store import format_timestamp, utcnow
 from tests.harness import RunningService, running_service
 
@@ -165,7 +165,7 @@ def test_openapi_document_lists_the_interfaces(service: RunningService) -> None:
 
 
 def test_admin_answers_follow_their_documented_models(service: RunningService) -> None:
-    from app import answers
+    from app.http import schemas as answers
 
     payload = service.install()
     key = payload["clientKey"]
@@ -202,7 +202,7 @@ def test_lifecycle_routes_are_served_plain_and_documented_once(service: RunningS
     from fastapi.routing import APIRoute
     from starlette.routing import Route
 
-    from app.service import create_app
+    from app.http.app import create_app
 
     app = create_app(Settings())
     routes = app.router.routes

@@ -14,7 +14,7 @@ from typing import Any
 from eventstore.store import EventStore, open_store
 from projections.backends import lock_for, storage_for
 from projections.runner import PROJECTIONS, ProjectionRunner, chunks
-from projections.tables import SPECS
+from projections.storage.tables import SPECS
 from tests.log_builder import append_random_calls
 from tests.test_runner import snapshot
 

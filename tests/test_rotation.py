@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 from typer.testing import CliRunner
 
-from app.cli import cli
+from app.cli.main import cli
 from eventstore.crypto import (
     MasterKeys,
     RewrapReport,

@@ -13,8 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.hostsim import LifecycleCall, SimulatedHost, make_install_payload
-from app.tokens import (
+from app.ingest.jwt import (
     AppBase,
     TokenError,
     parse_token,
@@ -22,6 +21,7 @@ from app.tokens import (
     relative_path,
     verify_install_token,
 )
+from app.sim.connect import LifecycleCall, SimulatedHost, make_install_payload
 from tests.harness import RunningService, running_service
 
 OLD = "https://old-ledger.example.com"

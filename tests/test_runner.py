@@ -23,7 +23,7 @@ from projections.backends import storage_for
 from projections.model import BaseUrlRow, DescriptorRow
 from projections.rebuild import rebuild, with_dependencies
 from projections.runner import Leadership, ProjectionRunner, RunnerThread, wait_for_position
-from projections.tables import SPECS
+from projections.storage.tables import SPECS
 from tests.log_builder import append_random_calls
 
 

@@ -22,13 +22,13 @@ import pytest
 
 from eventstore import events as catalog
 from eventstore.events import stream_id_for
-from eventstore.postgres import translate_error
+from eventstore.postgres.store import translate_error
 from eventstore.store import EventStore, StoreError, StoreUnavailable, format_timestamp, utcnow
 from projections.backends import lock_for, storage_for
 from projections.health import LastError, RunnerHealth, backoff_delay, short_message
 from projections.locks import ADVISORY_KEYS, AdvisoryLock
 from projections.runner import EventNotFoldable, ProjectionRunner, RunnerThread
-from projections.tables import SPECS
+from projections.storage.tables import SPECS
 from tests.conftest import ADMIN_URL
 from tests.harness import running_service
 from tests.log_builder import append_random_calls

@@ -17,9 +17,9 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from app.embedded import bound_socket
-from app.hostsim import KeyServer, SimulatedHost, make_install_payload
 from app.metrics import MULTIPROC_ENV
+from app.serve.embedded import bound_socket
+from app.sim.connect import KeyServer, SimulatedHost, make_install_payload
 from projections.health import RunnerHealth, StateFile
 
 T = TypeVar("T")

@@ -8,7 +8,7 @@ import hypothesis
 import pytest
 import schemathesis
 
-from app.service import create_app
+from app.http.app import create_app
 from app.settings import Settings
 from tests.harness import ADMIN_TOKEN, RunningService, running_service
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from app.hostsim import KeyServer, SimulatedHost, make_install_payload
+from app.sim.connect import KeyServer, SimulatedHost, make_install_payload
 
 
 def _free_port() -> int:

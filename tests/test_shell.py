@@ -1,4 +1,4 @@
-"""The generic decider shell (app/shell.py) on its own, against both stores, no HTTP."""
+"""The generic decider shell (app/ingest/shell.py) on its own, against both stores, no HTTP."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from app import shell
-from app.known_streams import KnownStreams
-from app.shell import Append, Contention, Decision, Refuse, Skip
+from app.ingest import shell
+from app.ingest.known_streams import KnownStreams
+from app.ingest.shell import Append, Contention, Decision, Refuse, Skip
 from eventstore.async_log import InlineLog, StreamSnapshot
 from eventstore.events import EventData, InstallConfirmed, Metadata
 from eventstore.store import EventStore, NewEvent, RecordedEvent

@@ -562,7 +562,7 @@ def test_a_full_sqlite_database_is_unavailable_and_recovers(tmp_path: Path) -> N
 
 def _logged(store: EventStore, events: int) -> list[str]:
     """A synthetic log of every Connect event type, bulk-loaded; its stream ids."""
-    from eventstore.synthetic import RandomLog, chain_rows
+    from eventstore.testing.synthetic import RandomLog, chain_rows
 
     rows = list(chain_rows(RandomLog(seed=3).events(events), store.head()))
     store.import_rows(rows)

@@ -16,7 +16,7 @@ from eventstore.bulk import ImportRefused
 from eventstore.chain import column_links, raw_links
 from eventstore.events import Enabled, Metadata, stream_id_for
 from eventstore.store import EventStore, NewEvent, RawEvent
-from eventstore.synthetic import RandomLog, chain_rows, decoded, mix
+from eventstore.testing.synthetic import RandomLog, chain_rows, decoded, mix
 
 
 def synthetic(count: int, store: EventStore | None = None, seed: int = 3) -> list[RawEvent]:

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from app.cli import cli
+from app.cli.main import cli
 from eventstore.chain import GENESIS, link, link_input
 from eventstore.export import opaque_line
 from tests.test_integrity import EVENTS, STANDALONE, _row, build_log

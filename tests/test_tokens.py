@@ -1,4 +1,4 @@
-"""Unit and property tests for app.tokens: every refusal code, the qsh, the kid rule."""
+"""Unit and property tests for app.ingest.jwt: every refusal code, the qsh, the kid rule."""
 
 from __future__ import annotations
 
@@ -19,8 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.hostsim import LifecycleCall, SimulatedHost, make_install_payload
-from app.tokens import (
+from app.ingest.jwt import (
     KID_PATTERN,
     REASON_CODES,
     TokenError,
@@ -35,6 +34,7 @@ from app.tokens import (
     verify_install_token,
     verify_shared_secret_token,
 )
+from app.sim.connect import LifecycleCall, SimulatedHost, make_install_payload
 
 NOW = 1_750_000_000
 LEEWAY = 30

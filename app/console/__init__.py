@@ -1,5 +1,0 @@
-"""The read-only web console at ``/console`` (SPEC §7): HTML for people, no script."""
-
-from app.console.routes import router
-
-__all__ = ["router"]

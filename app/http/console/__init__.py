@@ -1,0 +1,5 @@
+"""The read-only web console at ``/console`` (SPEC §7): HTML for people, no script."""
+
+from app.http.console.routes import router
+
+__all__ = ["router"]

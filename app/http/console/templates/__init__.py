@@ -1,0 +1,1 @@
+"""app/http/console/templates."""

@@ -1,0 +1,78 @@
+"""Pydantic models of the Forge admin answers (SPEC §10), for the OpenAPI document.
+
+Like ``app.answers``: the routes build plain dicts and send them with one msgspec
+encode; these models only document the shapes.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from app.http.schemas import TenantAnswer
+
+
+class InstallationAnswer(BaseModel):
+    installation_id: str = Field(description="bare UUID")
+    installation_ari: str = Field(description="ari:cloud:ecosystem::installation/<uuid>")
+    cloud_id: str | None
+    product: str | None
+    app_version: str | None
+    environment_type: str | None
+    state: Literal["installed", "uninstalling"]
+    license_active: bool | None
+    client_key: str | None = Field(description="the linked Connect tenant, or null")
+    installed_at: str = Field(description="RFC 3339, UTC")
+    updated_at: str
+    last_seen_at: str
+    version: int = Field(description="the installation stream's version")
+
+
+class InstallationsPage(BaseModel):
+    installations: list[InstallationAnswer]
+    next: str | None = Field(description="pass as ?after= for the next page; null on the last")
+
+
+class Evidence(BaseModel):
+    stream: str
+    position: int
+
+
+class LinkAnswer(BaseModel):
+    kind: Literal["connect", "reinstall"]
+    client_key: str | None
+    installation_id: str
+    installation_ari: str
+    previous_installation_id: str | None
+    previous_installation_ari: str | None
+    evidence: Evidence = Field(description="the event that made the link")
+    seen_at: str
+
+
+class LinksAnswer(BaseModel):
+    links: list[LinkAnswer]
+
+
+class ConnectOnlyTenant(BaseModel):
+    client_key: str
+    base_url: str
+    installation_id: str | None = Field(description="named by its Connect payload, never seen")
+    installation_ari: str | None
+
+
+class MigrationAnswer(BaseModel):
+    linked: int
+    connect_only: list[ConnectOnlyTenant]
+    forge_only: list[InstallationAnswer]
+
+
+class PresumedGoneTenant(TenantAnswer):
+    presumed: list[Literal["silent", "uninstalling"]]
+
+
+class PresumedGoneAnswer(BaseModel):
+    tenants: list[PresumedGoneTenant]
+    next: str | None = Field(
+        default=None, description="pass as ?after= for the next page; null on the last"
+    )

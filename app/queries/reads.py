@@ -1,0 +1,469 @@
+"""The reads of the admin API as plain functions: one data path for the admin API and
+the CLI (and anything else that shows the ledger), so both give the same answer.
+
+Each function takes a store or the projection storage and returns the admin API's
+JSON document (a dict of builtins). Secrets never appear: events go through
+``redact_event``, and tenant rows never held one. A missing tenant raises
+``NotFound``. Arguments arrive parsed (``app.admin.parse_as_of`` is the one rule
+for ``as_of``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import msgspec
+
+from eventstore.events import (
+    EVENT_TYPES,
+    DetailsChanged,
+    EventData,
+    Metadata,
+    data_as_dict,
+    stream_id_for,
+)
+from eventstore.ids import installation_ari
+from eventstore.store import (
+    EventStore,
+    RecordedEvent,
+    format_timestamp,
+    utcnow,
+)
+from projections import tenants as tenants_fold
+from projections.descriptors import latest_version
+from projections.installations import InstallationRow, LinkRow
+from projections.migration import migration_report
+from projections.model import INSTALLED, DescriptorRow, ReimportRow, TenantRow
+from projections.presumed_gone import silence_threshold, uninstalling
+from projections.storage.base import ProjectionStorage
+
+REDACTED = "[redacted]"
+STRAGGLERS_SHOWN = 100  # a descriptors answer lists at most this many stragglers
+
+
+class NotFound(Exception):
+    """No such tenant (``error`` is the admin API's error code)."""
+
+    def __init__(self, error: str, detail: str) -> None:
+        super().__init__(detail)
+        self.error = error
+        self.detail = detail
+
+
+def redact_event(event: RecordedEvent) -> dict[str, Any]:
+    """An event object with SPEC §3 field names and every shared secret redacted."""
+    shown = event.as_dict()
+    data = shown["data"]
+    if "sharedSecret" in data:
+        data["sharedSecret"] = REDACTED
+    return shown
+
+
+def tenant_object(row: Any) -> dict[str, Any]:
+    out: dict[str, Any] = msgspec.to_builtins(row)
+    for name in ("installed_at", "updated_at", "last_seen_at"):
+        value = getattr(row, name, None)
+        if isinstance(value, datetime):
+            out[name] = format_timestamp(value)
+    return out
+
+
+def _stream_or_not_found(
+    store: EventStore, client_key: str, up_to: int | datetime | None
+) -> list[RecordedEvent]:
+    stream = stream_id_for(client_key)
+    events = store.read_stream(stream, up_to)
+    if not events:
+        if up_to is None or not store.read_stream(stream):
+            raise NotFound("unknown_tenant", "no such clientKey")
+        raise NotFound("not_yet_installed", "the tenant did not exist at as_of")
+    return events
+
+
+def tenant_row(store: EventStore, client_key: str, as_of: int | datetime | None) -> TenantRow:
+    """The tenant folded from its stream (up to as_of); NotFound when there is none."""
+    row = tenants_fold.fold(_stream_or_not_found(store, client_key, as_of))
+    if row is None:
+        raise NotFound("unknown_tenant", "never installed")
+    return row
+
+
+def tenant_answer(
+    store: EventStore, client_key: str, as_of: int | datetime | None
+) -> dict[str, Any]:
+    """``GET /admin/tenants/{clientKey}``: the tenant folded from its stream (up to as_of)."""
+    return tenant_object(tenant_row(store, client_key, as_of))
+
+
+def tenant_events_answer(
+    store: EventStore, client_key: str, as_of: int | datetime | None = None
+) -> dict[str, Any]:
+    """``GET /admin/tenants/{clientKey}/events``: the tenant's events, oldest first."""
+    events = _stream_or_not_found(store, client_key, as_of)
+    return {"events": [redact_event(e) for e in events]}
+
+
+def tenant_events_json(
+    store: EventStore, client_key: str, as_of: int | datetime | None = None
+) -> bytes:
+    """``tenant_events_answer`` encoded as JSON, byte for byte what msgspec makes of it,
+    without building every event as dicts first (the admin API's history route: a
+    long stream's answer is mostly that building)."""
+    events = _stream_or_not_found(store, client_key, as_of)
+    return _ENCODER.encode({"events": [_shown(e) for e in events]})
+
+
+class _ShownEvent(msgspec.Struct, gc=False):
+    """``redact_event``'s object as msgspec encodes it: the keys of
+    ``RecordedEvent.as_dict`` in its order; the metadata struct encodes as
+    ``msgspec.to_builtins`` turns it into a dict (same fields, defaults left out)."""
+
+    position: int
+    stream_id: str
+    version: int
+    type: str
+    schema_version: int
+    data: Any
+    metadata: Metadata
+    recorded_at: datetime | str
+    hash: str
+
+
+_ENCODER = msgspec.json.Encoder()
+# Data that shows as {} (no fields): one shared object, never mutated.
+_FIELDLESS = frozenset(t for t in EVENT_TYPES.values() if not msgspec.structs.fields(t))
+_NO_DATA: dict[str, Any] = {}
+
+
+def _shown(event: RecordedEvent) -> _ShownEvent:
+    return _ShownEvent(event.position, event.stream_id, event.version, event.type,
+                       event.schema_version, _shown_data(event.data), event.metadata,
+                       shown_time(event.recorded_at), event.hash)
+
+
+_ZERO = timedelta(0)
+
+
+def shown_time(value: datetime) -> datetime | str:
+    """What encodes as ``format_timestamp(value)``: the datetime itself when msgspec writes
+    the same text for it (a UTC time with a fraction of a second: microseconds and "Z"),
+    which costs a small fraction of formatting it in Python (the largest cost of a long
+    history before this); the formatted text otherwise (msgspec leaves out a zero
+    fraction and keeps other offsets)."""
+    if value.microsecond and value.utcoffset() == _ZERO:
+        return value
+    return format_timestamp(value)
+
+
+def _shown_data(data: EventData) -> Any:
+    """``redact_event``'s data: the common cases without a copy (they are not changed)."""
+    if type(data) in _FIELDLESS:
+        return _NO_DATA
+    if type(data) is DetailsChanged and "sharedSecret" not in data.changes:
+        return data.changes
+    shown = data_as_dict(data)
+    if "sharedSecret" in shown:
+        shown["sharedSecret"] = REDACTED
+    return shown
+
+
+def tenants_page(
+    storage: ProjectionStorage,
+    state: str | None,
+    after: str | None,
+    limit: int,
+    presumed_gone: bool = False,
+    grace_hours: float = 24,
+    now: datetime | None = None,
+    search: str | None = None,
+) -> list[TenantRow]:
+    """One page of tenants by clientKey (or of those presumed gone, for either reason).
+
+    ``search``: a case-insensitive part of the client key or base URL (the console's box)."""
+    if not presumed_gone:
+        return storage.list_tenants(state=state, after=after, limit=limit, search=search)
+    found = presumed_gone_page(storage, grace_hours, after, limit, now=now, search=search)
+    return [row for row, _ in found]
+
+
+def presumed_gone_page(
+    storage: ProjectionStorage,
+    grace_hours: float,
+    after: str | None,
+    limit: int,
+    *,
+    now: datetime | None = None,
+    search: str | None = None,
+) -> list[tuple[TenantRow, list[str]]]:
+    """One page (by clientKey) of the installed tenants presumed gone, each with why:
+    ``silent`` (no call since a descriptor version older than the grace, SPEC §6) and/or
+    ``uninstalling`` (their linked Forge installation sent ``pre-uninstall``, SPEC §10).
+
+    The silent ones come from an indexed query; the uninstalling ones from the
+    installations in that state (few). A page of their union is exact: any of its
+    first ``limit`` keys is among the first ``limit`` of one of the two."""
+    threshold = silence_threshold(
+        storage.load_rows("descriptors"), now or utcnow(), timedelta(hours=grace_hours)
+    )
+    silent = (
+        []
+        if threshold is None
+        else storage.list_tenants(
+            state=INSTALLED, after=after, limit=limit, seen_before=threshold, search=search
+        )
+    )
+    reasons: dict[str, tuple[TenantRow, list[str]]] = {
+        r.client_key: (r, ["silent"]) for r in silent
+    }
+    for row in uninstalling_tenants(storage):
+        if (after is None or row.client_key > after) and _matches(row, search):
+            reasons.setdefault(row.client_key, (row, []))[1].append("uninstalling")
+    return [reasons[key] for key in sorted(reasons)[:limit]]
+
+
+def _matches(row: TenantRow, search: str | None) -> bool:
+    needle = (search or "").lower()
+    return needle in row.client_key.lower() or needle in row.base_url.lower()
+
+
+IN_CHUNK = 500  # values per IN (…) list: far below every database's parameter limit
+
+
+def uninstalling_tenants(storage: ProjectionStorage) -> list[TenantRow]:
+    """Installed tenants whose Forge installation is uninstalling (``uninstalling``'s
+    rule), read from the uninstalling installations and the tenants they touch only."""
+    leaving: list[InstallationRow] = []
+    after: str | None = None
+    while True:
+        page = storage.list_installations(state="uninstalling", after=after, limit=1000)
+        leaving += page
+        if len(page) < 1000:
+            break
+        after = page[-1].installation_id
+    tenants: dict[str, TenantRow] = {}
+    keys = sorted({row.client_key for row in leaving if row.client_key is not None})
+    ids = [row.installation_id for row in leaving]
+    for start in range(0, max(len(keys), len(ids)), IN_CHUNK):
+        named = storage.tenants_named(keys[start : start + IN_CHUNK], ids[start : start + IN_CHUNK])
+        tenants.update((row.client_key, row) for row in named)
+    linked = {row.installation_id: row for row in leaving}
+    chosen = sorted(tenants)
+    for start in range(0, len(chosen), IN_CHUNK):
+        for row in storage.list_installations(
+            client_keys=chosen[start : start + IN_CHUNK], limit=None
+        ):
+            linked[row.installation_id] = row
+    # The tenant's installation may be an installed one its payload names: fetch those.
+    named_ids = [
+        t.installation_id
+        for t in tenants.values()
+        if t.installation_id is not None and t.installation_id not in linked
+    ]
+    for row in _installations_by_id(storage, named_ids):
+        linked[row.installation_id] = row
+    return uninstalling(list(tenants.values()), linked.values())
+
+
+def _installations_by_id(storage: ProjectionStorage, ids: list[str]) -> list[InstallationRow]:
+    found: list[InstallationRow] = []
+    for start in range(0, len(ids), IN_CHUNK):
+        found += storage.list_installations(
+            installation_ids=ids[start : start + IN_CHUNK], limit=None
+        )
+    return found
+
+
+def tenants_answer(
+    storage: ProjectionStorage,
+    *,
+    state: str | None = None,
+    after: str | None = None,
+    limit: int = 100,
+    presumed_gone: bool = False,
+    grace_hours: float = 24,
+) -> dict[str, Any]:
+    """``GET /admin/tenants``: a page of tenants and the cursor of the next one (with
+    ``presumed_gone``: those presumed gone for either reason, as tenant objects)."""
+    rows = tenants_page(storage, state, after, limit, presumed_gone, grace_hours)
+    return {
+        "tenants": [tenant_object(r) for r in rows],
+        "next": rows[-1].client_key if len(rows) == limit else None,
+    }
+
+
+def presumed_gone_answer(
+    storage: ProjectionStorage,
+    *,
+    grace_hours: float = 24,
+    after: str | None = None,
+    limit: int = 1000,
+) -> dict[str, Any]:
+    """``GET /admin/presumed-gone``: tenant objects with ``presumed`` (their reasons)."""
+    found = presumed_gone_page(storage, grace_hours, after, limit)
+    return {
+        "tenants": [{**tenant_object(row), "presumed": why} for row, why in found],
+        "next": found[-1][0].client_key if len(found) == limit else None,
+    }
+
+
+def descriptor_rows(storage: ProjectionStorage) -> list[DescriptorRow]:
+    """Descriptor versions in the order first seen."""
+    rows: list[DescriptorRow] = storage.load_rows("descriptors")
+    rows.sort(key=lambda r: r.first_seen_position)
+    return rows
+
+
+def descriptors_answer(storage: ProjectionStorage) -> dict[str, Any]:
+    """``GET /admin/descriptors``: versions seen, the latest, and who is not on it yet."""
+    rows = descriptor_rows(storage)
+    latest = latest_version(rows)
+    stragglers = (
+        []
+        if latest is None
+        else storage.list_tenants(state=INSTALLED, not_version=latest, limit=STRAGGLERS_SHOWN)
+    )
+    return {
+        "latest": latest,
+        "versions": [
+            {
+                "version": r.version,
+                "first_seen_at": format_timestamp(r.first_seen_at),
+                "tenants": r.tenants,
+            }
+            for r in rows
+        ],
+        "stragglers": [tenant_object(r) for r in stragglers],
+    }
+
+
+def reimport_rows(storage: ProjectionStorage) -> list[ReimportRow]:
+    """Reimport links, oldest first."""
+    rows: list[ReimportRow] = storage.load_rows("reimports")
+    rows.sort(key=lambda r: (r.detected_at, r.client_key))
+    return rows
+
+
+def reimports_answer(storage: ProjectionStorage) -> dict[str, Any]:
+    """``GET /admin/reimports``: links between a new clientKey and the one that held its URL."""
+    return {
+        "links": [
+            {
+                "base_url": r.base_url,
+                "previous_client_key": r.previous_client_key,
+                "client_key": r.client_key,
+                "detected_at": format_timestamp(r.detected_at),
+                "kind": r.kind,
+            }
+            for r in reimport_rows(storage)
+        ]
+    }
+
+
+# ------------------------------------------------------------------- Forge (SPEC §10)
+
+
+def installation_object(row: InstallationRow) -> dict[str, Any]:
+    return {
+        "installation_id": row.installation_id,
+        "installation_ari": installation_ari(row.installation_id),
+        "cloud_id": row.cloud_id,
+        "product": row.product,
+        "app_version": row.app_version,
+        "environment_type": row.environment_type,
+        "state": row.state,
+        "license_active": row.license_active,
+        "client_key": row.client_key,
+        "installed_at": format_timestamp(row.installed_at),
+        "updated_at": format_timestamp(row.updated_at),
+        "last_seen_at": format_timestamp(row.last_seen_at),
+        "version": row.version,
+    }
+
+
+def link_object(row: LinkRow) -> dict[str, Any]:
+    previous = row.previous_installation_id
+    return {
+        "kind": row.kind,
+        "client_key": row.client_key,
+        "installation_id": row.installation_id,
+        "installation_ari": installation_ari(row.installation_id),
+        "previous_installation_id": previous,
+        "previous_installation_ari": installation_ari(previous) if previous else None,
+        "evidence": {"stream": row.evidence_stream, "position": row.evidence_position},
+        "seen_at": format_timestamp(row.seen_at),
+    }
+
+
+def installations_answer(
+    storage: ProjectionStorage,
+    *,
+    state: str | None = None,
+    after: str | None = None,
+    limit: int = 100,
+) -> dict[str, Any]:
+    """``GET /admin/installations``: a page by installation id (``after``: a bare UUID)."""
+    rows = storage.list_installations(state=state, after=after, limit=limit)
+    return {
+        "installations": [installation_object(r) for r in rows],
+        "next": rows[-1].installation_id if len(rows) == limit else None,
+    }
+
+
+def links_answer(
+    storage: ProjectionStorage,
+    *,
+    kind: str | None = None,
+    client_key: str | None = None,
+    installation_id: str | None = None,
+) -> dict[str, Any]:
+    """``GET /admin/links``: identity links in the order seen, filtered in the query."""
+    rows = storage.list_links(kind=kind, client_key=client_key, installation_id=installation_id)
+    return {"links": [link_object(r) for r in rows]}
+
+
+def migration_answer(storage: ProjectionStorage) -> dict[str, Any]:
+    """``GET /admin/migration``: linked, Connect only, Forge only (computed now)."""
+    report = migration_report(
+        storage.load_rows("tenants"),
+        storage.load_rows("installations"),
+        storage.load_rows("links"),
+    )
+    return {
+        "linked": report.linked,
+        "connect_only": [
+            {
+                "client_key": t.client_key,
+                "base_url": t.base_url,
+                "installation_id": t.installation_id,
+                "installation_ari": installation_ari(t.installation_id)
+                if t.installation_id
+                else None,
+            }
+            for t in report.connect_only
+        ],
+        "forge_only": [installation_object(r) for r in report.forge_only],
+    }
+
+
+def rejections_answer(
+    store: EventStore,
+    *,
+    limit: int = 100,
+    reason: str | None = None,
+    since: datetime | None = None,
+    client_key: str | None = None,
+) -> dict[str, Any]:
+    """``GET /admin/rejections``: refused calls, newest first, optionally filtered."""
+    rows = store.list_rejections(limit, reason=reason, since=since, client_key=client_key)
+    return {"rejections": [r.as_dict() for r in rows]}
+
+
+def verify_answer(store: EventStore) -> dict[str, Any]:
+    """``GET /admin/verify``: the chain recomputed, as the admin API and the console show it."""
+    report = store.verify()
+    answer: dict[str, Any] = {"ok": report.ok, "events": report.events, "head": report.head}
+    if not report.ok:
+        answer["first_bad_position"] = report.first_bad_position
+        answer["reason"] = report.reason
+    return answer

@@ -1,0 +1,863 @@
+"""The PostgreSQL store (production), on psycopg 3 with a connection pool.
+
+Global order: every append runs `ledger_append()`, which takes the row lock on the
+single `ledger_head` row before it assigns positions and holds it until commit.
+Appends are therefore serialised, positions are handed out in commit order, and a
+reader that tails the log by position can never see position n+1 before n. The hash
+chain needs the previous hash anyway, so this lock costs nothing extra; the row
+digests are computed by the client beforehand, so the lock is held only for a few
+index lookups and inserts, and the whole append is one round trip.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import select
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from datetime import datetime
+from operator import itemgetter
+from typing import Any
+
+import msgspec
+import psycopg
+from psycopg.rows import TupleRow
+from psycopg.types.string import ByteaBinaryLoader
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from eventstore.async_log import AsyncEventLog
+from eventstore.bulk import ImportRefused, checked
+from eventstore.chain import GENESIS, ChainRow
+from eventstore.clock import parse_timestamp
+from eventstore.database import PostgresDatabase
+from eventstore.errors import (
+    ConcurrencyConflict,
+    StoreError,
+    StoreFault,
+    StoreUnavailable,
+    error_boundary,
+)
+from eventstore.events import decode_data, decode_metadata
+from eventstore.postgres.append import TRY_APPEND_BATCH, Duplicate, PendingBatch
+from eventstore.rejections import REJECTION_PURGE_INTERVAL_SECONDS
+from eventstore.sql import Row, SQLStore, Statements
+from eventstore.store import (
+    AppendRequest,
+    AppendResult,
+    BatchOutcome,
+    Head,
+    NewEvent,
+    RawEvent,
+    RecordedEvent,
+    decode_event,
+)
+
+# SQLSTATEs after which the same work may succeed later: the host gets a 503 and
+# retries. Whole classes: 08 connection exception, 53 insufficient resources (53300
+# too_many_connections, disk full), 57 operator intervention (57P01 admin_shutdown,
+# 57P02 crash_shutdown, 57P03 cannot_connect_now, 57014 statement timeout). Single
+# codes: 25006 read_only_sql_transaction (a demoted primary during a failover),
+# 25P03 idle_in_transaction_session_timeout, 40001 serialization_failure, 40P01
+# deadlock_detected, 55P03 lock_not_available.
+RETRYABLE_SQLSTATE_CLASSES = frozenset({"08", "53", "57"})
+RETRYABLE_SQLSTATES = frozenset({"25006", "25P03", "40001", "40P01", "55P03"})
+
+# How long a readiness ping or a rejection row waits for a pooled connection.
+QUICK_TIMEOUT_SECONDS = 1.0
+
+
+def translate_error(exc: Exception) -> StoreError | None:
+    """The one mapping of PostgreSQL driver errors to store errors (see error_boundary)."""
+    if isinstance(exc, psycopg.Error):
+        state = exc.sqlstate
+        if (
+            isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+            or state in RETRYABLE_SQLSTATES
+            or (state is not None and state[:2] in RETRYABLE_SQLSTATE_CLASSES)
+        ):
+            return StoreUnavailable("PostgreSQL is unavailable")
+        return StoreFault(f"PostgreSQL refused the work ({type(exc).__name__})", state)
+    if isinstance(exc, UnicodeError | OverflowError):
+        # A value the driver cannot send (a lone surrogate, an integer beyond bigint).
+        return StoreFault(f"PostgreSQL cannot hold a value ({type(exc).__name__})")
+    return None
+
+
+MIGRATIONS: list[str] = [
+    # 1: the log, its guards, the head, idempotency keys, data keys, rejections.
+    r"""
+    CREATE TABLE events (
+        position        bigint PRIMARY KEY,
+        stream_id       text NOT NULL,
+        version         integer NOT NULL CHECK (version > 0),
+        type            text NOT NULL,
+        schema_version  smallint NOT NULL,
+        data            text NOT NULL,
+        metadata        text NOT NULL,
+        recorded_at     timestamptz NOT NULL,
+        hash            bytea NOT NULL,
+        call_id         text,
+        UNIQUE (stream_id, version)
+    );
+
+    CREATE FUNCTION events_are_immutable() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        RAISE EXCEPTION 'events are append-only: % is refused', TG_OP
+            USING ERRCODE = 'LD002';
+    END $$;
+    CREATE TRIGGER events_no_update_or_delete BEFORE UPDATE OR DELETE ON events
+        FOR EACH ROW EXECUTE FUNCTION events_are_immutable();
+    CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON events
+        FOR EACH STATEMENT EXECUTE FUNCTION events_are_immutable();
+    -- ALWAYS: the guards fire under session_replication_role = replica too.
+    ALTER TABLE events ENABLE ALWAYS TRIGGER events_no_update_or_delete;
+    ALTER TABLE events ENABLE ALWAYS TRIGGER events_no_truncate;
+
+    CREATE TABLE ledger_head (
+        id        boolean PRIMARY KEY DEFAULT true CHECK (id),
+        position  bigint NOT NULL,
+        hash      bytea NOT NULL
+    );
+    INSERT INTO ledger_head (id, position, hash)
+        VALUES (true, 0, '\x0000000000000000000000000000000000000000000000000000000000000000');
+
+    CREATE TABLE idempotency_keys (
+        key             text PRIMARY KEY,
+        stream_id       text NOT NULL,
+        first_position  bigint NOT NULL,
+        last_position   bigint NOT NULL
+    );
+
+    CREATE TABLE data_keys (
+        stream_id   text PRIMARY KEY,
+        wrapped     bytea NOT NULL,
+        created_at  timestamptz NOT NULL DEFAULT now()
+    );
+
+    CREATE TABLE rejections (
+        id            bigserial PRIMARY KEY,
+        at            timestamptz NOT NULL,
+        path          text NOT NULL,
+        reason        text NOT NULL,
+        status        integer NOT NULL,
+        client_key    text,
+        base_url      text,
+        remote_addr   text,
+        token_sha256  text,
+        detail        text
+    );
+
+    CREATE FUNCTION ledger_append(
+        p_stream text, p_expected integer, p_key text, p_types text[],
+        p_schemas smallint[], p_data text[], p_metadata text[], p_call_ids text[],
+        p_recorded_at timestamptz, p_digests bytea[], p_data_key bytea
+    ) RETURNS TABLE (o_position bigint, o_hash bytea, o_duplicate boolean)
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        v_position bigint;
+        v_hash bytea;
+        v_actual integer;
+        v_first bigint;
+        v_last bigint;
+        i integer;
+    BEGIN
+        SELECT h.position, h.hash INTO v_position, v_hash FROM ledger_head h FOR UPDATE;
+
+        -- Under the lock, so a concurrent append with the same key is seen here.
+        IF p_key IS NOT NULL THEN
+            SELECT first_position, last_position INTO v_first, v_last
+                FROM idempotency_keys WHERE key = p_key;
+            IF FOUND THEN
+                RETURN QUERY SELECT e.position, e.hash, true FROM events e
+                    WHERE e.position BETWEEN v_first AND v_last ORDER BY e.position;
+                RETURN;
+            END IF;
+        END IF;
+
+        SELECT coalesce(max(e.version), 0) INTO v_actual FROM events e
+            WHERE e.stream_id = p_stream;
+        IF v_actual <> p_expected THEN
+            RAISE EXCEPTION 'version conflict' USING ERRCODE = 'LD001', DETAIL = v_actual::text;
+        END IF;
+
+        -- A first install's data key is stored with its events, in one transaction.
+        IF p_data_key IS NOT NULL THEN
+            INSERT INTO data_keys (stream_id, wrapped) VALUES (p_stream, p_data_key)
+                ON CONFLICT (stream_id) DO NOTHING;
+            IF NOT FOUND THEN
+                RAISE EXCEPTION 'data key exists' USING ERRCODE = 'LD001', DETAIL = v_actual::text;
+            END IF;
+        END IF;
+
+        v_first := v_position + 1;
+        FOR i IN 1 .. array_length(p_types, 1) LOOP
+            v_position := v_position + 1;
+            v_hash := sha256(v_hash || int8send(v_position) || p_digests[i]);
+            INSERT INTO events (position, stream_id, version, type, schema_version, data,
+                                metadata, recorded_at, hash, call_id)
+                VALUES (v_position, p_stream, p_expected + i, p_types[i], p_schemas[i],
+                        p_data[i], p_metadata[i], p_recorded_at, v_hash, p_call_ids[i]);
+            o_position := v_position;
+            o_hash := v_hash;
+            o_duplicate := false;
+            RETURN NEXT;
+        END LOOP;
+
+        UPDATE ledger_head SET position = v_position, hash = v_hash;
+        IF p_key IS NOT NULL THEN
+            INSERT INTO idempotency_keys VALUES (p_key, p_stream, v_first, v_position);
+        END IF;
+        -- A wake-up hint for projection runners; the log itself stays the truth.
+        PERFORM pg_notify('ledger_events', v_position::text);
+    END $$;
+    """,
+    # 2: chain version 2 (eventstore/chain.py): each row records which row digest hashed
+    # it; rows written before this migration keep version 1. ledger_append is the same
+    # as in 1 but for the chain_version it stores.
+    r"""
+    ALTER TABLE events ADD COLUMN chain_version smallint NOT NULL DEFAULT 1;
+
+    CREATE OR REPLACE FUNCTION ledger_append(
+        p_stream text, p_expected integer, p_key text, p_types text[],
+        p_schemas smallint[], p_data text[], p_metadata text[], p_call_ids text[],
+        p_recorded_at timestamptz, p_digests bytea[], p_data_key bytea
+    ) RETURNS TABLE (o_position bigint, o_hash bytea, o_duplicate boolean)
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        v_position bigint;
+        v_hash bytea;
+        v_actual integer;
+        v_first bigint;
+        v_last bigint;
+        i integer;
+    BEGIN
+        SELECT h.position, h.hash INTO v_position, v_hash FROM ledger_head h FOR UPDATE;
+
+        -- Under the lock, so a concurrent append with the same key is seen here.
+        IF p_key IS NOT NULL THEN
+            SELECT first_position, last_position INTO v_first, v_last
+                FROM idempotency_keys WHERE key = p_key;
+            IF FOUND THEN
+                RETURN QUERY SELECT e.position, e.hash, true FROM events e
+                    WHERE e.position BETWEEN v_first AND v_last ORDER BY e.position;
+                RETURN;
+            END IF;
+        END IF;
+
+        SELECT coalesce(max(e.version), 0) INTO v_actual FROM events e
+            WHERE e.stream_id = p_stream;
+        IF v_actual <> p_expected THEN
+            RAISE EXCEPTION 'version conflict' USING ERRCODE = 'LD001', DETAIL = v_actual::text;
+        END IF;
+
+        -- A first install's data key is stored with its events, in one transaction.
+        IF p_data_key IS NOT NULL THEN
+            INSERT INTO data_keys (stream_id, wrapped) VALUES (p_stream, p_data_key)
+                ON CONFLICT (stream_id) DO NOTHING;
+            IF NOT FOUND THEN
+                RAISE EXCEPTION 'data key exists' USING ERRCODE = 'LD001', DETAIL = v_actual::text;
+            END IF;
+        END IF;
+
+        v_first := v_position + 1;
+        FOR i IN 1 .. array_length(p_types, 1) LOOP
+            v_position := v_position + 1;
+            v_hash := sha256(v_hash || int8send(v_position) || p_digests[i]);
+            -- A chain version 2 link input is its version byte and a digest (33 bytes);
+            -- a 32-byte one is a version 1 row digest (a writer from before).
+            INSERT INTO events (position, stream_id, version, type, schema_version, data,
+                                metadata, recorded_at, hash, call_id, chain_version)
+                VALUES (v_position, p_stream, p_expected + i, p_types[i], p_schemas[i],
+                        p_data[i], p_metadata[i], p_recorded_at, v_hash, p_call_ids[i],
+                        CASE WHEN octet_length(p_digests[i]) = 33
+                             THEN get_byte(p_digests[i], 0) ELSE 1 END);
+            o_position := v_position;
+            o_hash := v_hash;
+            o_duplicate := false;
+            RETURN NEXT;
+        END LOOP;
+
+        UPDATE ledger_head SET position = v_position, hash = v_hash;
+        IF p_key IS NOT NULL THEN
+            INSERT INTO idempotency_keys VALUES (p_key, p_stream, v_first, v_position);
+        END IF;
+        -- A wake-up hint for projection runners; the log itself stays the truth.
+        PERFORM pg_notify('ledger_events', v_position::text);
+    END $$;
+    """,
+    # 3: identical refusals coalesced into one row per window (count, last_seen_at),
+    # and the indexes the retention purge and the newest-first listing use.
+    """
+    ALTER TABLE rejections
+        ADD COLUMN count integer NOT NULL DEFAULT 1,
+        ADD COLUMN last_seen_at timestamptz,
+        ADD COLUMN fingerprint text,
+        ADD COLUMN window_number bigint;
+    UPDATE rejections SET last_seen_at = at;
+    ALTER TABLE rejections ALTER COLUMN last_seen_at SET NOT NULL;
+    CREATE UNIQUE INDEX rejections_coalesce ON rejections (fingerprint, window_number);
+    CREATE INDEX rejections_at ON rejections (at);
+    CREATE INDEX rejections_last_seen ON rejections (last_seen_at, id);
+    """,
+    # 4: group commit. ledger_try_append_batch appends a batch in one statement, and
+    # answers a version conflict with a row (o_position NULL, o_actual the stream's
+    # version) instead of an error, so the appends of a batch fail one by one; an error
+    # would abort them all.
+    r"""
+    -- A batch in one statement (one round trip, one transaction): the appends of
+    -- several calls, their per-event arrays concatenated, p_counts events each. Set
+    -- based: one head lock, one lookup of the keys and versions, one insert of all
+    -- rows; the chain is computed in the loop. The caller's precondition: the streams
+    -- of a batch are distinct, and so are its idempotency keys (eventstore.postgres
+    -- splits a batch that repeats one).
+    CREATE FUNCTION ledger_try_append_batch(
+        p_streams text[], p_expected integer[], p_keys text[], p_counts integer[],
+        p_types text[], p_schemas smallint[], p_data text[], p_metadata text[],
+        p_call_ids text[], p_recorded_at timestamptz[], p_digests bytea[], p_data_keys bytea[]
+    ) RETURNS TABLE (o_index integer, o_position bigint, o_hash bytea, o_duplicate boolean,
+                     o_actual integer)
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        v_position bigint;
+        v_hash bytea;
+        v_dup_first bigint[];
+        v_dup_last bigint[];
+        v_actual integer[];
+        v_keyed text[];
+        e_pos bigint[] := '{}';
+        e_hash bytea[] := '{}';
+        e_req integer[] := '{}';
+        e_k integer[] := '{}';
+        e_src integer[] := '{}';
+        k_req integer[] := '{}';
+        k_first bigint[] := '{}';
+        n integer;
+        k integer;
+        v_src integer := 0;
+    BEGIN
+        SELECT h.position, h.hash INTO v_position, v_hash FROM ledger_head h FOR UPDATE;
+
+        -- Under the lock: the keys used before, and each stream's version.
+        SELECT array_agg(ik.first_position ORDER BY r.n), array_agg(ik.last_position ORDER BY r.n),
+               array_agg(coalesce((SELECT max(e.version) FROM events e
+                                   WHERE e.stream_id = r.stream), 0) ORDER BY r.n)
+            INTO v_dup_first, v_dup_last, v_actual
+            FROM unnest(p_streams, p_keys) WITH ORDINALITY AS r(stream, key, n)
+            LEFT JOIN idempotency_keys ik ON ik.key = r.key;
+
+        -- A first install's data key is stored with its events; a stream that has one
+        -- already is a conflict. (Each guard below is a plain expression: cheaper than
+        -- a statement that finds nothing to do.)
+        v_keyed := '{}';
+        IF cardinality(array_remove(p_data_keys, NULL)) > 0 THEN
+            WITH stored AS (
+                INSERT INTO data_keys (stream_id, wrapped)
+                    SELECT r.stream, r.wrapped
+                    FROM unnest(p_streams, p_data_keys) WITH ORDINALITY AS r(stream, wrapped, n)
+                    WHERE r.wrapped IS NOT NULL AND v_dup_first[r.n] IS NULL
+                      AND v_actual[r.n] = p_expected[r.n]
+                    ON CONFLICT (stream_id) DO NOTHING
+                    RETURNING stream_id)
+            SELECT coalesce(array_agg(stream_id), '{}') INTO v_keyed FROM stored;
+        END IF;
+
+        FOR n IN 1 .. array_length(p_streams, 1) LOOP
+            IF v_dup_first[n] IS NOT NULL THEN
+                RETURN QUERY SELECT n, e.position, e.hash, true, NULL::integer FROM events e
+                    WHERE e.position BETWEEN v_dup_first[n] AND v_dup_last[n];
+            ELSIF v_actual[n] <> p_expected[n]
+                  OR (p_data_keys[n] IS NOT NULL AND NOT p_streams[n] = ANY(v_keyed)) THEN
+                o_index := n;
+                o_position := NULL;
+                o_hash := NULL;
+                o_duplicate := false;
+                o_actual := v_actual[n];
+                RETURN NEXT;  -- a conflict: o_position is NULL
+            ELSE
+                k_req := k_req || n;
+                k_first := k_first || (v_position + 1);
+                FOR k IN 1 .. p_counts[n] LOOP
+                    v_position := v_position + 1;
+                    v_hash := sha256(v_hash || int8send(v_position) || p_digests[v_src + k]);
+                    e_pos := e_pos || v_position;
+                    e_hash := e_hash || v_hash;
+                    e_req := e_req || n;
+                    e_k := e_k || k;
+                    e_src := e_src || (v_src + k);
+                    o_index := n;
+                    o_position := v_position;
+                    o_hash := v_hash;
+                    o_duplicate := false;
+                    o_actual := NULL;
+                    RETURN NEXT;
+                END LOOP;
+            END IF;
+            v_src := v_src + p_counts[n];
+        END LOOP;
+
+        IF array_length(e_pos, 1) IS NULL THEN
+            RETURN;  -- nothing appended
+        END IF;
+        -- A chain version 2 link input is its version byte and a digest (33 bytes); a
+        -- 32-byte one is a version 1 row digest (a writer from before).
+        INSERT INTO events (position, stream_id, version, type, schema_version, data,
+                            metadata, recorded_at, hash, call_id, chain_version)
+            SELECT e.pos, p_streams[e.req], p_expected[e.req] + e.k, p_types[e.src],
+                   p_schemas[e.src], p_data[e.src], p_metadata[e.src], p_recorded_at[e.req],
+                   e.hash, p_call_ids[e.src],
+                   CASE WHEN octet_length(p_digests[e.src]) = 33
+                        THEN get_byte(p_digests[e.src], 0) ELSE 1 END
+            FROM unnest(e_pos, e_hash, e_req, e_k, e_src) AS e(pos, hash, req, k, src);
+        UPDATE ledger_head SET position = v_position, hash = v_hash;
+        IF cardinality(array_remove(p_keys, NULL)) > 0 THEN
+            INSERT INTO idempotency_keys (key, stream_id, first_position, last_position)
+                SELECT p_keys[a.req], p_streams[a.req], a.first, a.first + p_counts[a.req] - 1
+                FROM unnest(k_req, k_first) AS a(req, first)
+                WHERE p_keys[a.req] IS NOT NULL;
+        END IF;
+        -- A wake-up hint for projection runners; the log itself stays the truth.
+        PERFORM pg_notify('ledger_events', v_position::text);
+    END $$;
+
+    -- Writers on older code still call ledger_append: a batch of one, raising on a
+    -- conflict as before.
+    CREATE OR REPLACE FUNCTION ledger_append(
+        p_stream text, p_expected integer, p_key text, p_types text[],
+        p_schemas smallint[], p_data text[], p_metadata text[], p_call_ids text[],
+        p_recorded_at timestamptz, p_digests bytea[], p_data_key bytea
+    ) RETURNS TABLE (o_position bigint, o_hash bytea, o_duplicate boolean)
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        r record;
+    BEGIN
+        FOR r IN SELECT * FROM ledger_try_append_batch(ARRAY[p_stream], ARRAY[p_expected],
+                ARRAY[p_key], ARRAY[array_length(p_types, 1)], p_types, p_schemas, p_data,
+                p_metadata, p_call_ids, ARRAY[p_recorded_at], p_digests, ARRAY[p_data_key])
+        LOOP
+            IF r.o_position IS NULL THEN
+                RAISE EXCEPTION 'version conflict'
+                    USING ERRCODE = 'LD001', DETAIL = r.o_actual::text;
+            END IF;
+            o_position := r.o_position;
+            o_hash := r.o_hash;
+            o_duplicate := r.o_duplicate;
+            RETURN NEXT;
+        END LOOP;
+    END $$;
+    """,
+]
+
+STATEMENTS = Statements(
+    "%s",
+    hash_hex="encode(hash, 'hex')",
+    recorded_at_text="to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+)
+
+
+_IMPORT_COPY = (
+    "COPY events (position, stream_id, version, type, schema_version, data, metadata,"
+    " recorded_at, hash, call_id, chain_version) FROM STDIN (FORMAT BINARY)"
+)
+_IMPORT_TYPES = [
+    "int8", "text", "int4", "text", "int2", "text", "text", "timestamptz", "bytea", "text", "int2"
+]  # fmt: skip
+
+
+def _import_columns(row: RawEvent) -> tuple[Any, ...]:
+    return (
+        row.position,
+        row.stream_id,
+        row.version,
+        row.type,
+        row.schema_version,
+        row.data.decode(),
+        row.metadata.decode(),
+        parse_timestamp(row.recorded_at),
+        bytes.fromhex(row.hash),
+        row.call_id,
+        row.chain_version,
+    )
+
+
+_CHAIN_QUERY = (
+    "SELECT position, stream_id, version, type::varchar, schema_version,"
+    " to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')::varchar,"
+    " data, metadata, encode(hash, 'hex')::varchar, chain_version"
+    " FROM events WHERE position > %s AND position <= %s ORDER BY position LIMIT %s"
+)
+_MAX_POSITION = 2**63 - 1
+
+# read_all's page. recorded_at comes as the JSON string of its UTC time, which
+# msgspec reads (in C) as an aware datetime: PostgreSQL writes the text cheaply, while
+# psycopg's binary timestamptz loader costs more than the rest of the row. The text is
+# ISO 8601 (with a space) under DateStyle ISO, every server's default; to_char, dearer
+# for the server, makes it so under any other.
+_EVENT_PAGE = (
+    "SELECT position, stream_id::varchar, version, type, schema_version, data, metadata,"
+    " '\"' || (recorded_at AT TIME ZONE 'UTC')::text || 'Z\"', hash"
+    " FROM events WHERE position > %s ORDER BY position LIMIT %s"
+)
+_EVENT_PAGE_ANY_DATESTYLE = _EVENT_PAGE.replace(
+    "(recorded_at AT TIME ZONE 'UTC')::text",
+    "to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')",
+)
+_decode_time = msgspec.json.Decoder(datetime).decode
+_COLUMNS = [itemgetter(i) for i in range(9)]
+
+
+def _page_events(rows: list[Any]) -> Iterator[RecordedEvent]:
+    """A page of ``_EVENT_PAGE`` rows as typed events (``decode_event``'s work).
+
+    Binary rows with text columns as bytes (msgspec decodes them without an
+    intermediate str); one str per event type name per page. Lazy C-level ``map``s,
+    no Python loop: each event is decoded as it is taken, so a row that cannot be
+    decoded raises only after the events before it, and only a few objects are alive
+    at a time (decoding a whole page first was slower: cache misses and
+    garbage-collector passes over thousands of fresh objects).
+    """
+    position, stream, version, kind, schema, data, metadata, at, digest = (
+        map(column, rows) for column in _COLUMNS
+    )
+    names = {name: name.decode() for name in set(map(_COLUMNS[3], rows))}
+    types = list(map(names.__getitem__, kind))
+    schemas = list(schema)
+    return map(
+        RecordedEvent,
+        position,
+        stream,
+        version,
+        types,
+        schemas,
+        map(decode_data, types, schemas, data),
+        map(decode_metadata, metadata),
+        map(_decode_time, at),
+        map(bytes.hex, digest),
+    )
+
+
+def _libpq_url(url: str) -> str:
+    return "postgresql://" + url.split("://", 1)[1] if url.startswith("postgres://") else url
+
+
+def _session_options(statement_timeout: float) -> dict[str, Any]:
+    """Connection settings that bound every wait on the database.
+
+    connect_timeout bounds a connection attempt; statement_timeout a statement (a
+    lock wait included); idle_in_transaction_session_timeout a transaction a client
+    abandoned while holding the head lock; keepalives and tcp_user_timeout a peer
+    that vanished without closing the connection (a black-holed primary).
+    """
+    statement_ms = max(1, int(statement_timeout * 1000))
+    return {
+        "autocommit": True,
+        "options": (
+            f"-c statement_timeout={statement_ms}"
+            f" -c idle_in_transaction_session_timeout={statement_ms * 4}"
+        ),
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+        "tcp_user_timeout": statement_ms + 5000,
+    }
+
+
+def _probe(conn: psycopg.Connection[Any]) -> None:
+    """Raise unless the idle connection still works; no round trip when nothing is amiss.
+
+    An idle connection's socket has nothing to read unless the server spoke first: a
+    termination (admin shutdown, restart, failover) sends an error and closes it. Only
+    then is the full check (ConnectionPool.check_connection, an empty query) run. One
+    round trip per checkout would cost about a fifth of the append rate.
+    """
+    if conn.closed or conn.pgconn.status != psycopg.pq.ConnStatus.OK:
+        raise psycopg.OperationalError("the connection is closed")
+    readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    if readable:
+        ConnectionPool.check_connection(conn)
+
+
+@error_boundary(translate_error)
+class PostgresEventStore(SQLStore):
+    sql = STATEMENTS
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        min_connections: int = 1,
+        max_connections: int = 10,
+        timeout: float = 5.0,
+        statement_timeout: float = 15.0,
+        migrate: bool = True,
+        rejection_retention_days: int = 90,
+        rejection_purge_interval: float = REJECTION_PURGE_INTERVAL_SECONDS,
+        **_other_backends: object,  # open_store passes every option; another backend's are ignored
+    ) -> None:
+        self.url = url
+        self._bounds = (max_connections, timeout, statement_timeout)  # for async_log
+        self._init_rejection_log(rejection_retention_days, rejection_purge_interval)
+        self._quick_timeout = min(timeout, QUICK_TIMEOUT_SECONDS)
+        self._pool = ConnectionPool(
+            _libpq_url(url),
+            min_size=min_connections,
+            max_size=max_connections,
+            timeout=timeout,
+            kwargs={"connect_timeout": max(1, int(timeout))} | _session_options(statement_timeout),
+            # A pooled connection is tested before it is handed out: after a restart or
+            # a failover, a dead one is replaced instead of failing one call each.
+            check=self._check_connection,
+            # The pool retries a lost connection with a doubling back-off; giving up
+            # after a few seconds lets the next waiting call start afresh at once, so
+            # the service is back within seconds of the database, after any outage.
+            reconnect_timeout=max(1.0, timeout),
+            open=False,
+            name="ledger",
+        )
+        try:
+            self._pool.open(wait=True, timeout=timeout)
+        except PoolTimeout as exc:
+            self._pool.close()
+            raise StoreUnavailable("PostgreSQL did not answer") from exc
+        self.database = PostgresDatabase(url, self._pool, translate_error)
+        if migrate:
+            self.migrate()
+
+    def async_log(self, on_batch: Callable[[int], None] | None = None) -> AsyncEventLog:
+        """An async psycopg pool of its own, with the same bounds (``postgres_async``)."""
+        from eventstore.postgres.aio import AsyncPostgresLog
+
+        connections, timeout, statement_timeout = self._bounds
+        return AsyncPostgresLog(
+            self.url,
+            max_connections=connections,
+            timeout=timeout,
+            statement_timeout=statement_timeout,
+            on_batch=on_batch,
+        )
+
+    @property
+    def pool(self) -> ConnectionPool:
+        return self._pool
+
+    # -- schema
+
+    def migrate(self) -> None:
+        with self._connection() as conn, conn.transaction():
+            # Serialise concurrent migrators (several service processes starting at once).
+            conn.execute("SELECT pg_advisory_xact_lock(7406000001)")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
+            current = row[0] if row else 0
+            for number, script in enumerate(MIGRATIONS, start=1):
+                if number > current:
+                    conn.execute(script)
+                    conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", [number])
+
+    # -- writing
+
+    def append(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: int,
+        idempotency_key: str | None = None,
+        data_key: bytes | None = None,
+    ) -> AppendResult:
+        request = AppendRequest(stream_id, events, expected_version, idempotency_key, data_key)
+        (outcome,) = self.append_batch([request])
+        if isinstance(outcome, ConcurrencyConflict):
+            raise outcome
+        return outcome
+
+    def append_batch(self, requests: Sequence[AppendRequest]) -> list[BatchOutcome]:
+        batches = PendingBatch.split(requests)  # encoded before any lock is taken
+        with self._connection() as conn:
+            if len(batches) == 1:  # one statement: its own transaction
+                rows = [
+                    conn.execute(TRY_APPEND_BATCH, batches[0].params(), prepare=True).fetchall()
+                ]
+            else:  # a stream or key repeated: one statement per part, one transaction
+                with conn.transaction():
+                    rows = [
+                        conn.execute(TRY_APPEND_BATCH, b.params(), prepare=True).fetchall()
+                        for b in batches
+                    ]
+        outcomes = PendingBatch.outcomes_of(batches, rows, len(requests))
+        return [self._outcome(outcome) for outcome in outcomes]
+
+    def _outcome(self, outcome: BatchOutcome | Duplicate) -> BatchOutcome:
+        if isinstance(outcome, Duplicate):
+            return AppendResult(self._read_positions(outcome.first, outcome.last), duplicate=True)
+        return outcome
+
+    # -- reading
+
+    def read_all(self, after_position: int = 0, batch_size: int = 1000) -> Iterator[RecordedEvent]:
+        # The hot path of every rebuild and full read (see _page_events). When the
+        # first page is full, the next pages are fetched by a helper thread while this
+        # one decodes: the server (on another core) and the decoding overlap.
+        first = self._event_page(after_position, batch_size)
+        pages: Iterator[list[Any]] = iter([first])
+        stop = threading.Event()
+        if len(first) == batch_size:
+            pages = itertools.chain(pages, self._prefetched(first[-1][0], batch_size, stop))
+        try:
+            for rows in pages:
+                yield from _page_events(rows)
+        finally:
+            stop.set()  # a reader that stops early releases the helper thread
+
+    def _event_page(self, after: int, batch_size: int) -> list[Any]:
+        with self._connection() as conn, conn.cursor(binary=True) as cur:
+            cur.adapters.register_loader("text", ByteaBinaryLoader)
+            iso = (conn.info.parameter_status("DateStyle") or "").startswith("ISO")
+            query = _EVENT_PAGE if iso else _EVENT_PAGE_ANY_DATESTYLE
+            return cur.execute(query, [after, batch_size], prepare=True).fetchall()
+
+    def _prefetched(
+        self,
+        after: int,
+        batch_size: int,
+        stop: threading.Event,
+        page: Callable[[int, int], list[Any]] | None = None,
+    ) -> Iterator[list[Any]]:
+        """Pages after ``after`` (``page``, by default ``_event_page``), fetched one
+        ahead by a daemon thread."""
+        fetch_page = page or self._event_page
+        box: queue.Queue[list[Any] | BaseException | None] = queue.Queue(maxsize=2)
+
+        def hand_over(item: list[Any] | BaseException | None) -> bool:
+            while not stop.is_set():
+                try:
+                    box.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def fetch() -> None:
+            position = after
+            try:
+                while not stop.is_set():
+                    rows = fetch_page(position, batch_size)
+                    if rows and not hand_over(rows):
+                        return
+                    if len(rows) < batch_size:
+                        break
+                    position = rows[-1][0]
+                hand_over(None)
+            except BaseException as error:  # handed to the reader, raised there
+                hand_over(error)
+
+        threading.Thread(target=fetch, name="ledger-read-ahead", daemon=True).start()
+        while (item := box.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def read_chain(
+        self, after_position: int = 0, through: int | None = None, batch_size: int = 10_000
+    ) -> Iterator[ChainRow]:
+        # verify's path: binary pages fetched one ahead by a helper thread (as read_all),
+        # text columns as bytes (data and metadata are hashed as they come), and the
+        # columns the chain needs as str cast to varchar, which loads as str.
+        last = _MAX_POSITION if through is None else through
+        stop = threading.Event()
+        try:
+            for rows in self._prefetched(
+                after_position, batch_size, stop, lambda a, n: self._chain_page(a, last, n)
+            ):
+                yield from rows
+        finally:
+            stop.set()
+
+    def _chain_page(self, after: int, last: int, batch_size: int) -> list[Any]:
+        # Driver errors are left to the store's error boundary (raised in read_chain).
+        with self._connection() as conn, conn.cursor(binary=True) as cur:
+            cur.adapters.register_loader("text", ByteaBinaryLoader)
+            params = [after, last, batch_size]
+            return cur.execute(_CHAIN_QUERY, params, prepare=True).fetchall()
+
+    def import_rows(self, rows: Iterable[RawEvent]) -> Head:
+        # Binary COPY: no text escaping of the JSON bodies on either side. The head row
+        # stays locked until commit, so appends wait and then chain onto the new head.
+        try:
+            with self._connection() as conn, conn.transaction():
+                row = conn.execute("SELECT position, hash FROM ledger_head FOR UPDATE").fetchone()
+                head = Head(row[0], bytes(row[1]).hex()) if row else Head(0, GENESIS.hex())
+                with conn.cursor().copy(_IMPORT_COPY) as copy:
+                    copy.set_types(_IMPORT_TYPES)
+                    new_head = checked(rows, head, lambda r: copy.write_row(_import_columns(r)))
+                conn.execute(
+                    "UPDATE ledger_head SET position = %s, hash = %s",
+                    [new_head.position, bytes.fromhex(new_head.hash)],
+                )
+                conn.execute("SELECT pg_notify('ledger_events', %s)", [str(new_head.position)])
+        except psycopg.errors.UniqueViolation as exc:  # a (stream, version) taken already
+            raise ImportRefused(f"import refused: {exc.diag.message_detail}") from None
+        # Other driver errors are left to the store's error boundary.
+        return new_head
+
+    def head(self) -> Head:
+        with self._connection() as conn:
+            row = conn.execute("SELECT position, hash FROM ledger_head").fetchone()
+        if row is None:
+            return Head(0, GENESIS.hex())
+        return Head(row[0], bytes(row[1]).hex())
+
+    # -- the primitives of SQLStore. Errors raised here reach the caller through the
+    # class's error boundary (translate_error), the one place they are mapped.
+
+    def _rows(
+        self, sql: str, params: Sequence[object] = (), *, quick: bool = False, prepare: bool = False
+    ) -> list[Row]:
+        with self._connection(self._quick_timeout if quick else None) as conn:
+            cursor = conn.execute(sql.encode(), params, prepare=prepare or None)
+            return cursor.fetchall() if cursor.description else []
+
+    def _count(self, sql: str, params: Sequence[object] = ()) -> int:
+        with self._connection() as conn:
+            return conn.execute(sql.encode(), params).rowcount
+
+    def _time_param(self, value: datetime) -> datetime:
+        return value
+
+    def _time_value(self, value: datetime) -> datetime:
+        return value
+
+    def _decode_row(self, row: Row) -> RecordedEvent:
+        return decode_event(*row)
+
+    # -- plumbing
+
+    def ping(self) -> None:
+        # A readiness probe answers quickly, whatever the pool's wait for a connection.
+        with self._connection(self._quick_timeout) as conn:
+            conn.execute("SELECT 1")
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def _check_connection(self, conn: psycopg.Connection[Any]) -> None:
+        """The pool's check of a connection it is about to hand out."""
+        try:
+            _probe(conn)
+        except psycopg.Error:
+            # One dead connection means a restart or a failover: the idle ones are dead
+            # too. Replace them all now; checking them one by one, the pool would back
+            # off 1, 2, 4 s between failures and the first calls would time out.
+            self._pool.drain()
+            raise
+
+    def _connection(
+        self, timeout: float | None = None
+    ) -> AbstractContextManager[psycopg.Connection[TupleRow]]:
+        # Errors raised here or in the block reach the caller through the class's
+        # error boundary (translate_error), the one place they are mapped.
+        return self._pool.connection(timeout=timeout)
