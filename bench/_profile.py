@@ -45,7 +45,7 @@ AREAS: tuple[tuple[str, str], ...] = (
     ("psycopg", r"/psycopg"),
     # The product's own ASGI middleware (LastResort) counts with the framework's.
     ("FastAPI/Starlette routing, middleware", r"/starlette/|/fastapi/|app/errors\.py"),
-    ("ingest glue (app/)", r"app/(ingest|shell|calls|answers|service|key_limits|install_keys"
+    ("ingest glue (app/)", r"app/(ingest|shell|calls|answers|service|key_fetch|keys"
                            r"|evidence)\.py|app/forge/"),
     ("app, other", r"(^|[ (/])app/"),
     ("thread hand-off", r"anyio/to_thread|anyio/_backends|starlette/concurrency"

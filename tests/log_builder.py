@@ -24,7 +24,7 @@ from app.ingest.connect.decider import (
     TenantState,
     sealed_rows,
 )
-from app.ingest.jwt import VerifiedToken
+from app.ingest.connect.tokens import VerifiedToken
 from eventstore.events import Metadata, SealedSecret, stream_id_for
 from eventstore.store import EventStore
 

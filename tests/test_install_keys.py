@@ -10,19 +10,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.ingest.connect.keys import (
-    InstallKeyError,
-    InstallKeyFetcher,
-    InvalidKid,
-    KeyServerBusy,
-    KeyServerUnavailable,
-    UnknownKid,
-)
-from app.ingest.key_limits import (
+from app.ingest.connect.keys import InstallKeyFetcher, InvalidKid, KeyServerBusy, UnknownKid
+from app.ingest.key_fetch import (
     FETCH_BURST,
     MAX_FETCHES_IN_FLIGHT,
     UNKNOWN_KID_TTL_SECONDS,
     FetchBudget,
+    InstallKeyError,
+    KeyServerUnavailable,
     UnknownKids,
 )
 from app.sim.connect import KeyServer, SimulatedHost

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from app.ingest.key_limits import FETCH_BURST, FETCH_RATE_PER_SECOND
+from app.ingest.key_fetch import FETCH_BURST, FETCH_RATE_PER_SECOND
 from app.sim.connect import SimulatedHost, make_install_payload
 from tests.harness import RunningService, running_service
 

@@ -9,14 +9,13 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
-from app.ingest.jwt import (
-    TokenError,
+from app.ingest.connect.tokens import (
     canonical_request,
-    parse_unverified,
     query_string_hash,
     relative_path,
     verify_shared_secret_token,
 )
+from app.ingest.jwt import TokenError, parse_unverified
 
 BASE_URL = "https://example.com"
 VECTORS: dict[str, Any] = json.loads(

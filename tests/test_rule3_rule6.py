@@ -13,14 +13,13 @@ from typing import Any
 import httpx
 import pytest
 
-from app.ingest.jwt import (
+from app.ingest.connect.tokens import (
     AppBase,
-    TokenError,
-    parse_token,
     query_string_hash,
     relative_path,
     verify_install_token,
 )
+from app.ingest.jwt import TokenError, parse_token
 from app.sim.connect import LifecycleCall, SimulatedHost, make_install_payload
 from tests.harness import RunningService, running_service
 

@@ -19,21 +19,18 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.ingest.jwt import (
+from app.ingest.connect.tokens import (
     KID_PATTERN,
-    REASON_CODES,
-    TokenError,
     canonical_path,
     canonical_query,
     canonical_request,
     is_valid_kid,
-    parse_unverified,
     query_string_hash,
     relative_path,
-    token_sha256,
     verify_install_token,
     verify_shared_secret_token,
 )
+from app.ingest.jwt import REASON_CODES, TokenError, parse_unverified, token_sha256
 from app.sim.connect import LifecycleCall, SimulatedHost, make_install_payload
 
 NOW = 1_750_000_000

@@ -1,7 +1,5 @@
-"""Verification of Atlassian Connect lifecycle JWTs and the query string hash (SPEC §4).
-
-Pure functions: no I/O, no clock. The caller passes ``now`` and ``leeway`` so the
-time rules are testable, and fetches RS256 keys itself (see ``app.install_keys``).
+"""What Connect's and Forge's tokens share: strict parsing of a JWT, its claims' types,
+and the refusal every verification raises (``TokenError``). Pure functions.
 
 The token is parsed here, strictly, rather than by ``jwt.decode``: the allowed
 algorithm is fixed by the function called (never read from the header), PyJWT is
@@ -22,42 +20,14 @@ import hmac
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Final
-from urllib.parse import quote, urlsplit
 
-import msgspec
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
-from jwt.algorithms import HMACAlgorithm, RSAAlgorithm
-
-__all__ = [
-    "KID_PATTERN",
-    "MAX_TOKEN_LENGTH",
-    "REASON_CODES",
-    "ParsedToken",
-    "TokenError",
-    "UnverifiedToken",
-    "VerifiedToken",
-    "canonical_path",
-    "canonical_query",
-    "canonical_request",
-    "is_valid_kid",
-    "load_rsa_public_key",
-    "numeric_claim",
-    "parse_token",
-    "parse_unverified",
-    "query_string_hash",
-    "relative_path",
-    "token_sha256",
-    "verify_install_token",
-    "verify_shared_secret_token",
-]
-
-KID_PATTERN: Final = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 # Lifecycle tokens are a few hundred bytes; the cap bounds the work an
 # unauthenticated caller can make us do before the signature is checked.
@@ -80,8 +50,6 @@ REASON_CODES: Final = frozenset(
     }
 )
 
-_RS256: Final = RSAAlgorithm(RSAAlgorithm.SHA256)
-_HS256: Final = HMACAlgorithm(HMACAlgorithm.SHA256)
 _B64URL: Final = re.compile(r"[A-Za-z0-9_-]*")
 
 
@@ -107,28 +75,6 @@ class UnverifiedToken:
 
 
 @dataclass(frozen=True, slots=True)
-class VerifiedToken:
-    alg: str
-    kid: str | None
-    iss: str
-    iat: int
-    exp: int
-    sha256: str
-    # The app base URL the token was verified against (SPEC §4 rule 3): the current one
-    # or a previous one; None where no base URL was asked for.
-    app_base_url: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class AppBase:
-    """An app base URL a request may have been signed for, and the request's query
-    string hash relative to it (the path under a base URL depends on the base)."""
-
-    url: str | None
-    qsh: str
-
-
-@dataclass(frozen=True, slots=True)
 class ParsedToken:
     token: UnverifiedToken
     signing_input: bytes
@@ -138,89 +84,7 @@ class ParsedToken:
 # --- query string hash -------------------------------------------------------
 
 
-def _percent_encode(text: str) -> str:
-    # RFC 3986: everything but the unreserved set A-Z a-z 0-9 - . _ ~ is encoded,
-    # so a space becomes %20 (never '+') and '*' becomes %2A.
-    return quote(text, safe="-._~", encoding="utf-8", errors="surrogatepass")
-
-
-def _utf16_order(text: str) -> bytes:
-    # The reference implementations (Java, JavaScript) sort strings by UTF-16 code
-    # units; big-endian UTF-16 bytes compare in exactly that order, whereas Python's
-    # code-point order differs for characters above U+FFFF.
-    return text.encode("utf-16-be", errors="surrogatepass")
-
-
-def canonical_query(params: Sequence[tuple[str, str]]) -> str:
-    """Canonical query string of decoded ``(name, value)`` pairs, ``jwt`` excluded.
-
-    Names and values are sorted decoded, then percent-encoded; several values of one
-    name are joined by ``,`` (itself not encoded) and pairs by ``&``.
-    """
-    grouped: dict[str, list[str]] = {}
-    for name, value in params:
-        if name == "jwt":
-            continue
-        grouped.setdefault(name, []).append(value)
-    return "&".join(
-        _percent_encode(name)
-        + "="
-        + ",".join(_percent_encode(value) for value in sorted(grouped[name], key=_utf16_order))
-        for name in sorted(grouped, key=_utf16_order)
-    )
-
-
-def canonical_path(path: str) -> str:
-    """Canonical form of a path already made relative to the app base URL.
-
-    ``&`` is encoded so that ``/a&b=c?x=y`` and ``/a?b=c&x=y`` do not collide; one
-    trailing ``/`` is dropped, as the reference implementations do.
-    """
-    if not path:
-        return "/"
-    path = path.replace("&", "%26")
-    if not path.startswith("/"):
-        path = "/" + path
-    if len(path) > 1 and path.endswith("/"):
-        path = path[:-1]
-    return path
-
-
-def relative_path(request_path: str, app_base_url: str) -> str:
-    """Strip the app base URL's path from a request path (``/`` if nothing is left).
-
-    The prefix is only removed at a segment boundary: base ``/app`` does not strip
-    ``/application``.
-    """
-    base_path = urlsplit(app_base_url).path.rstrip("/")
-    if base_path and (request_path == base_path or request_path.startswith(base_path + "/")):
-        request_path = request_path[len(base_path) :]
-    return request_path or "/"
-
-
-def canonical_request(method: str, path: str, params: Sequence[tuple[str, str]]) -> str:
-    """``METHOD&path&canonical-query``.
-
-    ``path`` is the request path relative to the app base URL, as sent on the wire
-    (not percent-decoded); ``params`` are the decoded query parameters.
-    """
-    return f"{method.upper()}&{canonical_path(path)}&{canonical_query(params)}"
-
-
-def query_string_hash(method: str, path: str, params: Sequence[tuple[str, str]]) -> str:
-    """SHA-256 hex of the canonical request: the value of a token's ``qsh`` claim."""
-    canonical = canonical_request(method, path, params)
-    return hashlib.sha256(canonical.encode("utf-8", errors="surrogatepass")).hexdigest()
-
-
 # --- parsing -----------------------------------------------------------------
-
-
-def is_valid_kid(kid: object) -> bool:
-    """A kid safe to append to the key server URL: no ``/``, no ``%``, not ``.``/``..``."""
-    return (
-        isinstance(kid, str) and KID_PATTERN.fullmatch(kid) is not None and kid not in {".", ".."}
-    )
 
 
 def token_sha256(token: str) -> str:
@@ -325,184 +189,35 @@ def load_rsa_public_key(public_key_pem: str | bytes | RSAPublicKey) -> RSAPublic
         raise TokenError("invalid_key", "the install key is not a PEM RSA public key") from None
 
 
-def _require_alg(parsed: ParsedToken, allowed: str) -> None:
+def require_alg(parsed: ParsedToken, allowed: str) -> None:
     if parsed.token.alg != allowed:
         raise TokenError("unsupported_alg", f"only {allowed} is accepted here")
 
 
-def _same(a: str, b: str) -> bool:
+def same_text(a: str, b: str) -> bool:
     # compare_digest only takes ASCII str; claim values may hold anything.
     return hmac.compare_digest(
         a.encode("utf-8", errors="surrogatepass"), b.encode("utf-8", errors="surrogatepass")
     )
 
 
-def _required(claims: Mapping[str, Any], name: str) -> Any:
+def required_claim(claims: Mapping[str, Any], name: str) -> Any:
     if name not in claims or claims[name] is None:
         raise TokenError("missing_claim", f"the token has no {name} claim")
     return claims[name]
 
 
-def _time_claim(claims: Mapping[str, Any], name: str) -> float | int:
-    value = numeric_claim(_required(claims, name))
+def time_claim(claims: Mapping[str, Any], name: str) -> float | int:
+    value = numeric_claim(required_claim(claims, name))
     if value is None:
         raise TokenError("invalid_claim", f"the {name} claim is not a number")
     return value
 
 
-def _string_claim(claims: Mapping[str, Any], name: str) -> str:
-    value = _required(claims, name)
+def string_claim(claims: Mapping[str, Any], name: str) -> str:
+    value = required_claim(claims, name)
     if not isinstance(value, str):
         raise TokenError("invalid_claim", f"the {name} claim is not a string")
     return value
 
 
-def _audiences(claims: Mapping[str, Any]) -> list[str]:
-    aud = _required(claims, "aud")
-    if isinstance(aud, str):
-        return [aud]
-    if isinstance(aud, list) and all(isinstance(item, str) for item in aud):
-        return aud
-    raise TokenError("invalid_claim", "the aud claim is neither a string nor a list of strings")
-
-
-def body_mac(token: ParsedToken, body: Mapping[str, Any]) -> str:
-    """What tells one body sent with a token from another (SPEC §4 rule 6): HMAC-SHA256
-    of the body as one canonical JSON value (keys sorted), keyed by the token itself.
-
-    Keyed, not a plain SHA-256: the body holds the shared secret, and the log keeps
-    this value; only whoever holds the token (never stored) can test a guess with it."""
-    key = parsed_token_bytes(token)
-    canonical = msgspec.json.encode(body, order="sorted")
-    return hmac.new(key, canonical, hashlib.sha256).hexdigest()
-
-
-def parsed_token_bytes(token: ParsedToken) -> bytes:
-    """The token as signed: its signing input and signature."""
-    return token.signing_input + b"." + token.signature
-
-
-def _check_claims(
-    parsed: ParsedToken,
-    *,
-    client_key: str,
-    bases: Sequence[AppBase],
-    now: int,
-    leeway: int,
-    check_aud: bool,
-) -> VerifiedToken:
-    """The claims, first failure wins. ``bases``: the current app base URL first, then
-    the previous ones; the first whose qsh matches is chosen, among those ``aud`` names
-    when ``check_aud``."""
-    claims = parsed.token.claims
-    iss = _string_claim(claims, "iss")
-    claimed_qsh = _string_claim(claims, "qsh")
-    exp = _time_claim(claims, "exp")
-    iat = _time_claim(claims, "iat")
-    audiences = _audiences(claims) if check_aud else []
-
-    if not _same(iss, client_key):
-        raise TokenError("iss_mismatch", "the token's iss is not the payload's clientKey")
-    if check_aud:
-        named = [b for b in bases if b.url is not None and _names(audiences, b.url)]
-        if not named:
-            raise TokenError("aud_mismatch", "the token's aud does not name this app")
-    else:
-        named = list(bases)
-    chosen = next((b for b in named if _same(claimed_qsh, b.qsh)), None)
-    if chosen is None:
-        raise TokenError("qsh_mismatch", "the token's qsh does not match this request")
-    if exp <= now - leeway:
-        raise TokenError("token_expired", "the token's exp has passed")
-    if iat > now + leeway:
-        raise TokenError("token_not_yet_valid", "the token's iat is in the future")
-    if "nbf" in claims:
-        nbf = _time_claim(claims, "nbf")
-        if nbf > now + leeway:
-            raise TokenError("token_not_yet_valid", "the token's nbf is in the future")
-
-    return VerifiedToken(
-        alg=parsed.token.alg,
-        kid=parsed.token.kid,
-        iss=iss,
-        iat=int(iat),
-        exp=int(exp),
-        sha256=parsed.token.sha256,
-        app_base_url=chosen.url,
-    )
-
-
-def _names(audiences: Sequence[str], base_url: str) -> bool:
-    """Whether ``aud`` names ``base_url`` (a trailing ``/`` ignored on either side)."""
-    wanted = base_url.rstrip("/")
-    return any(_same(aud.rstrip("/"), wanted) for aud in audiences)
-
-
-def verify_install_token(
-    token: str | ParsedToken,
-    public_key_pem: str | bytes | RSAPublicKey,
-    *,
-    client_key: str,
-    app_base_url: str,
-    qsh: str,
-    now: int,
-    leeway: int,
-    previous: Sequence[AppBase] = (),
-) -> VerifiedToken:
-    """Verify a signed-install (RS256) token against the key its ``kid`` names.
-
-    Checks, first failure wins: alg is RS256, kid well formed, signature, claims
-    present, ``iss`` == client_key, ``aud`` names app_base_url (trailing ``/``
-    ignored) or one of ``previous`` (then ``qsh`` is the one relative to it), ``qsh``,
-    ``exp`` > now - leeway, ``iat`` <= now + leeway.
-    ``token`` may be given already parsed (``parse_token``): a call parses it once.
-    """
-    parsed = token if isinstance(token, ParsedToken) else parse_token(token)
-    _require_alg(parsed, "RS256")
-    if not is_valid_kid(parsed.token.kid):
-        raise TokenError("invalid_kid", "the token header's kid is missing or not allowed")
-    key = load_rsa_public_key(public_key_pem)
-    if not _RS256.verify(parsed.signing_input, key, parsed.signature):
-        raise TokenError("bad_signature", "the signature does not verify with the install key")
-    return _check_claims(
-        parsed,
-        client_key=client_key,
-        bases=(AppBase(app_base_url, qsh), *previous),
-        now=now,
-        leeway=leeway,
-        check_aud=True,
-    )
-
-
-def verify_shared_secret_token(
-    token: str | ParsedToken,
-    secret: str,
-    *,
-    client_key: str,
-    qsh: str,
-    now: int,
-    leeway: int,
-    app_base_url: str | None = None,
-    previous: Sequence[AppBase] = (),
-) -> VerifiedToken:
-    """Verify an HS256 token with the tenant's stored shared secret.
-
-    Same rules as ``verify_install_token`` except ``aud``, which Atlassian's
-    HS256 tokens do not carry: the qsh may be relative to ``app_base_url`` or to one
-    of ``previous`` (the first that matches is the one recorded).
-    """
-    parsed = token if isinstance(token, ParsedToken) else parse_token(token)
-    _require_alg(parsed, "HS256")
-    if not secret:
-        # An empty secret is known to everyone: anyone could sign with it.
-        raise TokenError("invalid_key", "no shared secret to verify with")
-    if not _HS256.verify(parsed.signing_input, secret.encode("utf-8"), parsed.signature):
-        raise TokenError("bad_signature", "the signature does not verify with the shared secret")
-    return _check_claims(
-        parsed,
-        client_key=client_key,
-        bases=(AppBase(app_base_url, qsh), *previous),
-        now=now,
-        leeway=leeway,
-        check_aud=False,
-    )

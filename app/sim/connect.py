@@ -23,7 +23,7 @@ from urllib.parse import quote, urlsplit
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from app.ingest.jwt import query_string_hash
+from app.ingest.connect.tokens import query_string_hash
 from app.sim.server import BackgroundServer, QuietHandler
 
 __all__ = [

@@ -34,7 +34,7 @@ from typing import Any, Final, Literal
 import msgspec
 
 from app.ingest import shell
-from app.ingest.jwt import VerifiedToken
+from app.ingest.connect.tokens import VerifiedToken
 from app.ingest.shell import Append, Skip
 from eventstore.crypto import secret_ad
 from eventstore.events import (

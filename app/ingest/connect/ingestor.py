@@ -48,22 +48,19 @@ from app.ingest.connect.decider import (
     Verification,
     sealed_rows,
 )
-from app.ingest.connect.keys import InstallKeyFetcher, InvalidKid, KeyServerUnavailable, UnknownKid
-from app.ingest.jwt import (
+from app.ingest.connect.keys import InstallKeyFetcher, InvalidKid, UnknownKid
+from app.ingest.connect.tokens import (
     AppBase,
-    ParsedToken,
-    TokenError,
-    UnverifiedToken,
     VerifiedToken,
     body_mac,
     is_valid_kid,
-    parse_token,
     query_string_hash,
     relative_path,
-    token_sha256,
     verify_install_token,
     verify_shared_secret_token,
 )
+from app.ingest.jwt import ParsedToken, TokenError, UnverifiedToken, parse_token, token_sha256
+from app.ingest.key_fetch import KeyServerUnavailable
 from app.ingest.known_streams import KnownStreams
 from app.ingest.outcome import Outcome, Refusal
 from app.settings import Settings

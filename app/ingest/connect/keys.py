@@ -20,13 +20,22 @@ import asyncio
 import time
 from dataclasses import dataclass
 from types import TracebackType
-from typing import ClassVar, Final
+from typing import Final
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
-from app.ingest.jwt import TokenError, is_valid_kid, load_rsa_public_key
-from app.ingest.key_limits import MAX_FETCHES_IN_FLIGHT, Clock, FetchBudget, UnknownKids
+from app.ingest.connect.tokens import is_valid_kid
+from app.ingest.jwt import TokenError, load_rsa_public_key
+from app.ingest.key_fetch import (
+    MAX_FETCHES_IN_FLIGHT,
+    Clock,
+    FetchBudget,
+    InstallKeyError,
+    KeyServerUnavailable,
+    UnknownKids,
+    read_capped,
+)
 from app.metrics import UNRECORDED, KeyMetrics
 
 __all__ = [
@@ -44,12 +53,6 @@ __all__ = [
 MAX_KEY_BYTES: Final = 16 * 1024
 
 
-class InstallKeyError(Exception):
-    code: ClassVar[str] = "install_key_error"
-    # Words for the answer and the rejection log: never the kid (attacker-chosen).
-    public_detail: ClassVar[str] = "the install key could not be had"
-
-
 class InvalidKid(InstallKeyError):
     """The kid is not safe to put in a URL; no request was made. → 401."""
 
@@ -62,13 +65,6 @@ class UnknownKid(InstallKeyError):
 
     code = "unknown_kid"
     public_detail = "the key server does not know this kid"
-
-
-class KeyServerUnavailable(InstallKeyError):
-    """Unreachable, timed out, non-200 or not a key: the host should retry. → 503."""
-
-    code = "key_server_unavailable"
-    public_detail = "the install key server cannot be reached; retry later"
 
 
 class KeyServerBusy(KeyServerUnavailable):
@@ -191,17 +187,6 @@ class InstallKeyFetcher:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
-
-
-async def read_capped(response: httpx.Response, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > limit:
-            raise KeyServerUnavailable(f"the key server's answer exceeds {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _fetch_result(task: asyncio.Task[InstallKey]) -> str:

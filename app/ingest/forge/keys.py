@@ -30,7 +30,7 @@ import httpx
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey, RSAPublicNumbers
 
-from app.ingest.connect.keys import KeyServerUnavailable, read_capped
+from app.ingest.key_fetch import KeyServerUnavailable, read_capped
 from app.metrics import UNRECORDED, KeyMetrics
 
 __all__ = ["JwksFetcher", "JwksUnavailable", "UnknownKid", "parse_jwks"]

@@ -1,5 +1,6 @@
-"""Bounds on the install-key fetcher under a flood of made-up kids (issue 8 §5). Pure:
-the clock is passed in, nothing here does I/O.
+"""What fetching verification keys shares, for Connect's install keys and Forge's JWKS:
+the errors, an answer read with a size cap, and the bounds under a flood of made-up
+kids (issue 8 §5; pure: the clock is passed in).
 
 - ``UnknownKids``: kids the key server answered 404 for, remembered for a while
   (an LRU of bounded size), so a repeated bogus kid costs no request.
@@ -12,7 +13,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Final
+from typing import ClassVar, Final
+
+import httpx
 
 Clock = Callable[[], float]
 
@@ -76,3 +79,32 @@ class FetchBudget:
             return False
         self._tokens -= 1
         return True
+
+
+class InstallKeyError(Exception):
+    """A key (Connect install key or Forge JWKS) could not be had; ``code`` names why."""
+
+    code: ClassVar[str] = "install_key_error"
+    # Words for the answer and the rejection log: never the kid (attacker-chosen).
+    public_detail: ClassVar[str] = "the install key could not be had"
+
+
+
+class KeyServerUnavailable(InstallKeyError):
+    """Unreachable, timed out, non-200 or not a key: the host should retry. → 503."""
+
+    code = "key_server_unavailable"
+    public_detail = "the install key server cannot be reached; retry later"
+
+
+
+async def read_capped(response: httpx.Response, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise KeyServerUnavailable(f"the key server's answer exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
