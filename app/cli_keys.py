@@ -30,7 +30,6 @@ from app.forget import (
 from app.settings import Settings
 from eventstore.clock import format_timestamp
 from eventstore.crypto import CryptoError, MasterKeys, RewrapReport, rewrap_data_keys
-from eventstore.data_keys import KeyCopiesRemain
 from eventstore.events import client_key_of
 from eventstore.store import (
     EventStore,
@@ -195,8 +194,6 @@ def forget(
     try:
         with open_store(Settings().database_url) as store:
             outcome = forget_tenant(store, client_key, reason, operator_name(), host_name())
-    except KeyCopiesRemain as error:
-        fail(f"the data key is deleted, but {error}")
     except StoreUnavailable as error:
         fail(f"the store is unavailable ({error}); run it again")
     except StoreError as error:
@@ -206,14 +203,13 @@ def forget(
     if isinstance(outcome, KeptChanging):
         fail(f"calls for {client_key} kept arriving; its key is destroyed, run it again")
     if isinstance(outcome, AlreadyForgotten):
-        console.print(
-            f"{client_key} was already forgotten ({_when_by(outcome.row)}); nothing appended",
-            soft_wrap=True, highlight=False, markup=False,
-        )  # fmt: skip
-        return
-    gone = "data key destroyed" if outcome.had_key else "no data key was left"
-    console.print(
-        f"{client_key} forgotten: {gone}; TenantForgotten at position"
-        f" {outcome.event.position} ({_when_by(outcome.event)})",
-        soft_wrap=True, highlight=False, markup=False,
-    )  # fmt: skip
+        line = f"{client_key} was already forgotten ({_when_by(outcome.row)}); nothing appended"
+    else:
+        gone = "data key destroyed" if outcome.had_key else "no data key was left"
+        line = (
+            f"{client_key} forgotten: {gone}; TenantForgotten at position"
+            f" {outcome.event.position} ({_when_by(outcome.event)})"
+        )
+    console.print(line, soft_wrap=True, highlight=False, markup=False)
+    if outcome.copies_remain:
+        fail(f"the store's files may still hold the old key bytes: {outcome.copies_remain}")

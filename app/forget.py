@@ -9,7 +9,8 @@ event is never recorded while a key of the tenant survives.
 
 Forgetting twice appends nothing the second time: the tenant is already forgotten
 (no key, and its row says so). The scrub still runs, so a second run finishes a first
-one that could not (``KeyCopiesRemain``).
+one that could not (``KeyCopiesRemain``: the key's row is gone and the event is
+appended all the same; the outcome says what remains).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import uuid
 from dataclasses import dataclass
 
 from eventstore.clock import format_timestamp, utcnow
+from eventstore.data_keys import KeyCopiesRemain
 from eventstore.errors import ConcurrencyConflict
 from eventstore.events import Metadata, TenantForgotten, stream_id_for
 from eventstore.store import EventStore, NewEvent, RecordedEvent
@@ -37,12 +39,14 @@ class NeverHeld:
 @dataclass(frozen=True, slots=True)
 class AlreadyForgotten:
     row: TenantRow
+    copies_remain: str | None = None  # why the store's files may still hold old bytes
 
 
 @dataclass(frozen=True, slots=True)
 class Forgotten:
     event: RecordedEvent
     had_key: bool  # False: its key was gone already (never stored, or destroyed earlier)
+    copies_remain: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,9 +79,9 @@ def forget_tenant(
         row = tenants_fold.fold(events)
         if row is None:
             return NeverHeld()
-        had_key = store.destroy_data_key(stream_id)
+        had_key, copies_remain = _destroy(store, stream_id)
         if row.forgotten_at is not None and not had_key:
-            return AlreadyForgotten(row)
+            return AlreadyForgotten(row, copies_remain)
         metadata = Metadata(
             call_id=uuid.uuid4().hex,
             received_at=format_timestamp(utcnow()),
@@ -89,5 +93,14 @@ def forget_tenant(
             result = store.append(stream_id, [event], expected_version=events[-1].version)
         except ConcurrencyConflict:
             continue
-        return Forgotten(result.events[0], had_key)
+        return Forgotten(result.events[0], had_key, copies_remain)
     return KeptChanging()
+
+
+def _destroy(store: EventStore, stream_id: str) -> tuple[bool, str | None]:
+    """Whether there was a key, and why copies may remain. The key's row is gone
+    either way, so the forget is recorded even when the scrub must be run again."""
+    try:
+        return store.destroy_data_key(stream_id), None
+    except KeyCopiesRemain as error:
+        return error.destroyed, str(error)

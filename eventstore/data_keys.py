@@ -15,9 +15,14 @@ from eventstore.errors import StoreError
 class KeyCopiesRemain(StoreError):
     """The data key's row is gone, but the store's files may still hold its old bytes
     (SQLite could not checkpoint its WAL, or PostgreSQL could not lock the table to
-    rewrite it, while other work held on). Destroying again finishes the job."""
+    rewrite it, while other work held on). Destroying again finishes the job.
+    ``destroyed``: whether there was a key to destroy (as ``destroy_data_key`` returns)."""
 
     retryable = True
+
+    def __init__(self, message: str, destroyed: bool = False) -> None:
+        super().__init__(message)
+        self.destroyed = destroyed
 
 
 class DataKeyStore(abc.ABC):

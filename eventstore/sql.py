@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from eventstore.clock import utcnow
+from eventstore.data_keys import KeyCopiesRemain
 from eventstore.rejections import (
     REJECTION_FIELDS,
     REJECTION_PURGE_BATCH,
@@ -234,7 +235,10 @@ class SQLStore(EventStore):
             return True
 
         destroyed = self._in_one_transaction(overwrite_then_delete)
-        self._scrub_data_keys()  # even with no key: a second forget finishes a first one
+        try:
+            self._scrub_data_keys()  # even with no key: a second forget finishes a first one
+        except KeyCopiesRemain as error:
+            raise KeyCopiesRemain(str(error), destroyed) from None
         return destroyed
 
     def list_data_keys(self, after: str = "", limit: int = 500) -> list[tuple[str, bytes]]:

@@ -11,7 +11,9 @@ import getpass
 import json
 import os
 import socket
+import sqlite3
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -236,3 +238,43 @@ def test_forget_asks_on_a_terminal(
     result = runner.invoke(cli, ["forget", key, "--reason", "r"], input="y\n")
     assert result.exit_code == 0, result.output
     assert service.store.get_data_key(stream_id_for(key)) is None
+
+
+@contextmanager
+def _holding_on(url: str) -> Iterator[None]:
+    """Another connection that keeps the scrub from finishing: on SQLite a reader on an
+    old snapshot (the WAL cannot be emptied under it), on PostgreSQL a lock on the table
+    (it cannot be rewritten under it)."""
+    if url.startswith("sqlite"):
+        reader = sqlite3.connect(sqlite_path(url), isolation_level=None)
+        try:
+            reader.execute("BEGIN")
+            reader.execute("SELECT count(*) FROM data_keys").fetchone()
+            yield
+        finally:
+            reader.close()
+        return
+    with psycopg.connect(url) as holder:
+        holder.execute("LOCK TABLE data_keys IN ACCESS SHARE MODE")
+        yield
+
+
+def test_a_scrub_that_cannot_finish_is_said_and_finished_by_forgetting_again(
+    store_url: str,
+) -> None:
+    with open_store(store_url, busy_timeout=0.2) as store:
+        stream = stream_id_for("ck")
+        wrapped = os.urandom(WRAPPED_LENGTH)
+        installed = installed_data("ck", "https://ck.atlassian.net")
+        store.append(stream, [NewEvent(installed, Metadata())], 0, data_key=wrapped)
+        with _holding_on(store_url):
+            first = forget_tenant(store, "ck", "erasure", "alice", "box")
+        # Recorded all the same: the key's row is gone, only the files lag behind.
+        assert isinstance(first, Forgotten) and first.had_key and first.copies_remain
+        assert store.get_data_key(stream) is None
+        assert _holds(store, store_url, wrapped)
+
+        again = forget_tenant(store, "ck", "erasure", "alice", "box")
+        assert isinstance(again, AlreadyForgotten) and again.copies_remain is None
+        assert not _holds(store, store_url, wrapped)
+        assert [e.type for e in store.read_stream(stream)] == ["Installed", "TenantForgotten"]
