@@ -845,8 +845,17 @@ class PostgresEventStore(SQLStore):
         # VACUUM FULL writes the live rows into a new file and drops the old one.
         # The table is small (a key per tenant), but the rewrite locks it: waiting for
         # that lock is bounded, so calls that read keys are not held up behind it.
+        # A role that does not own the table gets a warning, not an error, and nothing
+        # rewritten: the warnings are caught and said.
+        warnings: list[str] = []
+
+        def on_notice(notice: psycopg.errors.Diagnostic) -> None:
+            if notice.severity_nonlocalized == "WARNING":
+                warnings.append(notice.message_primary or "a warning")
+
         with self._connection() as conn:
             conn.execute(f"SET lock_timeout = '{_SCRUB_LOCK_TIMEOUT}'")
+            conn.add_notice_handler(on_notice)
             try:
                 conn.execute("VACUUM FULL data_keys")
             except psycopg.errors.LockNotAvailable:
@@ -854,7 +863,13 @@ class PostgresEventStore(SQLStore):
                     "PostgreSQL could not lock data_keys to rewrite it (busy); run it again"
                 ) from None
             finally:
+                conn.remove_notice_handler(on_notice)
                 conn.execute("RESET lock_timeout")
+        if warnings:
+            raise KeyCopiesRemain(
+                f"PostgreSQL did not rewrite data_keys ({'; '.join(warnings)});"
+                " run it again as the table's owner"
+            )
 
     def _time_param(self, value: datetime) -> datetime:
         return value

@@ -12,9 +12,11 @@ import json
 import os
 import socket
 import sqlite3
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -24,11 +26,13 @@ from app import cli_keys
 from app.cli import cli
 from app.forget import AlreadyForgotten, Forgotten, NeverHeld, forget_tenant
 from app.hostsim import make_install_payload
+from eventstore.data_keys import KeyCopiesRemain
 from eventstore.events import Enabled, Metadata, TenantForgotten, stream_id_for
 from eventstore.sqlite import sqlite_path
 from eventstore.store import EventStore, NewEvent, open_store
 from eventstore.synthetic import installed_data
 from projections import tenants as tenants_fold
+from tests.conftest import PostgresDatabases
 from tests.harness import ADMIN_TOKEN, RunningService, running_service
 
 runner = CliRunner()
@@ -278,3 +282,32 @@ def test_a_scrub_that_cannot_finish_is_said_and_finished_by_forgetting_again(
         assert isinstance(again, AlreadyForgotten) and again.copies_remain is None
         assert not _holds(store, store_url, wrapped)
         assert [e.type for e in store.read_stream(stream)] == ["Installed", "TenantForgotten"]
+
+
+def test_a_role_that_cannot_rewrite_the_table_is_told_so(
+    postgres_databases: PostgresDatabases,
+) -> None:
+    """PostgreSQL only warns (and rewrites nothing) when the role does not own the table."""
+    url = postgres_databases.create()
+    open_store(url).close()  # the schema, owned by the test's superuser
+    role = f"ledger_forget_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(f'CREATE ROLE "{role}" LOGIN')
+        admin.execute(
+            f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO "{role}"'
+        )
+        try:
+            parts = urlsplit(url)
+            as_role = parts._replace(
+                netloc=f"{role}@{parts.hostname}:{parts.port or 5432}"
+            ).geturl()
+            with open_store(as_role, migrate=False) as store:
+                wrapped = os.urandom(WRAPPED_LENGTH)
+                store.put_data_key("tenant:a", wrapped)
+                with pytest.raises(KeyCopiesRemain, match="owner") as raised:
+                    store.destroy_data_key("tenant:a")
+                assert raised.value.destroyed and store.get_data_key("tenant:a") is None
+                assert _holds(store, url, wrapped)
+        finally:
+            admin.execute(f'DROP OWNED BY "{role}"')
+            admin.execute(f'DROP ROLE "{role}"')
