@@ -108,6 +108,14 @@ class Uninstalled(msgspec.Struct, frozen=True, gc=False):
     pass
 
 
+class TenantForgotten(msgspec.Struct, frozen=True, gc=False):
+    """``ledger forget`` destroyed the tenant's data key (SPEC §5): its sealed secrets are
+    unreadable from here on. ``reason`` is the operator's words; the metadata names the
+    operator's OS user and host."""
+
+    reason: str
+
+
 # ------------------------------------------------ Forge lifecycle (SPEC §10)
 # Snake-case field names on the wire: these events are ours, not a copy of a payload.
 
@@ -178,6 +186,7 @@ EventData = (
     | Enabled
     | Disabled
     | Uninstalled
+    | TenantForgotten
     | ForgeInstalled
     | ForgeUpgraded
     | ForgeLicenseChanged
@@ -198,6 +207,7 @@ EVENT_TYPES: Final[dict[str, type[Any]]] = {
         Enabled,
         Disabled,
         Uninstalled,
+        TenantForgotten,
         ForgeInstalled,
         ForgeUpgraded,
         ForgeLicenseChanged,
@@ -238,6 +248,9 @@ class Metadata(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     retry_count: int | None = None
     retry_reason: str | None = None
     context_token_sha256: str | None = None
+    # ``ledger forget`` (TenantForgotten): who ran it, as the OS user, and on which machine.
+    operator: str | None = None
+    host: str | None = None
 
 
 # ---------------------------------------------------------------- upcasting
@@ -348,6 +361,8 @@ def data_from_dict(event_type: str, body: dict[str, Any]) -> EventData:
         return DetailsChanged(changes=dict(body))
     if event_type in _EMPTY:
         return _EMPTY[event_type]
+    if event_type == "TenantForgotten":
+        return TenantForgotten(reason=str(body["reason"]))
     if event_type == "ForgeDetailsChanged":
         return ForgeDetailsChanged(changes=dict(body))
     if event_type in FORGE_EVENT_TYPES:

@@ -11,13 +11,14 @@ only what is its own: the schema, the append, the fast read path, the head.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
 from eventstore.clock import utcnow
+from eventstore.data_keys import KeyCopiesRemain
 from eventstore.rejections import (
     REJECTION_FIELDS,
     REJECTION_PURGE_BATCH,
@@ -35,6 +36,9 @@ from eventstore.store import EventStore, RawEvent, RecordedEvent
 
 # A row as the driver returns it.
 Row = tuple[Any, ...]
+# One statement in a transaction (``SQLStore._in_one_transaction``): its rows.
+Run = Callable[[str, Sequence[object]], list[Row]]
+_T = TypeVar("_T")
 
 
 class Statements:
@@ -74,6 +78,8 @@ class Statements:
             f"INSERT INTO data_keys (stream_id, wrapped, created_at) VALUES ({m}, {m}, {m})"
             " ON CONFLICT (stream_id) DO NOTHING RETURNING wrapped"
         )
+        self.data_key_length = f"SELECT length(wrapped) FROM data_keys WHERE stream_id = {m}"
+        self.overwrite_data_key = f"UPDATE data_keys SET wrapped = {m} WHERE stream_id = {m}"
         self.destroy_data_key = f"DELETE FROM data_keys WHERE stream_id = {m}"
         self.list_data_keys = (
             f"SELECT stream_id, wrapped FROM data_keys WHERE stream_id > {m}"
@@ -142,6 +148,16 @@ class SQLStore(EventStore):
     def _decode_row(self, row: Row) -> RecordedEvent:
         """A row of ``Statements.event_columns`` as the typed event."""
 
+    @abc.abstractmethod
+    def _in_one_transaction(self, work: Callable[[Run], _T]) -> _T:
+        """``work`` run with a statement runner, all in one write transaction (SQLite
+        with ``secure_delete`` on, so what it deletes is zeroed in the page)."""
+
+    @abc.abstractmethod
+    def _scrub_data_keys(self) -> None:
+        """Make the store's files forget deleted data-key bytes (see destroy_data_key);
+        KeyCopiesRemain when that cannot finish now."""
+
     # -- reading the log
 
     def _read_positions(self, first: int, last: int) -> list[RecordedEvent]:
@@ -206,7 +222,24 @@ class SQLStore(EventStore):
         return stored
 
     def destroy_data_key(self, stream_id: str) -> bool:
-        return self._count(self.sql.destroy_data_key, (stream_id,)) > 0
+        sql = self.sql
+
+        def overwrite_then_delete(run: Run) -> bool:
+            found = run(sql.data_key_length, (stream_id,))
+            if not found:
+                return False
+            # Zeros over the key where it lies (same length), then the row goes: a
+            # delete alone leaves the bytes in the page's free space.
+            run(sql.overwrite_data_key, (bytes(int(found[0][0])), stream_id))
+            run(sql.destroy_data_key, (stream_id,))
+            return True
+
+        destroyed = self._in_one_transaction(overwrite_then_delete)
+        try:
+            self._scrub_data_keys()  # even with no key: a second forget finishes a first one
+        except KeyCopiesRemain as error:
+            raise KeyCopiesRemain(str(error), destroyed) from None
+        return destroyed
 
     def list_data_keys(self, after: str = "", limit: int = 500) -> list[tuple[str, bytes]]:
         rows = self._rows(self.sql.list_data_keys, (after, limit))

@@ -11,13 +11,15 @@ from __future__ import annotations
 import sqlite3
 import threading
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
 from eventstore.bulk import ImportRefused, checked
 from eventstore.chain import GENESIS, PreparedAppend, link, prepare_append
 from eventstore.clock import format_timestamp, parse_timestamp, utcnow
+from eventstore.data_keys import KeyCopiesRemain
 from eventstore.database import SQLiteDatabase
 from eventstore.errors import (
     ConcurrencyConflict,
@@ -27,7 +29,7 @@ from eventstore.errors import (
     error_boundary,
 )
 from eventstore.rejections import REJECTION_PURGE_INTERVAL_SECONDS
-from eventstore.sql import Row, SQLStore, Statements
+from eventstore.sql import Row, Run, SQLStore, Statements
 from eventstore.store import (
     AppendRequest,
     AppendResult,
@@ -44,6 +46,8 @@ from eventstore.store import (
 # NOMEM, IOERR (disk I/O), FULL (database or disk is full), CANTOPEN, PROTOCOL (WAL
 # lock race) and READONLY (the file or its directory made read-only).
 RETRYABLE_SQLITE_CODES = frozenset({5, 6, 7, 8, 10, 13, 14, 15})
+
+_T = TypeVar("_T")
 
 
 def translate_error(exc: Exception) -> StoreError | None:
@@ -383,6 +387,34 @@ class SQLiteEventStore(SQLStore):
 
     def _count(self, sql: str, params: Sequence[object] = ()) -> int:
         return self.connection().execute(sql, params).rowcount
+
+    def _in_one_transaction(self, work: Callable[[Run], _T]) -> _T:
+        conn = self.connection()
+        # secure_delete for this work only: what it deletes is zeroed in the page.
+        previous = int(conn.execute("PRAGMA secure_delete").fetchone()[0])
+        conn.execute("PRAGMA secure_delete=ON")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(lambda sql, params: conn.execute(sql, params).fetchall())
+                conn.execute("COMMIT")
+                return result
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        finally:
+            conn.execute(f"PRAGMA secure_delete={previous}")
+
+    def _scrub_data_keys(self) -> None:
+        # The old page versions live on in the WAL until a checkpoint copies the new
+        # ones into the file; TRUNCATE then empties the WAL file. It waits (busy
+        # timeout) for readers and writers, and says busy when one held on longer.
+        busy, _, _ = self.connection().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            raise KeyCopiesRemain(
+                "SQLite could not checkpoint its WAL (another connection held on); run it again"
+            )
 
     def _time_param(self, value: datetime) -> str:
         return format_timestamp(value)

@@ -74,6 +74,10 @@ class TenantRecord(msgspec.Struct, gc=False):
     version: int  # the tenant stream's version after the last event folded
     # The Forge installation its payload names (``installationId``, as a bare UUID).
     installation_id: str | None = None
+    # ``ledger forget`` destroyed its data key (TenantForgotten): when, and by whom
+    # (``user@host``). A signed install afterwards starts the tenant afresh, unforgotten.
+    forgotten_at: datetime | None = None
+    forgotten_by: str | None = None
 
 
 # msgspec freezes a subclass of a mutable Struct (tested); mypy applies the dataclass rule.

@@ -34,6 +34,9 @@ Rules, one event type each (every event also sets ``last_seen_at`` to its
   uninstalled and disabled: a ``Disabled`` (or ``Enabled``) racing in after
   ``Uninstalled`` does not bring it back.
 * ``Uninstalled`` sets state uninstalled and ``enabled`` False.
+* ``TenantForgotten`` sets ``forgotten_at`` (its ``recorded_at``) and ``forgotten_by``
+  (``operator@host`` from its metadata); state and ``enabled`` stay as they were. A
+  later ``Installed`` (the signed reinstall that starts it afresh) clears both.
 
 ``updated_at`` is when the tenant's recorded state last changed: every event
 moves it except ``InstallConfirmed`` (a call that changed nothing) and an
@@ -189,6 +192,17 @@ def _uninstalled(tenant: _Tenant, event: RecordedEvent) -> None:
         _changed(tenant, event)
 
 
+def _forgotten(tenant: _Tenant, event: RecordedEvent) -> None:
+    tenant.forgotten_at = event.recorded_at
+    tenant.forgotten_by = forgotten_by(event.metadata.operator, event.metadata.host)
+    _changed(tenant, event)
+
+
+def forgotten_by(operator: str | None, host: str | None) -> str:
+    """Who forgot a tenant, as one name: ``user@host`` (``?`` for a part not recorded)."""
+    return f"{operator or '?'}@{host or '?'}"
+
+
 def _no_tenant(tenant: _Tenant, event: RecordedEvent) -> None:
     pass
 
@@ -202,6 +216,7 @@ _UPDATES: dict[str, Callable[[_Tenant, RecordedEvent], None]] = {
     "Enabled": _enabled,
     "Disabled": _disabled,
     "Uninstalled": _uninstalled,
+    "TenantForgotten": _forgotten,
     # Forge events live in ``installation:`` streams, which have no tenant row (they
     # reach the tenant through the links projection): a conscious no-op.
     **dict.fromkeys(FORGE_EVENT_TYPES, _no_tenant),

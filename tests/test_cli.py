@@ -362,12 +362,12 @@ def test_forget_makes_secrets_unreadable_and_the_log_still_verifies(
 ) -> None:
     payload = service.install()
     assert service.send(service.call("enabled", payload, alg="HS256")).status_code == 204
-    run("forget", payload["clientKey"], "--yes")
+    run("forget", payload["clientKey"], "--reason", "test", "--yes")
     # The shared secret can no longer be read, so HS256 calls cannot be verified.
     response = service.send(service.call("disabled", payload, alg="HS256"))
     assert response.status_code == 401
     assert json.loads(run("verify", "--json"))["ok"] is True
-    assert "no data key" in run("forget", payload["clientKey"], "--yes")
+    assert "already forgotten" in run("forget", payload["clientKey"], "--reason", "x", "--yes")
 
 
 def test_verify_exits_non_zero_on_a_broken_chain(

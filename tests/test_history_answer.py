@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 
 from app.queries import reads
-from eventstore.events import EVENT_TYPES
+from eventstore.events import EVENT_TYPES, Metadata, TenantForgotten
 from eventstore.store import NewEvent, format_timestamp, open_store
 from eventstore.testing.synthetic import RandomLog
 
@@ -27,6 +27,14 @@ def test_history_json_is_the_answer_encoded(tmp_path: Path) -> None:
                          expected_version=event.version - 1)
             seen[type(event.data).__name__] += 1
             streams.add(event.stream_id)
+        # `ledger forget` is an operator's act, not a host's call: the random log has none.
+        forgotten = sorted(streams)[0]
+        store.append(
+            forgotten,
+            [NewEvent(TenantForgotten(reason="r"), Metadata(operator="alice", host="box"))],
+            expected_version=store.stream_version(forgotten),
+        )
+        seen["TenantForgotten"] += 1
         connect_types = {name for name in EVENT_TYPES if not name.startswith("Forge")}
         assert connect_types <= set(seen), connect_types - set(seen)
         for stream in sorted(streams):

@@ -1,4 +1,6 @@
-"""`ledger rewrap`: re-wrap every data key under the current master key (SPEC §5, §7).
+"""`ledger rewrap` and `ledger forget`: the commands on data keys (SPEC §5, §7).
+
+`ledger rewrap` re-wraps every data key under the current master key.
 
 Rotating the master key: put the new key first in ``LEDGER_MASTER_KEY`` (keeping
 the old one after it), run ``ledger rewrap`` until it reports nothing unwrappable,
@@ -16,10 +18,28 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from app.cli.forget import (
+    AlreadyForgotten,
+    KeptChanging,
+    NeverHeld,
+    forget_tenant,
+    host_name,
+    operator_name,
+)
+from app.cli.output import fail
 from app.settings import Settings
+from eventstore.clock import format_timestamp
 from eventstore.crypto import CryptoError, MasterKeys, RewrapReport, rewrap_data_keys
 from eventstore.events import client_key_of
-from eventstore.store import EventStore, StoreUnavailable, open_store
+from eventstore.store import (
+    EventStore,
+    RecordedEvent,
+    StoreError,
+    StoreUnavailable,
+    open_store,
+)
+from projections.model import TenantRow
+from projections.tenants import forgotten_by
 
 console = Console()
 _SHOWN_UNWRAPPABLE = 20  # on a terminal; --json lists every one
@@ -125,3 +145,71 @@ def rewrap(
     else:
         _print_summary(report)
     raise typer.Exit(0 if report.ok else 1)
+
+
+def at_a_terminal() -> bool:
+    return sys.stdin.isatty()
+
+
+def _confirmed(client_key: str, yes: bool) -> None:
+    """--yes, or a person at a terminal who says yes; a script without --yes is refused."""
+    if yes:
+        return
+    if not at_a_terminal():
+        fail("forget destroys a data key for good: pass --yes to confirm it", code=2)
+    question = f"Destroy the data key of {client_key}? Its secrets become unreadable for good"
+    if not typer.confirm(question, default=False):
+        fail("nothing was forgotten", code=1)
+
+
+def _when_by(row_or_event: TenantRow | RecordedEvent) -> str:
+    if isinstance(row_or_event, TenantRow):
+        at, by = row_or_event.forgotten_at, row_or_event.forgotten_by
+    else:
+        meta = row_or_event.metadata
+        at, by = row_or_event.recorded_at, forgotten_by(meta.operator, meta.host)
+    return f"{format_timestamp(at) if at else '?'} by {by}"
+
+
+def forget(
+    client_key: Annotated[
+        str, typer.Argument(metavar="CLIENT_KEY", help="The tenant whose data key to destroy.")
+    ],
+    reason: Annotated[
+        str, typer.Option("--reason", metavar="TEXT", help="Why (recorded in the log).")
+    ],
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Destroy a tenant's data key: its secrets become unreadable, the log still verifies.
+
+    The key is overwritten and deleted, and the store's own copies are scrubbed (SQLite:
+    secure_delete and a WAL checkpoint; PostgreSQL: the table rewritten); then a
+    TenantForgotten event records the reason, the OS user and the host. Backups and WAL
+    archives keep what they held (see the README). Exits 1 for a clientKey the ledger
+    never held; forgetting again appends nothing.
+    """
+    if not reason.strip():
+        fail("--reason must say why (it is recorded in the log)", code=2)
+    _confirmed(client_key, yes)
+    try:
+        with open_store(Settings().database_url) as store:
+            outcome = forget_tenant(store, client_key, reason, operator_name(), host_name())
+    except StoreUnavailable as error:
+        fail(f"the store is unavailable ({error}); run it again")
+    except StoreError as error:
+        fail(f"the store refused the work ({error})")
+    if isinstance(outcome, NeverHeld):
+        fail(f"the ledger never held clientKey {client_key}; nothing was changed")
+    if isinstance(outcome, KeptChanging):
+        fail(f"calls for {client_key} kept arriving; its key is destroyed, run it again")
+    if isinstance(outcome, AlreadyForgotten):
+        line = f"{client_key} was already forgotten ({_when_by(outcome.row)}); nothing appended"
+    else:
+        gone = "data key destroyed" if outcome.had_key else "no data key was left"
+        line = (
+            f"{client_key} forgotten: {gone}; TenantForgotten at position"
+            f" {outcome.event.position} ({_when_by(outcome.event)})"
+        )
+    console.print(line, soft_wrap=True, highlight=False, markup=False)
+    if outcome.copies_remain:
+        fail(f"the store's files may still hold the old key bytes: {outcome.copies_remain}")

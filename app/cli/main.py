@@ -17,12 +17,11 @@ from rich.markup import escape
 
 from app.cli import forge as cli_forge
 from app.cli import reads as cli_reads
-from app.cli.keys import rewrap
+from app.cli.keys import forget, rewrap
 from app.cli.output import plain_help_metavars, stdout_console
 from app.cli.reads import JsonOption, examples
 from app.cli.reads import catch_up_read_models as _catch_up  # noqa: F401  (other CLI modules import it here)
 from app.settings import Settings
-from eventstore.events import stream_id_for
 from eventstore.store import EventStore, open_store
 
 cli = typer.Typer(
@@ -135,23 +134,6 @@ def rebuild(
         )
 
 
-@cli.command(epilog=examples("ledger forget 2596cc1a-6a04-3c4e-b8e0-f3a6c0d9e5b1 --yes"))
-def forget(
-    client_key: Annotated[
-        str, typer.Argument(metavar="CLIENT_KEY", help="The tenant whose data key to destroy.")
-    ],
-    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
-) -> None:
-    """Destroy a tenant's data key: its secrets become unreadable, the log still verifies."""
-    if not yes:
-        typer.confirm(f"Destroy the data key of {client_key}? This cannot be undone.", abort=True)
-    with _store() as store:
-        destroyed = store.destroy_data_key(stream_id_for(client_key))
-    console.print(
-        f"data key of {client_key} destroyed" if destroyed else f"no data key for {client_key}"
-    )
-
-
 @cli.command(
     epilog=examples("ledger demo", "ledger demo > demo.txt     # prints everything, then returns")
 )
@@ -175,6 +157,12 @@ def demo(
 
 
 cli.command(epilog=examples("ledger rewrap", "ledger rewrap --json --batch-size 1000"))(rewrap)
+cli.command(
+    epilog=examples(
+        'ledger forget 2596cc1a-6a04-3c4e-b8e0-f3a6c0d9e5b1 --reason "GDPR erasure, ticket 4711"',
+        'ledger forget 2596cc1a-6a04-3c4e-b8e0-f3a6c0d9e5b1 --reason "site deleted" --yes',
+    )
+)(forget)
 
 from app.cli.integrity import register  # noqa: E402  (digest, verify, export)
 

@@ -39,6 +39,14 @@ class TenantAnswer(BaseModel):
     installation_id: str | None = Field(
         default=None, description="the Forge installation its payload names (bare UUID)"
     )
+    forgotten_at: str | None = Field(
+        default=None,
+        description="RFC 3339, UTC: when `ledger forget` destroyed its data key (null: never,"
+        " or reinstalled since)",
+    )
+    forgotten_by: str | None = Field(
+        default=None, description="who forgot it: the operator's OS user @ host"
+    )
 
 
 class TenantsPage(BaseModel):

@@ -56,11 +56,15 @@ def describe_change(event_type: str, data: Mapping[str, Any]) -> str:
         return f"descriptor: {cell(data.get('from')) or '(none)'} → {data.get('to')}"
     if event_type == "DetailsChanged":
         return ", ".join(_pairs(data, list(data)))
+    if event_type == "TenantForgotten":
+        return f"data key destroyed; reason={cell(data.get('reason'))}"
     return ""
 
 
 def verified_by(metadata: Mapping[str, Any], secret_version: int | None) -> str:
     alg = metadata.get("alg")
+    if alg is None and "operator" in metadata:  # `ledger forget`: an operator, not a call
+        return f"ledger forget by {metadata.get('operator')}@{metadata.get('host') or '?'}"
     if alg == "RS256":
         return f"RS256 kid={metadata.get('kid')}"
     if alg == "HS256":

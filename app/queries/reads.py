@@ -62,7 +62,7 @@ def redact_event(event: RecordedEvent) -> dict[str, Any]:
 
 def tenant_object(row: Any) -> dict[str, Any]:
     out: dict[str, Any] = msgspec.to_builtins(row)
-    for name in ("installed_at", "updated_at", "last_seen_at"):
+    for name in ("installed_at", "updated_at", "last_seen_at", "forgotten_at"):
         value = getattr(row, name, None)
         if isinstance(value, datetime):
             out[name] = format_timestamp(value)

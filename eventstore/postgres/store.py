@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from operator import itemgetter
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import psycopg
@@ -31,6 +31,7 @@ from eventstore.async_log import AsyncEventLog
 from eventstore.bulk import ImportRefused, checked
 from eventstore.chain import GENESIS, ChainRow
 from eventstore.clock import parse_timestamp
+from eventstore.data_keys import KeyCopiesRemain
 from eventstore.database import PostgresDatabase
 from eventstore.errors import (
     ConcurrencyConflict,
@@ -42,7 +43,7 @@ from eventstore.errors import (
 from eventstore.events import decode_data, decode_metadata
 from eventstore.postgres.append import TRY_APPEND_BATCH, Duplicate, PendingBatch
 from eventstore.rejections import REJECTION_PURGE_INTERVAL_SECONDS
-from eventstore.sql import Row, SQLStore, Statements
+from eventstore.sql import Row, Run, SQLStore, Statements
 from eventstore.store import (
     AppendRequest,
     AppendResult,
@@ -63,6 +64,10 @@ from eventstore.store import (
 # deadlock_detected, 55P03 lock_not_available.
 RETRYABLE_SQLSTATE_CLASSES = frozenset({"08", "53", "57"})
 RETRYABLE_SQLSTATES = frozenset({"25006", "25P03", "40001", "40P01", "55P03"})
+
+# How long destroying a data key waits to lock data_keys for its rewrite.
+_SCRUB_LOCK_TIMEOUT = "3s"
+_T = TypeVar("_T")
 
 # How long a readiness ping or a rejection row waits for a pooled connection.
 QUICK_TIMEOUT_SECONDS = 1.0
@@ -824,6 +829,47 @@ class PostgresEventStore(SQLStore):
     def _count(self, sql: str, params: Sequence[object] = ()) -> int:
         with self._connection() as conn:
             return conn.execute(sql.encode(), params).rowcount
+
+    def _in_one_transaction(self, work: Callable[[Run], _T]) -> _T:
+        with self._connection() as conn, conn.transaction():
+
+            def run(sql: str, params: Sequence[object]) -> list[Row]:
+                cursor = conn.execute(sql.encode(), params)
+                return cursor.fetchall() if cursor.description else []
+
+            return work(run)
+
+    def _scrub_data_keys(self) -> None:
+        # An UPDATE or DELETE leaves the old tuple's bytes in the page, and a plain
+        # VACUUM only marks their space free (tested: the bytes stay readable);
+        # VACUUM FULL writes the live rows into a new file and drops the old one.
+        # The table is small (a key per tenant), but the rewrite locks it: waiting for
+        # that lock is bounded, so calls that read keys are not held up behind it.
+        # A role that does not own the table gets a warning, not an error, and nothing
+        # rewritten: the warnings are caught and said.
+        warnings: list[str] = []
+
+        def on_notice(notice: psycopg.errors.Diagnostic) -> None:
+            if notice.severity_nonlocalized == "WARNING":
+                warnings.append(notice.message_primary or "a warning")
+
+        with self._connection() as conn:
+            conn.execute(f"SET lock_timeout = '{_SCRUB_LOCK_TIMEOUT}'")
+            conn.add_notice_handler(on_notice)
+            try:
+                conn.execute("VACUUM FULL data_keys")
+            except psycopg.errors.LockNotAvailable:
+                raise KeyCopiesRemain(
+                    "PostgreSQL could not lock data_keys to rewrite it (busy); run it again"
+                ) from None
+            finally:
+                conn.remove_notice_handler(on_notice)
+                conn.execute("RESET lock_timeout")
+        if warnings:
+            raise KeyCopiesRemain(
+                f"PostgreSQL did not rewrite data_keys ({'; '.join(warnings)});"
+                " run it again as the table's owner"
+            )
 
     def _time_param(self, value: datetime) -> datetime:
         return value

@@ -68,6 +68,8 @@ def _verified_by(event: RecordedEvent, secret_version: int | None) -> str:
     if meta.alg == "HS256":
         origin = f"v{secret_version}" if secret_version else "unknown version"
         return f"HS256 · tenant's shared secret from {origin}"
+    if meta.alg is None and meta.operator is not None:  # `ledger forget`, not a call
+        return f"ledger forget · operator {meta.operator} on {meta.host or '?'}"
     return meta.alg or "—"
 
 

@@ -103,6 +103,17 @@ class TenantState:
         return self.row is not None
 
     @property
+    def forgotten(self) -> bool:
+        """``ledger forget`` destroyed its data key, and no signed install came since."""
+        return self.row is not None and self.row.forgotten_at is not None
+
+    @property
+    def held(self) -> bool:
+        """Installed and not forgotten: a later ``installed`` updates the tenant; anything
+        else (new, uninstalled, forgotten) is started afresh by a signed install."""
+        return self.status == "installed" and not self.forgotten
+
+    @property
     def enabled(self) -> bool:
         return self.row is not None and self.row.enabled
 
@@ -281,10 +292,10 @@ def _rule_4_hs256(state: TenantState, call: LifecycleCall) -> Decision | None:
     """HS256 only for a clientKey the ledger holds, verified with its current secret."""
     if call.alg != "HS256":
         return None
-    # A reinstall after an uninstall starts the tenant afresh (a new Installed with a
-    # new secret), so like a first install it must be signed by Atlassian: an old
-    # secret must not buy a new tenancy.
-    if call.event == "installed" and state.status != "installed":
+    # A reinstall after an uninstall (or after `ledger forget`) starts the tenant
+    # afresh (a new Installed with a new secret), so like a first install it must be
+    # signed by Atlassian: an old secret must not buy a new tenancy.
+    if call.event == "installed" and not state.held:
         return Refuse(
             "first_install_not_signed",
             "a first install, or a reinstall, must be signed by Atlassian (RS256)",
@@ -356,7 +367,7 @@ def _upgrade(state: TenantState, call: LifecycleCall) -> list[EventData]:
 def _installed(state: TenantState, call: LifecycleCall, token: VerifiedToken) -> list[TenantEvent]:
     payload = call.payload
     details = {k: v for k, v in payload.items() if k not in CORE_FIELDS}
-    if state.status != "installed":
+    if not state.held:  # new, uninstalled or forgotten: a fresh tenancy, a new data key
         installed = Installed(
             key=str(payload["key"]),
             client_key=token.iss,
