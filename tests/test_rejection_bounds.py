@@ -61,8 +61,8 @@ def own_and_overflow(rows: list[Rejection]) -> tuple[list[Rejection], list[Rejec
 def test_a_flood_of_distinct_client_keys_keeps_a_budget_of_rows(store: EventStore) -> None:
     start = window_start(utcnow())
     flood = 20_000
-    # One window; two reasons, alternating. In batches (one transaction each, as fast
-    # as it gets), each refusal stored as record_rejection stores it.
+    # One window; two reasons, alternating. Recorded together (a few transactions, so
+    # it is quick), each refusal stored as record_rejection stores it.
     store.record_rejections(
         refusal(
             start + timedelta(microseconds=i),
