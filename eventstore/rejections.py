@@ -2,7 +2,8 @@
 
 The interface (``RejectionLog``), the row (``Rejection``) and the pure rules every
 backend applies the same way: text escaping, what makes two refusals identical
-(fingerprint and window), and how often retention purges run.
+(fingerprint and window), the row budget of a window and its overflow rows, and how
+often retention purges run.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Final
 
@@ -34,6 +36,11 @@ class Rejection(msgspec.Struct, frozen=True, omit_defaults=True):
     one window of ``REJECTION_WINDOW_SECONDS`` are one row: ``at`` is the first,
     ``last_seen_at`` the last, ``count`` how many; the row keeps the first one's
     other fields (token hash, detail).
+
+    A window holds at most ``REJECTION_ROW_BUDGET`` such rows. A refusal that would
+    need one more is counted on the window's ``overflow`` row for its reason and path
+    instead (see overflow_rejection): no claimed identity, ``count`` the refusals it
+    stands for. Over all rows, the counts add up to the refusals recorded.
     """
 
     at: datetime
@@ -47,12 +54,14 @@ class Rejection(msgspec.Struct, frozen=True, omit_defaults=True):
     detail: str | None = None
     count: int = 1
     last_seen_at: datetime | None = None
+    overflow: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         out = msgspec.to_builtins(self)
         out["at"] = format_timestamp(self.at)
         out["count"] = self.count
         out["last_seen_at"] = format_timestamp(self.last_seen_at or self.at)
+        out["overflow"] = self.overflow
         return dict(out)
 
 
@@ -62,6 +71,21 @@ REJECTION_FIELDS: Final[tuple[str, ...]] = Rejection.__struct_fields__
 
 # Identical refusals within one window are kept as one row (see Rejection).
 REJECTION_WINDOW_SECONDS = 60
+# Rows of their own one window may hold, over all reasons; the refusals beyond it are
+# counted on the window's overflow rows, one per reason and path. Global, not per
+# reason, so the bound does not grow with the reasons a caller can provoke: a window
+# holds at most this many rows plus one per (reason, route) refused beyond it, and both
+# of those come from the service's own codes and routes, never from the caller. 100 a
+# minute is far above what a healthy install base is refused (a handful), so ordinary
+# refusals and small bursts always keep their claimed identity, and 100 full samples a
+# minute still show who is flooding. A flood then costs at most about 150,000 rows
+# (~125 MB on PostgreSQL) a day of it, instead of a row per refusal.
+REJECTION_ROW_BUDGET = 100
+# The detail of an overflow row (its own refusals' details are not kept).
+REJECTION_OVERFLOW_DETAIL = (
+    f"refusals beyond the {REJECTION_ROW_BUDGET} rows a {REJECTION_WINDOW_SECONDS}-second"
+    " window keeps: counted here, their claimed identity, address and token not kept"
+)
 # Retention purges run at most this often per store object, each deleting at most
 # REJECTION_PURGE_BATCH rows REJECTION_PURGE_BATCHES times: bounded work on the insert path.
 REJECTION_PURGE_INTERVAL_SECONDS = 60.0
@@ -105,9 +129,30 @@ def storable_rejection(rejection: Rejection) -> Rejection:
 
 def rejection_fingerprint(rejection: Rejection) -> str:
     """What makes two refusals identical for coalescing: reason, remote address,
-    claimed clientKey and path (of an already escaped rejection)."""
-    parts = (rejection.reason, rejection.remote_addr, rejection.client_key, rejection.path)
+    claimed clientKey and path (of an already escaped rejection); for an overflow row,
+    its reason and path (a shorter list, so never the fingerprint of an ordinary row)."""
+    parts = (
+        (rejection.reason, rejection.path)
+        if rejection.overflow
+        else (rejection.reason, rejection.remote_addr, rejection.client_key, rejection.path)
+    )
     return hashlib.sha256(canonical_json(list(parts))).hexdigest()
+
+
+def overflow_rejection(rejection: Rejection) -> Rejection:
+    """The overflow row a refusal beyond its window's row budget is counted on: its
+    time, path, reason and status; what varies from caller to caller (claimed
+    clientKey and baseUrl, address, token hash, detail) is not kept."""
+    return Rejection(
+        at=rejection.at,
+        path=rejection.path,
+        reason=rejection.reason,
+        status=rejection.status,
+        detail=REJECTION_OVERFLOW_DETAIL,
+        count=rejection.count,
+        last_seen_at=rejection.last_seen_at,
+        overflow=True,
+    )
 
 
 def rejection_window(at: datetime) -> int:
@@ -155,8 +200,15 @@ class RejectionLog(abc.ABC):
     @abc.abstractmethod
     def record_rejection(self, rejection: Rejection) -> None:
         """Store a refusal: text escaped (storable_rejection), coalesced with an identical
-        one of the same window, and now and then rejections older than the retention
-        period purged. Never fails on odd text."""
+        one of the same window, or counted on the window's overflow row once the window
+        has spent its REJECTION_ROW_BUDGET rows; and now and then rejections older than
+        the retention period purged. Never fails on odd text."""
+
+    @abc.abstractmethod
+    def record_rejections(self, rejections: Iterable[Rejection]) -> None:
+        """Store several refusals, each exactly as record_rejection stores it, in a few
+        transactions (an import; a test of a flood). Each holds the rows it counted on
+        until it commits: the service records one refusal at a time."""
 
     @abc.abstractmethod
     def purge_rejections(self, older_than: datetime) -> int:

@@ -11,9 +11,9 @@ only what is its own: the schema, the append, the fast read path, the head.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import msgspec
 
@@ -23,9 +23,11 @@ from eventstore.rejections import (
     REJECTION_FIELDS,
     REJECTION_PURGE_BATCH,
     REJECTION_PURGE_BATCHES,
+    REJECTION_ROW_BUDGET,
     PurgeSchedule,
     Rejection,
     escape_text,
+    overflow_rejection,
     purge_quietly,
     rejection_fingerprint,
     rejection_log_counters,
@@ -39,6 +41,9 @@ Row = tuple[Any, ...]
 # One statement in a transaction (``SQLStore._in_one_transaction``): its rows.
 Run = Callable[[str, Sequence[object]], list[Row]]
 _T = TypeVar("_T")
+
+# Where the two times of a rejection row are among its columns.
+_AT, _SEEN = REJECTION_FIELDS.index("at"), REJECTION_FIELDS.index("last_seen_at")
 
 
 class Statements:
@@ -90,16 +95,29 @@ class Statements:
         )
 
     def _rejections(self, m: str) -> None:
+        # A row of its own for a refusal: its fields, its fingerprint and window.
         columns = (*REJECTION_FIELDS, "fingerprint", "window_number")
-        self.record_rejection = (
-            f"INSERT INTO rejections ({', '.join(columns)})"
-            f" VALUES ({', '.join([m] * len(columns))})"
+        self.rejection_columns = ", ".join(columns)
+        self.rejection_marks = ", ".join([m] * len(columns))
+        # A refusal identical to one its window holds a row for: that row counts it.
+        self.coalesce_rejection = (
+            "UPDATE rejections SET count = count + 1, last_seen_at = CASE"
+            f" WHEN {m} > last_seen_at THEN {m} ELSE last_seen_at END"
+            f" WHERE fingerprint = {m} AND window_number = {m} RETURNING count"
+        )
+        # The insert of a new row, or of one raced in meanwhile: then that row counts it.
+        self.rejection_upsert = (
             " ON CONFLICT (fingerprint, window_number) DO UPDATE"
             " SET count = rejections.count + 1, last_seen_at = CASE"
             " WHEN excluded.last_seen_at > rejections.last_seen_at"
             " THEN excluded.last_seen_at ELSE rejections.last_seen_at END"
             " RETURNING count"
         )
+        self.insert_rejection = (
+            f"INSERT INTO rejections ({self.rejection_columns})"
+            f" VALUES ({self.rejection_marks}){self.rejection_upsert}"
+        )
+        self.claim_rejection_row = self.claim_rejection_row_if("true")
         # Rows from before coalescing may have no last_seen_at: their first time stands in.
         listed = [
             c if c != "last_seen_at" else "coalesce(last_seen_at, at)" for c in REJECTION_FIELDS
@@ -110,6 +128,44 @@ class Statements:
             "DELETE FROM rejections WHERE id IN (SELECT id FROM rejections"
             f" WHERE at < {m} AND last_seen_at < {m} ORDER BY at LIMIT {m})"
         )
+        self.purge_rejection_windows = (
+            "DELETE FROM rejection_windows WHERE window_number IN (SELECT window_number"
+            f" FROM rejection_windows WHERE window_number < {m} ORDER BY window_number LIMIT {m})"
+        )
+
+    def claim_rejection_row_if(self, guard: str) -> str:
+        """Claim one of a window's REJECTION_ROW_BUDGET rows (when ``guard`` holds;
+        parameters: the window, twice): a row back while the window had one left, none
+        once it is spent. Atomic: the claim locks the window's counter row, so
+        concurrent writers claim one after the other, never more than the budget
+        between them. A spent budget stays spent, so a window seen spent is not locked
+        at all: a flood beyond the budget contends only for its overflow row."""
+        m = self.mark
+        return (
+            f"INSERT INTO rejection_windows (window_number, rows_kept) SELECT {m}, 1"
+            f" WHERE {guard} AND NOT EXISTS (SELECT 1 FROM rejection_windows"
+            f" WHERE window_number = {m} AND rows_kept >= {REJECTION_ROW_BUDGET})"
+            " ON CONFLICT (window_number) DO UPDATE"
+            " SET rows_kept = rejection_windows.rows_kept + 1"
+            f" WHERE rejection_windows.rows_kept < {REJECTION_ROW_BUDGET} RETURNING rows_kept"
+        )
+
+
+class RejectionWrite(NamedTuple):
+    """One refusal, ready for the backend's ``_store_rejections``: the coalescing key
+    (fingerprint, window), its time as a parameter, and the columns
+    (``Statements.rejection_columns``) of its own row and of its window's overflow row."""
+
+    fingerprint: str
+    window: int
+    seen: object
+    own: tuple[object, ...]
+    overflow: tuple[object, ...]
+
+    @property
+    def key(self) -> tuple[object, ...]:
+        """The parameters of ``Statements.coalesce_rejection``."""
+        return (self.seen, self.seen, self.fingerprint, self.window)
 
 
 class SQLStore(EventStore):
@@ -157,6 +213,16 @@ class SQLStore(EventStore):
     def _scrub_data_keys(self) -> None:
         """Make the store's files forget deleted data-key bytes (see destroy_data_key);
         KeyCopiesRemain when that cannot finish now."""
+
+    @abc.abstractmethod
+    def _store_rejections(self, writes: Sequence[RejectionWrite]) -> list[int]:
+        """Count each refusal on exactly one row, atomically against concurrent writers:
+        the row of its window it is identical to (``coalesce_rejection``); else a new
+        row of its own if the window has one of its budget left
+        (``claim_rejection_row``); else the window's overflow row for its reason and
+        path. Best effort beside a call (a short wait for a connection); several in as
+        few transactions as the backend keeps cheap. The count of the row each one
+        went to."""
 
     # -- reading the log
 
@@ -251,18 +317,35 @@ class SQLStore(EventStore):
     # -- the rejection log
 
     def record_rejection(self, rejection: Rejection) -> None:
-        row = storable_rejection(rejection)
-        # Fields in column order (REJECTION_FIELDS), as a fresh row: count 1.
-        values = msgspec.structs.astuple(msgspec.structs.replace(row, count=1))
-        at, seen = self._time_param(row.at), self._time_param(row.last_seen_at or row.at)
-        params = (at, *values[1:-1], seen, rejection_fingerprint(row), rejection_window(row.at))
-        # Best effort beside the call it records: a short wait for a connection, so a
-        # call refused because the store is unavailable is not held up again here.
-        stored = self._rows(self.sql.record_rejection, params, quick=True)
-        if stored and stored[0][0] > 1:
-            rejection_log_counters.add(coalesced=1)
+        self.record_rejections((rejection,))
+
+    def record_rejections(self, rejections: Iterable[Rejection]) -> None:
+        counts = self._store_rejections([self._rejection_write(r) for r in rejections])
+        rejection_log_counters.add(coalesced=sum(count > 1 for count in counts))
         if self._purges.due():
             purge_quietly(self, utcnow() - self.rejection_retention)
+
+    def _rejection_write(self, rejection: Rejection) -> RejectionWrite:
+        # A fresh refusal (count 1); whether it gets a row of its own is the budget's call.
+        row = msgspec.structs.replace(storable_rejection(rejection), count=1, overflow=False)
+        overflow = overflow_rejection(row)
+        fingerprint, window = rejection_fingerprint(row), rejection_window(row.at)
+        own_columns = self._rejection_columns(row)
+        return RejectionWrite(
+            fingerprint,
+            window,
+            own_columns[_SEEN],
+            (*own_columns, fingerprint, window),
+            (*self._rejection_columns(overflow), rejection_fingerprint(overflow), window),
+        )
+
+    def _rejection_columns(self, row: Rejection) -> tuple[object, ...]:
+        """A rejection's fields as columns (REJECTION_FIELDS, times as this backend
+        holds them)."""
+        values = list(msgspec.structs.astuple(row))
+        values[_AT] = self._time_param(row.at)
+        values[_SEEN] = self._time_param(row.last_seen_at or row.at)
+        return tuple(values)
 
     def purge_rejections(self, older_than: datetime) -> int:
         cutoff = self._time_param(older_than)
@@ -274,6 +357,12 @@ class SQLStore(EventStore):
             purged += deleted
             if deleted < REJECTION_PURGE_BATCH:
                 break
+        # The budget counters of windows all of whose refusals are older than the cutoff
+        # (one row a window: a purge a minute has one or two to delete).
+        self._count(
+            self.sql.purge_rejection_windows,
+            (rejection_window(older_than), REJECTION_PURGE_BATCH * REJECTION_PURGE_BATCHES),
+        )
         rejection_log_counters.add(purged=purged)
         return purged
 
@@ -303,4 +392,5 @@ class SQLStore(EventStore):
     def _rejection(self, fields: dict[str, Any]) -> Rejection:
         fields["at"] = self._time_value(fields["at"])
         fields["last_seen_at"] = self._time_value(fields["last_seen_at"])
+        fields["overflow"] = bool(fields["overflow"])  # SQLite holds it as 0 or 1
         return Rejection(**fields)

@@ -29,7 +29,7 @@ from eventstore.errors import (
     error_boundary,
 )
 from eventstore.rejections import REJECTION_PURGE_INTERVAL_SECONDS
-from eventstore.sql import Row, Run, SQLStore, Statements
+from eventstore.sql import RejectionWrite, Row, Run, SQLStore, Statements
 from eventstore.store import (
     AppendRequest,
     AppendResult,
@@ -142,6 +142,17 @@ MIGRATIONS: list[str] = [
     CREATE UNIQUE INDEX rejections_coalesce ON rejections (fingerprint, window_number);
     CREATE INDEX rejections_at ON rejections (at);
     CREATE INDEX rejections_last_seen ON rejections (last_seen_at, id);
+    """,
+    # 5: a row budget per window (eventstore.rejections.REJECTION_ROW_BUDGET): the
+    # refusals beyond it are counted on an overflow row. rejection_windows counts the
+    # rows each window has claimed (it starts empty: the window of the upgrade may keep
+    # up to one budget more).
+    """
+    ALTER TABLE rejections ADD COLUMN overflow INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE rejection_windows (
+        window_number  INTEGER PRIMARY KEY,
+        rows_kept      INTEGER NOT NULL
+    );
     """,
 ]
 
@@ -415,6 +426,29 @@ class SQLiteEventStore(SQLStore):
             raise KeyCopiesRemain(
                 "SQLite could not checkpoint its WAL (another connection held on); run it again"
             )
+
+    def _store_rejections(self, writes: Sequence[RejectionWrite]) -> list[int]:
+        # One write transaction (one sync to disk); SQLite has one writer at a time, so
+        # each refusal's statements see the effects of those before and no other writer's.
+        conn = self.connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            counts = [self._store_rejection(conn, write) for write in writes]
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return counts
+
+    def _store_rejection(self, conn: sqlite3.Connection, write: RejectionWrite) -> int:
+        sql = self.sql
+        rows = conn.execute(sql.coalesce_rejection, write.key).fetchall()
+        if not rows:
+            kept = conn.execute(sql.claim_rejection_row, (write.window,) * 2).fetchall()
+            row = write.own if kept else write.overflow
+            rows = conn.execute(sql.insert_rejection, row).fetchall()
+        return int(rows[0][0])
 
     def _time_param(self, value: datetime) -> str:
         return format_timestamp(value)

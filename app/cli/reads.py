@@ -340,6 +340,7 @@ def rejections(
         "at",
         "status",
         "reason",
+        "count",
         "path",
         "client_key",
         "base_url",

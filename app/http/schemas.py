@@ -112,6 +112,9 @@ class RejectionAnswer(BaseModel):
     detail: str | None = None
     count: int = 1  # identical refusals in one window are one row
     last_seen_at: str | None = None
+    # The refusals beyond a window's row budget, counted on one row per reason and path:
+    # their claimed identity, address, token hash and detail are not kept.
+    overflow: bool = False
 
 
 class RejectionsAnswer(BaseModel):

@@ -43,7 +43,7 @@ from eventstore.errors import (
 from eventstore.events import decode_data, decode_metadata
 from eventstore.postgres.append import TRY_APPEND_BATCH, Duplicate, PendingBatch
 from eventstore.rejections import REJECTION_PURGE_INTERVAL_SECONDS
-from eventstore.sql import Row, Run, SQLStore, Statements
+from eventstore.sql import RejectionWrite, Row, Run, SQLStore, Statements
 from eventstore.store import (
     AppendRequest,
     AppendResult,
@@ -452,6 +452,17 @@ MIGRATIONS: list[str] = [
         END LOOP;
     END $$;
     """,
+    # 5: a row budget per window (eventstore.rejections.REJECTION_ROW_BUDGET): the
+    # refusals beyond it are counted on an overflow row. rejection_windows counts the
+    # rows each window has claimed; its row lock serialises the claims of concurrent
+    # writers (it starts empty: the window of the upgrade may keep up to one budget more).
+    """
+    ALTER TABLE rejections ADD COLUMN overflow boolean NOT NULL DEFAULT false;
+    CREATE TABLE rejection_windows (
+        window_number  bigint PRIMARY KEY,
+        rows_kept      integer NOT NULL
+    );
+    """,
 ]
 
 STATEMENTS = Statements(
@@ -459,6 +470,29 @@ STATEMENTS = Statements(
     hash_hex="encode(hash, 'hex')",
     recorded_at_text="to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
 )
+
+# A refusal in one statement (one round trip, its own transaction): coalesced into its
+# row of the window (hit); else a row of the budget claimed (slot), and the refusal's own
+# row inserted if it got one, the window's overflow row if not (the two candidates'
+# columns are the parameters; the one that applies is inserted). Each refusal adds one
+# to exactly one count. Two writers of the same new refusal may both claim a row; the
+# second one's insert then coalesces, so a race can waste a row of the budget but never
+# exceed it.
+_RECORD_REJECTION = (
+    f"WITH hit AS ({STATEMENTS.coalesce_rejection}),"
+    f" slot AS ({STATEMENTS.claim_rejection_row_if('NOT EXISTS (SELECT 1 FROM hit)')}),"
+    f" added AS (INSERT INTO rejections ({STATEMENTS.rejection_columns})"
+    f" SELECT {STATEMENTS.rejection_columns} FROM (VALUES"
+    f" (true, {STATEMENTS.rejection_marks}), (false, {STATEMENTS.rejection_marks}))"
+    f" AS candidate (own, {STATEMENTS.rejection_columns})"
+    " WHERE NOT EXISTS (SELECT 1 FROM hit) AND own = EXISTS (SELECT 1 FROM slot)"
+    f"{STATEMENTS.rejection_upsert})"
+    " SELECT count FROM hit UNION ALL SELECT count FROM added"
+)
+# Refusals recorded together commit in transactions of this many: every update of a row
+# in one transaction walks the versions the transaction left of it before, so a batch
+# that counts thousands on one overflow row in one transaction takes quadratic time.
+_REJECTIONS_PER_TRANSACTION = 200
 
 
 _IMPORT_COPY = (
@@ -870,6 +904,24 @@ class PostgresEventStore(SQLStore):
                 f"PostgreSQL did not rewrite data_keys ({'; '.join(warnings)});"
                 " run it again as the table's owner"
             )
+
+    def _store_rejections(self, writes: Sequence[RejectionWrite]) -> list[int]:
+        # _RECORD_REJECTION's parameters: hit's, slot's (the window, twice), added's.
+        params = [(*w.key, w.window, w.window, *w.own, *w.overflow) for w in writes]
+        if not params:
+            return []
+        with self._connection(self._quick_timeout) as conn:
+            if len(params) == 1:  # the service's case: one statement, its own transaction
+                return [conn.execute(_RECORD_REJECTION, params[0], prepare=True).fetchall()[0][0]]
+            counts: list[int] = []
+            for first in range(0, len(params), _REJECTIONS_PER_TRANSACTION):
+                chunk = params[first : first + _REJECTIONS_PER_TRANSACTION]
+                with conn.transaction(), conn.cursor() as cursor:  # pipelined
+                    cursor.executemany(_RECORD_REJECTION, chunk, returning=True)
+                    counts.append(cursor.fetchall()[0][0])
+                    while cursor.nextset():
+                        counts.append(cursor.fetchall()[0][0])
+            return counts
 
     def _time_param(self, value: datetime) -> datetime:
         return value

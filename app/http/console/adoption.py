@@ -118,8 +118,9 @@ def _fill_gaps(days: DailyCounts, today: date) -> DailyCounts:
 
 
 def rejections_by_day(rejections: Iterable[Rejection]) -> DailyCounts:
-    """Refused calls per reason per day, oldest day first (days with none left out)."""
+    """Refused calls per reason per day, oldest day first (days with none left out); a
+    row counts the refusals it stands for."""
     per_day: dict[date, Counter[str]] = {}
     for rejection in rejections:
-        per_day.setdefault(rejection.at.date(), Counter())[rejection.reason] += 1
+        per_day.setdefault(rejection.at.date(), Counter())[rejection.reason] += rejection.count
     return sorted(per_day.items())[-MAX_DAYS:]

@@ -187,7 +187,7 @@ def rejections_page(store: EventStore) -> dict[str, Any]:
         "chart": stacked_columns(columns, reasons, title="Refused calls per reason, by day")
         if columns
         else None,
-        "charted": len(rejections),
+        "charted": sum(r.count for r in rejections),  # refused calls, not rows
         "rejections": rejections[:REJECTIONS_LISTED],
     }
 
