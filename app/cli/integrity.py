@@ -191,7 +191,7 @@ def export(
 
 
 def _plain_export(store: EventStore, after: int) -> None:
-    from app.http.routes.tenants import redact_event
+    from app.queries.reads import redact_event
 
     for event in store.read_all(after_position=after, batch_size=5000):
         sys.stdout.write(json.dumps(redact_event(event), separators=(",", ":")) + "\n")

@@ -27,6 +27,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from app.queries.evidence import cell
+
 __all__ = [
     "cell",
     "fail",
@@ -70,17 +72,6 @@ def stderr_console() -> Console:
         _stderr = make_console(stderr=True)
     _stderr.no_color = _no_color()
     return _stderr
-
-
-def cell(value: Any) -> str:
-    """One value as text: full, never shortened."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, Mapping | list | tuple):
-        return json.dumps(value, separators=(",", ":"), default=str, ensure_ascii=False)
-    return str(value)
 
 
 _TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})

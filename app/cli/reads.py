@@ -116,15 +116,10 @@ def read_models(catch_up: bool = True) -> Iterator[tuple[EventStore, ProjectionS
 
 def _as_of(value: str | None) -> int | datetime | None:
     """The admin API's rule for as_of; a value it refuses is a usage error (exit 2)."""
-    from fastapi import HTTPException
-
-    from app.http.routes.tenants import parse_as_of
-
     try:
-        return parse_as_of(value)
-    except HTTPException as error:
-        detail = error.detail.get("detail") if isinstance(error.detail, dict) else None
-        raise typer.BadParameter(str(detail or error.detail), param_hint="'--as-of'") from None
+        return reads.parse_as_of(value)
+    except reads.BadParameter as error:
+        raise typer.BadParameter(error.detail, param_hint="'--as-of'") from None
 
 
 def parse_since(value: str, now: datetime) -> datetime:

@@ -11,10 +11,9 @@ of one call (one ``call_id``) names the same secret.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
-
-from app.cli.output import cell
 
 SEALED = "(sealed)"
 HISTORY_COLUMNS = (
@@ -101,3 +100,15 @@ def evidence_rows(events: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         if "sharedSecret" in data:
             secret_set_at = event["version"]
     return rows
+
+
+def cell(value: Any) -> str:
+    """One value as text: full, never shortened."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Mapping | list | tuple):
+        return json.dumps(value, separators=(",", ":"), default=str, ensure_ascii=False)
+    return str(value)
+

@@ -10,8 +10,9 @@ for ``as_of``).
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
@@ -28,6 +29,7 @@ from eventstore.store import (
     EventStore,
     RecordedEvent,
     format_timestamp,
+    parse_timestamp,
     utcnow,
 )
 from projections import tenants as tenants_fold
@@ -40,6 +42,38 @@ from projections.storage.base import ProjectionStorage
 
 REDACTED = "[redacted]"
 STRAGGLERS_SHOWN = 100  # a descriptors answer lists at most this many stragglers
+
+
+MAX_POSITION: Final = 2**63 - 1  # a PostgreSQL bigint, a SQLite INTEGER
+
+
+class BadParameter(Exception):
+    """A query parameter the reads refuse (the admin API answers 400, the CLI exits 2)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+def parse_as_of(value: str | None) -> int | datetime | None:
+    """``as_of`` is a log position (ASCII digits) or an RFC 3339 time in years 1-9999 UTC."""
+    if value is None or value == "":
+        return None
+    # str.isdigit and datetime.fromisoformat accept far more (superscripts, week
+    # dates) than either form.
+    if value.isascii() and value.isdigit():
+        position = int(value)
+        if position > MAX_POSITION:
+            raise BadParameter(f"as_of: a position is at most {MAX_POSITION}")
+        return position
+    try:
+        # Nanoseconds are cut to the microseconds Python keeps; the offset is applied
+        # here, where a time at the edge of the calendar overflows (a 400, not a 500).
+        return parse_timestamp(re.sub(r"(\.[0-9]{6})[0-9]+", r"\1", value))
+    except (ValueError, OverflowError):
+        raise BadParameter(
+            "as_of must be a position or an RFC 3339 time in years 1-9999 UTC"
+        ) from None
 
 
 class NotFound(Exception):

@@ -7,7 +7,6 @@ every sealed secret by a marker, and tenant objects never had one.
 from __future__ import annotations
 
 import hmac
-import re
 from datetime import datetime
 from typing import Annotated, Final, Literal
 
@@ -28,7 +27,7 @@ from app.http.schemas import (
 )
 from app.queries import reads
 from app.queries.reads import REDACTED, redact_event, tenant_object  # noqa: F401  (re-exported)
-from eventstore.store import EventStore, RecordedEvent, parse_timestamp
+from eventstore.store import EventStore, RecordedEvent
 from projections.runner import wait_for_position
 from projections.storage.base import ProjectionStorage
 
@@ -61,7 +60,7 @@ StoreDep = Annotated[EventStore, Depends(get_store)]
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
 
 
-MAX_POSITION: Final = 2**63 - 1  # a PostgreSQL bigint, a SQLite INTEGER
+MAX_POSITION: Final = reads.MAX_POSITION
 MAX_GRACE_HOURS: Final = 87_600.0  # ten years
 # RFC 3339 (a missing offset is read as UTC) or a position in ASCII digits: str.isdigit
 # and datetime.fromisoformat accept far more (superscripts, week dates) than either.
@@ -83,22 +82,11 @@ def bad_parameter(detail: str) -> HTTPException:
 
 
 def parse_as_of(value: str | None) -> int | datetime | None:
-    """``as_of`` is a log position (ASCII digits) or an RFC 3339 time in years 1-9999 UTC."""
-    if value is None or value == "":
-        return None
-    if value.isascii() and value.isdigit():
-        position = int(value)
-        if position > MAX_POSITION:
-            raise bad_parameter(f"as_of: a position is at most {MAX_POSITION}")
-        return position
+    """``reads.parse_as_of``, its refusal a 400."""
     try:
-        # Nanoseconds are cut to the microseconds Python keeps; the offset is applied
-        # here, where a time at the edge of the calendar overflows (a 400, not a 500).
-        return parse_timestamp(re.sub(r"(\.[0-9]{6})[0-9]+", r"\1", value))
-    except (ValueError, OverflowError):
-        raise bad_parameter(
-            "as_of must be a position or an RFC 3339 time in years 1-9999 UTC"
-        ) from None
+        return reads.parse_as_of(value)
+    except reads.BadParameter as error:
+        raise bad_parameter(error.detail) from None
 
 
 def not_found(error: reads.NotFound) -> HTTPException:
