@@ -115,7 +115,10 @@ async def installation(
             description="a log position (0 to 2^63-1) or an RFC 3339 time",
         ),
     ] = None,
+    min_position: MinPosition = None,
 ) -> FastJSONResponse:
+    # The stream is read directly; its tenants come from the links read model.
+    await caught_up(store, storage, min_position)
     uuid = parse_installation(installation_id)
     up_to = parse_as_of(as_of)
     events = await run_in_threadpool(store.read_stream, installation_stream_id(uuid), up_to)

@@ -172,7 +172,9 @@ class ForgeInstallation:
     app_version: str = "1.0.0"
     environment_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     environment_type: str = "PRODUCTION"
-    license: dict[str, Any] | None = field(default_factory=license_2026)
+    # None: no license object (a free, non-production or unlisted app). Any other JSON
+    # value is sent as is, so a test can send what Forge never documented.
+    license: Any = field(default_factory=license_2026)
     installer_account_id: str = field(default_factory=lambda: f"5b10{secrets.token_hex(10)}")
 
     @property
@@ -242,8 +244,9 @@ class ForgePlatform:
             },
             "module": {"type": "core:endpoint", "key": "ledger-lifecycle"},
         }
-        if installation.license is not None:
-            app["license"] = dict(installation.license)
+        license = installation.license
+        if license is not None:  # any JSON value: a test may send an odd one as is
+            app["license"] = dict(license) if isinstance(license, dict) else license
         return {
             "iss": "forge/invocation-token",
             "aud": self.app_ari,
