@@ -98,6 +98,11 @@ def _read_everything(forge: Forge, site: ForgeInstallation) -> None:
     assert ready.status_code == 200 and not ready.json().get("degraded"), ready.text
 
 
+def _uninstalling(forge: Forge) -> set[str]:
+    tenants = admin(forge, "/admin/presumed-gone")["tenants"]
+    return {t["client_key"] for t in tenants if "uninstalling" in t["presumed"]}
+
+
 def _tables(forge: Forge) -> dict[str, list[Any]]:
     storage = storage_for(forge.service.store)
     return {name: sorted(storage.load_rows(name), key=repr) for name in SPECS}
@@ -192,9 +197,13 @@ def test_one_installation_spans_a_sites_jira_and_confluence_tenants(store_url: s
             both[:1],
             jira["clientKey"],
         )
-        for key in both:  # each tenant's own links name it
+        storage = storage_for(service.store)
+        for key in both:  # each tenant's own links name it, and the installation lists it
             (link,) = links(forge, client_key=key)
             assert link["installation_id"] == site.installation_id
+            found = storage.list_installations(client_keys=[key], limit=None)
+            assert [r.installation_id for r in found] == [site.installation_id]
+        assert storage.list_installations(client_keys=['"', "%", "_"], limit=None) == []
 
         report = admin(forge, "/admin/migration")
         assert report["linked"] == 2  # both tenants of the site
@@ -212,6 +221,13 @@ def test_one_installation_spans_a_sites_jira_and_confluence_tenants(store_url: s
         (reinstall,) = links(forge, kind="reinstall")
         assert reinstall["client_key"] == confluence["clientKey"]
         assert admin(forge, "/admin/migration")["linked"] == 2
+
+        # Presumed gone follows every tenant of the site: the replaced installation's
+        # pre-uninstall leaves both tenants on the new one; the new one's takes both.
+        assert forge.send(platform.pre_uninstall(site)).status_code == 204
+        assert _uninstalling(forge) == set()
+        assert forge.send(platform.pre_uninstall(again)).status_code == 204
+        assert _uninstalling(forge) == set(both)
 
         before = _tables(forge)
         rebuild(service.store)
