@@ -15,8 +15,11 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from app.forge.tokens import LICENSE_KEYS
 from app.hostsim import make_install_payload
-from app.hostsim_forge import ForgeInstallation
+from app.hostsim_forge import ForgeInstallation, license_2026
+from eventstore.events import ForgeInstalled, Metadata, installation_stream_id
+from eventstore.store import NewEvent
 from projections.backends import storage_for
 from projections.forge_ids import installation_ari
 from projections.rebuild import rebuild
@@ -152,6 +155,51 @@ def test_any_json_in_the_license_and_optional_fields_never_breaks_a_read_model(
         assert before["installations"] and before["links"]
         rebuild(forge.service.store)
         assert _tables(forge) == before
+
+
+def test_the_2026_license_is_recorded_as_documented(store_url: str) -> None:
+    """What a token's ``app.license`` becomes in the log and the installation row."""
+    cases: list[tuple[Any, dict[str, Any] | None, bool | None]] = [
+        (license_2026(), {"active": True, "billing_period": "ANNUAL"}, True),
+        ({"isActive": False, "type": "commercial"}, {"active": False}, False),  # pre-2026
+        ({"active": True, "isActive": False}, {"active": True}, True),  # active wins
+        (
+            license_2026(odd=True),
+            {"evaluation": '"NULL"', "subscription_end": "1689949707000", "modes": '"USER_ACCESS"'},
+            True,
+        ),
+        ({"active": "true"}, {"active": '"true"'}, None),  # text, not a boolean: unknown
+        (None, None, None),  # no license object: no license facts
+    ]
+    with forge_service(store_url) as forge:
+        for sent, recorded, active in cases:
+            site = ForgeInstallation(license=sent)
+            assert forge.send(forge.platform.installed(site)).status_code == 204
+            (event,) = forge.events(site)
+            license = event.data.license  # type: ignore[union-attr]  # a ForgeInstalled
+            if recorded is None:
+                assert license is None
+            else:
+                assert set(license) == set(LICENSE_KEYS)
+                assert {k: license[k] for k in recorded} == recorded, sent
+            row = admin(forge, f"/admin/installations/{site.installation_id}")
+            assert row["license_active"] is active
+
+        # An installation recorded before the 2026 layout (five license keys): the same
+        # license read from a 2026 token is no change.
+        site = ForgeInstallation(license={"active": True, "type": "commercial"})
+        old = {"active": True, "type": "commercial", "evaluation": None, "trial_end": None,
+               "subscription_end": None}  # fmt: skip
+        installed = ForgeInstalled(
+            site.installation_id, site.cloud_id, site.site_ari, site.product,
+            forge.platform.app_id, site.app_version, site.environment_id,
+            site.environment_type, site.installer_account_id, old,
+        )  # fmt: skip
+        stream = installation_stream_id(site.installation_id)
+        forge.service.store.append(stream, [NewEvent(installed, Metadata())], 0)
+        assert forge.send(forge.platform.installed(site)).status_code == 204
+        assert [e.type for e in forge.events(site)] == ["ForgeInstalled", "ForgeInstallConfirmed"]
+        assert admin(forge, f"/admin/installations/{site.installation_id}")["license_active"]
 
 
 def test_one_installation_spans_a_sites_jira_and_confluence_tenants(store_url: str) -> None:
