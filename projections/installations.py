@@ -11,9 +11,13 @@ Both are folded from *both* kinds of streams:
 
 Rules:
 
-* An installation's ``client_key`` is the Connect tenant of its most recently *first
-  seen* ``connect`` link (a tenant naming it again does not take it back); a reinstalled installation with no link of its own inherits the tenant of the
-  installation it replaced on that site (the same customer; the link says why).
+* One installation can span several Atlassian apps of a site (Jira and Confluence,
+  GA February 2026), so it can be linked to several Connect tenants: ``client_keys``
+  lists them, oldest link first; ``client_key`` is the most recently linked one (the
+  last), or None. Only a ``connect`` link seen for the first time moves its tenant to
+  the end (a tenant naming it again does not take it back). A reinstalled installation
+  with no link of its own inherits the tenants of the installation it replaced on that
+  site (the same customer; the link says why).
 * ``state`` is ``installed`` until a ``ForgeUninstalling`` (``uninstalling``); an
   ``installed``/``upgraded`` delivery after it (``ForgeInstallConfirmed`` or
   ``ForgeUpgraded``) makes it ``installed`` again.
@@ -22,6 +26,9 @@ Rules:
 
 Both projections share one fold (``ForgeFold``); each hands over its own table's
 rows. Installation ids are bare lower-case UUIDs (``projections.forge_ids``).
+
+Every fold here is total (SPEC §6): a recorded field of an unexpected JSON type is
+read as its JSON text (text columns) or as unknown (``license_active``), never raised on.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from eventstore.events import (
     ForgeLicenseChanged,
     ForgeUpgraded,
     Installed,
+    canonical_json,
     client_key_of,
     installation_id_of,
 )
@@ -55,6 +63,7 @@ __all__ = [
     "InstallationsProjection",
     "LinkRow",
     "LinksProjection",
+    "client_keys_at",
     "fold_installation",
 ]
 
@@ -72,7 +81,8 @@ class InstallationRow(msgspec.Struct, frozen=True, gc=False):
     environment_type: str | None
     state: InstallationState
     license_active: bool | None
-    client_key: str | None  # the linked Connect tenant
+    client_keys: tuple[str, ...]  # every linked Connect tenant, oldest link first
+    client_key: str | None  # the most recently linked one (the last of client_keys)
     installed_at: datetime
     updated_at: datetime
     last_seen_at: datetime
@@ -101,6 +111,7 @@ class _Installation(msgspec.Struct, gc=False):
     environment_type: str | None
     state: InstallationState
     license_active: bool | None
+    client_keys: tuple[str, ...]
     client_key: str | None
     installed_at: datetime
     updated_at: datetime
@@ -113,9 +124,29 @@ def _freeze(record: _Installation) -> InstallationRow:
     return InstallationRow(*astuple(record))
 
 
-def _active(license: dict[str, Any] | None) -> bool | None:
-    value = (license or {}).get("active")
+def _active(license: object) -> bool | None:
+    """The license's ``active`` (``isActive`` in a shape that predates the ledger's own
+    names); None (unknown) for no license or a value that is not a boolean."""
+    if not isinstance(license, dict):
+        return None
+    value = license.get("active", license.get("isActive"))
     return value if isinstance(value, bool) else None
+
+
+def _text(value: object) -> str | None:
+    """A recorded text field as a text column holds it: None, the text, or the JSON
+    text of any other value (evidence kept, never a crash in a read model)."""
+    if value is None or isinstance(value, str):
+        return value
+    try:
+        return canonical_json(value).decode()
+    except (TypeError, ValueError, OverflowError):  # not JSON at all: cannot be in a log
+        return repr(value)
+
+
+def _with_last(keys: tuple[str, ...], client_key: str) -> tuple[str, ...]:
+    """``keys`` with ``client_key`` as its most recent (last) entry."""
+    return (*(key for key in keys if key != client_key), client_key)
 
 
 # -------------------------------------------------------- one installation's row
@@ -125,13 +156,15 @@ def _new_record(event: RecordedEvent) -> _Installation:
     data: ForgeInstalled = event.data  # type: ignore[assignment]  # by event.type
     at = event.recorded_at
     return _Installation(
-        installation_id=data.installation_id,
-        cloud_id=data.cloud_id,
-        product=data.product,
-        app_version=data.app_version,
-        environment_type=data.environment_type,
+        # The stream names the installation (as every later event's handler reads it).
+        installation_id=installation_id_of(event.stream_id) or str(data.installation_id),
+        cloud_id=_text(data.cloud_id),
+        product=_text(data.product),
+        app_version=_text(data.app_version),
+        environment_type=_text(data.environment_type),
         state="installed",
         license_active=_active(data.license),
+        client_keys=(),
         client_key=None,
         installed_at=at,
         updated_at=at,
@@ -146,15 +179,15 @@ def _update(record: _Installation, event: RecordedEvent) -> None:
     data = event.data
     changed = True
     if isinstance(data, ForgeUpgraded):
-        record.app_version = data.to
+        record.app_version = _text(data.to)
         record.state = "installed"
     elif isinstance(data, ForgeLicenseChanged):
         record.license_active = _active(data.to)
     elif isinstance(data, ForgeDetailsChanged):
         changes = data.changes
-        record.cloud_id = changes.get("cloud_id", record.cloud_id)
-        record.product = changes.get("product", record.product)
-        record.environment_type = changes.get("environment_type", record.environment_type)
+        for name in ("cloud_id", "product", "environment_type"):
+            if name in changes:
+                setattr(record, name, _text(changes[name]))
     elif event.type == "ForgeInstallConfirmed":
         changed = record.state != "installed"
         record.state = "installed"
@@ -178,6 +211,51 @@ def fold_installation(events: Iterable[RecordedEvent]) -> InstallationRow | None
     return None if record is None else _freeze(record)
 
 
+def client_keys_at(
+    links_of: Callable[[str], Iterable[LinkRow]],
+    installation: str,
+    up_to: int | datetime | None,
+    *,
+    hops: int = 64,
+) -> tuple[str, ...]:
+    """An installation's ``client_keys`` as the fold had them after the events up to
+    ``up_to`` (a position or a time; None: all), from the links alone (``links_of``:
+    the links naming an installation on either side). A reinstall's inheritance is
+    followed back at most ``hops`` installations."""
+
+    def seen(link: LinkRow, limit: int | datetime | None) -> bool:
+        if limit is None:
+            return True
+        if isinstance(limit, int):
+            return link.evidence_position <= limit
+        return link.seen_at <= limit
+
+    mine = sorted(
+        (link for link in links_of(installation) if link.installation_id == installation),
+        key=lambda link: link.evidence_position,
+    )
+    own = [link for link in mine if link.kind == CONNECT and seen(link, up_to)]
+    keys: tuple[str, ...] = ()
+    reinstall = next((link for link in mine if link.kind == REINSTALL), None)
+    if (
+        hops > 0
+        and reinstall is not None
+        and reinstall.previous_installation_id is not None
+        and seen(reinstall, up_to)
+        and not any(link.evidence_position < reinstall.evidence_position for link in own)
+    ):
+        keys = client_keys_at(
+            links_of,
+            reinstall.previous_installation_id,
+            reinstall.evidence_position - 1,
+            hops=hops - 1,
+        )
+    for link in own:
+        if link.client_key is not None:
+            keys = _with_last(keys, link.client_key)
+    return keys
+
+
 FORGE_HANDLED: Final = frozenset(
     {
         "ForgeUpgraded",
@@ -195,14 +273,15 @@ FORGE_HANDLED: Final = frozenset(
 class ForgeFold:
     """Installations, links, and the indexes that make links: shared by both projections."""
 
-    __slots__ = ("_client_of", "_clouds", "_dirty", "_link_ids", "_new_links", "_records")
+    __slots__ = ("_clients_of", "_clouds", "_dirty", "_link_ids", "_new_links", "_records")
 
     def __init__(self) -> None:
         self._records: dict[str, _Installation] = {}
         self._dirty: dict[str, _Installation] | None = None  # None: all rows are new
         self._link_ids: set[str] = set()
         self._new_links: list[LinkRow] = []
-        self._client_of: dict[str, str] = {}  # installation → its Connect tenant
+        # installation → its Connect tenants, oldest link first
+        self._clients_of: dict[str, tuple[str, ...]] = {}
         # cloudId → {installation now on it: its installed_position}; the site's latest
         # installation is the one installed last among them (see ``_latest_on``).
         self._clouds: dict[str, dict[str, int]] = {}
@@ -212,14 +291,17 @@ class ForgeFold:
         """Resume from both tables' rows at the same checkpoint."""
         state = cls()
         state._dirty = {}
+        clients = state._clients_of
         for link in sorted(links, key=lambda row: row.evidence_position):
             state._link_ids.add(link.link_id)
             if link.kind == CONNECT and link.client_key is not None:
-                state._client_of[link.installation_id] = link.client_key
+                # As ``connect`` did: links rows are first-seen links only, in order.
+                known = clients.get(link.installation_id, ())
+                clients[link.installation_id] = _with_last(known, link.client_key)
         for row in installations:
             state._records[row.installation_id] = _Installation(*astuple(row))
-            if row.client_key is not None:
-                state._client_of[row.installation_id] = row.client_key
+            if row.client_keys:  # a row also holds what it inherited on a reinstall
+                clients[row.installation_id] = tuple(row.client_keys)
             state._join(row.cloud_id, row.installation_id, row.installed_position)
         return state
 
@@ -268,13 +350,14 @@ class ForgeFold:
                 event.recorded_at,
             )
         )
-        # Only a link seen for the first time moves the installation to that tenant: an
+        # Only a link seen for the first time makes that tenant the most recent one: an
         # older tenant naming it again (a stale call after a reimport) does not take it back.
-        if new and self._client_of.get(installation) != client_key:
-            self._client_of[installation] = client_key
+        known = self._clients_of.get(installation, ())
+        if new and known[-1:] != (client_key,):
+            keys = self._clients_of[installation] = _with_last(known, client_key)
             record = self._records.get(installation)
             if record is not None:
-                record.client_key = client_key
+                record.client_keys, record.client_key = keys, client_key
                 self._touch(record)
 
     def forge_installed(self, event: RecordedEvent) -> None:
@@ -282,12 +365,13 @@ class ForgeFold:
         installation = record.installation_id
         previous = self._latest_on(record.cloud_id)
         if previous is not None and previous != installation:
-            inherited = self._client_of.get(previous)
+            inherited = self._clients_of.get(previous, ())
+            own = self._clients_of.get(installation, inherited)
             self._link(
                 LinkRow(
                     f"{REINSTALL}:{previous}:{installation}",
                     REINSTALL,
-                    self._client_of.get(installation, inherited),
+                    own[-1] if own else None,
                     installation,
                     previous,
                     event.stream_id,
@@ -295,9 +379,10 @@ class ForgeFold:
                     event.recorded_at,
                 )
             )
-            if installation not in self._client_of and inherited is not None:
-                self._client_of[installation] = inherited
-        record.client_key = self._client_of.get(installation)
+            if installation not in self._clients_of and inherited:
+                self._clients_of[installation] = inherited
+        record.client_keys = self._clients_of.get(installation, ())
+        record.client_key = record.client_keys[-1] if record.client_keys else None
         old = self._records.get(installation)
         if old is not None:
             self._leave(old.cloud_id, installation)

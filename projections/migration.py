@@ -3,11 +3,13 @@
 * ``linked``: installed Connect tenants with a linked Forge installation that has
   sent at least one Forge call (in any state);
 * ``connect_only``: installed Connect tenants with no Forge call seen for them (the
-  stragglers), with the ``installationId`` their payload named, if any;
+  stragglers), with the ``installationId`` their payload named, if any (an id Forge
+  never sent stays listed, with that id);
 * ``forge_only``: installations (any state) linked to no Connect tenant.
 
 A tenant's installations are those its ``connect`` links name, the one its payload
-names now, and those whose row names it (a reinstall inherits its site's tenant).
+names now, and those whose row lists it in ``client_keys`` (one installation can
+span a site's Jira and Confluence tenants; a reinstall inherits its site's tenants).
 """
 
 from __future__ import annotations
@@ -39,8 +41,8 @@ def migration_report(
         if link.kind == CONNECT and link.client_key is not None:
             named.setdefault(link.client_key, set()).add(link.installation_id)
     for row in rows.values():
-        if row.client_key is not None:
-            named.setdefault(row.client_key, set()).add(row.installation_id)
+        for client_key in row.client_keys:  # one installation, several tenants of a site
+            named.setdefault(client_key, set()).add(row.installation_id)
     linked = 0
     connect_only: list[TenantRow] = []
     for tenant in tenants:
@@ -53,7 +55,7 @@ def migration_report(
             linked += 1
         else:
             connect_only.append(tenant)
-    forge_only = [row for row in rows.values() if row.client_key is None]
+    forge_only = [row for row in rows.values() if not row.client_keys]
     connect_only.sort(key=lambda row: row.client_key)
     forge_only.sort(key=lambda row: row.installation_id)
     return MigrationReport(linked, connect_only, forge_only)

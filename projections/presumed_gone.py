@@ -59,17 +59,17 @@ def uninstalling(
     """Installed tenants whose linked Forge installation sent ``pre-uninstall`` (SPEC §10).
 
     A tenant's installation is the latest installed one linked to it (its row's
-    ``client_key``) or named by its payload; a reinstall after the pre-uninstall
+    ``client_keys``) or named by its payload; a reinstall after the pre-uninstall
     replaces it, so the tenant is no longer listed.
     """
     latest: dict[str, InstallationRow] = {}
     by_id: dict[str, InstallationRow] = {}
     for each in installations:
         by_id[each.installation_id] = each
-        if each.client_key is not None:
-            best = latest.get(each.client_key)
+        for client_key in each.client_keys:  # every tenant of the site it spans
+            best = latest.get(client_key)
             if best is None or best.installed_position < each.installed_position:
-                latest[each.client_key] = each
+                latest[client_key] = each
     found = []
     for tenant in tenants:
         if tenant.state != INSTALLED:

@@ -98,6 +98,29 @@ def test_forge_read_commands(store_url: str, monkeypatch: pytest.MonkeyPatch) ->
         invoke("links", "--kind", "other", code=2)
 
 
+def test_one_installation_of_a_sites_jira_and_confluence(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LEDGER_DATABASE_URL", store_url)
+    with forge_service(store_url) as forge:
+        site = ForgeInstallation()
+        assert forge.send(forge.platform.installed(site)).status_code == 204
+        ari = installation_ari(site.installation_id)
+        jira = forge.service.install(make_install_payload(installationId=ari))
+        confluence = forge.service.install(
+            make_install_payload(productType="confluence", installationId=ari)
+        )
+        both = [jira["clientKey"], confluence["clientKey"]]
+        (shown,) = json.loads(invoke("installations", "--json"))["installations"]
+        assert (shown["client_keys"], shown["client_key"]) == (both, confluence["clientKey"])
+        (piped,) = tsv(invoke("installations"))
+        assert json.loads(piped["client_keys"]) == both
+        assert piped["client_key"] == confluence["clientKey"]
+        assert [r["client_key"] for r in tsv(invoke("links"))] == both
+        report = json.loads(invoke("migration", "--json"))
+        assert (report["linked"], report["connect_only"], report["forge_only"]) == (2, [], [])
+
+
 def test_presumed_gone_names_both_reasons(store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """One data path: the CLI, ``/admin/presumed-gone`` and ``/admin/tenants?presumed_gone``
     all list a tenant whose Forge installation sent pre-uninstall."""

@@ -17,9 +17,14 @@ from hypothesis import strategies as st
 from app.ingest import shell
 from app.ingest.forge.body import ForgeFacts, Route
 from app.ingest.forge.decider import ForgeCall, InstallationDecider
+from app.ingest.forge.tokens import LICENSE_KEYS
 from eventstore.events import (
     DetailsChanged,
     EventData,
+    ForgeDetailsChanged,
+    ForgeInstalled,
+    ForgeLicenseChanged,
+    ForgeUpgraded,
     Installed,
     Metadata,
     installation_stream_id,
@@ -30,6 +35,7 @@ from eventstore.store import RecordedEvent
 from projections.installations import (
     InstallationsProjection,
     LinksProjection,
+    client_keys_at,
     fold_installation,
     forge_states,
 )
@@ -171,6 +177,48 @@ def test_pre_uninstall_first_records_the_installation_then_uninstalling() -> Non
     assert row is not None and row.state == "uninstalling"
 
 
+def test_a_license_recorded_before_the_2026_layout_is_not_changed_by_it() -> None:
+    """Events of the isActive era hold five license keys; the same facts read from a
+    2026 token have ten (the new ones null): the same license, no ForgeLicenseChanged."""
+    log, one = Log(), str(uuid.uuid4())
+    old = {"active": True, "type": "commercial", "evaluation": False, "trial_end": None,
+           "subscription_end": None}  # fmt: skip
+    assert log.forge("installed", facts(one, license=old), "d1") == ["ForgeInstalled"]
+    new = old | dict.fromkeys(LICENSE_KEYS[5:], None)
+    assert log.forge("installed", facts(one, license=new), "d2") == ["ForgeInstallConfirmed"]
+    changed = new | {"billing_period": "ANNUAL"}
+    assert log.forge("installed", facts(one, license=changed), "d3") == ["ForgeLicenseChanged"]
+
+
+def test_the_installation_fold_is_total_on_odd_recorded_values() -> None:
+    """Whatever JSON a recorded field holds (older code, a hand-made log), the fold
+    gives a row whose columns both databases can store."""
+    one = str(uuid.uuid4())
+    stream = installation_stream_id(one)
+    log = Log()
+    installed = ForgeInstalled(one, "cloud-1", None, "jira", APP, "1.0.0", None, None, None,
+                               {"isActive": True})  # fmt: skip
+    log.append(stream, [installed], Metadata())
+    assert (row := fold_installation(log.events)) and row.license_active is True
+    odd: list[EventData] = [
+        ForgeLicenseChanged(from_=None, to={"active": "yes", "isActive": True}),
+        ForgeDetailsChanged({"cloud_id": {"id": 1}, "product": 5, "environment_type": None}),
+        ForgeUpgraded(from_=None, to=["2", 0]),  # type: ignore[arg-type]  # an odd recorded value
+    ]
+    log.append(stream, odd, Metadata())
+    row = fold_installation(log.events)
+    assert row is not None
+    assert (row.license_active, row.cloud_id, row.product, row.environment_type) == (
+        None,  # "yes" is not a boolean: unknown, and active present means no fallback
+        '{"id":1}',
+        "5",
+        None,
+    )
+    assert row.app_version == '["2",0]'
+    installations, links = fold(log.events)  # the whole-log fold takes it too
+    assert [r.cloud_id for r in installations] == ['{"id":1}'] and links == []
+
+
 # ------------------------------------------------------------------ the read models
 
 
@@ -266,3 +314,7 @@ def test_resuming_from_rows_is_the_same_as_one_fold(operations: list[Any], cut: 
     merged_l = {r.link_id: r for r in rows_l} | {r.link_id: r for r in linked.take_changes()}
     assert sorted(merged_i.values(), key=repr) == whole[0]
     assert sorted(merged_l.values(), key=repr) == whole[1]
+    # The admin answer's as-of rule (links alone) agrees with the fold.
+    for row in whole[0]:
+        assert client_keys_at(lambda _: whole[1], row.installation_id, None) == row.client_keys
+        assert row.client_key == (row.client_keys[-1] if row.client_keys else None)

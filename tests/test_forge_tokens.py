@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.ingest.forge.body import (
@@ -18,11 +18,44 @@ from app.ingest.forge.body import (
     facts_of,
     parse_forge_body,
 )
-from app.ingest.forge.tokens import ForgeToken, TokenError, claimed_identity, read_fit, verify_fit
-from app.sim.forge import ForgeInstallation, ForgePlatform
+from app.ingest.forge.tokens import (
+    LICENSE_KEYS,
+    ForgeToken,
+    TokenError,
+    claimed_identity,
+    read_fit,
+    verify_fit,
+)
+from app.sim.forge import ForgeInstallation, ForgePlatform, license_2026
 from eventstore import ids
 
 PLATFORM = ForgePlatform()
+# Any JSON value (as a token's claims can hold), kept small.
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53), 2**53)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+LICENSE_FIELDS = (
+    "active",
+    "isActive",
+    "type",
+    "isEvaluation",
+    "trialEndDate",
+    "subscriptionEndDate",
+    "billingPeriod",
+    "capabilitySet",
+    "ccpEntitlementId",
+    "ccpEntitlementSlug",
+    "modes",
+    "supportEntitlementNumber",
+)
 OTHER = ForgePlatform()  # another Forge app, with keys of its own
 NOW = 1_800_000_000
 LEEWAY = 30
@@ -93,14 +126,133 @@ def test_a_good_token_gives_its_facts() -> None:
     assert facts.app_version == "2.3.0"
     assert facts.environment_type == "PRODUCTION"
     assert facts.cloud_ids == (installation.cloud_id,)
+    license = installation.license
+    assert license is not None and "isActive" not in license  # the 2026 layout
     assert facts.license == {
         "active": True,
         "type": "commercial",
         "evaluation": False,
         "trial_end": None,
-        "subscription_end": None,
+        "subscription_end": "2027-01-01T00:00:00.000Z",
+        "billing_period": "ANNUAL",
+        "capability_set": "capabilityStandard",
+        "entitlement_id": license["ccpEntitlementId"],
+        "entitlement_slug": "E-3SH-1A6-33A-AS0",
+        "modes": ["USER_ACCESS"],
     }
     assert facts.jti and facts.kid == PLATFORM.kid
+
+
+# ------------------------------------------------------- app.license (SPEC §10 License)
+
+# Atlassian's License API documents the license record (``/forge/app/v1/license``,
+# the fields Forge puts in the token's ``app.license`` since 17 October 2026), example
+# verbatim in shape: ``active`` replaced ``isActive``; end dates are date-time text or
+# null; ``supportEntitlementNumber`` is not one of the facts the ledger records.
+DOCUMENTED_LICENSE: dict[str, Any] = {
+    "active": True,
+    "type": "commercial",
+    "isEvaluation": False,
+    "trialEndDate": None,
+    "subscriptionEndDate": "2027-01-01T00:00:00.000Z",
+    "billingPeriod": "ANNUAL",
+    "supportEntitlementNumber": "SEN-12345678",
+    "ccpEntitlementId": "ent-abc123",
+    "ccpEntitlementSlug": "my-app-commercial",
+    "capabilitySet": "capabilityAdvanced",
+}
+
+
+def license_of(license: object) -> dict[str, Any] | None:
+    """What a verified token signed by the simulator records for ``license``."""
+    installation = ForgeInstallation()
+    out = claims(installation)
+    out["app"]["license"] = license
+    return verify(token_for(out)).license
+
+
+def test_the_documented_2026_license_is_read_field_by_field() -> None:
+    assert license_of(DOCUMENTED_LICENSE) == {
+        "active": True,
+        "type": "commercial",
+        "evaluation": False,
+        "trial_end": None,
+        "subscription_end": "2027-01-01T00:00:00.000Z",
+        "billing_period": "ANNUAL",
+        "capability_set": "capabilityAdvanced",
+        "entitlement_id": "ent-abc123",
+        "entitlement_slug": "my-app-commercial",
+        "modes": None,
+    }
+
+
+def test_the_simulator_signs_the_documented_layout() -> None:
+    """Documentation wins over our simulator: its license has exactly the documented
+    keys (plus ``modes``), ``active`` and no ``isActive``, each of the documented type."""
+    license = ForgeInstallation().license
+    assert license is not None
+    assert set(license) == set(DOCUMENTED_LICENSE) | {"modes"}
+    for name, documented in DOCUMENTED_LICENSE.items():
+        if documented is not None:
+            assert type(license[name]) is type(documented), name
+    signed = PLATFORM.claims(ForgeInstallation(), iat=NOW)["app"]["license"]
+    assert "isActive" not in signed and signed["active"] is True
+
+
+@pytest.mark.parametrize(
+    ("license", "active"),
+    [
+        ({"active": False, "isActive": True}, False),  # active wins over isActive
+        ({"active": True, "isActive": False}, True),
+        ({"isActive": True}, True),  # a token from before 17 October 2026
+        ({"isActive": False}, False),
+        ({"active": None, "isActive": True}, None),  # active present (null): no fallback
+        ({}, None),
+    ],
+)
+def test_is_active_is_read_only_when_active_is_absent(
+    license: dict[str, Any], active: bool | None
+) -> None:
+    facts = license_of(license)
+    assert facts is not None and facts["active"] == active
+
+
+def test_no_license_object_is_no_license_facts() -> None:
+    assert license_of(None) is None
+    out = claims(ForgeInstallation())
+    del out["app"]["license"]
+    assert verify(token_for(out)).license is None
+    assert license_of("commercial") is None  # not an object: no facts, never refused
+
+
+def test_odd_license_values_are_recorded_as_their_json_text() -> None:
+    facts = license_of(license_2026(odd=True))
+    assert facts == {
+        "active": True,
+        "type": "COMMERCIAL",
+        "evaluation": '"NULL"',  # the getAppContext example's value: text, not a bool
+        "trial_end": "1989949707000",
+        "subscription_end": "1689949707000",  # a number: its JSON text
+        "billing_period": None,
+        "capability_set": '{"name":"capabilityAdvanced"}',
+        "entitlement_id": "NULL",
+        "entitlement_slug": "E-3SH-1A6-33A-AS0",
+        "modes": '"USER_ACCESS"',
+    }
+    assert license_of({"active": 1, "modes": ["A", 2]}) == {
+        **dict.fromkeys(facts, None),
+        "active": "1",
+        "modes": '["A",2]',
+    }
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.sampled_from(LICENSE_FIELDS), JSON_VALUES, max_size=12))
+def test_any_json_in_any_license_field_is_read(license: dict[str, Any]) -> None:
+    facts = license_of(license)
+    assert facts is not None and set(facts) == set(LICENSE_KEYS)
+    for value in facts.values():
+        assert value is None or isinstance(value, bool | str | list)
 
 
 @pytest.mark.parametrize("alg", ["HS256", "none", "RS512", "ES256"])
@@ -295,7 +447,7 @@ def test_a_retry_is_the_same_delivery_and_a_new_fact_is_not() -> None:
     }
     assert delivery_sha256("installed", bare, token) == first
     assert delivery_sha256("upgraded", body, token) != first
-    installation.license = {"isActive": False}
+    installation.license = license_2026(active=False)
     assert delivery_sha256("installed", body, verify(token_for(claims(installation)))) != first
     installation.license = None
     installation.app_version = "9.0.0"

@@ -25,6 +25,7 @@ INSTALLATION_COLUMNS = (
     "state",
     "license_active",
     "client_key",
+    "client_keys",  # every linked tenant (a site's Jira and Confluence), oldest first
     "last_seen_at",
 )
 LINK_COLUMNS = (
@@ -68,7 +69,11 @@ def installations(
     catch_up: CatchUpOption = True,
     as_json: JsonOption = False,
 ) -> None:
-    """List Forge installations and the Connect tenant each is linked to."""
+    """List Forge installations and the Connect tenants each is linked to.
+
+    client_key is the most recently linked tenant; client_keys lists every linked
+    tenant, oldest link first (one installation can span a site's Jira and Confluence).
+    """
     start = _installation(after, "--after")
     with read_models(catch_up) as (_, storage):
         answer = reads.installations_answer(storage, state=state, after=start, limit=limit)

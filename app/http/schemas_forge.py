@@ -22,7 +22,11 @@ class InstallationAnswer(BaseModel):
     environment_type: str | None
     state: Literal["installed", "uninstalling"]
     license_active: bool | None
-    client_key: str | None = Field(description="the linked Connect tenant, or null")
+    client_keys: list[str] = Field(
+        description="every linked Connect tenant (e.g. a site's Jira and Confluence),"
+        " oldest link first; empty when none"
+    )
+    client_key: str | None = Field(description="the most recently linked tenant, or null")
     installed_at: str = Field(description="RFC 3339, UTC")
     updated_at: str
     last_seen_at: str
@@ -57,7 +61,9 @@ class LinksAnswer(BaseModel):
 class ConnectOnlyTenant(BaseModel):
     client_key: str
     base_url: str
-    installation_id: str | None = Field(description="named by its Connect payload, never seen")
+    installation_id: str | None = Field(
+        description="the installationId its Connect payload named (Forge never sent it), or null"
+    )
     installation_ari: str | None
 
 

@@ -276,7 +276,7 @@ def uninstalling_tenants(storage: ProjectionStorage) -> list[TenantRow]:
             break
         after = page[-1].installation_id
     tenants: dict[str, TenantRow] = {}
-    keys = sorted({row.client_key for row in leaving if row.client_key is not None})
+    keys = sorted({key for row in leaving for key in row.client_keys})
     ids = [row.installation_id for row in leaving]
     for start in range(0, max(len(keys), len(ids)), IN_CHUNK):
         named = storage.tenants_named(keys[start : start + IN_CHUNK], ids[start : start + IN_CHUNK])
@@ -407,6 +407,7 @@ def installation_object(row: InstallationRow) -> dict[str, Any]:
         "environment_type": row.environment_type,
         "state": row.state,
         "license_active": row.license_active,
+        "client_keys": list(row.client_keys),
         "client_key": row.client_key,
         "installed_at": format_timestamp(row.installed_at),
         "updated_at": format_timestamp(row.updated_at),

@@ -5,7 +5,8 @@ Shipped with the product, like ``app.hostsim``: ``ledger demo`` and the end-to-e
 tests drive a running service with it. Tokens follow the real claim layout: ``iss``
 ``forge/invocation-token``, ``aud`` the app ARI, ``app.id``, ``app.installationId``
 (an ARI), ``app.installation.contexts[].cloudId``, ``app.appVersion``,
-``app.environment``, ``app.license``, a ``jti`` and a 25-second lifetime. Retries
+``app.environment``, ``app.license`` (Forge's 2026 layout: ``active``, no
+``isActive``; see ``license_2026``), a ``jti`` and a 25-second lifetime. Retries
 carry a new token and wrap the body as ``{"payload": {…, "retryContext": {…}}}``.
 """
 
@@ -50,7 +51,6 @@ def _b64_int(number: int) -> str:
 
 
 class _Handler(QuietHandler):
-
     def do_GET(self) -> None:
         owner = self.server.owner
         owner._count()
@@ -125,8 +125,40 @@ class JwksServer(BackgroundServer):
             self.requests += 1
 
 
-
 # --- the platform ------------------------------------------------------------------
+
+
+def license_2026(*, odd: bool = False, **fields: Any) -> dict[str, Any]:
+    """``app.license`` as Forge sends it after 17 October 2026: ``active`` (``isActive``
+    is gone), the documented fields, and ``modes``. ``odd``: values a real token has
+    been seen or documented to carry that do not have the documented type (the
+    getAppContext example's ``"isEvaluation": "NULL"``, the FIT example's end dates in
+    epoch milliseconds, ``type`` in capitals, ``null``s); ``fields`` override any key."""
+    license: dict[str, Any] = {
+        "active": True,
+        "type": "commercial",
+        "isEvaluation": False,
+        "trialEndDate": None,
+        "subscriptionEndDate": "2027-01-01T00:00:00.000Z",
+        "billingPeriod": "ANNUAL",
+        "supportEntitlementNumber": "SEN-12345678",
+        "ccpEntitlementId": str(uuid.uuid4()),
+        "ccpEntitlementSlug": "E-3SH-1A6-33A-AS0",
+        "capabilitySet": "capabilityStandard",
+        "modes": ["USER_ACCESS"],
+    }
+    if odd:
+        license |= {
+            "type": "COMMERCIAL",
+            "isEvaluation": "NULL",
+            "trialEndDate": "1989949707000",
+            "subscriptionEndDate": 1689949707000,
+            "billingPeriod": None,
+            "ccpEntitlementId": "NULL",
+            "capabilitySet": {"name": "capabilityAdvanced"},
+            "modes": "USER_ACCESS",
+        }
+    return license | fields
 
 
 @dataclass
@@ -140,9 +172,9 @@ class ForgeInstallation:
     app_version: str = "1.0.0"
     environment_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     environment_type: str = "PRODUCTION"
-    license: dict[str, Any] | None = field(
-        default_factory=lambda: {"isActive": True, "type": "commercial", "isEvaluation": False}
-    )
+    # None: no license object (a free, non-production or unlisted app). Any other JSON
+    # value is sent as is, so a test can send what Forge never documented.
+    license: Any = field(default_factory=license_2026)
     installer_account_id: str = field(default_factory=lambda: f"5b10{secrets.token_hex(10)}")
 
     @property
@@ -212,8 +244,9 @@ class ForgePlatform:
             },
             "module": {"type": "core:endpoint", "key": "ledger-lifecycle"},
         }
-        if installation.license is not None:
-            app["license"] = dict(installation.license)
+        license = installation.license
+        if license is not None:  # any JSON value: a test may send an odd one as is
+            app["license"] = dict(license) if isinstance(license, dict) else license
         return {
             "iss": "forge/invocation-token",
             "aud": self.app_ari,

@@ -19,6 +19,8 @@ from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from typing import Any, Protocol
 
+import msgspec
+
 from eventstore.clock import format_timestamp
 from eventstore.database import Translate
 from eventstore.errors import StoreError
@@ -239,17 +241,20 @@ class ProjectionStorage(abc.ABC):
         installation_ids: Sequence[str] | None = None,
     ) -> list[InstallationRow]:
         """Installations by installation_id (keyset: ``after`` the last one shown);
-        ``client_keys``: only those linked to one of these tenants."""
-        return self._select_where(
-            "installations",
-            _filters(
-                self.mark,
-                {"state": state, "client_key": client_keys, "installation_id": installation_ids},
-                ("installation_id", after),
-            ),
-            "installation_id",
-            limit,
+        ``client_keys``: only those linked to one of these tenants (any of a row's
+        ``client_keys``, a JSON list: one installation can span several tenants)."""
+        clauses, params = _filters(
+            self.mark,
+            {"state": state, "installation_id": installation_ids},
+            ("installation_id", after),
         )
+        if client_keys is not None:
+            keys = list(client_keys)
+            linked = [f"client_keys LIKE {self.mark} ESCAPE '\\'" for _ in keys]
+            clauses.append(f"({' OR '.join(linked)})" if keys else "1 = 0")
+            # Each key as the column spells it (projections.tables writes msgspec's JSON).
+            params += ["%" + _escape_like(msgspec.json.encode(key).decode()) + "%" for key in keys]
+        return self._select_where("installations", (clauses, params), "installation_id", limit)
 
     def list_links(
         self,

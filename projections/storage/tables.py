@@ -26,6 +26,7 @@ class Column:
     name: str  # SQL column
     field: str  # row attribute
     kind: str  # text | bool | int | bigint | time
+    json: bool = False  # a text column holding the field's JSON text (a list of keys)
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,8 @@ class TableSpec:
         """Whether the columns are the row type's fields, all and in order: then a
         PostgreSQL row is the row's own tuple (``astuple``, one C call per row)."""
         fields = tuple(f.name for f in msgspec.structs.fields(self.row_type))
-        return fields == tuple(c.field for c in self.columns)
+        plain = not any(c.json for c in self.columns)
+        return plain and fields == tuple(c.field for c in self.columns)
 
     def to_tuple(self, row: Row, sqlite: bool) -> tuple[Any, ...]:
         if not sqlite and self.in_field_order:
@@ -53,22 +55,35 @@ class TableSpec:
         values = []
         for column in self.columns:
             value = getattr(row, column.field)
-            if sqlite and column.kind == "time" and value is not None:
+            if column.json:
+                value = _json_encode(value).decode()
+            elif sqlite and column.kind == "time" and value is not None:
                 value = format_timestamp(value)
-            elif sqlite and column.kind == "bool":
-                value = int(value)
+            elif sqlite and column.kind == "bool" and value is not None:
+                value = int(value)  # a nullable bool: NULL stays NULL (unknown)
             values.append(value)
         return tuple(values)
 
     def from_tuple(self, values: tuple[Any, ...], sqlite: bool) -> Any:
         fields: dict[str, Any] = {}
         for column, value in zip(self.columns, values, strict=True):
-            if column.kind == "time" and isinstance(value, str):
+            if column.json:
+                value = _decode_keys(value)
+            elif column.kind == "time" and isinstance(value, str):
                 value = parse_timestamp(value)
             elif column.kind == "bool" and value is not None:
                 value = bool(value)
             fields[column.field] = value
         return self.row_type(**fields)
+
+
+_json_encode: Final = msgspec.json.Encoder().encode
+_keys_decoder: Final = msgspec.json.Decoder(tuple[str, ...])
+
+
+def _decode_keys(value: str | bytes | None) -> tuple[str, ...]:
+    """A JSON list-of-text column back to its tuple; () for NULL."""
+    return () if value is None else _keys_decoder.decode(value)
 
 
 def _columns(*spec: tuple[str, str] | tuple[str, str, str]) -> tuple[Column, ...]:
@@ -144,20 +159,27 @@ REIMPORTS: Final = TableSpec(
 INSTALLATIONS: Final = TableSpec(
     "installations",
     InstallationRow,
-    _columns(
-        ("installation_id", "text"),
-        ("cloud_id", "text"),
-        ("product", "text"),
-        ("app_version", "text"),
-        ("environment_type", "text"),
-        ("state", "text"),
-        ("license_active", "bool"),
-        ("client_key", "text"),
-        ("installed_at", "time"),
-        ("updated_at", "time"),
-        ("last_seen_at", "time"),
-        ("version", "int"),
-        ("installed_position", "bigint"),
+    (
+        *_columns(
+            ("installation_id", "text"),
+            ("cloud_id", "text"),
+            ("product", "text"),
+            ("app_version", "text"),
+            ("environment_type", "text"),
+            ("state", "text"),
+            ("license_active", "bool"),
+        ),
+        # Every linked Connect tenant, oldest link first, as a JSON list (one text column
+        # on both databases); a new column set makes ``ensure`` drop and refold the table.
+        Column("client_keys", "client_keys", "text", json=True),
+        *_columns(
+            ("client_key", "text"),
+            ("installed_at", "time"),
+            ("updated_at", "time"),
+            ("last_seen_at", "time"),
+            ("version", "int"),
+            ("installed_position", "bigint"),
+        ),
     ),
     key=("installation_id",),
     indexes=("cloud_id", "client_key"),

@@ -20,7 +20,7 @@ from rich.console import Console
 from app.cli.forge import INSTALLATION_COLUMNS, LINK_COLUMNS, MIGRATION_COLUMNS
 from app.cli.output import print_records
 from app.sim.connect import make_install_payload
-from app.sim.forge import ForgeCall, ForgeInstallation, ForgePlatform, JwksServer
+from app.sim.forge import ForgeCall, ForgeInstallation, ForgePlatform, JwksServer, license_2026
 from eventstore.ids import installation_ari
 
 ConnectSender = Callable[..., int]  # DemoHost.send(step, event, payload, ...)
@@ -78,7 +78,7 @@ class ForgeDemo:
         self._send(client, "Forge retries it (new token, same delivery)", platform.retry(first))
         site.app_version = "2.0.0"
         self._send(client, "a major version reaches umbrella", platform.upgraded(site))
-        site.license = {"isActive": True, "type": "commercial", "isEvaluation": True}
+        site.license = license_2026(isEvaluation=True)
         self._send(client, "umbrella's license becomes an evaluation", platform.upgraded(site))
         platform.rotate()
         self._send(client, "Forge signs with its rotated key", platform.installed(site))

@@ -8,10 +8,10 @@ percent-encoded); answers give the bare UUID in ``installation_id`` and the ARI 
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query
+from msgspec.structs import replace
 from starlette.concurrency import run_in_threadpool
 
 from app.http.routes.tenants import (
@@ -39,7 +39,7 @@ from app.queries import reads
 from app.queries.reads import installation_object, link_object  # noqa: F401  (the answers' shapes)
 from eventstore.events import installation_stream_id
 from eventstore.ids import installation_uuid
-from projections.installations import CONNECT, LinkRow, fold_installation
+from projections.installations import client_keys_at, fold_installation
 
 router = APIRouter(prefix="/admin", tags=["admin", "forge"], dependencies=[Depends(require_admin)])
 
@@ -98,25 +98,6 @@ async def installation_events(installation_id: str, store: StoreDep) -> FastJSON
     return FastJSONResponse({"events": [redact_event(e) for e in events]})
 
 
-def _client_key_at(
-    links: list[LinkRow], installation: str, up_to: int | datetime | None
-) -> str | None:
-    """The Connect tenant linked to ``installation`` by the links seen up to ``up_to``."""
-    mine = [
-        link
-        for link in links
-        if link.installation_id == installation
-        and (
-            up_to is None
-            or (
-                link.evidence_position <= up_to if isinstance(up_to, int) else link.seen_at <= up_to
-            )
-        )
-    ]
-    mine.sort(key=lambda link: (link.kind != CONNECT, -link.evidence_position))
-    return next((link.client_key for link in mine if link.client_key is not None), None)
-
-
 @router.get(
     "/installations/{installation_id:path}",
     summary="One installation, folded from its stream",
@@ -134,7 +115,10 @@ async def installation(
             description="a log position (0 to 2^63-1) or an RFC 3339 time",
         ),
     ] = None,
+    min_position: MinPosition = None,
 ) -> FastJSONResponse:
+    # The stream is read directly; its tenants come from the links read model.
+    await caught_up(store, storage, min_position)
     uuid = parse_installation(installation_id)
     up_to = parse_as_of(as_of)
     events = await run_in_threadpool(store.read_stream, installation_stream_id(uuid), up_to)
@@ -151,10 +135,13 @@ async def installation(
                 detail={"error": "not_yet_installed", "detail": "it did not exist at as_of"},
             )
         raise _unknown()
-    links = await run_in_threadpool(lambda: storage.list_links(installation_id=uuid))
-    answer = installation_object(row)
-    answer["client_key"] = _client_key_at(links, uuid, up_to)
-    return FastJSONResponse(answer)
+    # The row's tenants as its stream alone cannot tell: from the links seen up to as_of.
+    keys = await run_in_threadpool(
+        lambda: client_keys_at(lambda named: storage.list_links(installation_id=named), uuid, up_to)
+    )
+    return FastJSONResponse(
+        installation_object(replace(row, client_keys=keys, client_key=keys[-1] if keys else None))
+    )
 
 
 @router.get(

@@ -75,6 +75,15 @@ def _same(a: object, b: object) -> bool:
     return canonical_json(a) == canonical_json(b)
 
 
+def _stated(license: object) -> object:
+    """A license without its unstated (null) fields: a license recorded before the
+    2026 layout (five keys) and the same facts read today (ten keys, the new ones
+    null) are the same license, not a ForgeLicenseChanged."""
+    if isinstance(license, dict):
+        return {key: value for key, value in license.items() if value is not None}
+    return license
+
+
 class InstallationDecider:
     def initial_state(self, stream_id: str) -> InstallationState:
         return InstallationState(stream_id)
@@ -139,7 +148,7 @@ def _changes(state: InstallationState, facts: ForgeFacts) -> list[EventData]:
     events: list[EventData] = []
     if facts.app_version is not None and facts.app_version != state.app_version:
         events.append(ForgeUpgraded(from_=state.app_version, to=facts.app_version))
-    if facts.license is not None and not _same(facts.license, state.license):
+    if facts.license is not None and not _same(_stated(facts.license), _stated(state.license)):
         events.append(ForgeLicenseChanged(from_=state.license, to=facts.license))
     changes = {
         name: getattr(facts, name)

@@ -20,10 +20,12 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from jwt.algorithms import RSAAlgorithm
 
 from app.ingest.jwt import ParsedToken, TokenError, numeric_claim, parse_token
+from eventstore.events import canonical_json
 from eventstore.ids import app_uuid, installation_uuid_from_ari, normalise_cloud_id
 
 __all__ = [
     "FIT_ISSUER",
+    "LICENSE_KEYS",
     "ForgeToken",
     "ParsedFit",
     "TokenError",
@@ -158,23 +160,51 @@ def _cloud_ids(installation: object) -> tuple[str, ...]:
     return tuple(sorted({normalise_cloud_id(c) for c in found if isinstance(c, str) and c}))
 
 
-_LICENSE_FIELDS: Final = (
-    ("active", "isActive"),
-    ("type", "type"),
-    ("evaluation", "isEvaluation"),
-    ("trial_end", "trialEndDate"),
-    ("subscription_end", "subscriptionEndDate"),
+# The token's ``app.license`` (SPEC §10, Forge's 2026 layout) in the ledger's names,
+# with the JSON type Atlassian documents for each field. ``active`` replaced the
+# deprecated ``isActive`` (removed from tokens after 17 October 2026): ``isActive`` is
+# read only when ``active`` is absent. ``modes`` (license modes, e.g. user access) is a
+# list of strings.
+_LICENSE_FIELDS: Final[tuple[tuple[str, str, type], ...]] = (
+    ("active", "active", bool),
+    ("type", "type", str),
+    ("evaluation", "isEvaluation", bool),
+    ("trial_end", "trialEndDate", str),
+    ("subscription_end", "subscriptionEndDate", str),
+    ("billing_period", "billingPeriod", str),
+    ("capability_set", "capabilitySet", str),
+    ("entitlement_id", "ccpEntitlementId", str),
+    ("entitlement_slug", "ccpEntitlementSlug", str),
+    ("modes", "modes", list),
 )
+LICENSE_KEYS: Final = tuple(ours for ours, _, _ in _LICENSE_FIELDS)
+
+
+def _license_value(value: object, expected: type) -> Any:
+    """The value when it has its documented type (or is null); otherwise its JSON
+    text, so an odd value is kept as evidence, never refused, never a crash later."""
+    if value is None:
+        return None
+    if expected is list:
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            return list(value)
+    elif isinstance(value, expected):
+        return value
+    return canonical_json(value).decode()
 
 
 def license_facts(value: object) -> dict[str, Any] | None:
-    """The token's ``app.license`` in the ledger's names (None when absent)."""
+    """The token's ``app.license`` in the ledger's names; None when the token has no
+    license object ("no license facts", never "unlicensed"). Every key is present
+    (None when the token omits the field)."""
     if not isinstance(value, dict):
         return None
     out: dict[str, Any] = {}
-    for ours, theirs in _LICENSE_FIELDS:
+    for ours, theirs, expected in _LICENSE_FIELDS:
         item = value.get(theirs)
-        out[ours] = item if isinstance(item, bool | str) or item is None else str(item)
+        if ours == "active" and "active" not in value:
+            item = value.get("isActive")
+        out[ours] = _license_value(item, expected)
     return out
 
 
