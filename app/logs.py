@@ -9,7 +9,7 @@ from typing import Any, Final
 
 import msgspec
 
-from eventstore.store import format_timestamp, utcnow
+from eventstore.clock import format_timestamp, utcnow
 
 SAFE_FIELDS: Final = (
     "call_id",

@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from eventstore.store import EventStore, Head
+from eventstore.store import EventStore
+from eventstore.values import Head
 
 if TYPE_CHECKING:
     from eventstore.testing.synthetic import RandomLog

@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from eventstore.store import open_store
+from eventstore import open_store
 from projections.backends import storage_for
 
 TARGET_P99_S = 1.0  # SPEC §9: p99 ≤ 1 s from commit to read model

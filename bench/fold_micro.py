@@ -40,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _benchkit import cpu_model, load_average, result_line
 
 from eventstore.events import SCHEMA_VERSIONS
-from eventstore.store import RecordedEvent
 from eventstore.testing.synthetic import RandomLog, Synthetic, chain_rows, decoded
+from eventstore.values import RecordedEvent
 from projections.base_urls import BaseUrlsProjection
 from projections.descriptors import DescriptorsProjection
 from projections.reimports import ReimportsProjection

@@ -432,8 +432,8 @@ def append_history(url: str, master_key: str, count: int, head: tuple[int, bytes
     from eventstore.chain import ChainCheck, column_links, verify_links
     from eventstore.crypto import KeyRing, MasterKeys
     from eventstore.postgres.store import PostgresEventStore
-    from eventstore.store import NewEvent
     from eventstore.testing.synthetic import RandomLog
+    from eventstore.values import NewEvent
 
     log = RandomLog(seed=seed)
     store = PostgresEventStore(url, max_connections=1)

@@ -52,8 +52,8 @@ from _benchkit import (
 from eventstore.chain import ChainCheck, column_links, verify_links
 from eventstore.events import EventData, Metadata, data_to_json, metadata_to_json
 from eventstore.postgres.store import PostgresEventStore
-from eventstore.store import AppendRequest, NewEvent, RecordedEvent
 from eventstore.testing.synthetic import RandomLog
+from eventstore.values import AppendRequest, NewEvent, RecordedEvent
 
 APPEND_TARGET = 3000.0
 APPEND_RATIO_TARGET = 3.0

@@ -24,19 +24,14 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from anyio import to_thread
 
 from eventstore.errors import ConcurrencyConflict
-from eventstore.store import (
-    AppendRequest,
-    AppendResult,
-    BatchOutcome,
-    EventStore,
-    RecordedEvent,
-)
+from eventstore.values import AppendRequest, AppendResult, BatchOutcome, NewEvent, RecordedEvent
 
 __all__ = [
     "AppendRequest",
@@ -47,6 +42,25 @@ __all__ = [
     "StreamSnapshot",
     "ThreadedLog",
 ]
+
+
+class SyncLog(Protocol):
+    """What the adapters below need of a synchronous store (``EventStore`` has it)."""
+
+    def read_stream(self, stream_id: str) -> list[RecordedEvent]: ...
+
+    def get_data_key(self, stream_id: str) -> bytes | None: ...
+
+    def append(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: int,
+        idempotency_key: str | None = ...,
+        data_key: bytes | None = ...,
+    ) -> AppendResult: ...
+
+    def append_batch(self, requests: Sequence[AppendRequest]) -> list[BatchOutcome]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +166,7 @@ class InlineLog(AsyncEventLog):
     """A synchronous store called directly (blocking): for synchronous callers that run
     the shell in ``asyncio.run``, never inside a serving event loop."""
 
-    def __init__(self, store: EventStore) -> None:
+    def __init__(self, store: SyncLog) -> None:
         self._store = store
 
     async def read_stream(self, stream_id: str) -> StreamSnapshot:
@@ -167,7 +181,7 @@ class ThreadedLog(AsyncEventLog):
     worker thread, and the appends group-committed by one writer whose batches run in
     a worker thread (``EventLog.append_batch``)."""
 
-    def __init__(self, store: EventStore, on_batch: Callable[[int], None] | None = None) -> None:
+    def __init__(self, store: SyncLog, on_batch: Callable[[int], None] | None = None) -> None:
         self._store = store
         self._writer = GroupCommit(self._commit_batch, on_batch=on_batch)
 
@@ -181,14 +195,14 @@ class ThreadedLog(AsyncEventLog):
         return await to_thread.run_sync(self._store.append_batch, requests)
 
 
-def read_snapshot(store: EventStore, stream_id: str) -> StreamSnapshot:
+def read_snapshot(store: SyncLog, stream_id: str) -> StreamSnapshot:
     """A synchronous store's stream and data key (two reads; the append's checks make
     a snapshot taken between two writes harmless: it conflicts and is read again)."""
     events = store.read_stream(stream_id)
     return StreamSnapshot(events, store.get_data_key(stream_id) if events else None)
 
 
-def append_one(store: EventStore, request: AppendRequest) -> AppendResult:
+def append_one(store: SyncLog, request: AppendRequest) -> AppendResult:
     return store.append(
         request.stream_id,
         request.events,

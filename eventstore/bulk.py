@@ -12,7 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 
 from eventstore.chain import ChainCheck, raw_links, verify_links
-from eventstore.store import Head, RawEvent, StoreError, format_timestamp, parse_timestamp
+from eventstore.clock import format_timestamp, parse_timestamp
+from eventstore.errors import StoreError
+from eventstore.values import Head, RawEvent
 
 
 class ImportRefused(StoreError):

@@ -30,11 +30,12 @@ import itertools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from eventstore.clock import format_timestamp, utcnow
 from eventstore.events import canonical_json
-from eventstore.store import (
+from eventstore.values import (
+    ChainRow,
     Head,
     NewEvent,
     PreparedEvent,
@@ -44,8 +45,13 @@ from eventstore.store import (
     prepare,
 )
 
-if TYPE_CHECKING:
-    from eventstore.store import EventLog
+
+class ChainSource(Protocol):
+    """What verifying a store's chain reads of it (``EventLog`` has both)."""
+
+    def head(self) -> Head: ...
+
+    def read_chain(self, after_position: int = ..., through: int | None = ...) -> Iterable[ChainRow]: ...
 
 GENESIS = bytes(32)
 CHAIN_VERSION = 2  # the version every new row is hashed with
@@ -222,12 +228,6 @@ def _finish(previous: bytes, position: int, check: ChainCheck) -> VerifyReport:
     return ok
 
 
-# A stored row's columns as the chain reads them (``EventStore.read_chain``): position,
-# stream id (str, or its UTF-8 bytes), version, type, schema version, recorded_at text,
-# data bytes, metadata bytes, stored hash (hex), chain version.
-ChainRow = tuple[int, str | bytes, int, str, int, str, bytes, bytes, str, int]
-
-
 def raw_links(rows: Iterable[RawEvent]) -> Iterator[Link]:
     """Stored rows as links (see ``column_links``)."""
     return column_links(
@@ -313,7 +313,7 @@ def verify_chain(rows: Iterable[RawEvent], stored_head: Head | None = None) -> V
 
 
 def verify_store(
-    store: EventLog, checkpoints: Mapping[int, tuple[str, str]] | None = None
+    store: ChainSource, checkpoints: Mapping[int, tuple[str, str]] | None = None
 ) -> VerifyReport:
     """The whole log against the head the store keeps (and any digests' heads).
 

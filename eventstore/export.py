@@ -39,7 +39,8 @@ from eventstore.chain import (
     verify_links,
     verify_start,
 )
-from eventstore.store import EventLog, Head, RawEvent, VerifyReport
+from eventstore.store import EventLog
+from eventstore.values import Head, RawEvent, VerifyReport
 
 FORMAT = "ledger-export/1"
 

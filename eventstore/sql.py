@@ -34,7 +34,8 @@ from eventstore.rejections import (
     rejection_window,
     storable_rejection,
 )
-from eventstore.store import EventStore, RawEvent, RecordedEvent
+from eventstore.store import EventStore
+from eventstore.values import RawEvent, RecordedEvent
 
 # A row as the driver returns it.
 Row = tuple[Any, ...]

@@ -30,7 +30,7 @@ from eventstore.errors import (
 )
 from eventstore.rejections import REJECTION_PURGE_INTERVAL_SECONDS
 from eventstore.sql import RejectionWrite, Row, Run, SQLStore, Statements
-from eventstore.store import (
+from eventstore.values import (
     AppendRequest,
     AppendResult,
     BatchOutcome,

@@ -1,4 +1,7 @@
-"""The event log's interface (``EventLog``), its value types, and the store factory.
+"""The event log's interface (``EventLog``) and the store's (``EventStore``).
+
+Its values are in ``eventstore.values``; ``open_store`` (the one place that tells the
+backends apart by URL) is the package's own: ``from eventstore import open_store``.
 
 A store has three jobs, each with its own interface: the append-only log (here), the
 data keys (``eventstore.data_keys``) and the rejection log (``eventstore.rejections``).
@@ -12,189 +15,27 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Self, TypedDict, Unpack
+from typing import TYPE_CHECKING, Self
 
-import msgspec
-
-from eventstore.clock import format_timestamp, parse_timestamp, utcnow
 from eventstore.data_keys import DataKeyStore
-from eventstore.errors import ConcurrencyConflict, StoreError, StoreFault, StoreUnavailable
-from eventstore.events import (
-    SCHEMA_VERSIONS,
-    EventData,
-    Metadata,
-    canonical_json,
-    data_as_dict,
-    data_to_json,
-    decode_data,
-    decode_metadata,
-    metadata_to_json,
-)
+from eventstore.errors import ConcurrencyConflict
 from eventstore.rejections import RejectionLog
+from eventstore.values import (
+    AppendRequest,
+    AppendResult,
+    BatchOutcome,
+    ChainRow,
+    Head,
+    NewEvent,
+    RawEvent,
+    RecordedEvent,
+    VerifyReport,
+)
 
 if TYPE_CHECKING:
     from eventstore.async_log import AsyncEventLog
-    from eventstore.chain import ChainRow
     from eventstore.database import Database
-
-
-@dataclass(frozen=True, slots=True)
-class NewEvent:
-    """An event about to be appended. Its schema version is the current one."""
-
-    data: EventData
-    metadata: Metadata
-
-    @property
-    def type(self) -> str:
-        return type(self.data).__name__
-
-
-class RecordedEvent(msgspec.Struct, frozen=True, gc=False):
-    """One row of the log, decoded to typed data of the current schema version."""
-
-    position: int
-    stream_id: str
-    version: int
-    type: str
-    schema_version: int
-    data: EventData
-    metadata: Metadata
-    recorded_at: datetime
-    hash: str
-
-    def as_dict(self) -> dict[str, Any]:
-        """The event object of the admin API and exports (SPEC §3 field names).
-
-        Shared secrets stay sealed here; callers that show events to people redact
-        them further (see ``redacted``).
-        """
-        return {
-            "position": self.position,
-            "stream_id": self.stream_id,
-            "version": self.version,
-            "type": self.type,
-            "schema_version": self.schema_version,
-            "data": data_as_dict(self.data),
-            "metadata": msgspec.to_builtins(self.metadata),
-            "recorded_at": format_timestamp(self.recorded_at),
-            "hash": self.hash,
-        }
-
-
-def decode_event(
-    position: int,
-    stream_id: str,
-    version: int,
-    event_type: str,
-    schema_version: int,
-    data: bytes | str,
-    metadata: bytes | str,
-    recorded_at: datetime,
-    hash_hex: str,
-) -> RecordedEvent:
-    """A stored row's columns → the typed event (upcast to the current schema)."""
-    # Positional: this runs once per event on every full read of the log.
-    return RecordedEvent(
-        position,
-        stream_id,
-        version,
-        event_type,
-        schema_version,
-        decode_data(event_type, schema_version, data),
-        decode_metadata(metadata),
-        recorded_at,
-        hash_hex,
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class RawEvent:
-    """A row exactly as stored: the bytes the hash chain covers."""
-
-    position: int
-    stream_id: str
-    version: int
-    type: str
-    schema_version: int
-    data: bytes
-    metadata: bytes
-    recorded_at: str
-    hash: str
-    call_id: str | None = None
-    chain_version: int = 1  # which row digest hashed it (eventstore.chain)
-
-
-@dataclass(frozen=True, slots=True)
-class PreparedEvent:
-    """A NewEvent encoded to the exact bytes that will be stored and hashed."""
-
-    type: str
-    schema_version: int
-    data: bytes
-    metadata: bytes
-    call_id: str | None
-
-
-def prepare(event: NewEvent) -> PreparedEvent:
-    return PreparedEvent(
-        type=event.type,
-        schema_version=SCHEMA_VERSIONS[event.type],
-        data=data_to_json(event.data),
-        metadata=metadata_to_json(event.metadata),
-        call_id=event.metadata.call_id,
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class AppendResult:
-    events: list[RecordedEvent]
-    duplicate: bool  # True when the idempotency key had been used: nothing was written
-
-
-@dataclass(frozen=True, slots=True)
-class AppendRequest:
-    """One append of a batch (``EventLog.append_batch``); fields as ``EventLog.append``."""
-
-    stream_id: str
-    events: Sequence[NewEvent]
-    expected_version: int
-    idempotency_key: str | None = None
-    data_key: bytes | None = None
-
-
-# What a batch gives each of its appends, in order: its result, or its own conflict.
-BatchOutcome = AppendResult | ConcurrencyConflict
-
-
-@dataclass(frozen=True, slots=True)
-class Head:
-    position: int
-    hash: str
-
-
-@dataclass(frozen=True, slots=True)
-class VerifyReport:
-    ok: bool
-    events: int
-    head: str
-    first_bad_position: int | None = None
-    reason: str | None = None
-
-
-class StoreOptions(TypedDict, total=False):
-    """Keyword options of ``open_store``; each backend takes those it knows."""
-
-    migrate: bool
-    rejection_retention_days: int
-    rejection_purge_interval: float
-    busy_timeout: float  # SQLite
-    min_connections: int  # PostgreSQL
-    max_connections: int
-    timeout: float
-    statement_timeout: float
 
 
 class EventLog(abc.ABC):
@@ -329,41 +170,4 @@ class EventStore(EventLog, DataKeyStore, RejectionLog, abc.ABC):
         return ThreadedLog(self, on_batch)
 
 
-def open_store(url: str, **options: Unpack[StoreOptions]) -> EventStore:
-    """A store for a ``sqlite:///path`` or ``postgresql://…`` URL: the one place that
-    tells the backends apart by URL. ``options`` a backend does not take are ignored."""
-    if url.startswith("sqlite:"):
-        from eventstore.sqlite import SQLiteEventStore
-
-        return SQLiteEventStore(url, **options)
-    if url.startswith(("postgresql:", "postgres:")):
-        from eventstore.postgres.store import PostgresEventStore
-
-        return PostgresEventStore(url, **options)
-    raise ValueError("LEDGER_DATABASE_URL must start with sqlite:/// or postgresql://")
-
-
-__all__ = [
-    "AppendRequest",
-    "AppendResult",
-    "BatchOutcome",
-    "ConcurrencyConflict",
-    "EventLog",
-    "EventStore",
-    "Head",
-    "NewEvent",
-    "PreparedEvent",
-    "RawEvent",
-    "RecordedEvent",
-    "StoreError",
-    "StoreFault",
-    "StoreOptions",
-    "StoreUnavailable",
-    "VerifyReport",
-    "canonical_json",
-    "format_timestamp",
-    "open_store",
-    "parse_timestamp",
-    "prepare",
-    "utcnow",
-]
+__all__ = ["EventLog", "EventStore"]

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, ClassVar
 
 from eventstore.events import BaseUrlChanged, Installed, stream_id_for
-from eventstore.store import RecordedEvent
+from eventstore.values import RecordedEvent
 from projections.model import BaseUrlRow, Projection, fold_by_type, normalize_base_url
 
 __all__ = ["BaseUrlRow", "BaseUrlsProjection", "BaseUrlsState", "apply"]

@@ -24,7 +24,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, ClassVar
 
 from eventstore.events import DescriptorUpgraded, stream_id_for
-from eventstore.store import RecordedEvent
+from eventstore.values import RecordedEvent
 from projections.model import INSTALLED, DescriptorRow, Projection, TenantRow, fold_by_type
 
 __all__ = ["DescriptorRow", "DescriptorsProjection", "DescriptorsState", "apply", "latest_version"]

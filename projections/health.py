@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
-from eventstore.store import format_timestamp, utcnow
+from eventstore.clock import format_timestamp, utcnow
 
 BACKOFF_INITIAL_SECONDS: Final = 0.5
 BACKOFF_MAX_SECONDS: Final = 30.0

@@ -52,7 +52,7 @@ from eventstore.events import (
     installation_id_of,
 )
 from eventstore.ids import installation_uuid
-from eventstore.store import RecordedEvent
+from eventstore.values import RecordedEvent
 from projections.model import fold_by_type
 
 if TYPE_CHECKING:

@@ -39,7 +39,7 @@ from typing import Final, Literal, Protocol, TypeVar
 
 import msgspec
 
-from eventstore.store import RecordedEvent
+from eventstore.values import RecordedEvent
 
 TenantState = Literal["installed", "uninstalled"]
 INSTALLED: Final = "installed"

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, ClassVar
 
 from eventstore.events import BaseUrlChanged, Installed, client_key_of, stream_id_for
-from eventstore.store import RecordedEvent
+from eventstore.values import RecordedEvent
 from projections.model import (
     REIMPORT,
     URL_REUSED,

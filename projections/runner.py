@@ -25,7 +25,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from eventstore.store import EventLog, RecordedEvent, StoreError, format_timestamp, utcnow
+from eventstore.clock import format_timestamp, utcnow
+from eventstore.errors import StoreError
+from eventstore.store import EventLog
+from eventstore.values import RecordedEvent
 from projections.backends import lock_for, storage_for
 from projections.base_urls import BaseUrlsProjection, BaseUrlsState
 from projections.descriptors import DescriptorsProjection, DescriptorsState

@@ -64,7 +64,7 @@ from eventstore.events import (
     stream_id_for,
 )
 from eventstore.ids import installation_uuid
-from eventstore.store import RecordedEvent
+from eventstore.values import RecordedEvent
 from projections.model import (
     INSTALLED,
     UNINSTALLED,

@@ -14,7 +14,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from eventstore.store import EventStore, open_store
+from eventstore import open_store
+from eventstore.store import EventStore
 
 ADMIN_URL = os.environ.get(
     "LEDGER_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"

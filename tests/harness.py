@@ -15,8 +15,10 @@ import httpx
 from app.serve.embedded import embedded_service
 from app.settings import Settings
 from app.sim.connect import KeyServer, LifecycleCall, SimulatedHost, make_install_payload
+from eventstore import open_store
 from eventstore.events import stream_id_for
-from eventstore.store import EventStore, RecordedEvent, open_store
+from eventstore.store import EventStore
+from eventstore.values import RecordedEvent
 
 ADMIN_TOKEN = "admin-token-for-tests-0123456789"
 

@@ -18,7 +18,7 @@ from app.http.app import create_app
 from app.http.routes.tenants import MAX_GRACE_HOURS, MAX_POSITION
 from app.settings import Settings
 from app.sim.connect import make_install_payload
-from eventstore.store import ConcurrencyConflict, StoreUnavailable
+from eventstore.errors import ConcurrencyConflict, StoreUnavailable
 from tests.harness import RunningService, running_service
 
 KEY = "jira:bounds-0000-4000-8000-000000000001"

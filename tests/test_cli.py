@@ -377,8 +377,9 @@ def test_verify_exits_non_zero_on_a_broken_chain(
 
     import psycopg
 
+    from eventstore import open_store
     from eventstore.events import Enabled, Metadata
-    from eventstore.store import NewEvent, open_store
+    from eventstore.values import NewEvent
 
     monkeypatch.setenv("LEDGER_DATABASE_URL", store_url)
     with open_store(store_url) as store:

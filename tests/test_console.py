@@ -30,10 +30,10 @@ from app.http.console.timeline import timeline
 from app.settings import Settings
 from app.sim.connect import make_install_payload
 from app.sim.forge import ForgeInstallation
+from eventstore.clock import utcnow
 from eventstore.events import Metadata
 from eventstore.ids import installation_ari
 from eventstore.rejections import Rejection
-from eventstore.store import utcnow
 from tests.conftest import IN_CI
 from tests.harness import ADMIN_TOKEN, RunningService, running_service
 from tests.projection_events import T0, Log

@@ -12,6 +12,8 @@ import msgspec
 import pytest
 
 from app.ingest.connect.decider import fold
+from eventstore import open_store
+from eventstore.clock import utcnow
 from eventstore.crypto import (
     CryptoError,
     DataKeyDestroyed,
@@ -26,7 +28,8 @@ from eventstore.crypto import (
     wrapped_key_id,
 )
 from eventstore.events import Installed, Metadata, SealedSecret, SecretRotated
-from eventstore.store import EventStore, RecordedEvent, open_store, utcnow
+from eventstore.store import EventStore
+from eventstore.values import RecordedEvent
 
 STREAM_A = "tenant:client-a"
 STREAM_B = "tenant:client-b"

@@ -28,16 +28,13 @@ import psycopg
 import pytest
 
 from app.sim.connect import KeyServer, SimulatedHost, make_install_payload
+from eventstore import open_store
+from eventstore.clock import utcnow
+from eventstore.errors import StoreFault, StoreUnavailable
 from eventstore.events import Enabled, Metadata, stream_id_for
 from eventstore.rejections import REJECTION_WINDOW_SECONDS, Rejection
-from eventstore.store import (
-    EventStore,
-    NewEvent,
-    StoreFault,
-    StoreUnavailable,
-    open_store,
-    utcnow,
-)
+from eventstore.store import EventStore
+from eventstore.values import NewEvent
 from tests.conftest import PostgresDatabases
 from tests.harness import RunningService, running_service
 
@@ -437,7 +434,7 @@ def test_a_nul_in_a_claimed_client_key_is_refused_and_logged_escaped(
      "40P01", "55P03", "25P03"],
 )  # fmt: skip
 def test_retryable_sqlstates_are_store_unavailable(sqlstate: str) -> None:
-    from eventstore.postgres.store import translate_error
+    from eventstore.postgres.session import translate_error
 
     error = psycopg.errors.lookup(sqlstate)("from the server")
     mapped = translate_error(error)
@@ -446,7 +443,7 @@ def test_retryable_sqlstates_are_store_unavailable(sqlstate: str) -> None:
 
 @pytest.mark.parametrize("sqlstate", ["23505", "22P05", "42P01", "22021", "XX000"])
 def test_other_sqlstates_are_a_non_retryable_store_fault(sqlstate: str) -> None:
-    from eventstore.postgres.store import translate_error
+    from eventstore.postgres.session import translate_error
 
     mapped = translate_error(psycopg.errors.lookup(sqlstate)("from the server"))
     assert isinstance(mapped, StoreFault) and not mapped.retryable
@@ -457,7 +454,7 @@ def test_other_sqlstates_are_a_non_retryable_store_fault(sqlstate: str) -> None:
 def test_lost_connections_and_pool_timeouts_are_store_unavailable() -> None:
     from psycopg_pool import PoolTimeout
 
-    from eventstore.postgres.store import translate_error
+    from eventstore.postgres.session import translate_error
 
     for error in (
         psycopg.OperationalError("server closed the connection unexpectedly"),

@@ -20,7 +20,7 @@ from app.sim.connect import make_install_payload
 from app.sim.forge import ForgeInstallation, license_2026
 from eventstore.events import ForgeInstalled, Metadata, installation_stream_id
 from eventstore.ids import installation_ari
-from eventstore.store import NewEvent
+from eventstore.values import NewEvent
 from projections.backends import storage_for
 from projections.rebuild import rebuild
 from projections.storage.tables import SPECS

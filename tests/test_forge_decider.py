@@ -31,7 +31,7 @@ from eventstore.events import (
     stream_id_for,
 )
 from eventstore.ids import installation_ari
-from eventstore.store import RecordedEvent
+from eventstore.values import RecordedEvent
 from projections.installations import (
     InstallationsProjection,
     LinksProjection,

@@ -13,9 +13,10 @@ from typing import Any
 import httpx
 
 from app.sim.forge import ForgeCall, ForgeInstallation, ForgePlatform, JwksServer
+from eventstore import open_store
 from eventstore.events import installation_stream_id
 from eventstore.ids import installation_ari
-from eventstore.store import RecordedEvent, open_store
+from eventstore.values import RecordedEvent
 from tests.harness import RunningService, running_service
 
 

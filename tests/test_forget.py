@@ -26,11 +26,13 @@ from app.cli import keys as cli_keys
 from app.cli.forget import AlreadyForgotten, Forgotten, NeverHeld, forget_tenant
 from app.cli.main import cli
 from app.sim.connect import make_install_payload
+from eventstore import open_store
 from eventstore.data_keys import KeyCopiesRemain
 from eventstore.events import Enabled, Metadata, TenantForgotten, stream_id_for
 from eventstore.sqlite import sqlite_path
-from eventstore.store import EventStore, NewEvent, open_store
+from eventstore.store import EventStore
 from eventstore.testing.synthetic import installed_data
+from eventstore.values import NewEvent
 from projections import tenants as tenants_fold
 from tests.conftest import PostgresDatabases
 from tests.harness import ADMIN_TOKEN, RunningService, running_service

@@ -20,19 +20,12 @@ import psycopg
 import pytest
 
 from app.ingest import shell
+from eventstore import open_store
 from eventstore.async_log import AsyncEventLog, GroupCommit
+from eventstore.errors import ConcurrencyConflict, StoreFault, StoreUnavailable
 from eventstore.events import DetailsChanged, Enabled, Metadata, stream_id_for
-from eventstore.store import (
-    AppendRequest,
-    AppendResult,
-    BatchOutcome,
-    ConcurrencyConflict,
-    EventStore,
-    NewEvent,
-    StoreFault,
-    StoreUnavailable,
-    open_store,
-)
+from eventstore.store import EventStore
+from eventstore.values import AppendRequest, AppendResult, BatchOutcome, NewEvent
 from tests.conftest import PostgresDatabases
 from tests.test_shell import STREAM, Add
 from tests.test_shell import Counter as CounterDecider
@@ -233,7 +226,8 @@ _WRITER = textwrap.dedent(
     """
     import asyncio, sys
     from eventstore.events import DetailsChanged, Enabled, Metadata, stream_id_for
-    from eventstore.store import AppendRequest, NewEvent, open_store
+    from eventstore import open_store
+    from eventstore.values import AppendRequest, NewEvent
 
     async def main(url):
         store = open_store(url)

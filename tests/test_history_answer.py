@@ -12,9 +12,11 @@ from zoneinfo import ZoneInfo
 import msgspec
 
 from app.queries import reads
+from eventstore import open_store
+from eventstore.clock import format_timestamp
 from eventstore.events import EVENT_TYPES, Metadata, TenantForgotten
-from eventstore.store import NewEvent, format_timestamp, open_store
 from eventstore.testing.synthetic import RandomLog
+from eventstore.values import NewEvent
 
 
 def test_history_json_is_the_answer_encoded(tmp_path: Path) -> None:

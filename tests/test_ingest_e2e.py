@@ -17,8 +17,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from app.sim.connect import SimulatedHost, make_install_payload
+from eventstore import open_store
 from eventstore.events import Installed, SecretRotated, stream_id_for
-from eventstore.store import open_store
 from tests.harness import ADMIN_TOKEN, RunningService, running_service
 
 

@@ -24,6 +24,7 @@ import pytest
 from typer.testing import CliRunner
 
 from app.cli.main import cli
+from eventstore import open_store
 from eventstore.chain import GENESIS, link, link_input, row_digest
 from eventstore.crypto import seal_secret, secret_ad
 from eventstore.events import (
@@ -36,7 +37,7 @@ from eventstore.events import (
     stream_id_for,
 )
 from eventstore.export import full_line, opaque_line
-from eventstore.store import NewEvent, RawEvent, open_store
+from eventstore.values import NewEvent, RawEvent
 
 ROOT = Path(__file__).resolve().parent.parent
 STANDALONE = ROOT / "tools" / "verify_export.py"
@@ -518,7 +519,7 @@ def test_verify_s_own_loop_judges_every_row_as_the_link_walk_does(damage: str) -
     """verify_store's fast loop (verify_rows) hands anything unusual to verify_links: the
     reports must be the same, position, count and reason."""
     from eventstore.chain import ChainCheck, column_links, verify_links, verify_rows
-    from eventstore.store import Head
+    from eventstore.values import Head
 
     rows = _chain_rows(60)
     head = Head(rows[-1][0], rows[-1][8])

@@ -50,7 +50,7 @@ from eventstore.events import (
     Uninstalled,
     data_to_json,
 )
-from eventstore.store import NewEvent, RecordedEvent
+from eventstore.values import NewEvent, RecordedEvent
 from tests.log_builder import FakeKeys, fake_seal, verified_call
 
 APP_KEY = "tenant-ledger"

@@ -12,7 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from app.cli.main import cli
-from eventstore.store import EventStore, RecordedEvent
+from eventstore.store import EventStore
+from eventstore.values import RecordedEvent
 from projections import runner as runner_module
 from projections.backends import storage_for
 from projections.rebuild import rebuild

@@ -27,7 +27,7 @@ from eventstore.events import (
     Uninstalled,
     client_key_of,
 )
-from eventstore.store import RecordedEvent
+from eventstore.values import RecordedEvent
 from projections import base_urls, descriptors, reimports, tenants
 from projections.base_urls import BaseUrlsProjection, BaseUrlsState
 from projections.descriptors import DescriptorsProjection, DescriptorsState, latest_version

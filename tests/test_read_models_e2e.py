@@ -12,7 +12,7 @@ import pytest
 
 from app.settings import Settings
 from app.sim.connect import make_install_payload
-from eventstore.store import format_timestamp, utcnow
+from eventstore.clock import format_timestamp, utcnow
 from tests.harness import RunningService, running_service
 
 

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from eventstore.store import EventStore, open_store
+from eventstore import open_store
+from eventstore.store import EventStore
 from projections.backends import lock_for, storage_for
 from projections.runner import PROJECTIONS, ProjectionRunner, chunks
 from projections.storage.tables import SPECS

@@ -20,6 +20,8 @@ import eventstore.postgres.store
 import eventstore.sqlite
 from app.cli.main import cli
 from app.sim.connect import make_install_payload
+from eventstore import open_store
+from eventstore.clock import format_timestamp, utcnow
 from eventstore.rejections import (
     REJECTION_OVERFLOW_DETAIL,
     REJECTION_ROW_BUDGET,
@@ -29,7 +31,7 @@ from eventstore.rejections import (
     rejection_window,
     storable_rejection,
 )
-from eventstore.store import EventStore, format_timestamp, open_store, utcnow
+from eventstore.store import EventStore
 from tests.harness import ADMIN_TOKEN, running_service
 
 # More than any test here records: every row comes back in one listing.

@@ -21,6 +21,7 @@ import httpx
 from typer.testing import CliRunner
 
 from app.cli.main import cli
+from eventstore import open_store
 from eventstore.crypto import (
     MasterKeys,
     RewrapReport,
@@ -30,7 +31,8 @@ from eventstore.crypto import (
     wrapped_key_id,
 )
 from eventstore.events import Metadata, SecretRotated, stream_id_for
-from eventstore.store import EventStore, NewEvent, open_store
+from eventstore.store import EventStore
+from eventstore.values import NewEvent
 from tests.harness import RunningService, running_service
 
 runner = CliRunner()

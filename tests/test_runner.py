@@ -18,7 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eventstore.store import EventStore, open_store
+from eventstore import open_store
+from eventstore.store import EventStore
 from projections.backends import storage_for
 from projections.model import BaseUrlRow, DescriptorRow
 from projections.rebuild import rebuild, with_dependencies

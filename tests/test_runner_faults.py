@@ -21,9 +21,11 @@ import psycopg
 import pytest
 
 from eventstore import events as catalog
+from eventstore.clock import format_timestamp, utcnow
+from eventstore.errors import StoreError, StoreUnavailable
 from eventstore.events import stream_id_for
-from eventstore.postgres.store import translate_error
-from eventstore.store import EventStore, StoreError, StoreUnavailable, format_timestamp, utcnow
+from eventstore.postgres.session import translate_error
+from eventstore.store import EventStore
 from projections.backends import lock_for, storage_for
 from projections.health import LastError, RunnerHealth, backoff_delay, short_message
 from projections.locks import ADVISORY_KEYS, AdvisoryLock
@@ -262,7 +264,7 @@ def test_a_projection_table_that_refuses_writes_is_retried_until_it_accepts_them
 
 
 def test_sqlite_disk_full_is_store_unavailable_and_the_batch_is_retried(tmp_path: Any) -> None:
-    from eventstore.store import open_store
+    from eventstore import open_store
 
     with open_store(f"sqlite:///{tmp_path / 'full.db'}") as store:
         runner = ProjectionRunner(store)
@@ -301,7 +303,7 @@ def refused(url: str) -> Iterator[None]:
 def test_a_postgres_outage_is_store_unavailable_and_the_runner_recovers(
     postgres_databases: Any,
 ) -> None:
-    from eventstore.store import open_store
+    from eventstore import open_store
 
     url = postgres_databases.create()
     with open_store(url, timeout=1.0) as store:  # a short pool wait keeps the test quick
@@ -388,7 +390,7 @@ def _capture(outcome: list[BaseException | bool], call: Callable[[], bool]) -> N
 
 
 def test_the_leadership_connection_has_a_statement_timeout(postgres_databases: Any) -> None:
-    from eventstore.store import open_store
+    from eventstore import open_store
 
     with open_store(postgres_databases.create()) as store:
         lock = lock_for(store, "runner")

@@ -12,7 +12,8 @@ from app.ingest.known_streams import KnownStreams
 from app.ingest.shell import Append, Contention, Decision, Refuse, Skip
 from eventstore.async_log import InlineLog, StreamSnapshot
 from eventstore.events import EventData, InstallConfirmed, Metadata
-from eventstore.store import EventStore, NewEvent, RecordedEvent
+from eventstore.store import EventStore
+from eventstore.values import NewEvent, RecordedEvent
 
 STREAM = "counter:one"
 
@@ -95,7 +96,7 @@ def test_skip_and_refuse_append_nothing(store: EventStore) -> None:
 
 
 def test_a_conflict_is_read_again_and_decided_again(store_url: str, store: EventStore) -> None:
-    from eventstore.store import open_store
+    from eventstore import open_store
 
     with open_store(store_url) as other:
         decider = Interfering(other=other, times=2)
@@ -107,7 +108,7 @@ def test_a_conflict_is_read_again_and_decided_again(store_url: str, store: Event
 
 
 def test_bounded_attempts_end_in_contention(store_url: str, store: EventStore) -> None:
-    from eventstore.store import open_store
+    from eventstore import open_store
 
     with open_store(store_url) as other:
         decider = Interfering(other=other, times=100)

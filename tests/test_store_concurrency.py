@@ -10,8 +10,11 @@ import uuid
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from eventstore import open_store
+from eventstore.errors import ConcurrencyConflict
 from eventstore.events import DetailsChanged, Enabled, Metadata, stream_id_for
-from eventstore.store import ConcurrencyConflict, EventStore, NewEvent, open_store
+from eventstore.store import EventStore
+from eventstore.values import NewEvent
 
 WRITERS = 4
 EVENTS_PER_WRITER = 150

@@ -13,6 +13,9 @@ from typing import Any
 import psycopg
 import pytest
 
+from eventstore import open_store
+from eventstore.clock import format_timestamp, utcnow
+from eventstore.errors import ConcurrencyConflict, StoreError, StoreFault, StoreUnavailable
 from eventstore.events import (
     BaseUrlChanged,
     DescriptorUpgraded,
@@ -25,17 +28,8 @@ from eventstore.events import (
     stream_id_for,
 )
 from eventstore.rejections import REJECTION_WINDOW_SECONDS, Rejection, rejection_log_counters
-from eventstore.store import (
-    ConcurrencyConflict,
-    EventStore,
-    NewEvent,
-    StoreError,
-    StoreFault,
-    StoreUnavailable,
-    format_timestamp,
-    open_store,
-    utcnow,
-)
+from eventstore.store import EventStore
+from eventstore.values import NewEvent
 from tests.conftest import ADMIN_URL
 
 SEALED = SealedSecret(alg="A256GCM", nonce="bm9uY2U=", ct="Y2lwaGVy", ad="tenant:a#1")
@@ -316,7 +310,7 @@ def test_data_keys_are_kept_once_and_can_be_destroyed(store: EventStore) -> None
 
 
 def test_postgres_is_unavailable_is_a_store_error() -> None:
-    from eventstore.store import StoreUnavailable
+    from eventstore.errors import StoreUnavailable
 
     bad = ADMIN_URL.rsplit("@", 1)[0] + "@127.0.0.1:1/postgres"
     with pytest.raises(StoreUnavailable):

@@ -15,8 +15,9 @@ import pytest
 from eventstore.bulk import ImportRefused
 from eventstore.chain import column_links, raw_links
 from eventstore.events import Enabled, Metadata, stream_id_for
-from eventstore.store import EventStore, NewEvent, RawEvent
+from eventstore.store import EventStore
 from eventstore.testing.synthetic import RandomLog, chain_rows, decoded, mix
+from eventstore.values import NewEvent, RawEvent
 
 
 def synthetic(count: int, store: EventStore | None = None, seed: int = 3) -> list[RawEvent]:

@@ -24,7 +24,8 @@ from eventstore.clock import format_timestamp, utcnow
 from eventstore.data_keys import KeyCopiesRemain
 from eventstore.errors import ConcurrencyConflict
 from eventstore.events import Metadata, TenantForgotten, stream_id_for
-from eventstore.store import EventStore, NewEvent, RecordedEvent
+from eventstore.store import EventStore
+from eventstore.values import NewEvent, RecordedEvent
 from projections import tenants as tenants_fold
 from projections.model import TenantRow
 

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from app.settings import Settings
+from eventstore import open_store
 from eventstore.chain import verify_store
 from eventstore.digest import (
     DigestConflict,
@@ -27,7 +28,7 @@ from eventstore.digest import (
 )
 from eventstore.events import stream_id_for
 from eventstore.export import export_lines, verify_export
-from eventstore.store import EventStore, open_store
+from eventstore.store import EventStore
 
 
 def register(cli: typer.Typer) -> None:

@@ -28,16 +28,13 @@ from app.cli.forget import (
 )
 from app.cli.output import fail
 from app.settings import Settings
+from eventstore import open_store
 from eventstore.clock import format_timestamp
 from eventstore.crypto import CryptoError, MasterKeys, RewrapReport, rewrap_data_keys
+from eventstore.errors import StoreError, StoreUnavailable
 from eventstore.events import client_key_of
-from eventstore.store import (
-    EventStore,
-    RecordedEvent,
-    StoreError,
-    StoreUnavailable,
-    open_store,
-)
+from eventstore.store import EventStore
+from eventstore.values import RecordedEvent
 from projections.model import TenantRow
 from projections.tenants import forgotten_by
 

@@ -22,7 +22,8 @@ from app.cli.output import plain_help_metavars, stdout_console
 from app.cli.reads import JsonOption, examples
 from app.cli.reads import catch_up_read_models as _catch_up  # noqa: F401  (other CLI modules import it here)
 from app.settings import Settings
-from eventstore.store import EventStore, open_store
+from eventstore import open_store
+from eventstore.store import EventStore
 
 cli = typer.Typer(
     name="ledger",

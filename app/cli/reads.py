@@ -18,14 +18,10 @@ from app.cli.output import fail, note, print_record, print_records
 from app.queries import reads
 from app.queries.evidence import HISTORY_COLUMNS, evidence_rows
 from app.settings import Settings
-from eventstore.store import (
-    EventStore,
-    StoreError,
-    StoreUnavailable,
-    open_store,
-    parse_timestamp,
-    utcnow,
-)
+from eventstore import open_store
+from eventstore.clock import parse_timestamp, utcnow
+from eventstore.errors import StoreError, StoreUnavailable
+from eventstore.store import EventStore
 from projections.storage.base import ProjectionStorage
 
 JsonOption = Annotated[

@@ -29,8 +29,10 @@ from app.logs import configure_logging
 from app.metrics import CONTENT_TYPE, Metrics, new_metrics
 from app.queries.readiness import Readiness, RunnerView, runner_status
 from app.settings import Settings
+from eventstore import open_store
 from eventstore.crypto import KeyRing
-from eventstore.store import EventStore, StoreUnavailable, open_store
+from eventstore.errors import StoreUnavailable
+from eventstore.store import EventStore
 from projections.backends import storage_for
 from projections.health import StateFile
 from projections.runner import RunnerThread

@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from eventstore.store import StoreError, StoreUnavailable
+from eventstore.errors import StoreError, StoreUnavailable
 
 log = logging.getLogger("ledger.service")
 

@@ -34,14 +34,10 @@ from typing import Final, Generic, Protocol, TypeAlias, TypeVar
 
 from app.ingest.known_streams import KnownStreams
 from eventstore.async_log import AsyncEventLog, InlineLog
+from eventstore.errors import ConcurrencyConflict
 from eventstore.events import EventData, Metadata
-from eventstore.store import (
-    AppendRequest,
-    ConcurrencyConflict,
-    EventStore,
-    NewEvent,
-    RecordedEvent,
-)
+from eventstore.store import EventStore
+from eventstore.values import AppendRequest, NewEvent, RecordedEvent
 
 __all__ = [
     "MAX_ATTEMPTS",

@@ -16,6 +16,7 @@ from typing import Any, Final
 
 import msgspec
 
+from eventstore.clock import format_timestamp, parse_timestamp, utcnow
 from eventstore.events import (
     EVENT_TYPES,
     DetailsChanged,
@@ -25,13 +26,8 @@ from eventstore.events import (
     stream_id_for,
 )
 from eventstore.ids import installation_ari
-from eventstore.store import (
-    EventStore,
-    RecordedEvent,
-    format_timestamp,
-    parse_timestamp,
-    utcnow,
-)
+from eventstore.store import EventStore
+from eventstore.values import RecordedEvent
 from projections import tenants as tenants_fold
 from projections.descriptors import latest_version
 from projections.installations import InstallationRow, LinkRow

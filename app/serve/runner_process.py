@@ -32,7 +32,7 @@ from typing import Final
 from app.logs import configure_logging
 from app.metrics import runner_process_health
 from app.settings import Settings
-from eventstore.store import open_store
+from eventstore import open_store
 from projections.health import StateFile, short_message
 from projections.runner import RunnerThread
 

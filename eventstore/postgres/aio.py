@@ -19,8 +19,9 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from eventstore.async_log import AsyncEventLog, GroupCommit, StreamSnapshot
 from eventstore.errors import StoreUnavailable, error_boundary
 from eventstore.postgres.append import TRY_APPEND_BATCH, Duplicate, PendingBatch
-from eventstore.postgres.store import STATEMENTS, _libpq_url, _session_options, translate_error
-from eventstore.store import AppendRequest, AppendResult, BatchOutcome, decode_event
+from eventstore.postgres.schema import STATEMENTS
+from eventstore.postgres.session import libpq_url, session_options, translate_error
+from eventstore.values import AppendRequest, AppendResult, BatchOutcome, decode_event
 
 # The stream and its data key in one statement (one round trip, no pipeline: see
 # eventstore.postgres_append); the key's subquery is evaluated once, not per row.
@@ -46,11 +47,11 @@ class AsyncPostgresLog(AsyncEventLog):
     ) -> None:
         self._timeout = timeout
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
-            _libpq_url(url),
+            libpq_url(url),
             min_size=1,
             max_size=max_connections,
             timeout=timeout,
-            kwargs={"connect_timeout": max(1, int(timeout))} | _session_options(statement_timeout),
+            kwargs={"connect_timeout": max(1, int(timeout))} | session_options(statement_timeout),
             check=self._check_connection,
             reconnect_timeout=max(1.0, timeout),
             open=False,

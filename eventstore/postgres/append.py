@@ -19,7 +19,7 @@ from typing import Any, Final
 from eventstore.chain import PreparedAppend, prepare_append
 from eventstore.errors import ConcurrencyConflict
 from eventstore.postgres.arrays import ByteaArray, Int2Array, Int4Array, TextArray, TimestamptzArray
-from eventstore.store import AppendRequest, AppendResult, BatchOutcome
+from eventstore.values import AppendRequest, AppendResult, BatchOutcome
 
 # %b: binary parameters. Text-format arrays would escape every quote of the JSON
 # bodies on the client and parse them again on the server.

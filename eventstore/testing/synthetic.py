@@ -29,6 +29,7 @@ from itertools import accumulate
 from typing import Any
 
 from eventstore.chain import CHAIN_VERSION, link, link_input_v2, rest_digest, stream_digest
+from eventstore.clock import format_timestamp, parse_timestamp
 from eventstore.crypto import seal_secret, secret_ad
 from eventstore.events import (
     SCHEMA_VERSIONS,
@@ -46,16 +47,7 @@ from eventstore.events import (
     Uninstalled,
     stream_id_for,
 )
-from eventstore.store import (
-    Head,
-    NewEvent,
-    RawEvent,
-    RecordedEvent,
-    decode_event,
-    format_timestamp,
-    parse_timestamp,
-    prepare,
-)
+from eventstore.values import Head, NewEvent, RawEvent, RecordedEvent, decode_event, prepare
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 STEP = timedelta(microseconds=1_500_017)  # RandomLog's clock: about 40 events a minute

@@ -16,7 +16,7 @@ from typing import Any, Final, Literal, get_args, get_origin
 import msgspec
 from msgspec.structs import astuple
 
-from eventstore.store import format_timestamp, parse_timestamp
+from eventstore.clock import format_timestamp, parse_timestamp
 from projections.installations import InstallationRow, LinkRow
 from projections.model import BaseUrlRow, DescriptorRow, ReimportRow, Row, TenantRow
 

@@ -29,28 +29,20 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 from rich.console import Console
-from rich.rule import Rule
 
+from app.cli.demo.common import AdminReader, section
 from app.cli.demo.forge import ForgeDemo
 from app.cli.output import print_record, print_records
 from app.queries.evidence import HISTORY_COLUMNS, evidence_rows
 from app.serve.embedded import embedded_service
 from app.settings import Settings
 from app.sim.connect import KeyServer, SimulatedHost, make_install_payload
-from eventstore.store import parse_timestamp, utcnow
+from eventstore.clock import parse_timestamp, utcnow
 
 # A tenant silent since a version first seen this long ago is presumed gone. The
 # default is 24 h; the demo cannot wait a day, so it asks with a one-second grace.
 DEMO_GRACE_SECONDS = 1.0
 TENANT_COLUMNS = ("client_key", "base_url", "state", "enabled", "descriptor_version", "version")
-
-
-def section(console: Console, title: str) -> None:
-    """A heading: a rule on a terminal, a ``## title`` line in a file or a pipe."""
-    if console.is_terminal:
-        console.print(Rule(title, align="left"))
-    else:
-        console.file.write(f"## {title}\n")
 
 
 class DemoHost:
@@ -124,22 +116,6 @@ def drive(host: DemoHost) -> list[str]:
     return [acme["clientKey"], initech["clientKey"], globex["clientKey"], reimported["clientKey"]]
 
 
-class AdminReader:
-    """GETs on the admin API; a read model that is still behind (503) is asked again."""
-
-    def __init__(self, client: httpx.Client, token: str) -> None:
-        self.client = client
-        self.headers = {"Authorization": f"Bearer {token}"}
-
-    def get(self, path: str, **params: Any) -> Any:
-        for _ in range(6):  # min_position waits 5 s per request: at most half a minute
-            answer = self.client.get(path, headers=self.headers, params=params)
-            if answer.status_code != 503:
-                break
-        answer.raise_for_status()
-        return answer.json()
-
-
 def base_url_rows(histories: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """The events that gave a tenant its base URL: where each site was, from when."""
     rows: list[dict[str, Any]] = []
@@ -209,8 +185,9 @@ def show_read_models(console: Console, reader: AdminReader, client_keys: list[st
 
 def show_integrity(console: Console, reader: AdminReader, database_url: str) -> None:
     """The chain verified by the service, and a digest to keep where the database is not."""
+    from eventstore import open_store
     from eventstore.digest import make_digest
-    from eventstore.store import StoreError, open_store
+    from eventstore.errors import StoreError
 
     section(console, "verify (the hash chain recomputed)")
     verified = reader.get("/admin/verify")

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 from rich.console import Console
 
+from app.cli.demo.common import AdminReader, section
 from app.cli.forge import INSTALLATION_COLUMNS, LINK_COLUMNS, MIGRATION_COLUMNS
 from app.cli.output import print_records
 from app.sim.connect import make_install_payload
@@ -91,8 +92,6 @@ class ForgeDemo:
         self._send(client, "umbrella starts uninstalling", platform.pre_uninstall(again))
         newcomer = ForgeInstallation(app_version="2.0.0")
         self._send(client, "a new site installs on Forge only", platform.installed(newcomer))
-        from app.cli.demo.connect import section
-
         section(console, "a tenant moves to Forge: calls sent by the simulated platform")
         print_records(self.results, CALL_COLUMNS, console=console)
         if token:
@@ -101,8 +100,6 @@ class ForgeDemo:
 
 def show_forge(console: Console, client: httpx.Client, token: str, last: str) -> None:
     """Read back through the admin API, once the read models hold ``last``'s events."""
-    from app.cli.demo.connect import AdminReader, section
-
     reader = AdminReader(client, token)
     events = reader.get(f"/admin/installations/{last}/events")["events"]
     caught_up = events[-1]["position"]

@@ -20,7 +20,8 @@ from datetime import date, timedelta
 
 from eventstore.events import client_key_of
 from eventstore.rejections import Rejection
-from eventstore.store import EventStore, RecordedEvent
+from eventstore.store import EventStore
+from eventstore.values import RecordedEvent
 from projections.model import INSTALLED, TenantRow
 from projections.tenants import TenantsProjection
 

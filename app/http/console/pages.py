@@ -15,9 +15,10 @@ from app.http.console import adoption, timeline
 from app.http.console.svg import Column, stacked_columns
 from app.http.routes import tenants as admin
 from app.queries import reads
+from eventstore.clock import format_timestamp, utcnow
 from eventstore.digest import make_digest
 from eventstore.events import stream_id_for
-from eventstore.store import EventStore, format_timestamp, utcnow
+from eventstore.store import EventStore
 from projections.descriptors import latest_version
 from projections.model import INSTALLED, TenantRow
 from projections.presumed_gone import silence_threshold

@@ -22,8 +22,10 @@ from app.http.console import auth, pages
 from app.http.console.adoption import AdoptionSeries
 from app.queries.readiness import runner_status
 from app.settings import Settings
+from eventstore.clock import format_timestamp
+from eventstore.errors import StoreUnavailable
 from eventstore.ids import installation_uuid
-from eventstore.store import EventStore, StoreUnavailable, format_timestamp
+from eventstore.store import EventStore
 from projections.storage.base import ProjectionStorage
 
 router = APIRouter(prefix="/console", include_in_schema=False)

@@ -14,7 +14,8 @@ from datetime import datetime
 from typing import Any
 
 from app.http.routes.tenants import redact_event
-from eventstore.store import RecordedEvent, format_timestamp
+from eventstore.clock import format_timestamp
+from eventstore.values import RecordedEvent
 from projections import tenants as tenants_fold
 from projections.base_urls import BaseUrlsProjection
 from projections.model import BaseUrlRow

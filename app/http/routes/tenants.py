@@ -27,7 +27,8 @@ from app.http.schemas import (
 )
 from app.queries import reads
 from app.queries.reads import REDACTED, redact_event, tenant_object  # noqa: F401  (re-exported)
-from eventstore.store import EventStore, RecordedEvent
+from eventstore.store import EventStore
+from eventstore.values import RecordedEvent
 from projections.runner import wait_for_position
 from projections.storage.base import ProjectionStorage
 

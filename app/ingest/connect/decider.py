@@ -52,7 +52,7 @@ from eventstore.events import (
     Uninstalled,
     canonical_json,
 )
-from eventstore.store import NewEvent, RecordedEvent
+from eventstore.values import NewEvent, RecordedEvent
 from projections import tenants
 from projections.model import TenantRow
 

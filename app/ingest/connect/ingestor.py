@@ -65,6 +65,7 @@ from app.ingest.known_streams import KnownStreams
 from app.ingest.outcome import Outcome, Refusal
 from app.settings import Settings
 from eventstore.async_log import AsyncEventLog
+from eventstore.clock import format_timestamp, utcnow
 from eventstore.crypto import (
     CryptoError,
     KeyRing,
@@ -73,16 +74,11 @@ from eventstore.crypto import (
     seal_secret,
     secret_ad,
 )
+from eventstore.errors import StoreError, StoreUnavailable
 from eventstore.events import Metadata, SealedSecret, client_key_of, stream_id_for
 from eventstore.rejections import Rejection
-from eventstore.store import (
-    EventStore,
-    RecordedEvent,
-    StoreError,
-    StoreUnavailable,
-    format_timestamp,
-    utcnow,
-)
+from eventstore.store import EventStore
+from eventstore.values import RecordedEvent
 
 log = logging.getLogger("ledger.ingest")
 

@@ -34,7 +34,7 @@ from eventstore.events import (
     Metadata,
     canonical_json,
 )
-from eventstore.store import RecordedEvent
+from eventstore.values import RecordedEvent
 
 __all__ = ["DETAIL_FIELDS", "ForgeCall", "InstallationDecider", "InstallationState"]
 

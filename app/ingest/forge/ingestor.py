@@ -36,9 +36,11 @@ from app.ingest.known_streams import KnownStreams
 from app.ingest.outcome import Outcome, Refusal
 from app.settings import Settings
 from eventstore.async_log import AsyncEventLog
+from eventstore.clock import format_timestamp, utcnow
+from eventstore.errors import StoreError
 from eventstore.events import Metadata, installation_stream_id
 from eventstore.rejections import Rejection
-from eventstore.store import EventStore, StoreError, format_timestamp, utcnow
+from eventstore.store import EventStore
 
 log = logging.getLogger("ledger.forge")
 
