@@ -25,7 +25,7 @@ from eventstore.store import EventLog
 from projections.backends import lock_for, storage_for
 from projections.health import short_message
 from projections.model import Row
-from projections.runner import PROJECTIONS, chunks
+from projections.registry import PROJECTIONS, chunks
 from projections.storage.base import ProjectionStorage
 from projections.storage.tables import SPECS, group_of
 

@@ -30,26 +30,14 @@ from eventstore.errors import StoreError
 from eventstore.store import EventLog
 from eventstore.values import RecordedEvent
 from projections.backends import lock_for, storage_for
-from projections.base_urls import BaseUrlsProjection, BaseUrlsState
-from projections.descriptors import DescriptorsProjection, DescriptorsState
 from projections.health import LastError, RunnerHealth, backoff_delay, short_message
-from projections.installations import InstallationsProjection, LinksProjection, forge_states
 from projections.locks import ExclusiveLock
-from projections.reimports import ReimportsProjection, ReimportsState
+from projections.registry import PROJECTIONS, chunks, resume_states
 from projections.storage.base import ProjectionStorage
 from projections.storage.tables import GROUPS, SPECS
-from projections.tenants import TenantsProjection, TenantsState
 
 log = logging.getLogger("ledger.projections")
 
-PROJECTIONS: Final[dict[str, Any]] = {
-    "tenants": TenantsProjection(),
-    "descriptors": DescriptorsProjection(),
-    "base_urls": BaseUrlsProjection(),
-    "reimports": ReimportsProjection(),
-    "installations": InstallationsProjection(),
-    "links": LinksProjection(),
-}
 NOTIFY_CHANNEL: Final = "ledger_events"
 
 
@@ -65,30 +53,6 @@ class EventNotFoldable(Exception):
         self.position = position
         self.event_type = event_type
         self.schema_version = schema_version
-
-
-def chunks(events: Iterator[RecordedEvent], size: int) -> Iterator[list[RecordedEvent]]:
-    batch: list[RecordedEvent] = []
-    for event in events:
-        batch.append(event)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def resume_states(storage: ProjectionStorage) -> dict[str, Any]:
-    """Every fold's state rebuilt from its persisted rows (at their checkpoint)."""
-    tenants = storage.load_rows("tenants")
-    base_urls = storage.load_rows("base_urls")
-    return {
-        "tenants": TenantsState.from_rows(tenants),
-        "descriptors": DescriptorsState.from_rows(storage.load_rows("descriptors"), tenants),
-        "base_urls": BaseUrlsState.from_rows(base_urls),
-        "reimports": ReimportsState.from_rows(base_urls),
-        **forge_states(storage.load_rows("installations"), storage.load_rows("links")),
-    }
 
 
 @dataclass

@@ -14,7 +14,8 @@ from typing import Any
 from eventstore import open_store
 from eventstore.store import EventStore
 from projections.backends import lock_for, storage_for
-from projections.runner import PROJECTIONS, ProjectionRunner, chunks
+from projections.registry import PROJECTIONS, chunks
+from projections.runner import ProjectionRunner
 from projections.storage.tables import SPECS
 from tests.log_builder import append_random_calls
 from tests.test_runner import snapshot

@@ -16,8 +16,8 @@ from typing import Annotated, Any
 
 import typer
 
+from app.bootstrap import store_for
 from app.settings import Settings
-from eventstore import open_store
 from eventstore.chain import verify_store
 from eventstore.digest import (
     DigestConflict,
@@ -51,7 +51,7 @@ def register(cli: typer.Typer) -> None:
 
 
 def _store() -> EventStore:
-    return open_store(Settings().database_url)
+    return store_for(Settings())
 
 
 def _print(value: Any) -> None:

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from app.bootstrap import store_for
 from app.cli.forget import (
     AlreadyForgotten,
     KeptChanging,
@@ -28,7 +29,6 @@ from app.cli.forget import (
 )
 from app.cli.output import fail
 from app.settings import Settings
-from eventstore import open_store
 from eventstore.clock import format_timestamp
 from eventstore.crypto import CryptoError, MasterKeys, RewrapReport, rewrap_data_keys
 from eventstore.errors import StoreError, StoreUnavailable
@@ -129,7 +129,7 @@ def rewrap(
     settings = Settings()
     master = _master_keys(settings)
     try:
-        with open_store(settings.database_url) as store:
+        with store_for(settings) as store:
             if sys.stdout.isatty() and not as_json:
                 report = _with_bar(store, master, batch_size)
             else:
@@ -189,7 +189,7 @@ def forget(
         fail("--reason must say why (it is recorded in the log)", code=2)
     _confirmed(client_key, yes)
     try:
-        with open_store(Settings().database_url) as store:
+        with store_for(Settings()) as store:
             outcome = forget_tenant(store, client_key, reason, operator_name(), host_name())
     except StoreUnavailable as error:
         fail(f"the store is unavailable ({error}); run it again")

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
+from app.bootstrap import store_for
 from app.cli import forge as cli_forge
 from app.cli import reads as cli_reads
 from app.cli.keys import forget, rewrap
@@ -22,7 +23,6 @@ from app.cli.output import plain_help_metavars, stdout_console
 from app.cli.reads import JsonOption, examples
 from app.cli.reads import catch_up_read_models as _catch_up  # noqa: F401  (other CLI modules import it here)
 from app.settings import Settings
-from eventstore import open_store
 from eventstore.store import EventStore
 
 cli = typer.Typer(
@@ -40,7 +40,7 @@ cli_reads.register(cli)
 
 
 def _store() -> EventStore:
-    return open_store(Settings().database_url)
+    return store_for(Settings())
 
 
 def _print_json(value: Any) -> None:
@@ -71,7 +71,7 @@ def serve(
     # the workers start, so they do not race to do it.
     from projections.backends import storage_for
 
-    with open_store(settings.database_url) as store:
+    with store_for(settings) as store:
         storage_for(store).ensure()
     settings.master_keys()
     from app.logs import configure_logging

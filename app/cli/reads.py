@@ -14,11 +14,11 @@ from typing import Annotated, Any, Literal
 
 import typer
 
+from app.bootstrap import store_for
 from app.cli.output import fail, note, print_record, print_records
 from app.queries import reads
 from app.queries.evidence import HISTORY_COLUMNS, evidence_rows
 from app.settings import Settings
-from eventstore import open_store
 from eventstore.clock import parse_timestamp, utcnow
 from eventstore.errors import StoreError, StoreUnavailable
 from eventstore.store import EventStore
@@ -71,7 +71,7 @@ def _store() -> Iterator[EventStore]:
     """The store, for one command. A store that cannot answer ends the command with a
     one-line reason and exit 1 (nothing was changed; run it again), never a traceback."""
     try:
-        with open_store(Settings().database_url) as store:
+        with store_for(Settings()) as store:
             yield store
     except StoreUnavailable as error:
         fail(f"the store is unavailable ({error}); nothing was changed, try again")

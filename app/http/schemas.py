@@ -153,3 +153,14 @@ def documented(model: type[BaseModel], *errors: int) -> dict[str, Any]:
     for status in sorted({400, 401, 503, *errors}):
         responses[status] = {"model": ErrorAnswer, "description": ERROR_DESCRIPTIONS[status]}
     return {"response_class": FastJSONResponse, "responses": responses}
+
+
+class ErrorBody(BaseModel):
+    error: str
+    detail: str
+
+
+
+class Status(BaseModel):
+    status: str
+

@@ -29,10 +29,10 @@ import threading
 from multiprocessing.connection import Connection
 from typing import Final
 
+from app.bootstrap import store_for
 from app.logs import configure_logging
 from app.metrics import runner_process_health
 from app.settings import Settings
-from eventstore import open_store
 from projections.health import StateFile, short_message
 from projections.runner import RunnerThread
 
@@ -91,9 +91,8 @@ def serve_projections(settings: Settings, stop: threading.Event) -> bool:
     health, exiting = runner_process_health()
     try:
         # One thread uses it: a reading cursor and a writing transaction at most at once.
-        store = open_store(
-            settings.database_url,
-            rejection_retention_days=settings.rejection_retention_days,
+        store = store_for(
+            settings,
             max_connections=RUNNER_CONNECTIONS,
         )
     except Exception as error:

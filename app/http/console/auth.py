@@ -16,6 +16,7 @@ from typing import Final
 
 from starlette.requests import Request
 
+from app.http import deps
 from app.settings import Settings
 
 COOKIE: Final = "ledger_console"
@@ -65,7 +66,7 @@ def valid_session(settings: Settings, value: str | None, now: float | None = Non
 
 
 def logged_in(request: Request) -> bool:
-    settings: Settings = request.app.state.settings
+    settings: Settings = deps.settings(request)
     return valid_session(settings, request.cookies.get(COOKIE))
 
 

@@ -18,6 +18,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
+from app.http import deps
 from app.http.console import auth, pages
 from app.http.console.adoption import AdoptionSeries
 from app.queries.readiness import runner_status
@@ -71,7 +72,7 @@ def _render(
 def _stalled_projections(request: Request) -> dict[str, dict[str, Any]]:
     """The projections stopped at an event (SPEC §6), shown on every page: a person
     reading a stale read model is told which one and why."""
-    runner = runner_status(getattr(request.app.state, "runner", None))
+    runner = runner_status(deps.runner(request))
     projections = runner.get("projections") or {}
     return {
         name: progress["stalled"]
@@ -100,7 +101,7 @@ async def _page(
             refused.status_code,
         )
     except StoreUnavailable:
-        settings: Settings = request.app.state.settings
+        settings: Settings = deps.settings(request)
         response = _render(
             request,
             "problem.html",
@@ -113,12 +114,12 @@ async def _page(
 
 
 def _store(request: Request) -> EventStore:
-    store: EventStore = request.app.state.store
+    store: EventStore = deps.store(request)
     return store
 
 
 def _projections(request: Request) -> ProjectionStorage:
-    storage: ProjectionStorage = request.app.state.projections
+    storage: ProjectionStorage = deps.projections(request)
     return storage
 
 
@@ -242,7 +243,7 @@ async def login(request: Request) -> Response:
     form = parse_qs(body[:MAX_LOGIN_BODY].decode("utf-8", "replace"))
     presented = form.get("token", [""])[0]
     target = auth.safe_next(form.get("next", [""])[0])
-    settings: Settings = request.app.state.settings
+    settings: Settings = deps.settings(request)
     if not auth.token_matches(settings, presented):
         problem = (
             "The console is closed: LEDGER_ADMIN_TOKEN is not set."

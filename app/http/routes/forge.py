@@ -9,9 +9,10 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 
+from app.http import deps
+from app.http.calls import add_call_route, answer_call, read_capped_body
 from app.ingest.forge.body import ROUTES, Route
 from app.ingest.forge.ingestor import ForgeIngestor, ForgeRequest
-from app.ingest.outcome import add_call_route, answer_call, read_capped_body
 from app.metrics import Metrics
 
 log = logging.getLogger("ledger.forge")
@@ -51,7 +52,7 @@ def _add_route(app: FastAPI, route: Route, metrics: Metrics) -> None:
 
     async def forge_call(request: Request) -> Response:
         started = time.perf_counter()
-        ingestor: ForgeIngestor = request.app.state.forge
+        ingestor: ForgeIngestor = deps.forge_ingestor(request)
         outcome = await ingestor.handle(
             ForgeRequest(
                 route=route,

@@ -13,6 +13,7 @@ from typing import Annotated, Final, Literal
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from app.http import deps
 from app.http.schemas import (
     DescriptorsAnswer,
     EventsAnswer,
@@ -34,7 +35,7 @@ from projections.storage.base import ProjectionStorage
 
 
 def require_admin(request: Request) -> None:
-    configured = request.app.state.settings.admin_token
+    configured = deps.settings(request).admin_token
     header = request.headers.get("authorization", "")
     scheme, _, presented = header.partition(" ")
     # No token configured: everyone is refused. compare_digest keeps timing flat.
@@ -52,7 +53,7 @@ def require_admin(request: Request) -> None:
 
 
 def get_store(request: Request) -> EventStore:
-    store: EventStore = request.app.state.store
+    store: EventStore = deps.store(request)
     return store
 
 
@@ -190,7 +191,7 @@ async def verify(store: StoreDep) -> FastJSONResponse:
 
 
 def get_projections(request: Request) -> ProjectionStorage:
-    storage: ProjectionStorage = request.app.state.projections
+    storage: ProjectionStorage = deps.projections(request)
     return storage
 
 
