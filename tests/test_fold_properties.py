@@ -34,7 +34,7 @@ from eventstore.events import (
     metadata_to_json,
     stream_id_for,
 )
-from eventstore.store import EventStore, RawEvent, format_timestamp
+from eventstore.store import EventStore, Head, RawEvent, format_timestamp
 from eventstore.synthetic import DUMMY_SECRET
 from projections.backends import storage_for
 from projections.rebuild import rebuild
@@ -340,10 +340,9 @@ def old_logs(draw: st.DrawFn) -> list[StoredEvent]:
     return events
 
 
-def stored_rows(store: EventStore, events: list[StoredEvent], keys: list[str]) -> list[RawEvent]:
-    """The rows an older release would have stored: chained after the head as an append
+def stored_rows(head: Head, events: list[StoredEvent], keys: list[str]) -> list[RawEvent]:
+    """The rows an older release would have stored: chained after ``head`` as an append
     chains them (``eventstore.synthetic.chain_rows``), in any schema version."""
-    head = store.head()
     previous, position = bytes.fromhex(head.hash), head.position
     versions: dict[str, int] = {}
     rows = []
@@ -374,7 +373,7 @@ def test_any_stored_connect_log_folds_on_every_read_model(
 ) -> None:
     tag = uuid.uuid4().hex[:8]
     keys = [f"old-{tag}-{n}" for n in range(3)]
-    service.store.import_rows(stored_rows(service.store, events, keys))
+    service.store.import_rows(stored_rows(service.store.head(), events, keys))
     read_side_answers(service, keys)
 
 
@@ -386,7 +385,7 @@ def test_a_numeric_display_url_as_an_old_release_stored_it(service: RunningServi
         (0, "DetailsChanged", 1, {"displayUrl": ["x"], "productType": 1.5}, None),
     ]
     keys = [f"old-{uuid.uuid4().hex[:8]}"]
-    service.store.import_rows(stored_rows(service.store, log, keys))
+    service.store.import_rows(stored_rows(service.store.head(), log, keys))
     read_side_answers(service, keys)
     tenant = service.admin(f"/admin/tenants/{keys[0]}").json()
     assert (tenant["display_url"], tenant["product_type"]) == ('["x"]', "1.5")
