@@ -276,7 +276,11 @@ def test_an_optional_read_field_may_be_null_or_a_string(name: str) -> None:
 
 @given(
     st.recursive(
-        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text("ab"),
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | st.text("ab"),
         lambda inner: (
             st.lists(inner, max_size=3) | st.dictionaries(st.text("ab"), inner, max_size=3)
         ),
