@@ -29,7 +29,14 @@ from typing import TYPE_CHECKING, ClassVar
 
 from eventstore.events import BaseUrlChanged, Installed, stream_id_for
 from eventstore.values import RecordedEvent
-from projections.model import BaseUrlRow, Projection, fold_by_type, normalize_base_url
+from projections.model import (
+    BaseUrlRow,
+    Projection,
+    fold_by_type,
+    normalize_base_url,
+    stream_client_key,
+    url_key,
+)
 
 __all__ = ["BaseUrlRow", "BaseUrlsProjection", "BaseUrlsState", "apply"]
 
@@ -110,11 +117,12 @@ def _installed(state: BaseUrlsState, event: RecordedEvent) -> None:
     stream_id = event.stream_id
     current = state._open.get(stream_id)
     if current is not None:  # a reinstall
-        _arrive(state, stream_id, current, data.base_url, event)
+        _arrive(state, stream_id, current, url_key(data.base_url), event)
         return
-    # data.client_key is the stream's (the service picks the stream by it) and is
-    # the same string object the tenants row keeps: one copy per tenant in a rebuild.
-    opened = BaseUrlRow(data.base_url, data.client_key, event.recorded_at, None, event.position)
+    # The stream's clientKey, the same string object the tenants row keeps (the
+    # event's own, when it is the stream's): one copy per tenant in a rebuild.
+    client_key = stream_client_key(event, data.client_key)
+    opened = BaseUrlRow(url_key(data.base_url), client_key, event.recorded_at, None, event.position)
     state._open[stream_id] = opened
     if state._dirty is not None:
         _record(state, opened)
@@ -125,7 +133,7 @@ def _base_url_changed(state: BaseUrlsState, event: RecordedEvent) -> None:
     current = state._open.get(stream_id)
     if current is not None:  # else a stream that never had an Installed: ignore
         data: BaseUrlChanged = event.data  # type: ignore[assignment]  # by event.type: the dispatch picked this handler
-        _arrive(state, stream_id, current, data.to, event)
+        _arrive(state, stream_id, current, url_key(data.to), event)
 
 
 _HANDLERS: dict[str, Callable[[BaseUrlsState, RecordedEvent], None]] = {

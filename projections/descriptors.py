@@ -25,7 +25,14 @@ from typing import TYPE_CHECKING, ClassVar
 
 from eventstore.events import DescriptorUpgraded, stream_id_for
 from eventstore.values import RecordedEvent
-from projections.model import INSTALLED, DescriptorRow, Projection, TenantRow, fold_by_type
+from projections.model import (
+    INSTALLED,
+    DescriptorRow,
+    Projection,
+    TenantRow,
+    fold_by_type,
+    key_text,
+)
 
 __all__ = ["DescriptorRow", "DescriptorsProjection", "DescriptorsState", "apply", "latest_version"]
 
@@ -112,7 +119,9 @@ def _move(state: DescriptorsState, old: str | None, new: str | None) -> None:
 
 
 def _installed(state: DescriptorsState, event: RecordedEvent) -> None:
-    version = event.metadata.descriptor_version
+    # Read as the tenants fold reads it (an empty version is none there too), so the
+    # counts match its rows, from which ``from_rows`` recomputes them.
+    version = key_text(event.metadata.descriptor_version) or None
     if version is not None and version not in state._first_seen:
         _first_sighting(state, version, event)
     version_of = state._version_of
@@ -125,8 +134,8 @@ def _installed(state: DescriptorsState, event: RecordedEvent) -> None:
 
 def _descriptor_upgraded(state: DescriptorsState, event: RecordedEvent) -> None:
     data: DescriptorUpgraded = event.data  # type: ignore[assignment]  # by event.type
-    version = data.to
-    if version not in state._first_seen:
+    version = key_text(data.to)  # as the tenants fold reads it; None (an old log): no version
+    if version is not None and version not in state._first_seen:
         _first_sighting(state, version, event)
     version_of = state._version_of
     stream_id = event.stream_id

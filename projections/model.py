@@ -33,12 +33,14 @@ The contract between a projection and the runner that persists it
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Final, Literal, Protocol, TypeVar
 
 import msgspec
 
+from eventstore.events import STREAM_PREFIX, client_key_of
 from eventstore.values import RecordedEvent
 
 TenantState = Literal["installed", "uninstalled"]
@@ -199,6 +201,77 @@ def normalize_base_url(url: str) -> str:
     if host_end < 0:
         return url.lower()
     return url[:host_end].lower() + url[host_end:]
+
+
+# ------------------------------------------------ values read from event data
+#
+# The one rule for a value of an event's data that a read model keeps in a text column
+# (SPEC §6: every fold is total). The log holds whatever earlier releases accepted
+# before the door checked field types (SPEC §4 rule 1): any JSON value in any payload
+# field. So a string is kept as it is and null stays null, and any other JSON value
+# (number, boolean, object, list) is recorded as its canonical JSON text; so is a
+# string holding NUL, which a PostgreSQL text cannot hold (its JSON text escapes it).
+# Columns a table indexes also get a length bound (``key_text``). Every fold reads
+# such values through these functions, so rows hold only what both stores accept.
+
+_JSON: Final = msgspec.json.Encoder(order="sorted")
+
+KEY_TEXT_BYTES: Final = 1024
+"""The longest text (UTF-8 bytes) an indexed column keeps: PostgreSQL refuses an
+index entry over 2,704 bytes, and ``base_urls`` indexes a clientKey (at most 255
+characters, 1,020 bytes) with its base URL."""
+
+
+def as_text(value: object) -> str | None:
+    """A value of event data as a text column keeps it (the rule above)."""
+    if type(value) is str:
+        if "\x00" not in value:
+            return value
+    elif value is None:
+        return None
+    return _JSON.encode(value).decode()
+
+
+def key_text(value: object) -> str | None:
+    """``as_text`` for an indexed column (a base URL, a descriptor version): a text over
+    ``KEY_TEXT_BYTES`` is kept as its start, "…" and the SHA-256 of the whole, so two
+    different values stay different and every replay writes the same text."""
+    text = as_text(value)
+    if text is None or len(text) <= KEY_TEXT_BYTES // 4:  # at most 4 bytes a character
+        return text
+    raw = text.encode()
+    if len(raw) <= KEY_TEXT_BYTES:
+        return text
+    head = raw[: KEY_TEXT_BYTES - 67].decode(errors="ignore")  # "…" is 3 bytes, the hash 64
+    return head + "…" + hashlib.sha256(raw).hexdigest()
+
+
+def url_text(value: object) -> str:
+    """A tenant's base URL: ``as_text``, and "" for none (a ``BaseUrlChanged`` of an
+    old log may say ``to: null``). Not shortened: the decider compares it with the
+    next call's ``baseUrl``, and the ``tenants`` table does not index it."""
+    return as_text(value) or ""
+
+
+def url_key(value: object) -> str:
+    """A base URL where a table indexes it (``base_urls``; ``reimports``, which resumes
+    from those rows): ``url_text`` within ``KEY_TEXT_BYTES``."""
+    return key_text(value) or ""
+
+
+def stream_client_key(event: RecordedEvent, claimed: object) -> str:
+    """The tenant's clientKey: its stream's (SPEC §4 rule 5). ``claimed`` (the event's
+    ``clientKey``, the very same string in every event the service writes) is returned
+    when it is that string, so rows share one object per tenant in a rebuild."""
+    stream_id = event.stream_id
+    if (
+        type(claimed) is str
+        and stream_id.startswith(STREAM_PREFIX)
+        and len(stream_id) == len(STREAM_PREFIX) + len(claimed)
+        and stream_id.endswith(claimed)
+    ):
+        return claimed
+    return client_key_of(stream_id)
 
 
 StateT = TypeVar("StateT")

@@ -35,6 +35,7 @@ from projections.model import (
     ReimportRow,
     fold_by_type,
     normalize_base_url,
+    url_key,
 )
 
 __all__ = ["ReimportRow", "ReimportsProjection", "ReimportsState", "apply"]
@@ -86,14 +87,15 @@ class ReimportsState:
 def _installed(state: ReimportsState, event: RecordedEvent) -> None:
     data: Installed = event.data  # type: ignore[assignment]  # by event.type
     stream_id = event.stream_id
-    url = normalize_base_url(data.base_url)
+    base_url = url_key(data.base_url)  # as the base_urls rows this state resumes from
+    url = normalize_base_url(base_url)
     current = state._url_of.get(stream_id)
     if current is None:  # the first Installed of this clientKey
         previous = state._holder.get(url)
         if previous is not None:
             state._new.append(
                 ReimportRow(
-                    base_url=data.base_url,
+                    base_url=base_url,
                     previous_client_key=client_key_of(previous),
                     client_key=client_key_of(stream_id),
                     detected_at=event.recorded_at,
@@ -112,7 +114,7 @@ def _base_url_changed(state: ReimportsState, event: RecordedEvent) -> None:
     if current is None:  # a stream that never had an Installed
         return
     data: BaseUrlChanged = event.data  # type: ignore[assignment]  # by event.type: the dispatch picked this handler
-    url = normalize_base_url(data.to)
+    url = normalize_base_url(url_key(data.to))
     if url != current:
         state._holder[url] = stream_id
         state._url_of[stream_id] = url

@@ -71,7 +71,11 @@ from projections.model import (
     Projection,
     TenantRecord,
     TenantRow,
+    as_text,
     enabled_after,
+    key_text,
+    stream_client_key,
+    url_text,
 )
 
 __all__ = ["TenantRow", "TenantsProjection", "TenantsState", "apply", "fold"]
@@ -101,18 +105,20 @@ _SHARED: dict[str, str] = {}
 
 
 def _installed(event: RecordedEvent) -> _Tenant:
-    """A fresh record: an install (or reinstall) sets everything."""
+    """A fresh record: an install (or reinstall) sets everything. Payload values go
+    through ``projections.model``'s text rule: an old log may hold any JSON value."""
     data: Installed = event.data  # type: ignore[assignment]  # by event.type: the dispatch picked this handler
     details = data.details
     at = event.recorded_at
-    base_url = data.base_url
-    display_url = details.get("displayUrl")
+    base_url = url_text(data.base_url)
+    display_url = as_text(details.get("displayUrl"))
     if display_url == base_url:
         display_url = base_url  # one string object for the usual case
-    product_type = details.get("productType")
-    version = event.metadata.descriptor_version
+    product_type = as_text(details.get("productType"))
+    version = key_text(event.metadata.descriptor_version)
     return _Tenant(
-        client_key=data.client_key,  # == the stream's, and shared with base_urls rows
+        # == the stream's, and shared with base_urls rows
+        client_key=stream_client_key(event, data.client_key),
         base_url=base_url,
         display_url=display_url,
         # A handful of distinct values across every tenant: kept once each.
@@ -144,13 +150,13 @@ def _changed(tenant: _Tenant, event: RecordedEvent) -> None:
 
 def _base_url_changed(tenant: _Tenant, event: RecordedEvent) -> None:
     data: BaseUrlChanged = event.data  # type: ignore[assignment]  # by event.type: the dispatch picked this handler
-    tenant.base_url = data.to
+    tenant.base_url = url_text(data.to)
     _changed(tenant, event)
 
 
 def _descriptor_upgraded(tenant: _Tenant, event: RecordedEvent) -> None:
     data: DescriptorUpgraded = event.data  # type: ignore[assignment]  # by event.type: the dispatch picked this handler
-    tenant.descriptor_version = data.to
+    tenant.descriptor_version = key_text(data.to)
     _changed(tenant, event)
 
 
@@ -158,9 +164,9 @@ def _details_changed(tenant: _Tenant, event: RecordedEvent) -> None:
     data: DetailsChanged = event.data  # type: ignore[assignment]  # by event.type: the dispatch picked this handler
     changes = data.changes
     if "displayUrl" in changes:
-        tenant.display_url = changes["displayUrl"]
+        tenant.display_url = as_text(changes["displayUrl"])
     if "productType" in changes:
-        tenant.product_type = changes["productType"]
+        tenant.product_type = as_text(changes["productType"])
     if "installationId" in changes:
         tenant.installation_id = installation_uuid(changes["installationId"])
     _changed(tenant, event)

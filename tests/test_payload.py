@@ -19,6 +19,7 @@ from app.ingest.connect.body import (
     MAX_SECRET,
     MAX_STRING,
     MAX_URL,
+    READ_FIELDS,
     BodyError,
     LifecyclePayload,
     check_descriptor_version,
@@ -236,11 +237,60 @@ def test_missing_required_field_is_400(name: str, value: Any) -> None:
 
 
 @pytest.mark.parametrize("name", ["key", "clientKey", "baseUrl"])
-@pytest.mark.parametrize("value", ["", 0, 1, True, False, [], ["x"], {}, {"a": "b"}])
-def test_empty_or_non_string_required_field_is_400(name: str, value: Any) -> None:
-    error = refused(good(**{name: value}))
+def test_empty_required_field_is_400(name: str) -> None:
+    error = refused(good(**{name: ""}))
     assert (error.status, error.code) == (400, "invalid_field")
     assert name in error.detail
+
+
+NOT_STRINGS: list[Any] = [0, 1, -1.5, 12345, True, False, [], ["x"], {}, {"a": "b"}]
+
+
+def test_the_read_fields_are_the_ones_spec_4_names() -> None:
+    assert set(READ_FIELDS) == {
+        "key", "clientKey", "baseUrl", "displayUrl", "displayUrlServicedeskHelpCenter",
+        "productType", "description", "serverVersion", "pluginsVersion",
+        "serviceEntitlementNumber", "entitlementId", "entitlementNumber", "oauthClientId",
+        "installationId", "sharedSecret", "eventType",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("require_secret", [True, False])
+@pytest.mark.parametrize("name", READ_FIELDS)
+@pytest.mark.parametrize("value", NOT_STRINGS)
+def test_a_read_field_that_is_not_a_string_is_400_bad_field_type(
+    name: str, value: Any, require_secret: bool
+) -> None:
+    error = refused(good(**{name: value}), require_secret=require_secret)
+    assert (error.status, error.code) == (400, "bad_field_type")
+    assert name in error.detail
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in READ_FIELDS if n not in ("key", "clientKey", "baseUrl", "sharedSecret")]
+)
+def test_an_optional_read_field_may_be_null_or_a_string(name: str) -> None:
+    assert parse(good(**{name: None})).fields[name] is None
+    assert parse(good(**{name: "text"})).fields[name] == "text"
+
+
+@given(
+    st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | st.text("ab"),
+        lambda inner: (
+            st.lists(inner, max_size=3) | st.dictionaries(st.text("ab"), inner, max_size=3)
+        ),
+        max_leaves=8,
+    )
+)
+def test_other_fields_may_hold_any_json_value_and_are_kept(value: Any) -> None:
+    payload = parse(good(extraField=value, licenseDetails=value))
+    assert payload.fields["extraField"] == value
+    assert payload.fields["licenseDetails"] == value
 
 
 @pytest.mark.parametrize(
@@ -443,7 +493,7 @@ def test_shared_secret_is_passed_on_but_not_kept_in_fields_when_optional() -> No
 @pytest.mark.parametrize("secret", [1, True, ["s"], {"s": "s"}])
 def test_non_string_shared_secret_is_400(require_secret: bool, secret: Any) -> None:
     error = refused(good(sharedSecret=secret), require_secret=require_secret)
-    assert (error.status, error.code) == (400, "invalid_field")
+    assert (error.status, error.code) == (400, "bad_field_type")
 
 
 def test_shared_secret_length_limit() -> None:
@@ -691,9 +741,7 @@ def test_arbitrary_bytes_only_ever_raise_body_error(raw: bytes, content_type: st
 @settings(max_examples=200, deadline=None)
 @given(
     extra=st.dictionaries(
-        printable_texts.filter(
-            lambda k: k not in ("key", "clientKey", "baseUrl", "sharedSecret")
-        ),
+        printable_texts.filter(lambda k: k not in READ_FIELDS),
         json_values,
         max_size=6,
     )

@@ -23,26 +23,34 @@ from eventstore.events import (
     EVENT_TYPES,
     BaseUrlChanged,
     DescriptorUpgraded,
+    DetailsChanged,
     Installed,
     Uninstalled,
     client_key_of,
 )
+from eventstore.testing.synthetic import EMPTY_HEAD, decoded
 from eventstore.values import RecordedEvent
 from projections import base_urls, descriptors, reimports, tenants
 from projections.base_urls import BaseUrlsProjection, BaseUrlsState
 from projections.descriptors import DescriptorsProjection, DescriptorsState, latest_version
 from projections.model import (
+    KEY_TEXT_BYTES,
     BaseUrlRow,
     DescriptorRow,
     ReimportRow,
     TenantRow,
     TenantState,
+    as_text,
+    key_text,
     normalize_base_url,
+    url_key,
+    url_text,
 )
 from projections.presumed_gone import DEFAULT_GRACE, presumed_gone, silence_threshold
 from projections.reimports import ReimportsProjection, ReimportsState
 from projections.tenants import TenantsProjection, TenantsState
 from tests.projection_events import T0, Log, installed_data, recorded
+from tests.test_fold_properties import StoredEvent, old_logs, stored_rows
 
 X = "https://x.atlassian.net"
 Y = "https://y.atlassian.net"
@@ -975,3 +983,91 @@ def test_recorded_builds_what_a_store_returns() -> None:
         2,
         "Installed",
     )
+
+
+# ------------------------------------------------------------------- any value (SPEC §6)
+# The log holds whatever older releases accepted: any JSON value in any payload field.
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (None, None),
+        ("", ""),
+        ("https://x.atlassian.net", "https://x.atlassian.net"),
+        (12345, "12345"),
+        (1.5, "1.5"),
+        (True, "true"),
+        (False, "false"),
+        ([], "[]"),
+        ({"b": 1, "a": [None]}, '{"a":[null],"b":1}'),
+        ("a\x00b", '"a\\u0000b"'),
+    ],
+)
+def test_a_value_of_event_data_becomes_text_by_one_rule(value: Any, text: str | None) -> None:
+    assert as_text(value) == text
+    assert key_text(value) == text
+    if type(value) is str and "\x00" not in value:
+        assert as_text(value) is value  # no copy in the usual case
+
+
+@pytest.mark.parametrize("char", ["x", "é", "界", "😀"])
+def test_a_long_indexed_text_is_bounded_distinct_and_stable(char: str) -> None:
+    long = char * 3000
+    other = char * 2999 + "y"
+    bounded = key_text(long)
+    assert bounded is not None and len(bounded.encode()) <= KEY_TEXT_BYTES
+    assert bounded == key_text(long) != key_text(other)
+    assert bounded.startswith(char * 10)
+    fits = char * (KEY_TEXT_BYTES // len(char.encode()))
+    assert key_text(fits) == fits
+    assert as_text(long) == long  # only indexed columns are bounded
+    assert url_key(None) == url_text(None) == ""
+
+
+def test_odd_values_of_an_old_log_fold_as_text() -> None:
+    log = Log()
+    log.add("k", Installed("tenant-ledger", 7, 12345, None, {"displayUrl": 1, "productType": {}}))  # type: ignore[arg-type]  # an old log's values
+    log.add("k", DetailsChanged({"displayUrl": ["x"], "productType": None}))
+    log.add("k", DescriptorUpgraded(from_=None, to=[2]))  # type: ignore[arg-type]  # upcast from v1
+    log.add("k", BaseUrlChanged(from_="12345", to=None))  # type: ignore[arg-type]  # as decoded
+    row = tenant_rows(log)["k"]
+    assert (row.client_key, row.base_url, row.display_url) == ("k", "", '["x"]')
+    assert (row.product_type, row.descriptor_version) == (None, "[2]")
+    assert versions(log) == {"[2]": (1, log.events[2].recorded_at)}
+    assert [(key, url) for key, url, _, _ in intervals(log)] == [("k", "12345"), ("k", "")]
+
+
+KEYS = ["old-0", "old-1", "old-2"]
+TEXT_FIELDS = {
+    "tenants": ("client_key", "base_url", "display_url", "product_type", "descriptor_version"),
+    "descriptors": ("version",),
+    "base_urls": ("base_url", "client_key"),
+    "reimports": ("base_url", "previous_client_key", "client_key"),
+}
+INDEXED = {("tenants", "descriptor_version"), ("descriptors", "version"), ("base_urls", "base_url")}
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(stored=old_logs(), cut_fractions=st.lists(st.floats(0, 1), max_size=3))
+def test_any_stored_connect_log_folds_to_text_and_resumes_like_a_rebuild(
+    stored: list[StoredEvent], cut_fractions: list[float]
+) -> None:
+    events = list(decoded(stored_rows(EMPTY_HEAD, stored, KEYS)))
+    rebuilt = persist(events, [], resume_from_rows=False, one_by_one=False)
+    cuts = [int(f * len(events)) for f in cut_fractions]
+    assert persist(events, cuts, resume_from_rows=True, one_by_one=True) == rebuilt
+    for name, fields in TEXT_FIELDS.items():
+        for row in rebuilt[name].values():
+            for field in fields:
+                value = getattr(row, field)
+                assert value is None or (type(value) is str and "\x00" not in value)
+                if (name, field) in INDEXED and value is not None:
+                    assert len(value.encode()) <= KEY_TEXT_BYTES
+    for key in KEYS:  # the admin API's fold of one stream agrees with the table
+        stream = [e for e in events if e.stream_id == "tenant:" + key]
+        assert tenants.fold(stream) == rebuilt["tenants"].get((key,))

@@ -25,7 +25,7 @@ LEDGER = str(Path(sys.executable).parent / "ledger")
 # A rebuild that holds the lock and then stops mid-fold until the test lets it go on.
 HELD_REBUILD = (
     "import os, sys, time\n"
-    "from eventstore.store import open_store\n"
+    "from eventstore import open_store\n"
     "from projections.rebuild import rebuild\n"
     "go = sys.argv[2]\n"
     "def hold(position, head):\n"

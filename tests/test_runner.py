@@ -141,7 +141,7 @@ def test_rebuild_killed_halfway_leaves_the_live_tables_and_a_rerun_finishes(stor
     # Slow the rebuild down enough to kill it mid-fold: many small batches.
     script = (
         "import sys, time\n"
-        "from eventstore.store import open_store\n"
+        "from eventstore import open_store\n"
         "from projections.rebuild import rebuild\n"
         "store = open_store(sys.argv[1])\n"
         "def slow(position, head):\n"

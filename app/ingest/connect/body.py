@@ -20,6 +20,28 @@ MAX_STRING: Final = 8192
 MAX_DEPTH: Final = 8
 MAX_DESCRIPTOR_VERSION: Final = 64
 
+# The payload fields the ledger reads (SPEC §4 rule 1), the one list of them: each
+# must be a string or null when present (the first three must be strings), else 400
+# ``bad_field_type``. Every other field may hold any JSON value and is kept as sent.
+READ_FIELDS: Final = (
+    "key",
+    "clientKey",
+    "baseUrl",
+    "displayUrl",
+    "displayUrlServicedeskHelpCenter",
+    "productType",
+    "description",
+    "serverVersion",
+    "pluginsVersion",
+    "serviceEntitlementNumber",
+    "entitlementId",
+    "entitlementNumber",
+    "oauthClientId",
+    "installationId",
+    "sharedSecret",
+    "eventType",
+)
+
 _decoder = msgspec.json.Decoder()
 # What a hostile body can make the decoder raise besides DecodeError: invalid UTF-8
 # inside a string, and nesting deep enough to exhaust the recursion limit.
@@ -107,6 +129,7 @@ def parse_lifecycle_body(
     require_secret: bool,
 ) -> LifecyclePayload:
     value = parse_json_object(body, content_type)
+    check_field_types(value)
 
     key = _string(value, "key", MAX_STRING)
     client_key = _string(value, "clientKey", MAX_CLIENT_KEY)
@@ -121,9 +144,7 @@ def parse_lifecycle_body(
     if not dev and not host_allowed(host, allowed_hosts):
         raise BodyError(400, "host_not_allowed", "baseUrl's host is not in the allowlist")
 
-    secret = value.get("sharedSecret")
-    if secret is not None and not isinstance(secret, str):
-        raise BodyError(400, "invalid_field", "sharedSecret must be a string")
+    secret: str | None = value.get("sharedSecret")  # a string or None: check_field_types
     if require_secret and not secret:
         raise BodyError(400, "missing_field", "sharedSecret is required for installed")
     if secret is not None and len(secret) > MAX_SECRET:
@@ -132,6 +153,15 @@ def parse_lifecycle_body(
     return LifecyclePayload(
         fields=fields, client_key=client_key, base_url=base_url, shared_secret=secret
     )
+
+
+def check_field_types(value: dict[str, Any]) -> None:
+    """Each of ``READ_FIELDS`` present is a string or null (a null required field is
+    then refused as missing by ``_string``)."""
+    for name in READ_FIELDS:
+        field = value.get(name)
+        if field is not None and not isinstance(field, str):
+            raise BodyError(400, "bad_field_type", f"{name} must be a string or null")
 
 
 def _base_url_host(base_url: str) -> tuple[str, str]:
@@ -174,7 +204,7 @@ def _string(value: dict[str, Any], name: str, limit: int) -> str:
     field = value.get(name)
     if field is None:
         raise BodyError(400, "missing_field", f"{name} is required")
-    if not isinstance(field, str) or not field:
+    if not field:  # a string (check_field_types ran first)
         raise BodyError(400, "invalid_field", f"{name} must be a non-empty string")
     if len(field) > limit:
         raise BodyError(400, "field_too_long", f"{name} is longer than {limit} characters")
