@@ -6,8 +6,13 @@ from __future__ import annotations
 import base64
 import io
 import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -90,3 +95,97 @@ def running_service(store_url: str, **overrides: Any) -> Iterator[RunningService
     finally:
         store.close()
         key_server.stop()
+
+
+def refused(service: RunningService, response: httpx.Response, status: int, code: str) -> None:
+    """The call was refused with ``status`` and ``code``, words to read, and a
+    rejection-log entry with that reason."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"] == code
+    assert isinstance(body["detail"], str) and body["detail"]
+    assert service.store.list_rejections(1)[0].reason == code
+
+
+@dataclass
+class ServeProcess:
+    """A real `ledger serve` started by a test: its process (the test ends it by PID)
+    and its URL."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    var_dir: Path
+
+    @property
+    def log_path(self) -> Path:
+        return self.var_dir / "serve.log"
+
+    def output(self) -> str:
+        """What it printed so far (stdout and stderr; a file, so a long run never blocks
+        on a full pipe)."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def ledger_serve(
+    store_url: str,
+    var_dir: Path,
+    keys_url: str,
+    workers: int = 1,
+    master_key: str | None = None,
+    **settings: str,
+) -> Iterator[ServeProcess]:
+    """The one launcher of `ledger serve` for tests: ready (``/readyz`` answers 200)
+    when it yields; stopped by its PID (SIGTERM, then SIGKILL) on the way out.
+    ``settings``: more ``LEDGER_*`` variables, by their names without the prefix."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = dict(
+        os.environ,
+        LEDGER_DATABASE_URL=store_url,
+        LEDGER_APP_BASE_URL=url,
+        LEDGER_INSTALL_KEYS_URL=keys_url,
+        LEDGER_MASTER_KEY=master_key or base64.b64encode(os.urandom(32)).decode(),
+        LEDGER_ADMIN_TOKEN=ADMIN_TOKEN,
+        LEDGER_VAR_DIR=str(var_dir),
+        **{f"LEDGER_{name.upper()}": value for name, value in settings.items()},
+    )
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    ledger = Path(sys.executable).with_name("ledger")
+    var_dir.mkdir(parents=True, exist_ok=True)
+    with (var_dir / "serve.log").open("wb") as log_file:
+        process = subprocess.Popen(
+            [str(ledger), "serve", "--port", str(port), "--workers", str(workers)],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    served = ServeProcess(process, url, var_dir)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, f"ledger serve exited: {served.output()}"
+            try:
+                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "ledger serve did not answer /readyz in 60 s"
+            time.sleep(0.1)
+        yield served
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)

@@ -4,7 +4,7 @@ document, and the response class that sends them.
 The handlers build plain dicts and send them with ``FastJSONResponse`` (one msgspec
 encode) instead of letting FastAPI validate and re-encode every nested event: a
 200-event history is the hot read of the admin API. The models below are the
-contract those dicts follow; ``tests/test_read_models_e2e.py`` checks answers
+contract those dicts follow; ``tests/e2e/test_read_models_e2e.py`` checks answers
 against them.
 """
 

@@ -19,10 +19,10 @@ from projections.backends import storage_for
 from projections.rebuild import rebuild
 from projections.runner import ProjectionRunner
 from projections.storage.tables import SPECS
+from tests.contract.test_runner import snapshot
+from tests.contract.test_runner_faults import metric, until
 from tests.harness import ADMIN_TOKEN, running_service
 from tests.log_builder import append_random_calls
-from tests.test_runner import snapshot
-from tests.test_runner_faults import metric, until
 
 STALLING = ("base_urls", "reimports")  # one group: folded in the same pass
 HEALTHY = tuple(name for name in SPECS if name not in STALLING)

@@ -4,7 +4,6 @@ kept apart per app in one process (the embedded service)."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
 import json
 import os
@@ -27,12 +26,11 @@ from app.ingest.connect.keys import InstallKeyFetcher
 from app.ingest.connect.keys import UnknownKid as UnknownInstallKid
 from app.ingest.forge.keys import JwksFetcher, UnknownKid
 from app.metrics import MULTIPROC_ENV, new_metrics, reap_dead_processes
-from app.serve.embedded import bound_socket
 from app.serve.supervisor import metrics_directory
 from app.settings import Settings
 from app.sim.connect import KeyServer, SimulatedHost, make_install_payload
 from app.sim.forge import ForgePlatform, JwksServer
-from tests.harness import RunningService, running_service
+from tests.harness import RunningService, ledger_serve, running_service
 
 T = TypeVar("T")
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -68,43 +66,9 @@ def until(check: Callable[[], T | None], what: str, seconds: float = 20) -> T:
 
 @contextmanager
 def serve(store_url: str, var_dir: Path, keys: KeyServer, workers: int) -> Iterator[str]:
-    """A real `ledger serve` process; stopped (SIGTERM, by its PID) on the way out."""
-    with bound_socket() as probe:
-        port = probe.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    env = dict(
-        os.environ,
-        LEDGER_DATABASE_URL=store_url,
-        LEDGER_APP_BASE_URL=url,
-        LEDGER_INSTALL_KEYS_URL=keys.url,
-        LEDGER_MASTER_KEY=base64.b64encode(os.urandom(32)).decode(),
-        LEDGER_VAR_DIR=str(var_dir),
-    )
-    env.pop(MULTIPROC_ENV, None)
-    ledger = Path(sys.executable).with_name("ledger")
-    server = subprocess.Popen(
-        [str(ledger), "serve", "--port", str(port), "--workers", str(workers)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-
-        def ready() -> bool | None:
-            assert server.poll() is None, server.stdout.read() if server.stdout else ""
-            try:
-                return httpx.get(f"{url}/readyz", timeout=5).status_code == 200 or None
-            except httpx.TransportError:
-                return None
-
-        until(ready, "ledger serve answers /readyz", seconds=60)
-        yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        if server.stdout:
-            server.stdout.close()
+    """A real `ledger serve` process (the suite's one launcher); stopped by its PID."""
+    with ledger_serve(store_url, var_dir, keys.url, workers) as served:
+        yield served.url
 
 
 def _runner_pid(url: str) -> int | None:

@@ -9,12 +9,8 @@ and the service serves again by itself when the database is back.
 
 from __future__ import annotations
 
-import base64
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,7 +32,7 @@ from eventstore.rejections import REJECTION_WINDOW_SECONDS, Rejection
 from eventstore.store import EventStore
 from eventstore.values import NewEvent
 from tests.conftest import PostgresDatabases
-from tests.harness import RunningService, running_service
+from tests.harness import RunningService, ledger_serve, running_service
 
 # ------------------------------------------------------------------ outages, on our own database
 
@@ -339,67 +335,26 @@ def test_read_only_failover_answers_503_then_recovers(
             assert check.verify().ok
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_kill_9_of_a_service_process_under_load_loses_no_acknowledged_call(
     postgres_databases: PostgresDatabases, tmp_path: Path
 ) -> None:
     url = postgres_databases.create()
-    port = _free_port()
-    base_url = f"http://127.0.0.1:{port}"
     with KeyServer() as keys:
         host = SimulatedHost(key_server=keys)
-        env = dict(
-            os.environ,
-            LEDGER_DATABASE_URL=url,
-            LEDGER_APP_BASE_URL=base_url,
-            LEDGER_INSTALL_KEYS_URL=keys.url,
-            LEDGER_MASTER_KEY=base64.b64encode(os.urandom(32)).decode(),
-            LEDGER_ADMIN_TOKEN="fault-test-token",
-            LEDGER_VAR_DIR=str(tmp_path),
-        )
-        ledger = Path(sys.executable).with_name("ledger")
         # One worker: uvicorn serves in this very process, so its PID is the service's.
-        server = subprocess.Popen(
-            [str(ledger), "serve", "--port", str(port), "--workers", "1"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            with httpx.Client(base_url=base_url, timeout=5) as client:
-                _wait_until(lambda: _ready(client, server), 60, "ledger serve to become ready")
+        with ledger_serve(url, tmp_path, keys.url, workers=1) as served:
+            server, base_url = served.process, served.url
             with InstallLoad(base_url, host, base_url, threads=4) as load:
                 _wait_until(lambda: load.count(204) >= 20, 60, "acknowledged installs")
                 os.kill(server.pid, signal.SIGKILL)
                 server.wait(timeout=10)
             answers = load.snapshot()
-        finally:
-            if server.poll() is None:
-                server.kill()
-                server.wait(timeout=10)
     assert server.returncode == -signal.SIGKILL
     _assert_answers_are_204_or_retryable_503(answers)
     with open_store(url) as store:
         _assert_all_or_nothing(store, answers)
 
 
-def _ready(client: httpx.Client, server: subprocess.Popen[bytes]) -> bool:
-    assert server.poll() is None, "ledger serve exited during start-up"
-    try:
-        return client.get("/readyz").status_code == 200
-    except httpx.TransportError:
-        return False
-
-
-@pytest.fixture
-def service(store_url: str) -> Iterator[RunningService]:
-    with running_service(store_url) as running:
-        yield running
 
 
 def test_a_nul_in_a_claimed_client_key_is_refused_and_logged_escaped(

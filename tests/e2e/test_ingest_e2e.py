@@ -10,7 +10,6 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,22 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from app.sim.connect import SimulatedHost, make_install_payload
 from eventstore import open_store
 from eventstore.events import Installed, SecretRotated, stream_id_for
-from tests.harness import ADMIN_TOKEN, RunningService, running_service
-
-
-@pytest.fixture
-def service(store_url: str) -> Iterator[RunningService]:
-    with running_service(store_url) as running:
-        yield running
-
-
-def refused(service: RunningService, response: Any, status: int, code: str) -> None:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["error"] == code
-    assert isinstance(body["detail"], str) and body["detail"]
-    latest = service.store.list_rejections(1)[0]
-    assert latest.reason == code
+from tests.harness import ADMIN_TOKEN, RunningService, refused, running_service
 
 
 def installed_with_events(service: RunningService) -> tuple[dict[str, Any], int]:

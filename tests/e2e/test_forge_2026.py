@@ -24,8 +24,8 @@ from eventstore.values import NewEvent
 from projections.backends import storage_for
 from projections.rebuild import rebuild
 from projections.storage.tables import SPECS
-from tests.test_forge_e2e import Forge, forge_service
-from tests.test_forge_read_models import admin, links
+from tests.e2e.test_forge_e2e import Forge, forge_service
+from tests.e2e.test_forge_read_models import admin, links
 
 # Text a body may hold: the ingestion refuses control and bidi-override characters (400).
 TEXT = st.text(st.characters(blacklist_categories=("Cc", "Cf", "Cs")), max_size=8)

@@ -19,7 +19,7 @@ from app.ingest.jwt import TokenError, parse_unverified
 
 BASE_URL = "https://example.com"
 VECTORS: dict[str, Any] = json.loads(
-    (Path(__file__).parent / "vectors" / "jwt-signed-urls.json").read_text(encoding="utf-8")
+    (Path(__file__).parents[1] / "vectors" / "jwt-signed-urls.json").read_text(encoding="utf-8")
 )
 SECRET: str = VECTORS["secret"]
 CASES: list[dict[str, str]] = VECTORS["tests"]

@@ -8,7 +8,7 @@ and first bad position, the same report (ok, events, head, kind, what a proof pr
 one line of reason, and never a traceback. Digest cases on the untampered log also go
 through `ledger verify --digest` against the database itself.
 
-The log (tests/test_integrity.py): positions 1-9; alpha at 1, 3, 6, 9 (versions 1-4),
+The log (tests/contract/test_integrity.py): positions 1-9; alpha at 1, 3, 6, 9 (versions 1-4),
 bravo at 2, 5, 8, charlie at 4, 7. The proof is alpha's.
 """
 
@@ -28,7 +28,7 @@ from typer.testing import CliRunner
 from app.cli.main import cli
 from eventstore.chain import GENESIS, link, link_input
 from eventstore.export import opaque_line
-from tests.test_integrity import EVENTS, STANDALONE, _row, build_log
+from tests.contract.test_integrity import EVENTS, STANDALONE, _row, build_log
 
 runner = CliRunner()
 

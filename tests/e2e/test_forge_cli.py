@@ -17,7 +17,7 @@ from app.cli.main import cli
 from app.sim.connect import make_install_payload
 from app.sim.forge import ForgeInstallation
 from eventstore.ids import installation_ari
-from tests.test_forge_e2e import forge_service
+from tests.e2e.test_forge_e2e import forge_service
 
 runner = CliRunner()
 cli_module.console.width = 200

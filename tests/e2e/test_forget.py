@@ -35,17 +35,12 @@ from eventstore.testing.synthetic import installed_data
 from eventstore.values import NewEvent
 from projections import tenants as tenants_fold
 from tests.conftest import PostgresDatabases
-from tests.harness import ADMIN_TOKEN, RunningService, running_service
+from tests.harness import ADMIN_TOKEN, RunningService
 
 runner = CliRunner()
 WRAPPED_LENGTH = 69  # format byte, key id, nonce, 32-byte key, tag (eventstore.crypto)
 
 
-@pytest.fixture
-def service(store_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningService]:
-    monkeypatch.setenv("LEDGER_DATABASE_URL", store_url)
-    with running_service(store_url) as running:
-        yield running
 
 
 def ledger(*args: str, code: int = 0) -> tuple[str, str]:
@@ -280,8 +275,14 @@ def test_a_scrub_that_cannot_finish_is_said_and_finished_by_forgetting_again(
         assert store.get_data_key(stream) is None
         assert _holds(store, store_url, wrapped)
 
-        again = forget_tenant(store, "ck", "erasure", "alice", "box")
-        assert isinstance(again, AlreadyForgotten) and again.copies_remain is None
+        # Run again, as the CLI says; a busy machine may need another go (the rewrite
+        # waits at most 3 s for its lock, e.g. behind autovacuum).
+        for _ in range(5):
+            again = forget_tenant(store, "ck", "erasure", "alice", "box")
+            assert isinstance(again, AlreadyForgotten)
+            if again.copies_remain is None:
+                break
+        assert again.copies_remain is None
         assert not _holds(store, store_url, wrapped)
         assert [e.type for e in store.read_stream(stream)] == ["Installed", "TenantForgotten"]
 

@@ -49,8 +49,8 @@ from projections.model import (
 from projections.presumed_gone import DEFAULT_GRACE, presumed_gone, silence_threshold
 from projections.reimports import ReimportsProjection, ReimportsState
 from projections.tenants import TenantsProjection, TenantsState
+from tests.e2e.test_fold_properties import StoredEvent, old_logs, stored_rows
 from tests.projection_events import T0, Log, installed_data, recorded
-from tests.test_fold_properties import StoredEvent, old_logs, stored_rows
 
 X = "https://x.atlassian.net"
 Y = "https://y.atlassian.net"

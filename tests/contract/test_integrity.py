@@ -39,7 +39,7 @@ from eventstore.events import (
 from eventstore.export import full_line, opaque_line
 from eventstore.values import NewEvent, RawEvent
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 STANDALONE = ROOT / "tools" / "verify_export.py"
 runner = CliRunner()
 

@@ -12,7 +12,7 @@ from app.sim.forge import ForgeInstallation
 from eventstore.ids import installation_ari
 from projections.backends import storage_for
 from projections.rebuild import rebuild
-from tests.test_forge_e2e import Forge, forge_service
+from tests.e2e.test_forge_e2e import Forge, forge_service
 
 
 def admin(forge: Forge, path: str, **params: Any) -> Any:

@@ -27,10 +27,10 @@ from eventstore.events import DetailsChanged, Enabled, Metadata, stream_id_for
 from eventstore.store import EventStore
 from eventstore.values import AppendRequest, AppendResult, BatchOutcome, NewEvent
 from tests.conftest import PostgresDatabases
-from tests.test_shell import STREAM, Add
-from tests.test_shell import Counter as CounterDecider
+from tests.contract.test_shell import STREAM, Add
+from tests.contract.test_shell import Counter as CounterDecider
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _event(i: int) -> NewEvent:

@@ -35,9 +35,9 @@ from eventstore.events import Metadata
 from eventstore.ids import installation_ari
 from eventstore.rejections import Rejection
 from tests.conftest import IN_CI
+from tests.e2e.test_forge_e2e import forge_service
 from tests.harness import ADMIN_TOKEN, RunningService, running_service
 from tests.projection_events import T0, Log
-from tests.test_forge_e2e import forge_service
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -11,9 +11,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-import pytest
 
-import eventstore.store
 from app.http.app import create_app
 from app.settings import Settings
 from tests.harness import RunningService, running_service
@@ -59,15 +57,6 @@ def wait_ready(service: RunningService) -> None:
         time.sleep(0.2)
 
 
-# Until helper "store"'s error boundary lands (it adds StoreFault), pooled statements and
-# projections/storage/base.py let psycopg's AdminShutdown and PoolTimeout escape: a 500. Once
-# it has landed this marker is off by itself and the test must pass (it does on a merge
-# of h-app, h-store and h-runner).
-@pytest.mark.xfail(
-    not hasattr(eventstore.store, "StoreFault"),
-    reason="the store's error boundary (helper store) has not landed",
-    strict=False,
-)
 def test_every_endpoint_answers_503_during_an_outage_and_recovers(
     postgres_databases: Any,
 ) -> None:

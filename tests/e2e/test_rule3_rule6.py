@@ -21,7 +21,7 @@ from app.ingest.connect.tokens import (
 )
 from app.ingest.jwt import TokenError, parse_token
 from app.sim.connect import LifecycleCall, SimulatedHost, make_install_payload
-from tests.harness import RunningService, running_service
+from tests.harness import RunningService, refused, running_service
 
 OLD = "https://old-ledger.example.com"
 OLDER = "https://older.example.com/ledger"
@@ -33,10 +33,6 @@ def moved(store_url: str) -> Iterator[RunningService]:
         yield running
 
 
-def refused(service: RunningService, response: httpx.Response, status: int, code: str) -> None:
-    assert response.status_code == status, response.text
-    assert response.json()["error"] == code
-    assert service.store.list_rejections(1)[0].reason == code
 
 
 # ------------------------------------------------------------------ rule 3
@@ -124,10 +120,6 @@ def test_the_qsh_is_relative_to_the_base_url_the_token_names() -> None:
 # ------------------------------------------------------------------ rule 6
 
 
-@pytest.fixture
-def service(store_url: str) -> Iterator[RunningService]:
-    with running_service(store_url) as running:
-        yield running
 
 
 def with_body(call: LifecycleCall, body: bytes) -> LifecycleCall:

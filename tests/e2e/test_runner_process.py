@@ -7,7 +7,6 @@ import base64
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,13 +16,11 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from app.metrics import MULTIPROC_ENV
-from app.serve.embedded import bound_socket
 from app.sim.connect import KeyServer, SimulatedHost, make_install_payload
 from projections.health import RunnerHealth, StateFile
+from tests.harness import ADMIN_TOKEN, ledger_serve
 
 T = TypeVar("T")
-ADMIN_TOKEN = "runner-process-test-token"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
@@ -40,7 +37,7 @@ def until(check: Callable[[], T | None], what: str, seconds: float = 30) -> T:
 class Serve:
     """A real `ledger serve` process and what a test reads of it."""
 
-    def __init__(self, process: subprocess.Popen[str], url: str, var_dir: Path) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], url: str, var_dir: Path) -> None:
         self.process = process
         self.url = url
         self.var_dir = var_dir
@@ -71,43 +68,10 @@ class Serve:
 
 @contextmanager
 def serve(store_url: str, var_dir: Path, keys: KeyServer, workers: int) -> Iterator[Serve]:
-    """`ledger serve`, ready; stopped (SIGTERM, by its PID) on the way out."""
-    with bound_socket() as probe:
-        port = probe.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    env = dict(
-        os.environ,
-        LEDGER_DATABASE_URL=store_url,
-        LEDGER_APP_BASE_URL=url,
-        LEDGER_INSTALL_KEYS_URL=keys.url,
-        LEDGER_MASTER_KEY=base64.b64encode(b"k" * 32).decode(),
-        LEDGER_ADMIN_TOKEN=ADMIN_TOKEN,
-        LEDGER_VAR_DIR=str(var_dir),
-    )
-    env.pop(MULTIPROC_ENV, None)
-    ledger = Path(sys.executable).with_name("ledger")
-    process = subprocess.Popen(
-        [str(ledger), "serve", "--port", str(port), "--workers", str(workers)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-
-        def ready() -> bool | None:
-            assert process.poll() is None, "ledger serve exited"
-            try:
-                return httpx.get(f"{url}/readyz", timeout=5).status_code == 200 or None
-            except httpx.TransportError:
-                return None
-
-        until(ready, "ledger serve answers /readyz", seconds=60)
-        yield Serve(process, url, var_dir)
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            process.wait(timeout=60)
+    """`ledger serve`, ready (the suite's one launcher); stopped by its PID on the way out."""
+    master = base64.b64encode(b"k" * 32).decode()
+    with ledger_serve(store_url, var_dir, keys.url, workers, master_key=master) as served:
+        yield Serve(served.process, served.url, var_dir)
 
 
 def install(url: str, host: SimulatedHost, count: int) -> set[str]:

@@ -32,9 +32,9 @@ from projections.locks import ADVISORY_KEYS, AdvisoryLock
 from projections.runner import EventNotFoldable, ProjectionRunner, RunnerThread
 from projections.storage.tables import SPECS
 from tests.conftest import ADMIN_URL
+from tests.contract.test_runner import snapshot
 from tests.harness import running_service
 from tests.log_builder import append_random_calls
-from tests.test_runner import snapshot
 
 
 def until(condition: Callable[[], Any], what: str, seconds: float = 60) -> Any:

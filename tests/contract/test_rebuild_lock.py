@@ -17,8 +17,8 @@ from projections.backends import lock_for, storage_for
 from projections.registry import PROJECTIONS, chunks
 from projections.runner import ProjectionRunner
 from projections.storage.tables import SPECS
+from tests.contract.test_runner import snapshot
 from tests.log_builder import append_random_calls
-from tests.test_runner import snapshot
 
 LEDGER = str(Path(sys.executable).parent / "ledger")
 

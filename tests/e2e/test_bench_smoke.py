@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 SCRIPTS = {
     "verify.py": (["--events", "2000", "--repeats", "1", "--no-profile"], ["verify_events_per_s"]),

@@ -4,22 +4,13 @@ admin list endpoints current (SPEC §6, §7), on every store."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
-
-import pytest
 
 from app.settings import Settings
 from app.sim.connect import make_install_payload
 from eventstore.clock import format_timestamp, utcnow
-from tests.harness import RunningService, running_service
-
-
-@pytest.fixture
-def service(store_url: str) -> Iterator[RunningService]:
-    with running_service(store_url) as running:
-        yield running
+from tests.harness import RunningService
 
 
 def eventually(check: Any, seconds: float = 1.0) -> Any:

@@ -9,7 +9,6 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,7 +19,7 @@ from app.cli import output as cli_output
 from app.cli.main import cli
 from app.cli.output import make_console, print_records, tsv_field
 from app.sim.connect import make_install_payload
-from tests.harness import RunningService, running_service
+from tests.harness import RunningService
 
 runner = CliRunner()
 # Long values a table would be tempted to cut: a 36 + 1 + 64 character clientKey and a
@@ -29,11 +28,6 @@ LONG_HOST = "a-site-with-a-long-name-" + "x" * 36
 TENANT_HEADER = "client_key\tbase_url\tstate\tenabled\tdescriptor_version\tlast_seen_at\tversion"
 
 
-@pytest.fixture
-def service(store_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningService]:
-    monkeypatch.setenv("LEDGER_DATABASE_URL", store_url)
-    with running_service(store_url) as running:
-        yield running
 
 
 def long_key() -> str:
