@@ -1,22 +1,47 @@
 # The two commands: `make run` starts the service on the embedded SQLite default,
 # `make test` installs what it needs and runs every check.
+#
+# Every dependency is pinned, with its hashes, in uv.lock (README, "Install and upgrades").
+# uv itself is bootstrapped with pip into .uv/ (a tool of the build, not of the service);
+# the service's environment stays .venv. `make run` installs the service's dependencies
+# only; `make test` adds the test tools: the `dev` extra and the `bench` extra (the suite
+# runs every benchmark at tiny sizes, against the eventsourcing peer).
+# `make lock` regenerates uv.lock after pyproject.toml's dependencies change.
 PYTHON ?= python3
+UV_VERSION := 0.13.10
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-stamp
+UV := .uv/bin/uv
+# uv syncs .venv with the interpreter that made it; it never downloads a Python.
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+export UV_PYTHON_DOWNLOADS := never
+# --locked: a uv.lock that no longer matches pyproject.toml stops the install with
+# uv's message ("run `make lock`") instead of installing something else.
+SYNC := $(UV) sync --locked --python $(PYTHON) --inexact
+RUN_STAMP := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test lint browser bench demo migrate clean
+.PHONY: run test lint browser bench demo migrate lock clean
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
-	touch $(STAMP)
+$(UV):
+	$(PYTHON) -m venv .uv
+	.uv/bin/python -m pip install --quiet 'uv==$(UV_VERSION)'
 
-run: $(STAMP)
+$(RUN_STAMP): pyproject.toml uv.lock | $(UV)
+	$(SYNC) --quiet
+	touch $(RUN_STAMP)
+
+$(TEST_STAMP): pyproject.toml uv.lock | $(UV)
+	$(SYNC) --quiet --extra dev --extra bench
+	touch $(RUN_STAMP) $(TEST_STAMP)
+
+run: $(RUN_STAMP)
 	$(BIN)/ledger serve
 
-lint: $(STAMP)
+lock: | $(UV)
+	$(UV) lock --python $(PYTHON)
+
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
@@ -32,15 +57,15 @@ browser:
 test: lint browser
 	$(BIN)/pytest -q
 
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	@for b in bench/store.py bench/ingest.py bench/forge_ingest.py bench/rebuild.py bench/verify.py; do \
 		echo "== $$b"; $(BIN)/python $$b || exit $$?; done
 
-demo: $(STAMP)
+demo: $(RUN_STAMP)
 	$(BIN)/ledger demo
 
-migrate: $(STAMP)
+migrate: $(RUN_STAMP)
 	$(BIN)/ledger migrate
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .uv .pytest_cache .mypy_cache .ruff_cache

@@ -204,7 +204,8 @@ def _finish(previous: bytes, position: int, check: ChainCheck) -> VerifyReport:
             count,
             previous.hex(),
             position + 1,
-            f"{label}: position {beyond[0]} is beyond the log's end at {position}",
+            f"{label}: position {beyond[0]} is beyond the log's end at {position};"
+            f" the events from position {position + 1} on are missing",
         )
     stored = check.stored_head
     if stored is None:

@@ -163,6 +163,9 @@ _INSERT_EVENT = (
 )
 
 
+HEAD_QUERY = "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
+
+
 def sqlite_path(url: str) -> str:
     if not url.startswith("sqlite:///"):
         raise ValueError("a SQLite URL looks like sqlite:///relative/path.db or sqlite:////abs.db")
@@ -464,7 +467,7 @@ class SQLiteEventStore(SQLStore):
         )
 
     def head(self) -> Head:
-        rows = self._rows("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1")
+        rows = self._rows(HEAD_QUERY)
         return Head(rows[0][0], rows[0][1]) if rows else Head(0, GENESIS.hex())
 
     def ping(self) -> None:

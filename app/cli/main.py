@@ -171,6 +171,10 @@ register(cli)
 
 cli_forge.register(cli)
 
+from app.cli.backup import backup  # noqa: E402
+
+cli.command(epilog=examples("ledger backup var/ledger-2026-01-31.db"))(backup)
+
 
 def main() -> None:
     cli()
