@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.routing import Route
 
-from app.ingest.connect.body import MAX_BODY_BYTES
+from app.ingest.json_body import MAX_BODY_BYTES
 from app.ingest.outcome import Outcome, log_outcome
 from app.metrics import Metrics
 

@@ -12,21 +12,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.ingest.connect.body import (
-    MAX_BODY_BYTES,
     MAX_CLIENT_KEY,
-    MAX_DEPTH,
     MAX_DESCRIPTOR_VERSION,
     MAX_SECRET,
-    MAX_STRING,
     MAX_URL,
     READ_FIELDS,
-    BodyError,
     LifecyclePayload,
     check_descriptor_version,
     claimed_identity,
     host_allowed,
     parse_lifecycle_body,
 )
+from app.ingest.json_body import MAX_BODY_BYTES, MAX_DEPTH, MAX_STRING, BodyError
 
 APP_KEY = "tenant-ledger"
 ALLOW = ("*.atlassian.net", "*.jira.com", "*.jira-dev.com")

@@ -10,14 +10,19 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-import msgspec
+from app.ingest.json_body import (
+    DECODE_ERRORS,
+    MAX_BODY_BYTES,
+    MAX_STRING,
+    BodyError,
+    decode_body,
+    parse_json_object,
+    refuse_non_printable,
+)
 
-MAX_BODY_BYTES: Final = 64 * 1024
 MAX_CLIENT_KEY: Final = 255
 MAX_URL: Final = 2048
 MAX_SECRET: Final = 1024
-MAX_STRING: Final = 8192
-MAX_DEPTH: Final = 8
 MAX_DESCRIPTOR_VERSION: Final = 64
 
 # The payload fields the ledger reads (SPEC §4 rule 1), the one list of them: each
@@ -42,25 +47,9 @@ READ_FIELDS: Final = (
     "eventType",
 )
 
-_decoder = msgspec.json.Decoder()
-# What a hostile body can make the decoder raise besides DecodeError: invalid UTF-8
-# inside a string, and nesting deep enough to exhaust the recursion limit.
-_DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
-# Characters no lifecycle field has a use for, refused in every string (names too):
-# C0 controls (NUL, tabs and newlines included), DEL, C1 controls, and the bidi
-# overrides and isolates that make a printed identifier read as another one. A NUL
-# cannot even be stored by PostgreSQL; the rest would corrupt logs, tables and pages.
-_NON_PRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 _HOST = re.compile(
     r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class BodyError(Exception):
-    status: int
-    code: str
-    detail: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,29 +60,11 @@ class LifecyclePayload:
     shared_secret: str | None
 
 
-def parse_json_object(body: bytes, content_type: str | None) -> dict[str, Any]:
-    """Rule 1's common part for Connect and Forge: ``application/json``, at most
-    ``MAX_BODY_BYTES``, valid JSON, an object, within the size and character limits."""
-    media_type = (content_type or "").split(";", 1)[0].strip().lower()
-    if media_type != "application/json":
-        raise BodyError(400, "unsupported_media_type", "the body must be application/json")
-    if len(body) > MAX_BODY_BYTES:
-        raise BodyError(413, "body_too_large", f"the body exceeds {MAX_BODY_BYTES} bytes")
-    try:
-        value = _decoder.decode(body)
-    except _DECODE_ERRORS:
-        raise BodyError(400, "malformed_json", "the body is not valid JSON") from None
-    if not isinstance(value, dict):
-        raise BodyError(400, "not_an_object", "the body must be a JSON object")
-    check_sizes(value, 0)
-    return value
-
-
 def claimed_identity(body: bytes) -> tuple[str | None, str | None]:
     """Best-effort clientKey and baseUrl of a body that may be refused, for the rejection log."""
     try:
-        value = _decoder.decode(body) if len(body) <= MAX_BODY_BYTES else None
-    except _DECODE_ERRORS:
+        value = decode_body(body) if len(body) <= MAX_BODY_BYTES else None
+    except DECODE_ERRORS:
         return None, None
     if not isinstance(value, dict):
         return None, None
@@ -111,7 +82,7 @@ def check_descriptor_version(query: Iterable[tuple[str, str]]) -> None:
             continue
         if len(value) > MAX_DESCRIPTOR_VERSION:
             raise BodyError(400, "field_too_long", "the v parameter is too long")
-        _refuse_non_printable(value, "the v parameter")
+        refuse_non_printable(value, "the v parameter")
 
 
 def host_allowed(host: str, patterns: Iterable[str]) -> bool:
@@ -211,35 +182,3 @@ def _string(value: dict[str, Any], name: str, limit: int) -> str:
     return field
 
 
-def check_sizes(value: Any, depth: int, where: str = "the body") -> None:
-    """Unknown fields are kept, so they too get limits: string length, nesting depth
-    and no non-printable character, in values and in names."""
-    if depth > MAX_DEPTH:
-        raise BodyError(400, "too_deep", f"the body nests deeper than {MAX_DEPTH} levels")
-    if isinstance(value, str):
-        if len(value) > MAX_STRING:
-            raise BodyError(
-                400, "field_too_long", f"a string is longer than {MAX_STRING} characters"
-            )
-        _refuse_non_printable(value, where)
-    elif isinstance(value, dict):
-        for name, item in value.items():
-            if len(name) > 256:
-                raise BodyError(400, "field_too_long", "a field name is too long")
-            _refuse_non_printable(name, "a field name")
-            check_sizes(item, depth + 1, _field_label(name) if depth == 0 else where)
-    elif isinstance(value, list):
-        for item in value:
-            check_sizes(item, depth + 1, where)
-
-
-def _refuse_non_printable(text: str, where: str) -> None:
-    if _NON_PRINTABLE.search(text):
-        raise BodyError(
-            400, "control_character", f"{where} holds a control or non-printable character"
-        )
-
-
-def _field_label(name: str) -> str:
-    """A top-level field's name for a message: it was checked printable; keep it short."""
-    return name if len(name) <= 64 else name[:61] + "..."

@@ -27,7 +27,6 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from app.ingest import shell
 from app.ingest.connect.body import (
-    BodyError,
     LifecyclePayload,
     check_descriptor_version,
     claimed_identity,
@@ -59,6 +58,7 @@ from app.ingest.connect.tokens import (
     verify_install_token,
     verify_shared_secret_token,
 )
+from app.ingest.json_body import BodyError
 from app.ingest.jwt import ParsedToken, TokenError, UnverifiedToken, parse_token, token_sha256
 from app.ingest.key_fetch import KeyServerUnavailable
 from app.ingest.known_streams import KnownStreams

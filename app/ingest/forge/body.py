@@ -17,8 +17,8 @@ from typing import Any, Final, Literal
 
 import msgspec
 
-from app.ingest.connect.body import MAX_BODY_BYTES, BodyError, parse_json_object
 from app.ingest.forge.tokens import ForgeToken
+from app.ingest.json_body import MAX_BODY_BYTES, BodyError, parse_json_object
 from eventstore.events import canonical_json
 from eventstore.ids import app_uuid, installation_uuid, normalise_cloud_id, site_of
 
