@@ -136,8 +136,16 @@ class Steps(Protocol[S_contra, C_co, E_contra]):
         store holds for the stream (None when it has none)."""
         ...
 
-    def rows(self, stream_id: str, version: int, decision: Append[E_contra]) -> Rows:
-        """The rows an ``Append`` decided after ``version`` becomes."""
+    def rows(
+        self,
+        stream_id: str,
+        state: S_contra,
+        version: int,
+        decision: Append[E_contra],
+        stored_key: bytes | None,
+    ) -> Rows:
+        """The rows an ``Append`` decided on ``state`` (at ``version``) becomes; given
+        all an attempt read, so nothing of the attempt is kept between the two steps."""
         ...
 
 
@@ -150,7 +158,14 @@ class Given(Generic[C]):
     def command(self, state: object, stored_key: bytes | None = None) -> C:
         return self.command_
 
-    def rows(self, stream_id: str, version: int, decision: Append[EventData]) -> Rows:
+    def rows(
+        self,
+        stream_id: str,
+        state: object,
+        version: int,
+        decision: Append[EventData],
+        stored_key: bytes | None = None,
+    ) -> Rows:
         return Rows([NewEvent(data, decision.metadata) for data in decision.events])
 
 
@@ -221,7 +236,8 @@ def plan_with(
         return Plan(state, version, decision)
     if not decision.events:
         raise ValueError("a decider's Append must carry at least one event")
-    return Plan(state, version, decision, steps.rows(stream_id, version, decision))
+    rows = steps.rows(stream_id, state, version, decision, stored_key)
+    return Plan(state, version, decision, rows)
 
 
 def plan(

@@ -138,7 +138,14 @@ class Doubling:
         self.asked.append(state.seen)
         return Add(state.seen + 1)
 
-    def rows(self, stream_id: str, version: int, decision: Append[EventData]) -> shell.Rows:
+    def rows(
+        self,
+        stream_id: str,
+        state: object,
+        version: int,
+        decision: Append[EventData],
+        stored_key: bytes | None = None,
+    ) -> shell.Rows:
         events = [NewEvent(data, decision.metadata) for data in decision.events]
         return shell.Rows(events, self.wrapped if version == 0 else None)
 

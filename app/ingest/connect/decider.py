@@ -275,7 +275,7 @@ def decide(state: TenantState, call: LifecycleCall) -> Decision:
     )
 
 
-def _needs_secret(call: LifecycleCall) -> bool:
+def needs_secret(call: LifecycleCall) -> bool:
     """HS256 verification and an ``installed`` decision need the current secret: a
     signed uninstall goes through even while a master key is missing."""
     return call.alg == "HS256" or call.event == "installed"
@@ -283,7 +283,7 @@ def _needs_secret(call: LifecycleCall) -> bool:
 
 def _secret_unavailable(call: LifecycleCall) -> Decision | None:
     secret = call.current_secret
-    if isinstance(secret, SecretUnavailable) and _needs_secret(call):
+    if isinstance(secret, SecretUnavailable) and needs_secret(call):
         return Refuse(secret.code, secret.detail, status=503)
     return None
 

@@ -45,6 +45,7 @@ from app.ingest.connect.decider import (
     TenantState,
     TokenRefused,
     Verification,
+    needs_secret,
     sealed_rows,
 )
 from app.ingest.connect.keys import InstallKeyFetcher, InvalidKid, UnknownKid
@@ -236,19 +237,15 @@ class _TenantSteps:
         self._qsh = current.qsh
         self._previous = tuple(previous)
         self._descriptor_version = next((v for k, v in request.query if k == "v"), None)
-        self.keys: _TenantKeys | None = None
         self.body_mac = body_mac(checked.token, self._body())
 
     def command(self, state: TenantState, stored_key: bytes | None) -> LifecycleCall:
         checked = self._checked
-        # A tenant never installed has no key of its own yet (one left by a lost race
-        # is refused by the append's check, and the call decided again).
-        wrapped = stored_key if state.known else None
-        self.keys = _TenantKeys(self._keyring, state.stream_id, wrapped)
-        current = self.keys.current_secret(state)
+        keys = self._keys(state, stored_key)
+        current = keys.current_secret(state)
         verification = self._verify(current)
         event = checked.request.event
-        return LifecycleCall(
+        call = LifecycleCall(
             event=event,
             alg=checked.token.token.alg,
             verification=verification,
@@ -258,11 +255,27 @@ class _TenantSteps:
             metadata=self._metadata(verification),
             current_secret=current,
         )
+        if isinstance(current, SecretUnavailable) and needs_secret(call):
+            keys.log_problem()  # the decider refuses it with a 503: tell the operator why
+        return call
 
-    def rows(self, stream_id: str, version: int, decision: shell.Append[TenantEvent]) -> shell.Rows:
-        assert self.keys is not None  # command() ran first in this attempt
-        rows = sealed_rows(stream_id, version, decision, self.keys.seal)
-        return shell.Rows(rows, self.keys.wrapped_new_key)
+    def rows(
+        self,
+        stream_id: str,
+        state: TenantState,
+        version: int,
+        decision: shell.Append[TenantEvent],
+        stored_key: bytes | None,
+    ) -> shell.Rows:
+        keys = self._keys(state, stored_key)
+        rows = sealed_rows(stream_id, version, decision, keys.seal)
+        return shell.Rows(rows, keys.wrapped_new_key)
+
+    def _keys(self, state: TenantState, stored_key: bytes | None) -> _TenantKeys:
+        # A tenant never installed has no key of its own yet (one left by a lost race
+        # is refused by the append's check, and the call decided again).
+        wrapped = stored_key if state.known else None
+        return _TenantKeys(self._keyring, state.stream_id, wrapped)
 
     def _verify(self, current: CurrentSecret) -> Verification:
         """Rules 3-4's signature and claims, with the install key or the current secret."""
@@ -426,8 +439,6 @@ class LifecycleIngestor:
         decision, call_id = result.decision, checked.call_id
         if isinstance(decision, shell.Refuse):
             status = decision.status if isinstance(decision, Refuse) else 409
-            if status == 503 and steps.keys is not None:
-                steps.keys.log_problem()
             retry_after = self.settings.retry_after_seconds if status == 503 else None
             return Outcome(
                 status, decision.code, call_id, decision.detail, client_key, 0, retry_after
