@@ -14,13 +14,11 @@ from typing import Annotated, Any, Literal
 
 import typer
 
-from app.bootstrap import store_for
 from app.cli.output import fail, note, print_record, print_records
+from app.cli.stores import existing_store
 from app.queries import reads
 from app.queries.evidence import HISTORY_COLUMNS, evidence_rows
-from app.settings import Settings
 from eventstore.clock import parse_timestamp, utcnow
-from eventstore.errors import StoreError, StoreUnavailable
 from eventstore.store import EventStore
 from projections.storage.base import ProjectionStorage
 
@@ -68,15 +66,9 @@ def examples(*lines: str) -> str:
 
 @contextmanager
 def _store() -> Iterator[EventStore]:
-    """The store, for one command. A store that cannot answer ends the command with a
-    one-line reason and exit 1 (nothing was changed; run it again), never a traceback."""
-    try:
-        with store_for(Settings()) as store:
-            yield store
-    except StoreUnavailable as error:
-        fail(f"the store is unavailable ({error}); nothing was changed, try again")
-    except StoreError as error:
-        fail(f"the store refused the read ({error})")
+    """The store, for one command (its errors: ``app.cli.errors``)."""
+    with existing_store() as store:
+        yield store
 
 
 def catch_up_read_models(store: EventStore, storage: ProjectionStorage) -> None:
@@ -104,7 +96,7 @@ def read_models(catch_up: bool = True) -> Iterator[tuple[EventStore, ProjectionS
 
     with _store() as store:
         storage = storage_for(store)
-        storage.ensure()
+        storage.ensure_ready()
         if catch_up:
             catch_up_read_models(store, storage)
         yield store, storage

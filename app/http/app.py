@@ -22,6 +22,7 @@ from app.ingest.connect.decider import LIFECYCLE_EVENTS
 from app.logs import configure_logging
 from app.metrics import Metrics, new_metrics
 from app.settings import Settings
+from app.version import version
 from eventstore.store import EventStore
 
 log = logging.getLogger("ledger.service")
@@ -37,7 +38,7 @@ def create_app(
     metrics = new_metrics()
     app = FastAPI(
         title="Tenant ledger",
-        version="0.1.0",
+        version=version(),
         description=(
             "Verifies Atlassian Connect lifecycle calls and keeps every accepted call as "
             "immutable events. Secrets and tokens never appear in any answer."
