@@ -16,7 +16,10 @@ from typing import Any, Final
 
 import typer
 from pydantic import ValidationError
-from typer._click.core import Context  # the Context click hands a group (typer vendors click)
+from typer._click.core import Context
+from typer._click.exceptions import (
+    UsageError,  # the Context click hands a group (typer vendors click)
+)
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
@@ -68,6 +71,11 @@ def _settings_words(error: ValidationError) -> str:
     return "; ".join(problems) or "a setting is not valid"
 
 
+def may_not(error: StoreFault) -> bool:
+    """Whether the database refused the work for the role's lack of a privilege."""
+    return error.code in _PRIVILEGE_CODES
+
+
 def _store_words(error: StoreError) -> str:
     if isinstance(error, StoreMissing | SchemaMismatch) or (
         isinstance(error, StoreFault) and error.code in _CONNECTION_REFUSED
@@ -75,13 +83,17 @@ def _store_words(error: StoreError) -> str:
         return str(error)
     if isinstance(error, StoreUnavailable):
         return f"the store is unavailable ({error}); check LEDGER_DATABASE_URL and that the database runs, then try again"
-    if isinstance(error, StoreFault) and error.code in _PRIVILEGE_CODES:
+    if isinstance(error, StoreFault) and may_not(error):
         return f"the database role may not do this ({error}); {ROLES_HINT}"
     return f"the store refused the work ({error})"
 
 
 def report(error: BaseException) -> None:
     """Say ``error`` in one line and exit, or let click handle its own."""
+    if isinstance(error, UsageError) and error.ctx is not None:
+        # A command's bad argument: click's own report is four lines with a usage
+        # banner; one line names the problem and where the help is.
+        fail(f"{error.format_message()} (see `{error.ctx.command_path} --help`)", USAGE)
     explained = explain(error)
     if explained is None:
         raise error

@@ -123,8 +123,9 @@ def rewrap(
     Idempotent, safe while the service runs. Exits 1 if some key unwraps with no configured key.
     """
     settings = Settings()
-    master = _master_keys(settings)
     with existing_store(settings) as store:
+        # After the store is found: the embedded default would generate a key.
+        master = _master_keys(settings)
         if sys.stdout.isatty() and not as_json:
             report = _with_bar(store, master, batch_size)
         else:

@@ -20,7 +20,7 @@ from app.cli import forge as cli_forge
 from app.cli import reads as cli_reads
 from app.cli.errors import LedgerGroup
 from app.cli.keys import forget, rewrap
-from app.cli.output import note, plain_help_metavars, stdout_console
+from app.cli.output import note, plain_help_metavars, print_records, stdout_console
 from app.cli.reads import JsonOption, examples
 from app.cli.reads import catch_up_read_models as _catch_up  # noqa: F401  (other CLI modules import it here)
 from app.cli.stores import existing_store
@@ -140,20 +140,17 @@ def migrate(
 
 def _print_migration_status(found: SchemaStatus, as_json: bool) -> None:
     applied = [{"step": step, "applied_at": at} for step, at in found.applied]
+    document = {
+        "current": found.current,
+        "latest": found.latest,
+        "applied": applied,
+        "pending": list(found.pending),
+    }
+    rows = [{"step": s, "state": "applied", "applied_at": at} for s, at in found.applied]
+    rows += [{"step": s, "state": "pending", "applied_at": None} for s in found.pending]
+    print_records(rows, ("step", "state", "applied_at"), as_json, document=document)
     if as_json:
-        _print_json(
-            {
-                "current": found.current,
-                "latest": found.latest,
-                "applied": applied,
-                "pending": list(found.pending),
-            }
-        )
         return
-    for step, at in found.applied:
-        console.print(f"step {step}\tapplied {at}")
-    for step in found.pending:
-        console.print(f"step {step}\tpending")
     verdict = "run `ledger migrate`" if found.pending else "schema is current"
     note(f"{len(found.applied)} applied, {len(found.pending)} pending: {verdict}")
 

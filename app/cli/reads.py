@@ -14,11 +14,13 @@ from typing import Annotated, Any, Literal
 
 import typer
 
+from app.cli.errors import may_not
 from app.cli.output import fail, note, print_record, print_records
 from app.cli.stores import existing_store
 from app.queries import reads
 from app.queries.evidence import HISTORY_COLUMNS, evidence_rows
 from eventstore.clock import parse_timestamp, utcnow
+from eventstore.errors import StoreFault
 from eventstore.store import EventStore
 from projections.storage.base import ProjectionStorage
 
@@ -84,6 +86,17 @@ def catch_up_read_models(store: EventStore, storage: ProjectionStorage) -> None:
         if leadership.acquire():
             ProjectionRunner(store, storage).run_once()
             return
+    except StoreFault as error:
+        if not may_not(error):
+            raise
+        # A role that may only read (an auditor's): the read models are shown as they
+        # are, and said to be behind when they are.
+        behind = store.head().position - min(storage.checkpoints().values(), default=0)
+        if behind > 0:
+            note(
+                f"warning: the read models are {behind} events behind the log; this role may only read"
+            )
+        return
     finally:
         leadership.release()
     if not wait_for_position(storage, store.head().position, 5.0):
