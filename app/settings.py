@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     # SPEC §12: peers (addresses or CIDRs, comma-separated) whose X-Forwarded-For and
     # X-Forwarded-Proto are believed; nobody's by default.
     trusted_proxies: str = ""
+    # SPEC §12: failed authentications an address may make in a minute before each
+    # further one answers 429 (app.http.auth_failures).
+    auth_failures_per_minute: int = Field(default=10, ge=1, le=100_000)
 
     @field_validator("database_url")
     @classmethod

@@ -13,7 +13,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.bootstrap import running_service
 from app.http import console, deps
+from app.http.auth_failures import AuthFailures, FailureLimiter
 from app.http.errors import install_error_handlers
+from app.http.proxies import TrustedProxies
 from app.http.routes import connect, operations
 from app.http.routes import installations as admin_forge
 from app.http.routes import tenants as admin
@@ -45,6 +47,10 @@ def create_app(
         ),
         lifespan=_lifespan(settings, store, log_stream, metrics),
     )
+    app.state.auth_failures = AuthFailures(
+        FailureLimiter(settings.auth_failures_per_minute), metrics.observe_auth_failure
+    )
+    app.add_middleware(TrustedProxies, networks=settings.trusted_proxy_networks)
     install_error_handlers(app, settings.retry_after_seconds)
     app.add_exception_handler(StarletteHTTPException, _error_body)  # type: ignore[arg-type]  # Starlette types handlers by the base Exception
     connect.add_descriptor_route(app, settings)
@@ -55,6 +61,7 @@ def create_app(
     app.include_router(console.router)
     app.include_router(admin_forge.router)
     add_forge_routes(app, metrics)
+    app.include_router(console.front_door)
     return app
 
 
