@@ -238,3 +238,15 @@ def test_the_serve_role_runs_the_service_without_ddl(
     with service_store(settings) as store:
         storage_for(store).ensure_ready()  # nothing to do: no DDL attempted
         assert store.schema_status().pending == ()
+
+
+def test_the_version_is_the_package_metadata_and_the_changelog_has_it() -> None:
+    import tomllib
+    from importlib.metadata import version
+
+    code, out, _ = run(["--version"], {})
+    assert code == 0 and out == f"ledger {version('tenant-ledger')}\n"
+    root = README.parent
+    declared = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
+    changelog = (root / "CHANGELOG.md").read_text()
+    assert f"## [{declared}] - " in changelog and "## [Unreleased]" in changelog
