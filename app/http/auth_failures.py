@@ -1,7 +1,8 @@
 """Failed authentication (SPEC §12), one rule for every credential: the admin API's
 bearer token, the console login, and the service API's tokens.
 
-A route that refused a credential calls ``auth_failed(request, credential)`` once. The
+A route that refused a credential calls ``refuse(request, credential, its_401)`` (a JSON
+API) or ``auth_failed(request, credential)`` (a page that answers itself) once. The
 failure is logged (a warning: remote address, path, which credential, never the value
 presented), counted in ``/metrics`` (``ledger_auth_failures_total{credential=…}``) and
 counted against the remote address: beyond ``LEDGER_AUTH_FAILURES_PER_MINUTE`` failures
@@ -22,7 +23,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NoReturn
 
 from fastapi import HTTPException, Request
 
@@ -102,6 +103,13 @@ def auth_failed(request: Request, credential: str) -> int | None:
     failures: AuthFailures = request.app.state.auth_failures
     address = request.client.host if request.client else "unknown"
     return failures.failed(address, request.url.path, credential)
+
+
+def refuse(request: Request, credential: str, refusal: HTTPException) -> NoReturn:
+    """A JSON API's one call on a wrong credential: recorded (``auth_failed``), then
+    ``refusal`` (its 401) raised, or 429 with ``Retry-After`` beyond the limit."""
+    wait = auth_failed(request, credential)
+    raise refusal if wait is None else too_many(wait)
 
 
 def too_many(wait: int) -> HTTPException:

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Res
 from starlette.concurrency import run_in_threadpool
 
 from app.http import deps
-from app.http.auth_failures import auth_failed, too_many
+from app.http.auth_failures import refuse
 from app.http.schemas import (
     DescriptorsAnswer,
     EventsAnswer,
@@ -46,14 +46,12 @@ def require_admin(request: Request) -> None:
         or scheme.lower() != "bearer"
         or not hmac.compare_digest(presented.strip().encode(), expected.encode())
     ):
-        wait = auth_failed(request, "admin_token")
-        if wait is not None:
-            raise too_many(wait)
-        raise HTTPException(
+        unauthorized = HTTPException(
             status_code=401,
             detail={"error": "unauthorized", "detail": "a valid admin bearer token is required"},
             headers={"WWW-Authenticate": "Bearer"},
         )
+        refuse(request, "admin_token", unauthorized)
 
 
 def get_store(request: Request) -> EventStore:
