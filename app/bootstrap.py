@@ -28,10 +28,22 @@ if TYPE_CHECKING:
     from projections.storage.base import ProjectionStorage
 
 
-def store_for(settings: Settings, **options: Any) -> EventStore:
-    """The store ``LEDGER_DATABASE_URL`` names, with the settings' options."""
+def store_for(settings: Settings, *, existing: bool = False, **options: Any) -> EventStore:
+    """The store ``LEDGER_DATABASE_URL`` names, with the settings' options.
+
+    ``existing``: the store must exist with the code's schema; nothing is created or
+    migrated (every CLI command but ``migrate``; ``serve`` with
+    ``LEDGER_MIGRATE_ON_START=false``). A SELECT-only role can open it so."""
     options.setdefault("rejection_retention_days", settings.rejection_retention_days)
+    if existing:
+        options |= {"migrate": False, "create": False, "require_current": True}
     return open_store(settings.database_url, **options)
+
+
+def service_store(settings: Settings, **options: Any) -> EventStore:
+    """The store a service process opens: migrated (``LEDGER_MIGRATE_ON_START``, the
+    default) or, when the schema is left to ``ledger migrate``, refused unless current."""
+    return store_for(settings, existing=not settings.migrate_on_start, **options)
 
 
 @dataclass(frozen=True)
@@ -62,8 +74,12 @@ async def running_service(
     from eventstore.crypto import KeyRing
     from projections.backends import storage_for
 
-    opened: EventStore = store if store is not None else await run_in_threadpool(store_for, settings)
-    fetcher = InstallKeyFetcher(settings.install_keys_url, metrics=metrics.key_source("install_keys"))
+    opened: EventStore = (
+        store if store is not None else await run_in_threadpool(service_store, settings)
+    )
+    fetcher = InstallKeyFetcher(
+        settings.install_keys_url, metrics=metrics.key_source("install_keys")
+    )
     keyring = KeyRing(opened, settings.master_keys())
     # The hot path's own async access to the log, with group commit.
     log = opened.async_log(on_batch=metrics.observe_append_batch)
@@ -71,7 +87,7 @@ async def running_service(
     jwks = JwksFetcher(settings.forge_jwks_url_list, metrics=metrics.key_source("forge_jwks"))
     forge = ForgeIngestor(settings, opened, log, jwks)
     storage = storage_for(opened)
-    await run_in_threadpool(storage.ensure)
+    await run_in_threadpool(storage.ensure_ready)
     runner = _runner_thread(settings, opened, metrics)
     try:
         yield Service(

@@ -24,6 +24,8 @@ SAFE_FIELDS: Final = (
     "remote_addr",
     "position",
     "projection",
+    "path",
+    "credential",
 )
 
 

@@ -192,6 +192,12 @@ class Metrics:
             ("source", "result"),
             registry=r,
         )
+        self._auth_failures = Counter(
+            "ledger_auth_failures",
+            "Failed authentications by credential (admin_token, console_login, service_token).",
+            ("credential",),
+            registry=r,
+        )
         self._runner = _RunnerMetrics(r)
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._scraped = registry if directory is None else _multiprocess_registry(directory)
@@ -209,6 +215,9 @@ class Metrics:
         if outcome.refused:
             self._rejections.labels(outcome.code).inc()
             self._sync_rejection_log()  # a refusal is what coalesces or purges rows
+
+    def observe_auth_failure(self, credential: str) -> None:
+        self._auth_failures.labels(credential).inc()
 
     def observe_append_batch(self, appends: int) -> None:
         self._append_batches.observe(appends)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from functools import cached_property
 from pathlib import Path
 from typing import Final, Literal
@@ -9,12 +10,19 @@ from typing import Final, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from eventstore.crypto import MasterKeys, load_or_create_master_key
+from eventstore.crypto import CryptoError, MasterKeys, load_or_create_master_key
 from eventstore.ids import app_uuid
 
 # prometheus-client's own variable: the directory where every process of `ledger serve`
 # writes its metrics (app.serve sets it; app.metrics reads it).
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+
+
+class SettingError(ValueError):
+    """A setting that cannot work; its message names the variable and what to fix."""
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def _split(value: str) -> tuple[str, ...]:
@@ -56,6 +64,58 @@ class Settings(BaseSettings):
     # SPEC §10: the Forge app's id (UUID or ARI; unset: every Forge call is refused).
     forge_app_id: str | None = None
     forge_jwks_urls: str = "https://forge.cdn.prod.atlassian-dev.net/.well-known/jwks.json"
+    # SPEC §12: `ledger serve` migrates the schema before it answers; false, it refuses
+    # to start on a schema older than its code.
+    migrate_on_start: bool = True
+    # SPEC §12: peers (addresses or CIDRs, comma-separated) whose X-Forwarded-For and
+    # X-Forwarded-Proto are believed; nobody's by default.
+    trusted_proxies: str = ""
+    # SPEC §12: failed authentications an address may make in a minute before each
+    # further one answers 429 (app.http.auth_failures).
+    auth_failures_per_minute: int = Field(default=10, ge=1, le=100_000)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_is_known(cls, value: str) -> str:
+        if not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError(
+                "LEDGER_DATABASE_URL must start with sqlite:/// or postgresql://"
+                f" (got a {value.partition(':')[0] or 'blank'!r} URL)"
+            )
+        return value
+
+    @field_validator("master_key")
+    @classmethod
+    def _master_key_parses(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value().strip():
+            try:
+                MasterKeys.parse(value.get_secret_value())
+            except CryptoError as error:
+                raise ValueError(
+                    f"LEDGER_MASTER_KEY: {error} (32 random bytes, base64: openssl rand -base64 32)"
+                ) from None
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _trusted_proxies_parse(cls, value: str) -> str:
+        for part in (p.strip() for p in value.split(",")):
+            try:
+                if part:
+                    ipaddress.ip_network(part, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"LEDGER_TRUSTED_PROXIES: {part!r} is not an address or a CIDR"
+                ) from None
+        return value
+
+    @cached_property
+    def trusted_proxy_networks(self) -> tuple[IPNetwork, ...]:
+        return tuple(
+            ipaddress.ip_network(part.strip(), strict=False)
+            for part in self.trusted_proxies.split(",")
+            if part.strip()
+        )
 
     @field_validator("forge_app_id")
     @classmethod
@@ -63,7 +123,9 @@ class Settings(BaseSettings):
         if value is None or not value.strip():
             return None
         if app_uuid(value.strip()) is None:
-            raise ValueError("LEDGER_FORGE_APP_ID must be a UUID or ari:cloud:ecosystem::app/<uuid>")
+            raise ValueError(
+                "LEDGER_FORGE_APP_ID must be a UUID or ari:cloud:ecosystem::app/<uuid>"
+            )
         return value.strip()
 
     @field_validator("app_previous_base_urls")
@@ -111,5 +173,8 @@ class Settings(BaseSettings):
         if self.master_key is not None and self.master_key.get_secret_value().strip():
             return MasterKeys.parse(self.master_key.get_secret_value())
         if not self.uses_sqlite:
-            raise RuntimeError("LEDGER_MASTER_KEY must be set when the store is PostgreSQL")
+            raise SettingError(
+                "LEDGER_MASTER_KEY must be set when the store is PostgreSQL"
+                " (32 random bytes, base64: openssl rand -base64 32)"
+            )
         return MasterKeys.parse(load_or_create_master_key(self.var_dir / "master.key"))

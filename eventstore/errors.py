@@ -47,6 +47,16 @@ class StoreFault(StoreError):
         self.code = code
 
 
+class StoreMissing(StoreError):
+    """The store does not exist (no SQLite file, no PostgreSQL database, no schema);
+    nothing was created. Not retryable: the URL or the set-up is what to fix."""
+
+
+class SchemaMismatch(StoreError):
+    """The store's schema is not the one this code runs on: older (run ``ledger
+    migrate``) or newer (a later release wrote it). Nothing was changed."""
+
+
 _T = TypeVar("_T")
 
 

@@ -25,10 +25,13 @@ from eventstore.errors import (
     ConcurrencyConflict,
     StoreError,
     StoreFault,
+    StoreMissing,
     StoreUnavailable,
     error_boundary,
 )
 from eventstore.rejections import REJECTION_PURGE_INTERVAL_SECONDS
+from eventstore.schema_status import SchemaStatus
+from eventstore.schema_status import require_current as check_current
 from eventstore.sql import RejectionWrite, Row, Run, SQLStore, Statements
 from eventstore.values import (
     AppendRequest,
@@ -196,13 +199,25 @@ class SQLiteEventStore(SQLStore):
         *,
         busy_timeout: float = 30.0,
         migrate: bool = True,
+        create: bool = True,
+        require_current: bool = False,
         rejection_retention_days: int = 90,
         rejection_purge_interval: float = REJECTION_PURGE_INTERVAL_SECONDS,
         **_other_backends: object,  # open_store passes every option; another backend's are ignored
     ) -> None:
         self.url = url
         self.path = sqlite_path(url)
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        # Not created: opened by a file: URI in mode=rw, so a file removed meanwhile is
+        # not created afresh by a connection either.
+        self._uri = None if create else Path(self.path).resolve().as_uri() + "?mode=rw"
+        if create:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        elif not Path(self.path).is_file():
+            raise StoreMissing(
+                f"no ledger store at {Path(self.path).resolve()} (LEDGER_DATABASE_URL={url}):"
+                " point LEDGER_DATABASE_URL at the store, or run `ledger migrate` to create"
+                " one; nothing was created"
+            )
         self._init_rejection_log(rejection_retention_days, rejection_purge_interval)
         self._busy_timeout = busy_timeout
         self._local = threading.local()
@@ -211,6 +226,8 @@ class SQLiteEventStore(SQLStore):
         self.database = SQLiteDatabase(self.path, self.connection, translate_error)
         if migrate:
             self.migrate()
+        if require_current:
+            check_current(self.schema_status(), url)
 
     # -- connections: one per live thread (sqlite3 connections are not thread-safe)
 
@@ -218,10 +235,11 @@ class SQLiteEventStore(SQLStore):
         held: _ThreadConnection | None = getattr(self._local, "held", None)
         if held is None:
             conn = sqlite3.connect(
-                self.path,
+                self._uri or self.path,
                 timeout=self._busy_timeout,
                 isolation_level=None,
                 check_same_thread=False,
+                uri=self._uri is not None,
             )
             try:
                 conn.execute("PRAGMA journal_mode=WAL")
@@ -260,6 +278,18 @@ class SQLiteEventStore(SQLStore):
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+    def schema_status(self) -> SchemaStatus:
+        conn = self.connection()
+        known = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+        ).fetchone()
+        rows = (
+            conn.execute("SELECT version, applied_at FROM schema_migrations ORDER BY version")
+            if known
+            else []
+        )
+        return SchemaStatus(tuple((int(v), str(at)) for v, at in rows), len(MIGRATIONS))
 
     # -- writing
 

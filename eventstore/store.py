@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Self
 from eventstore.data_keys import DataKeyStore
 from eventstore.errors import ConcurrencyConflict
 from eventstore.rejections import RejectionLog
+from eventstore.schema_status import SchemaStatus
 from eventstore.values import (
     AppendRequest,
     AppendResult,
@@ -49,6 +50,10 @@ class EventLog(abc.ABC):
     @abc.abstractmethod
     def migrate(self) -> None:
         """Create or upgrade the schema; idempotent."""
+
+    @abc.abstractmethod
+    def schema_status(self) -> SchemaStatus:
+        """The migration steps the store ran, and how many the code knows (read only)."""
 
     @abc.abstractmethod
     def append(

@@ -39,7 +39,6 @@ class NewEvent:
         return type(self.data).__name__
 
 
-
 class RecordedEvent(msgspec.Struct, frozen=True, gc=False):
     """One row of the log, decoded to typed data of the current schema version."""
 
@@ -72,7 +71,6 @@ class RecordedEvent(msgspec.Struct, frozen=True, gc=False):
         }
 
 
-
 def decode_event(
     position: int,
     stream_id: str,
@@ -99,7 +97,6 @@ def decode_event(
     )
 
 
-
 @dataclass(frozen=True, slots=True)
 class RawEvent:
     """A row exactly as stored: the bytes the hash chain covers."""
@@ -117,7 +114,6 @@ class RawEvent:
     chain_version: int = 1  # which row digest hashed it (eventstore.chain)
 
 
-
 @dataclass(frozen=True, slots=True)
 class PreparedEvent:
     """A NewEvent encoded to the exact bytes that will be stored and hashed."""
@@ -127,7 +123,6 @@ class PreparedEvent:
     data: bytes
     metadata: bytes
     call_id: str | None
-
 
 
 def prepare(event: NewEvent) -> PreparedEvent:
@@ -140,12 +135,10 @@ def prepare(event: NewEvent) -> PreparedEvent:
     )
 
 
-
 @dataclass(frozen=True, slots=True)
 class AppendResult:
     events: list[RecordedEvent]
     duplicate: bool  # True when the idempotency key had been used: nothing was written
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,17 +152,14 @@ class AppendRequest:
     data_key: bytes | None = None
 
 
-
 # What a batch gives each of its appends, in order: its result, or its own conflict.
 BatchOutcome = AppendResult | ConcurrencyConflict
-
 
 
 @dataclass(frozen=True, slots=True)
 class Head:
     position: int
     hash: str
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,11 +171,14 @@ class VerifyReport:
     reason: str | None = None
 
 
-
 class StoreOptions(TypedDict, total=False):
     """Keyword options of ``open_store``; each backend takes those it knows."""
 
     migrate: bool
+    # False: a store that does not exist is refused (StoreMissing), never created.
+    create: bool
+    # True: a schema other than the code's is refused (SchemaMismatch) instead of used.
+    require_current: bool
     rejection_retention_days: int
     rejection_purge_interval: float
     busy_timeout: float  # SQLite
@@ -195,9 +188,7 @@ class StoreOptions(TypedDict, total=False):
     statement_timeout: float
 
 
-
 # A stored row's columns as the chain reads them (``EventStore.read_chain``): position,
 # stream id (str, or its UTF-8 bytes), version, type, schema version, recorded_at text,
 # data bytes, metadata bytes, stored hash (hex), chain version.
 ChainRow = tuple[int, str | bytes, int, str, int, str, bytes, bytes, str, int]
-

@@ -16,8 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from app.bootstrap import store_for
-from app.settings import Settings
+from app.cli.stores import existing_store
 from eventstore.chain import verify_store
 from eventstore.digest import (
     DigestConflict,
@@ -51,7 +50,7 @@ def register(cli: typer.Typer) -> None:
 
 
 def _store() -> EventStore:
-    return store_for(Settings())
+    return existing_store()
 
 
 def _print(value: Any) -> None:

@@ -18,7 +18,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from app.bootstrap import store_for
 from app.cli.forget import (
     AlreadyForgotten,
     KeptChanging,
@@ -28,10 +27,10 @@ from app.cli.forget import (
     operator_name,
 )
 from app.cli.output import fail
+from app.cli.stores import existing_store
 from app.settings import Settings
 from eventstore.clock import format_timestamp
-from eventstore.crypto import CryptoError, MasterKeys, RewrapReport, rewrap_data_keys
-from eventstore.errors import StoreError, StoreUnavailable
+from eventstore.crypto import MasterKeys, RewrapReport, rewrap_data_keys
 from eventstore.events import client_key_of
 from eventstore.store import EventStore
 from eventstore.values import RecordedEvent
@@ -43,11 +42,8 @@ _SHOWN_UNWRAPPABLE = 20  # on a terminal; --json lists every one
 
 
 def _master_keys(settings: Settings) -> MasterKeys:
-    try:
-        return settings.master_keys()
-    except (CryptoError, RuntimeError) as error:
-        console.print(f"[red]LEDGER_MASTER_KEY: {escape(str(error))}[/red]")
-        raise typer.Exit(2) from None
+    # A missing or unreadable key is said by the CLI's one error path (app.cli.errors).
+    return settings.master_keys()
 
 
 def _count(store: EventStore, batch_size: int) -> int:
@@ -127,16 +123,13 @@ def rewrap(
     Idempotent, safe while the service runs. Exits 1 if some key unwraps with no configured key.
     """
     settings = Settings()
-    master = _master_keys(settings)
-    try:
-        with store_for(settings) as store:
-            if sys.stdout.isatty() and not as_json:
-                report = _with_bar(store, master, batch_size)
-            else:
-                report = rewrap_data_keys(store, master, batch_size)
-    except StoreUnavailable:
-        console.print("[red]the store is unavailable; nothing is lost, run it again[/red]")
-        raise typer.Exit(1) from None
+    with existing_store(settings) as store:
+        # After the store is found: the embedded default would generate a key.
+        master = _master_keys(settings)
+        if sys.stdout.isatty() and not as_json:
+            report = _with_bar(store, master, batch_size)
+        else:
+            report = rewrap_data_keys(store, master, batch_size)
     if as_json:
         sys.stdout.write(json.dumps(summary(report), indent=2) + "\n")
     else:
@@ -188,13 +181,8 @@ def forget(
     if not reason.strip():
         fail("--reason must say why (it is recorded in the log)", code=2)
     _confirmed(client_key, yes)
-    try:
-        with store_for(Settings()) as store:
-            outcome = forget_tenant(store, client_key, reason, operator_name(), host_name())
-    except StoreUnavailable as error:
-        fail(f"the store is unavailable ({error}); run it again")
-    except StoreError as error:
-        fail(f"the store refused the work ({error})")
+    with existing_store() as store:
+        outcome = forget_tenant(store, client_key, reason, operator_name(), host_name())
     if isinstance(outcome, NeverHeld):
         fail(f"the ledger never held clientKey {client_key}; nothing was changed")
     if isinstance(outcome, KeptChanging):

@@ -18,14 +18,18 @@ from rich.markup import escape
 from app.bootstrap import store_for
 from app.cli import forge as cli_forge
 from app.cli import reads as cli_reads
+from app.cli.errors import LedgerGroup
 from app.cli.keys import forget, rewrap
-from app.cli.output import plain_help_metavars, stdout_console
+from app.cli.output import note, plain_help_metavars, print_records, stdout_console
 from app.cli.reads import JsonOption, examples
 from app.cli.reads import catch_up_read_models as _catch_up  # noqa: F401  (other CLI modules import it here)
+from app.cli.stores import existing_store
 from app.settings import Settings
+from eventstore.schema_status import SchemaStatus
 from eventstore.store import EventStore
 
 cli = typer.Typer(
+    cls=LedgerGroup,
     name="ledger",
     help="The tenant ledger: verified Atlassian Connect lifecycle calls kept as immutable events."
     "\n\nExit codes: 0 ok, 1 not found or a check failed, 2 usage error.",
@@ -39,8 +43,28 @@ plain_help_metavars()
 cli_reads.register(cli)
 
 
+def _show_version(shown: bool) -> None:
+    if shown:
+        from app.version import version
+
+        sys.stdout.write(f"ledger {version()}\n")
+        raise typer.Exit(0)
+
+
+@cli.callback()
+def _options(
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", callback=_show_version, is_eager=True
+        ),
+    ] = False,
+) -> None:
+    """The tenant ledger: verified Atlassian Connect lifecycle calls kept as immutable events."""
+
+
 def _store() -> EventStore:
-    return store_for(Settings())
+    return existing_store()
 
 
 def _print_json(value: Any) -> None:
@@ -67,27 +91,68 @@ def serve(
     The projection runner runs in a process of its own beside the workers (restarted if
     it dies, stopped with the service); LEDGER_RUN_PROJECTIONS=false runs none."""
     settings = Settings()
-    # Create the schema (and, on the embedded default, the master key) once, before
-    # the workers start, so they do not race to do it.
+    # Every setting is checked before anything is created: the master key first (on the
+    # embedded default, generated here). Then the schema once (migrated, or checked
+    # when LEDGER_MIGRATE_ON_START is false) before the workers start, so they do not
+    # race to do it.
+    settings.master_keys()
+    from app.bootstrap import service_store
+    from app.cli.startup import startup_line
     from projections.backends import storage_for
 
-    with store_for(settings) as store:
-        storage_for(store).ensure()
-    settings.master_keys()
+    with service_store(settings) as store:
+        storage_for(store).ensure_ready()
     from app.logs import configure_logging
     from app.serve.supervisor import run_service
 
-    configure_logging(settings.log_level)  # the runner supervisor's lines, as JSON like the workers'
+    configure_logging(
+        settings.log_level
+    )  # the runner supervisor's lines, as JSON like the workers'
+    note(startup_line(settings, host, port))
     run_service(host, port, workers or settings.workers, settings)
 
 
-@cli.command(epilog=examples("ledger migrate"))
-def migrate() -> None:
-    """Create or upgrade the database schema (idempotent)."""
-    with _store() as store:
+@cli.command(epilog=examples("ledger migrate", "ledger migrate --status"))
+def migrate(
+    status: Annotated[
+        bool,
+        typer.Option("--status", help="List the applied and pending steps; change nothing."),
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Create or upgrade the database schema and the read models' tables (idempotent).
+
+    Needs a role with DDL rights (see the README's roles). Steps run forward only, each once.
+    """
+    if status:
+        # As it is: neither created nor migrated, whatever its schema.
+        with store_for(Settings(), migrate=False, create=False) as store:
+            _print_migration_status(store.schema_status(), as_json)
+        return
+    from projections.backends import storage_for
+
+    with store_for(Settings()) as store:
         store.migrate()
+        storage_for(store).ensure()
         head = store.head()
     console.print(f"schema is current; the log holds {head.position} events")
+
+
+def _print_migration_status(found: SchemaStatus, as_json: bool) -> None:
+    applied = [{"step": step, "applied_at": at} for step, at in found.applied]
+    document = {
+        "current": found.current,
+        "latest": found.latest,
+        "applied": applied,
+        "pending": list(found.pending),
+    }
+    rows = [{"step": s, "state": "applied", "applied_at": at} for s, at in found.applied]
+    rows += [{"step": s, "state": "pending", "applied_at": None} for s in found.pending]
+    print_records(rows, ("step", "state", "applied_at"), as_json, document=document)
+    if as_json:
+        return
+    verdict = "run `ledger migrate`" if found.pending else "schema is current"
+    note(f"{len(found.applied)} applied, {len(found.pending)} pending: {verdict}")
 
 
 @cli.command(epilog=examples("ledger rebuild", "ledger rebuild reimports"))

@@ -14,13 +14,13 @@ from typing import Annotated, Any, Literal
 
 import typer
 
-from app.bootstrap import store_for
+from app.cli.errors import may_not
 from app.cli.output import fail, note, print_record, print_records
+from app.cli.stores import existing_store
 from app.queries import reads
 from app.queries.evidence import HISTORY_COLUMNS, evidence_rows
-from app.settings import Settings
 from eventstore.clock import parse_timestamp, utcnow
-from eventstore.errors import StoreError, StoreUnavailable
+from eventstore.errors import StoreFault
 from eventstore.store import EventStore
 from projections.storage.base import ProjectionStorage
 
@@ -68,15 +68,9 @@ def examples(*lines: str) -> str:
 
 @contextmanager
 def _store() -> Iterator[EventStore]:
-    """The store, for one command. A store that cannot answer ends the command with a
-    one-line reason and exit 1 (nothing was changed; run it again), never a traceback."""
-    try:
-        with store_for(Settings()) as store:
-            yield store
-    except StoreUnavailable as error:
-        fail(f"the store is unavailable ({error}); nothing was changed, try again")
-    except StoreError as error:
-        fail(f"the store refused the read ({error})")
+    """The store, for one command (its errors: ``app.cli.errors``)."""
+    with existing_store() as store:
+        yield store
 
 
 def catch_up_read_models(store: EventStore, storage: ProjectionStorage) -> None:
@@ -92,6 +86,17 @@ def catch_up_read_models(store: EventStore, storage: ProjectionStorage) -> None:
         if leadership.acquire():
             ProjectionRunner(store, storage).run_once()
             return
+    except StoreFault as error:
+        if not may_not(error):
+            raise
+        # A role that may only read (an auditor's): the read models are shown as they
+        # are, and said to be behind when they are.
+        behind = store.head().position - min(storage.checkpoints().values(), default=0)
+        if behind > 0:
+            note(
+                f"warning: the read models are {behind} events behind the log; this role may only read"
+            )
+        return
     finally:
         leadership.release()
     if not wait_for_position(storage, store.head().position, 5.0):
@@ -104,7 +109,7 @@ def read_models(catch_up: bool = True) -> Iterator[tuple[EventStore, ProjectionS
 
     with _store() as store:
         storage = storage_for(store)
-        storage.ensure()
+        storage.ensure_ready()
         if catch_up:
             catch_up_read_models(store, storage)
         yield store, storage

@@ -13,7 +13,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.bootstrap import running_service
 from app.http import console, deps
+from app.http.auth_failures import AuthFailures, FailureLimiter
 from app.http.errors import install_error_handlers
+from app.http.proxies import TrustedProxies
 from app.http.routes import connect, operations
 from app.http.routes import installations as admin_forge
 from app.http.routes import tenants as admin
@@ -22,6 +24,7 @@ from app.ingest.connect.decider import LIFECYCLE_EVENTS
 from app.logs import configure_logging
 from app.metrics import Metrics, new_metrics
 from app.settings import Settings
+from app.version import version
 from eventstore.store import EventStore
 
 log = logging.getLogger("ledger.service")
@@ -37,13 +40,17 @@ def create_app(
     metrics = new_metrics()
     app = FastAPI(
         title="Tenant ledger",
-        version="0.1.0",
+        version=version(),
         description=(
             "Verifies Atlassian Connect lifecycle calls and keeps every accepted call as "
             "immutable events. Secrets and tokens never appear in any answer."
         ),
         lifespan=_lifespan(settings, store, log_stream, metrics),
     )
+    app.state.auth_failures = AuthFailures(
+        FailureLimiter(settings.auth_failures_per_minute), metrics.observe_auth_failure
+    )
+    app.add_middleware(TrustedProxies, networks=settings.trusted_proxy_networks)
     install_error_handlers(app, settings.retry_after_seconds)
     app.add_exception_handler(StarletteHTTPException, _error_body)  # type: ignore[arg-type]  # Starlette types handlers by the base Exception
     connect.add_descriptor_route(app, settings)
@@ -54,6 +61,7 @@ def create_app(
     app.include_router(console.router)
     app.include_router(admin_forge.router)
     add_forge_routes(app, metrics)
+    app.include_router(console.front_door)
     return app
 
 

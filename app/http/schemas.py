@@ -138,6 +138,7 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     400: "a parameter is out of bounds or malformed (bad_parameter)",
     401: "missing or wrong admin token",
     404: "not found",
+    429: "too many failed authentications from this address; retry after Retry-After",
     500: "an unexpected error (internal), with a call_id to quote",
     503: "the store is unavailable, or the read models are behind; retry after Retry-After",
 }
@@ -146,11 +147,12 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
 def documented(model: type[BaseModel], *errors: int) -> dict[str, Any]:
     """Route options: the answer's model in the OpenAPI document, sent by FastJSONResponse.
 
-    Every admin route can answer 400 (its parameters have bounds), 401 and 503 (the
-    store can be down); ``errors`` adds the others it may give.
+    Every admin route can answer 400 (its parameters have bounds), 401, 429 (after too
+    many failed tokens, app.http.auth_failures) and 503 (the store can be down);
+    ``errors`` adds the others it may give.
     """
     responses: dict[int | str, dict[str, Any]] = {200: {"model": model}}
-    for status in sorted({400, 401, 503, *errors}):
+    for status in sorted({400, 401, 429, 503, *errors}):
         responses[status] = {"model": ErrorAnswer, "description": ERROR_DESCRIPTIONS[status]}
     return {"response_class": FastJSONResponse, "responses": responses}
 

@@ -36,7 +36,10 @@ def embedded_service(
     settings = make_settings(url)
     app = create_app(settings, log_stream=log_stream)
     server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+        # As `ledger serve`: forwarded headers are the app's to believe (app.http.proxies).
+        uvicorn.Config(
+            app, log_level="warning", access_log=False, lifespan="on", proxy_headers=False
+        )
     )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -29,7 +29,7 @@ import threading
 from multiprocessing.connection import Connection
 from typing import Final
 
-from app.bootstrap import store_for
+from app.bootstrap import service_store
 from app.logs import configure_logging
 from app.metrics import runner_process_health
 from app.settings import Settings
@@ -91,7 +91,7 @@ def serve_projections(settings: Settings, stop: threading.Event) -> bool:
     health, exiting = runner_process_health()
     try:
         # One thread uses it: a reading cursor and a writing transaction at most at once.
-        store = store_for(
+        store = service_store(
             settings,
             max_connections=RUNNER_CONNECTIONS,
         )

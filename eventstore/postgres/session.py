@@ -10,7 +10,8 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from eventstore.errors import StoreError, StoreFault, StoreUnavailable
+from eventstore.errors import StoreError, StoreFault, StoreMissing, StoreUnavailable
+from eventstore.schema_status import describe_url
 
 # SQLSTATEs after which the same work may succeed later: the host gets a 503 and
 # retries. Whole classes: 08 connection exception, 53 insufficient resources (53300
@@ -22,14 +23,11 @@ from eventstore.errors import StoreError, StoreFault, StoreUnavailable
 RETRYABLE_SQLSTATE_CLASSES = frozenset({"08", "53", "57"})
 
 
-
 RETRYABLE_SQLSTATES = frozenset({"25006", "25P03", "40001", "40P01", "55P03"})
-
 
 
 # How long a readiness ping or a rejection row waits for a pooled connection.
 QUICK_TIMEOUT_SECONDS = 1.0
-
 
 
 def translate_error(exc: Exception) -> StoreError | None:
@@ -49,10 +47,8 @@ def translate_error(exc: Exception) -> StoreError | None:
     return None
 
 
-
 def libpq_url(url: str) -> str:
     return "postgresql://" + url.split("://", 1)[1] if url.startswith("postgres://") else url
-
 
 
 def session_options(statement_timeout: float) -> dict[str, Any]:
@@ -78,7 +74,6 @@ def session_options(statement_timeout: float) -> dict[str, Any]:
     }
 
 
-
 def probe(conn: psycopg.Connection[Any]) -> None:
     """Raise unless the idle connection still works; no round trip when nothing is amiss.
 
@@ -93,3 +88,45 @@ def probe(conn: psycopg.Connection[Any]) -> None:
     if readable:
         ConnectionPool.check_connection(conn)
 
+
+# What a server says when it refuses a connection for good: retrying will not help.
+_PERMANENT_REFUSALS = (
+    "does not exist",
+    "password authentication failed",
+    "authentication failed",
+    "no pg_hba.conf entry",
+    "permission denied",
+    "is not permitted to log in",
+    "password is required",
+)
+
+
+def connect_once(url: str, timeout: float) -> None:
+    """Open and close one connection, so that a refusal is told apart from silence:
+    no such database (StoreMissing), a refused role or password (StoreFault), a server
+    that does not answer (StoreUnavailable). libpq's words name hosts, roles and
+    databases, never a password."""
+    try:
+        psycopg.connect(libpq_url(url), connect_timeout=max(1, int(timeout))).close()
+    except psycopg.Error as exc:
+        raise connection_refusal(exc, url) from exc
+
+
+def connection_refusal(exc: Exception, url: str) -> StoreError:
+    where = describe_url(url)
+    message = str(exc)
+    fatal = message.partition("FATAL:")[2].strip().splitlines()
+    reason = fatal[0].strip() if fatal else ""
+    if reason.startswith("database ") and reason.endswith("does not exist"):
+        return StoreMissing(
+            f"{where}: PostgreSQL says {reason}; create it, then run `ledger migrate`"
+        )
+    if any(words in reason for words in _PERMANENT_REFUSALS):
+        return StoreFault(
+            f"{where}: PostgreSQL refused the connection: {reason};"
+            " check the role and password in LEDGER_DATABASE_URL",
+            "28000",
+        )
+    last = [line.strip() for line in message.splitlines() if line.strip()]
+    said = reason or (last[0].rpartition("failed:")[2].strip() if last else type(exc).__name__)
+    return StoreUnavailable(f"{where}: PostgreSQL did not answer ({said})")

@@ -42,12 +42,15 @@ from eventstore.postgres.append import TRY_APPEND_BATCH, Duplicate, PendingBatch
 from eventstore.postgres.schema import MIGRATIONS, STATEMENTS
 from eventstore.postgres.session import (
     QUICK_TIMEOUT_SECONDS,
+    connect_once,
     libpq_url,
     probe,
     session_options,
     translate_error,
 )
 from eventstore.rejections import REJECTION_PURGE_INTERVAL_SECONDS
+from eventstore.schema_status import SchemaStatus
+from eventstore.schema_status import require_current as check_current
 from eventstore.sql import RejectionWrite, Row, Run, SQLStore
 from eventstore.values import (
     AppendRequest,
@@ -184,6 +187,7 @@ class PostgresEventStore(SQLStore):
         timeout: float = 5.0,
         statement_timeout: float = 15.0,
         migrate: bool = True,
+        require_current: bool = False,
         rejection_retention_days: int = 90,
         rejection_purge_interval: float = REJECTION_PURGE_INTERVAL_SECONDS,
         **_other_backends: object,  # open_store passes every option; another backend's are ignored
@@ -192,6 +196,9 @@ class PostgresEventStore(SQLStore):
         self._bounds = (max_connections, timeout, statement_timeout)  # for async_log
         self._init_rejection_log(rejection_retention_days, rejection_purge_interval)
         self._quick_timeout = min(timeout, QUICK_TIMEOUT_SECONDS)
+        # One plain connection first: a server that refuses it for good (no such
+        # database, role or password) is said as such, not retried by the pool.
+        connect_once(url, timeout)
         self._pool = ConnectionPool(
             libpq_url(url),
             min_size=min_connections,
@@ -214,8 +221,14 @@ class PostgresEventStore(SQLStore):
             self._pool.close()
             raise StoreUnavailable("PostgreSQL did not answer") from exc
         self.database = PostgresDatabase(url, self._pool, translate_error)
-        if migrate:
-            self.migrate()
+        try:
+            if migrate:
+                self.migrate()
+            if require_current:
+                check_current(self.schema_status(), url)
+        except BaseException:
+            self._pool.close()
+            raise
 
     def async_log(self, on_batch: Callable[[int], None] | None = None) -> AsyncEventLog:
         """An async psycopg pool of its own, with the same bounds (``postgres_async``)."""
@@ -250,6 +263,19 @@ class PostgresEventStore(SQLStore):
                 if number > current:
                     conn.execute(script)
                     conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", [number])
+
+    def schema_status(self) -> SchemaStatus:
+        with self._connection() as conn:
+            row = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
+            rows = (
+                conn.execute(
+                    "SELECT version, to_char(applied_at AT TIME ZONE 'UTC',"
+                    ' \'YYYY-MM-DD"T"HH24:MI:SS"Z"\') FROM schema_migrations ORDER BY version'
+                ).fetchall()
+                if row and row[0]
+                else []
+            )
+        return SchemaStatus(tuple((int(v), str(at)) for v, at in rows), len(MIGRATIONS))
 
     # -- writing
 

@@ -103,6 +103,26 @@ class ProjectionStorage(abc.ABC):
                     (spec.name,),
                 )
 
+    def ready(self) -> bool:
+        """Whether every live table and its checkpoint are there as this code writes
+        them: then ``ensure`` has nothing to do (reads only; a role without DDL runs it)."""
+        with self._transaction() as tx:
+            if not self._table_exists(tx, "projection_checkpoints"):
+                return False
+            rows = tx.execute("SELECT name FROM projection_checkpoints").fetchall()
+            names = {row[0] for row in rows}
+            return all(
+                spec.name in names
+                and self._table_exists(tx, spec.name)
+                and self._column_names(tx, spec.name) == set(spec.column_names)
+                for spec in SPECS.values()
+            )
+
+    def ensure_ready(self) -> None:
+        """``ensure``, only when something is missing or outdated (it takes DDL rights)."""
+        if not self.ready():
+            self.ensure()
+
     def checkpoints(self) -> dict[str, int]:
         rows = self._query("SELECT name, position FROM projection_checkpoints")
         return {name: int(position) for name, position in rows}

@@ -185,7 +185,7 @@ def show_read_models(console: Console, reader: AdminReader, client_keys: list[st
 
 def show_integrity(console: Console, reader: AdminReader, database_url: str) -> None:
     """The chain verified by the service, and a digest to keep where the database is not."""
-    from eventstore import open_store
+    from app.cli.stores import existing_store
     from eventstore.digest import make_digest
     from eventstore.errors import StoreError
 
@@ -194,7 +194,7 @@ def show_integrity(console: Console, reader: AdminReader, database_url: str) -> 
     print_record(verified, console=console)
     section(console, "digest (keep it outside the database; `ledger verify --digest FILE`)")
     try:
-        with open_store(database_url) as store:
+        with existing_store(Settings(database_url=database_url)) as store:
             digest = make_digest(store)
     except StoreError:
         console.print("no digest: LEDGER_DATABASE_URL cannot be opened from here")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 from urllib.parse import parse_qs, quote
 
 import jinja2
@@ -19,6 +19,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
 from app.http import deps
+from app.http.auth_failures import auth_failed
 from app.http.console import auth, pages
 from app.http.console.adoption import AdoptionSeries
 from app.queries.readiness import runner_status
@@ -30,6 +31,7 @@ from eventstore.store import EventStore
 from projections.storage.base import ProjectionStorage
 
 router = APIRouter(prefix="/console", include_in_schema=False)
+COOKIE_HOME: Final = "/console"
 
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
@@ -228,9 +230,22 @@ async def integrity(request: Request) -> Response:
 # ------------------------------------------------------------------- session
 
 
+CLOSED: Final = "The console is closed: LEDGER_ADMIN_TOKEN is not set."
+
+# `/` leads to the console: a person who opens the service's address lands somewhere.
+front_door = APIRouter(include_in_schema=False)
+
+
+@front_door.get("/")
+async def root() -> Response:
+    return RedirectResponse(COOKIE_HOME, status_code=307, headers=HEADERS)
+
+
 @router.get("/login")
 async def login_form(request: Request, next: str = "") -> Response:
-    return _render(request, "login.html", _login_context(next, None))
+    # Said before anyone types: with no admin token configured nobody can log in.
+    closed = not auth.admin_token(deps.settings(request))
+    return _render(request, "login.html", _login_context(next, CLOSED if closed else None))
 
 
 @router.post("/login")
@@ -245,11 +260,13 @@ async def login(request: Request) -> Response:
     target = auth.safe_next(form.get("next", [""])[0])
     settings: Settings = deps.settings(request)
     if not auth.token_matches(settings, presented):
-        problem = (
-            "The console is closed: LEDGER_ADMIN_TOKEN is not set."
-            if not auth.admin_token(settings)
-            else "That is not the admin token."
-        )
+        wait = auth_failed(request, "console_login")
+        if wait is not None:
+            problem = f"Too many failed logins from your address; try again in {wait} s."
+            page = _render(request, "login.html", _login_context(target, problem), 429)
+            page.headers["Retry-After"] = str(wait)
+            return page
+        problem = CLOSED if not auth.admin_token(settings) else "That is not the admin token."
         return _render(request, "login.html", _login_context(target, problem), 401)
     response = RedirectResponse(target, status_code=303, headers=HEADERS)
     response.set_cookie(

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Res
 from starlette.concurrency import run_in_threadpool
 
 from app.http import deps
+from app.http.auth_failures import refuse
 from app.http.schemas import (
     DescriptorsAnswer,
     EventsAnswer,
@@ -45,11 +46,12 @@ def require_admin(request: Request) -> None:
         or scheme.lower() != "bearer"
         or not hmac.compare_digest(presented.strip().encode(), expected.encode())
     ):
-        raise HTTPException(
+        unauthorized = HTTPException(
             status_code=401,
             detail={"error": "unauthorized", "detail": "a valid admin bearer token is required"},
             headers={"WWW-Authenticate": "Bearer"},
         )
+        refuse(request, "admin_token", unauthorized)
 
 
 def get_store(request: Request) -> EventStore:
