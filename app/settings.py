@@ -6,9 +6,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Final, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.outbound.config import check_webhook_settings
 from eventstore.crypto import MasterKeys, load_or_create_master_key
 from eventstore.ids import app_uuid
 
@@ -56,6 +57,20 @@ class Settings(BaseSettings):
     # SPEC §10: the Forge app's id (UUID or ARI; unset: every Forge call is refused).
     forge_app_id: str | None = None
     forge_jwks_urls: str = "https://forge.cdn.prod.atlassian-dev.net/.well-known/jwks.json"
+    # SPEC §11: where every event of the log is delivered as a Standard Webhooks message
+    # (comma-separated; https, or http for LEDGER_DEV_HOSTS), and the signing secret.
+    webhook_urls: str = ""
+    webhook_secret: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _webhooks_are_sound(self) -> Settings:
+        check_webhook_settings(self.webhook_url_list, self.webhook_secret, self.dev_host_names)
+        return self
+
+    @cached_property
+    def webhook_url_list(self) -> tuple[str, ...]:
+        """``LEDGER_WEBHOOK_URLS``, in order (the order names them: index 0, 1, …)."""
+        return tuple(url.strip() for url in self.webhook_urls.split(",") if url.strip())
 
     @field_validator("forge_app_id")
     @classmethod

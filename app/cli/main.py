@@ -171,6 +171,10 @@ register(cli)
 
 cli_forge.register(cli)
 
+from app.cli.webhooks import webhooks  # noqa: E402
+
+cli.add_typer(webhooks)
+
 
 def main() -> None:
     cli()

@@ -25,7 +25,7 @@ from eventstore.clock import format_timestamp
 from eventstore.database import Translate
 from eventstore.errors import StoreError
 from projections.installations import InstallationRow, LinkRow
-from projections.model import Row, TenantRow
+from projections.model import ReimportRow, Row, TenantRow
 from projections.storage.tables import SPECS, create_table_sql, group_of, upsert_sql
 
 REBUILD_SUFFIX = "__rebuild"
@@ -271,6 +271,13 @@ class ProjectionStorage(abc.ABC):
             clauses.append(f"(installation_id = {m} OR previous_installation_id = {m})")
             params += [installation_id, installation_id]
         return self._select_where("links", (clauses, params), "evidence_position, link_id", limit)
+
+    def reimport_of(self, client_key: str) -> ReimportRow | None:
+        """The reimport link that names ``client_key`` as the new tenant (at most one)."""
+        rows: list[ReimportRow] = self._select_where(
+            "reimports", _filters(self.mark, {"client_key": client_key}), "client_key", 1
+        )
+        return rows[0] if rows else None
 
     def tenants_named(
         self, client_keys: Sequence[str] = (), installation_ids: Sequence[str] = ()

@@ -1,0 +1,133 @@
+"""Where the messages come from: the log, read after a checkpoint, and what the read
+models say about each event (I/O; the messages themselves are ``messages.py``'s).
+
+An event is delivered only once the projections that make its derived facts (reimport
+links, identity links) have folded it: then "the facts it made" is a lookup, and the
+tenant or installation "as it stands after the event" is its stream folded up to the
+event (the admin API's ``as_of``), whatever the projections have done since.
+
+Every URL's deliverer reads through one ``MessageSource``; it keeps the messages of
+recent events (bounded) so that several URLs cost one build per event, and each
+stream's last tenant row (bounded) so that a tenant's next event is one fold step, not
+a read of its whole stream.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any, Final
+
+from app.outbound.messages import Facts, Message, messages_for
+from app.queries.reads import (
+    installation_object,
+    installation_row_at,
+    link_object,
+    redact_event,
+    reimport_object,
+    tenant_object,
+)
+from eventstore.events import client_key_of, installation_id_of
+from eventstore.store import EventStore
+from eventstore.values import RecordedEvent
+from projections import tenants as tenants_fold
+from projections.installations import LinkRow
+from projections.model import TenantRow
+from projections.storage.base import ProjectionStorage
+
+# The projections whose rows make derived facts: an event is delivered once they hold it.
+FACT_PROJECTIONS: Final = ("reimports", "links")
+MESSAGES_KEPT: Final = 4096  # events whose messages are kept for the other URLs
+TENANTS_KEPT: Final = 10_000  # streams whose last tenant row is kept
+_LINKING_TYPES: Final = frozenset({"Installed", "DetailsChanged", "ForgeInstalled"})
+
+
+class MessageSource:
+    """Thread-safe: every URL's deliverer thread calls it."""
+
+    def __init__(self, store: EventStore, storage: ProjectionStorage) -> None:
+        self.store = store
+        self.storage = storage
+        self._lock = threading.Lock()
+        self._messages: OrderedDict[int, list[Message]] = OrderedDict()
+        self._tenants: OrderedDict[str, tuple[int, TenantRow | None]] = OrderedDict()
+
+    def ready_position(self) -> int:
+        """The last position whose facts the projections have folded."""
+        checkpoints = self.storage.checkpoints()
+        return min(checkpoints.get(name, 0) for name in FACT_PROJECTIONS)
+
+    def head(self) -> int:
+        return self.store.head().position
+
+    def events(self, after: int, through: int, limit: int) -> list[RecordedEvent]:
+        """At most ``limit`` events after ``after``, up to ``through``."""
+        reader = self.store.read_all(after, min(limit, 1000))
+        try:
+            return [e for e in itertools.islice(reader, limit) if e.position <= through]
+        finally:
+            reader.close()  # type: ignore[attr-defined]  # a generator: its cursor goes now
+
+    def messages(self, event: RecordedEvent) -> list[Message]:
+        with self._lock:
+            found = self._messages.get(event.position)
+        if found is not None:
+            return found
+        built = messages_for(event, redact_event(event), self._facts(event))
+        with self._lock:
+            self._messages[event.position] = built
+            while len(self._messages) > MESSAGES_KEPT:
+                self._messages.popitem(last=False)
+        return built
+
+    def _facts(self, event: RecordedEvent) -> Facts:
+        installation = installation_id_of(event.stream_id)
+        if installation is not None:
+            row = installation_row_at(self.store, self.storage, installation, event.position)
+            subject = None if row is None else installation_object(row)
+            links = self.storage.list_links(installation_id=installation)
+            return Facts(subject=subject, links=self._made_here(links, event))
+        tenant = self._tenant_after(event)
+        facts = Facts(subject=None if tenant is None else tenant_object(tenant))
+        if event.type not in _LINKING_TYPES:
+            return facts
+        client_key = client_key_of(event.stream_id)
+        reimport = self.storage.reimport_of(client_key) if event.type == "Installed" else None
+        if reimport is not None and reimport.detected_at != event.recorded_at:
+            reimport = None  # made by this tenant's first install, not this one
+        links = self.storage.list_links(client_key=client_key)
+        return Facts(
+            subject=facts.subject,
+            reimport=None if reimport is None else reimport_object(reimport),
+            links=self._made_here(links, event),
+        )
+
+    @staticmethod
+    def _made_here(links: Sequence[LinkRow], event: RecordedEvent) -> list[dict[str, Any]]:
+        """The links whose evidence is ``event``: the ones it made (links never change)."""
+        return [
+            link_object(link)
+            for link in links
+            if link.evidence_position == event.position and link.evidence_stream == event.stream_id
+        ]
+
+    def _tenant_after(self, event: RecordedEvent) -> TenantRow | None:
+        """The tenant folded from its stream up to ``event``: one step from the row kept
+        for the event before it, else the stream read up to the event."""
+        stream = event.stream_id
+        with self._lock:
+            kept = self._tenants.get(stream)
+        if kept is not None and kept[0] == event.version - 1:
+            row = tenants_fold.apply(kept[1], event)
+        elif kept is not None and kept[0] == event.version:
+            row = kept[1]
+        else:
+            row = tenants_fold.fold(self.store.read_stream(stream, event.position))
+        with self._lock:
+            self._tenants[stream] = (event.version, row)
+            self._tenants.move_to_end(stream)
+            while len(self._tenants) > TENANTS_KEPT:
+                self._tenants.popitem(last=False)
+        return row
