@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from app.cli.main import cli
 from app.outbound.config import new_secret
 from app.sim.connect import make_install_payload
-from tests.harness import running_service
+from tests.harness import ADMIN_TOKEN, running_service
 from tests.webhook_receiver import running_receiver
 
 
@@ -60,6 +60,10 @@ def test_the_app_hears_install_rotation_and_uninstall_signed_and_in_order(store_
         metrics = service.client.get("/metrics").text
         assert 'ledger_webhook_deliveries_total{host="127.0.0.1",webhook="0"} 3.0' in metrics
         assert receiver.url not in metrics
+        service.client.post("/console/login", data={"token": ADMIN_TOKEN, "next": "/console"})
+        page = service.client.get("/console/webhooks")
+        assert page.status_code == 200
+        assert "Webhook deliveries" in page.text and "/webhooks/ledger" in page.text
 
 
 def test_a_failing_url_is_retried_in_order_while_another_keeps_receiving(store_url: str) -> None:
