@@ -25,6 +25,7 @@ class Receiver:
         self.inbox = inbox
         self.fail_status: int | None = None  # answer this instead of delivering
         self.slow_seconds = 0.0
+        self.slow_answers = 0  # how many of the next answers are slow
         self.attempts: list[str] = []  # every webhook-id that arrived, in order
         self.lock = threading.Lock()
 
@@ -46,7 +47,8 @@ def running_receiver(secret: str) -> Iterator[Receiver]:
     async def faults(request: Request, call_next):  # type: ignore[no-untyped-def]
         with receiver.lock:
             receiver.attempts.append(request.headers.get("webhook-id", ""))
-        if receiver.slow_seconds:
+        if receiver.slow_answers > 0:
+            receiver.slow_answers -= 1
             await asyncio.sleep(receiver.slow_seconds)
         if receiver.fail_status is not None:
             return Response(status_code=receiver.fail_status)

@@ -18,7 +18,7 @@ import itertools
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Final
 
 from app.outbound.messages import Facts, Message, messages_for
 from app.queries.reads import (
@@ -34,7 +34,7 @@ from eventstore.store import EventStore
 from eventstore.values import RecordedEvent
 from projections import tenants as tenants_fold
 from projections.installations import LinkRow
-from projections.model import TenantRow
+from projections.model import ReimportRow, TenantRow
 from projections.storage.base import ProjectionStorage
 
 # The projections whose rows make derived facts: an event is delivered once they hold it.
@@ -70,48 +70,52 @@ class MessageSource:
         finally:
             reader.close()  # type: ignore[attr-defined]  # a generator: its cursor goes now
 
-    def messages(self, event: RecordedEvent) -> list[Message]:
+    def messages(self, events: Sequence[RecordedEvent]) -> list[list[Message]]:
+        """Each event's messages, in order. The facts of the events not built yet are
+        looked up for all of them at once (two queries), not event by event."""
         with self._lock:
-            found = self._messages.get(event.position)
-        if found is not None:
-            return found
-        built = messages_for(event, redact_event(event), self._facts(event))
-        with self._lock:
-            self._messages[event.position] = built
-            while len(self._messages) > MESSAGES_KEPT:
-                self._messages.popitem(last=False)
-        return built
+            built = {
+                e.position: self._messages[e.position]
+                for e in events
+                if e.position in self._messages
+            }
+        missing = [e for e in events if e.position not in built]
+        if missing:
+            found = _Lookups.of(self.storage, missing)
+            for event in missing:
+                built[event.position] = messages_for(
+                    event, redact_event(event), self._facts(event, found)
+                )
+            with self._lock:
+                for event in missing:
+                    self._messages[event.position] = built[event.position]
+                while len(self._messages) > MESSAGES_KEPT:
+                    self._messages.popitem(last=False)
+        return [built[e.position] for e in events]
 
-    def _facts(self, event: RecordedEvent) -> Facts:
+    def _facts(self, event: RecordedEvent, found: _Lookups) -> Facts:
+        made = [
+            link_object(link)
+            for link in found.links.get(event.position, ())
+            if link.evidence_stream == event.stream_id
+        ]
         installation = installation_id_of(event.stream_id)
         if installation is not None:
             row = installation_row_at(self.store, self.storage, installation, event.position)
-            subject = None if row is None else installation_object(row)
-            links = self.storage.list_links(installation_id=installation)
-            return Facts(subject=subject, links=self._made_here(links, event))
+            return Facts(subject=None if row is None else installation_object(row), links=made)
         tenant = self._tenant_after(event)
-        facts = Facts(subject=None if tenant is None else tenant_object(tenant))
-        if event.type not in _LINKING_TYPES:
-            return facts
-        client_key = client_key_of(event.stream_id)
-        reimport = self.storage.reimport_of(client_key) if event.type == "Installed" else None
+        reimport = (
+            found.reimports.get(client_key_of(event.stream_id))
+            if event.type == "Installed"
+            else None
+        )
         if reimport is not None and reimport.detected_at != event.recorded_at:
             reimport = None  # made by this tenant's first install, not this one
-        links = self.storage.list_links(client_key=client_key)
         return Facts(
-            subject=facts.subject,
+            subject=None if tenant is None else tenant_object(tenant),
             reimport=None if reimport is None else reimport_object(reimport),
-            links=self._made_here(links, event),
+            links=made,
         )
-
-    @staticmethod
-    def _made_here(links: Sequence[LinkRow], event: RecordedEvent) -> list[dict[str, Any]]:
-        """The links whose evidence is ``event``: the ones it made (links never change)."""
-        return [
-            link_object(link)
-            for link in links
-            if link.evidence_position == event.position and link.evidence_stream == event.stream_id
-        ]
 
     def _tenant_after(self, event: RecordedEvent) -> TenantRow | None:
         """The tenant folded from its stream up to ``event``: one step from the row kept
@@ -119,7 +123,9 @@ class MessageSource:
         stream = event.stream_id
         with self._lock:
             kept = self._tenants.get(stream)
-        if kept is not None and kept[0] == event.version - 1:
+        if event.version == 1:  # a stream's first event: nothing before it to read
+            row = tenants_fold.apply(None, event)
+        elif kept is not None and kept[0] == event.version - 1:
             row = tenants_fold.apply(kept[1], event)
         elif kept is not None and kept[0] == event.version:
             row = kept[1]
@@ -131,3 +137,23 @@ class MessageSource:
             while len(self._tenants) > TENANTS_KEPT:
                 self._tenants.popitem(last=False)
         return row
+
+
+class _Lookups:
+    """The derived facts of a run of events, read at once: reimport links by new client
+    key, identity links by the position of the event that showed them."""
+
+    def __init__(self, reimports: dict[str, ReimportRow], links: dict[int, list[LinkRow]]) -> None:
+        self.reimports = reimports
+        self.links = links
+
+    @classmethod
+    def of(cls, storage: ProjectionStorage, events: Sequence[RecordedEvent]) -> _Lookups:
+        keys = sorted({client_key_of(e.stream_id) for e in events if e.type == "Installed"})
+        reimports = {row.client_key: row for row in storage.reimports_of(keys)} if keys else {}
+        links: dict[int, list[LinkRow]] = {}
+        if any(e.type in _LINKING_TYPES for e in events):
+            first, last = events[0].position, events[-1].position
+            for link in storage.links_seen_between(first - 1, last):
+                links.setdefault(link.evidence_position, []).append(link)
+        return cls(reimports, links)

@@ -209,8 +209,9 @@ class UrlDeliverer:
         self.status.update(state="delivering")
         done, saved_at = self._position, time.monotonic()
         try:
-            for event in self.source.events(self._position, ready, BATCH_EVENTS):
-                for message in self.source.messages(event):
+            events = self.source.events(self._position, ready, BATCH_EVENTS)
+            for event, messages in zip(events, self.source.messages(events), strict=True):
+                for message in messages:
                     self._deliver(message)
                 done = event.position
                 self.status.update(position=done)

@@ -272,12 +272,18 @@ class ProjectionStorage(abc.ABC):
             params += [installation_id, installation_id]
         return self._select_where("links", (clauses, params), "evidence_position, link_id", limit)
 
-    def reimport_of(self, client_key: str) -> ReimportRow | None:
-        """The reimport link that names ``client_key`` as the new tenant (at most one)."""
-        rows: list[ReimportRow] = self._select_where(
-            "reimports", _filters(self.mark, {"client_key": client_key}), "client_key", 1
+    def reimports_of(self, client_keys: Sequence[str]) -> list[ReimportRow]:
+        """The reimport links naming these client keys as the new tenant (one each at most)."""
+        return self._select_where(
+            "reimports", _filters(self.mark, {"client_key": client_keys}), "client_key", None
         )
-        return rows[0] if rows else None
+
+    def links_seen_between(self, after: int, through: int) -> list[LinkRow]:
+        """The links whose evidence is an event after position ``after``, up to ``through``."""
+        m = self.mark
+        params: list[object] = [after, through]
+        clauses = [f"evidence_position > {m}", f"evidence_position <= {m}"]
+        return self._select_where("links", (clauses, params), "evidence_position, link_id", None)
 
     def tenants_named(
         self, client_keys: Sequence[str] = (), installation_ids: Sequence[str] = ()
