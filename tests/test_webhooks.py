@@ -140,3 +140,34 @@ def test_the_sender_signs_as_standard_webhooks_and_counts_only_a_timely_2xx() ->
     with _Target("slow") as target:
         attempt = Sender(target.url, secret, timeout=0.3).send(message)
         assert (attempt.ok, attempt.error) == (False, "timed out")
+
+
+def test_ledger_webhooks_secret_prints_a_new_whsec(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from app.cli.main import cli
+
+    printed = [CliRunner().invoke(cli, ["webhooks", "secret"]) for _ in range(2)]
+    assert all(p.exit_code == 0 for p in printed)
+    secrets_ = [p.output.strip() for p in printed]
+    assert secrets_[0] != secrets_[1]
+    assert all(secret_key(s) is not None and len(secret_key(s) or b"") == 32 for s in secrets_)
+
+
+def test_a_bad_webhook_setting_is_one_line_naming_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: object
+) -> None:
+    from typer.testing import CliRunner
+
+    from app.cli.main import cli
+
+    monkeypatch.setenv("LEDGER_DATABASE_URL", f"sqlite:///{tmp_path}/ledger.db")
+    monkeypatch.setenv("LEDGER_WEBHOOK_URLS", "http://user:pw@app.example.com/hook")
+    monkeypatch.setenv("LEDGER_WEBHOOK_SECRET", new_secret())
+    result = CliRunner().invoke(cli, ["webhooks"])
+    assert result.exit_code == 2
+    assert "LEDGER_WEBHOOK_URLS" in result.output and "Traceback" not in result.output
+    assert "pw" not in result.output
+    monkeypatch.setenv("LEDGER_WEBHOOK_URLS", "https://app.example.com/hook")
+    other = CliRunner().invoke(cli, ["webhooks", "replay", "https://other.example.com/", "--from", "1"])
+    assert other.exit_code == 2 and "not one of LEDGER_WEBHOOK_URLS" in other.output
