@@ -6,7 +6,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Final, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.outbound.config import check_webhook_settings
@@ -128,3 +128,14 @@ class Settings(BaseSettings):
         if not self.uses_sqlite:
             raise RuntimeError("LEDGER_MASTER_KEY must be set when the store is PostgreSQL")
         return MasterKeys.parse(load_or_create_master_key(self.var_dir / "master.key"))
+
+
+def settings_problem(error: ValidationError) -> str:
+    """A settings error as one line naming the setting to fix (never a value: it may
+    be a secret or a URL with credentials)."""
+    first = error.errors()[0]
+    message = str(first.get("msg", "")).removeprefix("Value error, ")
+    if "LEDGER_" in message:
+        return message
+    field = ".".join(str(part) for part in first.get("loc", ()))
+    return f"LEDGER_{field.upper()}: {message or 'invalid value'}"

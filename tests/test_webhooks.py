@@ -171,3 +171,27 @@ def test_a_bad_webhook_setting_is_one_line_naming_it(
     monkeypatch.setenv("LEDGER_WEBHOOK_URLS", "https://app.example.com/hook")
     other = CliRunner().invoke(cli, ["webhooks", "replay", "https://other.example.com/", "--from", "1"])
     assert other.exit_code == 2 and "not one of LEDGER_WEBHOOK_URLS" in other.output
+
+
+def test_serve_with_a_bad_webhook_url_stops_with_one_line(tmp_path: object) -> None:
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", "from app.cli.main import main; main()", "serve"],
+        env={
+            **os.environ,
+            "LEDGER_DATABASE_URL": f"sqlite:///{tmp_path}/ledger.db",
+            "LEDGER_WEBHOOK_URLS": "https://app.example.com/hook",
+            "LEDGER_WEBHOOK_SECRET": "whsec_not-base64!",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "LEDGER_WEBHOOK_SECRET" in lines[0], done.stderr
+    assert "not-base64" not in done.stderr

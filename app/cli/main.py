@@ -177,4 +177,15 @@ cli.add_typer(webhooks)
 
 
 def main() -> None:
-    cli()
+    from pydantic import ValidationError
+
+    from app.cli.output import fail
+    from app.settings import settings_problem
+
+    try:
+        cli()
+    except ValidationError as error:  # a bad setting: one line naming it, never a traceback
+        try:
+            fail(settings_problem(error), 2)
+        except typer.Exit as done:
+            sys.exit(done.exit_code)

@@ -17,7 +17,7 @@ from app.cli.reads import JsonOption, _store, examples
 from app.outbound.checkpoints import DeliveryCheckpoints
 from app.outbound.config import new_secret, url_id, url_label
 from app.outbound.status import webhooks_answer
-from app.settings import Settings
+from app.settings import Settings, settings_problem
 
 COLUMNS = (
     "index",
@@ -43,8 +43,7 @@ def _settings() -> Settings:
     try:
         return Settings()
     except ValidationError as error:
-        first = error.errors()[0]
-        fail(str(first.get("msg", "a setting is wrong")).removeprefix("Value error, "), 2)
+        fail(settings_problem(error), 2)
 
 
 @webhooks.callback(
