@@ -142,3 +142,19 @@ def test_replay_from_a_position_delivers_again_in_order(store_url: str, monkeypa
         (shown,) = json.loads(status.output)["webhooks"]
         assert shown["position"] == 3 and shown["lag_events"] == 0
         assert secret not in status.output
+
+
+def test_a_link_to_a_forge_installation_follows_the_event_that_showed_it(store_url: str) -> None:
+    secret = new_secret()
+    installation = "8d6e3c1a-5f0b-4b7e-9a52-2f1c7e0d4b9a"
+    with running_receiver(secret) as receiver, running_service(
+        store_url, webhook_urls=receiver.url, webhook_secret=secret
+    ) as service:
+        service.install(dict(make_install_payload(), installationId=installation))
+        assert receiver.wait_for(2) == ["evt_1", "evt_1_1"]
+        installed, linked = (m.payload for m in receiver.inbox.messages)
+        assert (installed["type"], linked["type"]) == ("tenant.installed", "installation.linked")
+        link = linked["data"]["link"]
+        assert (link["kind"], link["installation_id"]) == ("connect", installation)
+        assert link["evidence"]["position"] == 1
+        assert linked["data"]["tenant"]["installation_id"] == installation
