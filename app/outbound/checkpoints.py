@@ -75,14 +75,15 @@ class DeliveryCheckpoints:
 
     def load(self, url_id: str, label: str) -> DeliveryRow:
         """The URL's row, created at position 0 (the whole log to deliver) when new."""
-        self._run(
-            "INSERT INTO webhook_deliveries (url_id, label, position) VALUES (?, ?, 0)"
-            " ON CONFLICT (url_id) DO NOTHING",
-            (url_id, label),
-        )
-        found, _ = self._run(
-            f"SELECT {_COLUMNS} FROM webhook_deliveries WHERE url_id = ?", (url_id,)
-        )
+        select = f"SELECT {_COLUMNS} FROM webhook_deliveries WHERE url_id = ?"
+        found, _ = self._run(select, (url_id,))
+        if not found:  # a read first: the insert would take SQLite's write lock each time
+            self._run(
+                "INSERT INTO webhook_deliveries (url_id, label, position) VALUES (?, ?, 0)"
+                " ON CONFLICT (url_id) DO NOTHING",
+                (url_id, label),
+            )
+            found, _ = self._run(select, (url_id,))
         return DeliveryRow(*found[0])
 
     def delivered(self, url_id: str, generation: int, position: int, at: datetime) -> bool:

@@ -148,6 +148,7 @@ class UrlDeliverer:
         self._stop = threading.Event()
         self._generation: int | None = None
         self._position = 0
+        self._synced_at = 0.0
         self._thread = threading.Thread(target=self._run, name=f"webhooks-{index}", daemon=True)
 
     def start(self) -> None:
@@ -197,7 +198,9 @@ class UrlDeliverer:
         return row
 
     def _pass(self) -> None:
-        self._sync()
+        if self._generation is None or time.monotonic() - self._synced_at >= WAKE_SECONDS:
+            self._sync()  # at least once a second: a replay is noticed within about that
+            self._synced_at = time.monotonic()
         ready = self.source.ready_position()
         head = self.source.head()
         self.status.update(position=self._position, head=head)
