@@ -4,7 +4,9 @@ models say about each event (I/O; the messages themselves are ``messages.py``'s)
 An event is delivered only once the projections that make its derived facts (reimport
 links, identity links) have folded it: then "the facts it made" is a lookup, and the
 tenant or installation "as it stands after the event" is its stream folded up to the
-event (the admin API's ``as_of``), whatever the projections have done since.
+event (the admin API's ``as_of``), whatever the projections have done since. So a
+projection of those facts that has stopped at an event (a fold bug, SPEC §6) holds the
+deliveries at that event too, until it folds past it: /readyz shows both.
 
 Every URL's deliverer reads through one ``MessageSource``; it keeps the messages of
 recent events (bounded) so that several URLs cost one build per event, and each

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from app.outbound.checkpoints import DeliveryCheckpoints, DeliveryRow
 from app.outbound.config import url_host, url_id, url_label
@@ -30,6 +30,9 @@ from app.outbound.sender import Attempt, Sender
 from app.outbound.source import MessageSource
 from eventstore.clock import format_timestamp, utcnow
 from projections.health import backoff_delay, short_message
+
+if TYPE_CHECKING:
+    from projections.runner import RunnerThread
 
 log = logging.getLogger("ledger.webhooks")
 
@@ -319,19 +322,19 @@ class RunnerWithDeliveries:
     """A projection runner thread and the deliverers beside it, as one runner view:
     its status is the runner's with ``webhooks`` (each URL's progress) added."""
 
-    def __init__(self, runner: Any, deliveries: Deliveries | None) -> None:
-        self.runner = runner  # projections.runner.RunnerThread
+    def __init__(self, runner: RunnerThread, deliveries: Deliveries | None) -> None:
+        self.runner = runner
         self.deliveries = deliveries
 
     @property
     def role(self) -> str:
-        return str(self.runner.role)
+        return self.runner.role
 
     def is_alive(self) -> bool:
-        return bool(self.runner.is_alive())
+        return self.runner.is_alive()
 
     def status(self) -> dict[str, Any]:
-        snapshot: dict[str, Any] = self.runner.status()
+        snapshot = self.runner.status()
         snapshot["webhooks"] = self.deliveries.status() if self.deliveries else []
         return snapshot
 
