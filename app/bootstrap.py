@@ -22,9 +22,10 @@ if TYPE_CHECKING:
     from app.ingest.connect.ingestor import LifecycleIngestor
     from app.ingest.forge.ingestor import ForgeIngestor
     from app.metrics import Metrics
+    from app.outbound.worker import DeliveryMetrics, RunnerWithDeliveries
     from app.queries.readiness import RunnerView
     from eventstore.crypto import KeyRing
-    from projections.runner import RunnerThread
+    from projections.health import RunnerHealth
     from projections.storage.base import ProjectionStorage
 
 
@@ -110,18 +111,47 @@ async def running_service(
             opened.close()
 
 
-def _runner_thread(settings: Settings, store: EventStore, metrics: Metrics) -> RunnerThread | None:
+def _runner_thread(
+    settings: Settings, store: EventStore, metrics: Metrics
+) -> RunnerWithDeliveries | None:
     """The projection runner in a thread of this process, unless it runs none or its
     ``ledger serve`` runs the projections in a process of their own (off the HTTP
     workers' CPU and GIL)."""
-    from projections.runner import RunnerThread
-
     if not settings.run_projections or settings.projection_state_file is not None:
         return None
-    return RunnerThread(store, health=metrics.runner_health()).start()
+    return start_runner(settings, store, metrics.runner_health(), metrics.webhooks)
 
 
-def _runner_view(settings: Settings, thread: RunnerThread | None) -> RunnerView | None:
+def start_runner(
+    settings: Settings,
+    store: EventStore,
+    health: RunnerHealth,
+    webhook_metrics: DeliveryMetrics | None,
+    **options: Any,
+) -> RunnerWithDeliveries:
+    """The projection runner thread, and beside it the webhook deliverers (SPEC §11),
+    which deliver while that runner leads. ``options``: RunnerThread's."""
+    from app.outbound.checkpoints import DeliveryCheckpoints
+    from app.outbound.source import MessageSource
+    from app.outbound.worker import Deliveries, RunnerWithDeliveries
+    from projections.backends import storage_for
+    from projections.runner import RunnerThread
+
+    deliveries: Deliveries | None = None
+    if settings.webhook_url_list and settings.webhook_secret is not None:
+        deliveries = Deliveries(
+            settings.webhook_url_list,
+            settings.webhook_secret.get_secret_value().strip(),
+            MessageSource(store, storage_for(store)),
+            DeliveryCheckpoints(store.database),
+            webhook_metrics,
+        ).start()
+    on_state = deliveries.on_role if deliveries is not None else None
+    thread = RunnerThread(store, health=health, on_state=on_state, **options).start()
+    return RunnerWithDeliveries(thread, deliveries)
+
+
+def _runner_view(settings: Settings, thread: RunnerWithDeliveries | None) -> RunnerView | None:
     """Where /readyz reads the runner's state: this process's thread, or the file the
     runner process of this serve publishes."""
     from projections.health import StateFile

@@ -45,6 +45,7 @@ __all__ = [
     "UNRECORDED",
     "KeyMetrics",
     "Metrics",
+    "WebhookMetrics",
     "multiprocess_directory",
     "new_metrics",
     "reap_dead_processes",
@@ -199,6 +200,7 @@ class Metrics:
             registry=r,
         )
         self._runner = _RunnerMetrics(r)
+        self.webhooks = WebhookMetrics(r)
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._scraped = registry if directory is None else _multiprocess_registry(directory)
 
@@ -309,6 +311,42 @@ class _MeteredHealth(RunnerHealth):
     def failed(self, error: LastError, *, store_failure: bool) -> float:
         self._metrics.failures.inc()
         return super().failed(error, store_failure=store_failure)
+
+
+class WebhookMetrics:
+    """Webhook deliveries (SPEC §11) by URL: labelled by its index in
+    LEDGER_WEBHOOK_URLS and its host, never the URL (it may hold credentials)."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        labels = ("webhook", "host")
+        self._lag = Gauge(
+            "ledger_webhook_lag_events",
+            "Events in the log not yet delivered to the webhook URL.",
+            labels,
+            multiprocess_mode="livemostrecent",
+            registry=registry,
+        )
+        self._delivered = Counter(
+            "ledger_webhook_deliveries",
+            "Webhook messages the URL accepted (2xx within 10 s).",
+            labels,
+            registry=registry,
+        )
+        self._failed = Counter(
+            "ledger_webhook_failures",
+            "Webhook attempts that failed (each one retried with back-off).",
+            labels,
+            registry=registry,
+        )
+
+    def delivered(self, index: int, host: str) -> None:
+        self._delivered.labels(str(index), host).inc()
+
+    def failed(self, index: int, host: str) -> None:
+        self._failed.labels(str(index), host).inc()
+
+    def lag(self, index: int, host: str, events: int) -> None:
+        self._lag.labels(str(index), host).set(events)
 
 
 def runner_process_health() -> tuple[RunnerHealth, Callable[[], None]]:

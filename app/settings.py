@@ -7,9 +7,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Final, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.outbound.config import check_webhook_settings
 from eventstore.crypto import CryptoError, MasterKeys, load_or_create_master_key
 from eventstore.ids import app_uuid
 
@@ -116,6 +117,20 @@ class Settings(BaseSettings):
             for part in self.trusted_proxies.split(",")
             if part.strip()
         )
+    # SPEC §11: where every event of the log is delivered as a Standard Webhooks message
+    # (comma-separated; https, or http for LEDGER_DEV_HOSTS), and the signing secret.
+    webhook_urls: str = ""
+    webhook_secret: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _webhooks_are_sound(self) -> Settings:
+        check_webhook_settings(self.webhook_url_list, self.webhook_secret, self.dev_host_names)
+        return self
+
+    @cached_property
+    def webhook_url_list(self) -> tuple[str, ...]:
+        """``LEDGER_WEBHOOK_URLS``, in order (the order names them: index 0, 1, …)."""
+        return tuple(url.strip() for url in self.webhook_urls.split(",") if url.strip())
 
     @field_validator("forge_app_id")
     @classmethod
@@ -178,3 +193,14 @@ class Settings(BaseSettings):
                 " (32 random bytes, base64: openssl rand -base64 32)"
             )
         return MasterKeys.parse(load_or_create_master_key(self.var_dir / "master.key"))
+
+
+def settings_problem(error: ValidationError) -> str:
+    """A settings error as one line naming the setting to fix (never a value: it may
+    be a secret or a URL with credentials)."""
+    first = error.errors()[0]
+    message = str(first.get("msg", "")).removeprefix("Value error, ")
+    if "LEDGER_" in message:
+        return message
+    field = ".".join(str(part) for part in first.get("loc", ()))
+    return f"LEDGER_{field.upper()}: {message or 'invalid value'}"

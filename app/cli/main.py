@@ -240,6 +240,21 @@ from app.cli.backup import backup  # noqa: E402
 
 cli.command(epilog=examples("ledger backup var/ledger-2026-01-31.db"))(backup)
 
+from app.cli.webhooks import webhooks  # noqa: E402
+
+cli.add_typer(webhooks)
+
 
 def main() -> None:
-    cli()
+    from pydantic import ValidationError
+
+    from app.cli.output import fail
+    from app.settings import settings_problem
+
+    try:
+        cli()
+    except ValidationError as error:  # a bad setting: one line naming it, never a traceback
+        try:
+            fail(settings_problem(error), 2)
+        except typer.Exit as done:
+            sys.exit(done.exit_code)

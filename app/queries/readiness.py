@@ -46,6 +46,24 @@ class RunnerState(BaseModel):
     consecutive_failures: int  # 0 when the last attempt succeeded
     last_error: RunnerError | None  # kept after recovery, with its time
     observed_at: str | None
+    webhooks: list[WebhookProgress] = []  # empty: no LEDGER_WEBHOOK_URLS
+
+
+class WebhookProgress(BaseModel):
+    """One webhook URL's deliveries (SPEC §11), as this runner's deliverer sees them."""
+
+    index: int  # its place in LEDGER_WEBHOOK_URLS
+    url: str  # without credentials or query
+    host: str
+    state: Literal["standby", "idle", "delivering", "retrying", "stopped"]
+    position: int | None  # the last position delivered
+    lag_events: int | None
+    delivered: int  # messages accepted (this process)
+    failures: int  # attempts failed (this process)
+    consecutive_failures: int
+    last_attempt_at: str | None
+    last_delivered_at: str | None
+    last_error: str | None
 
 
 class Readiness(BaseModel):

@@ -23,6 +23,7 @@ from eventstore.events import (
     EventData,
     Metadata,
     data_as_dict,
+    installation_stream_id,
     stream_id_for,
 )
 from eventstore.ids import installation_ari
@@ -30,7 +31,12 @@ from eventstore.store import EventStore
 from eventstore.values import RecordedEvent
 from projections import tenants as tenants_fold
 from projections.descriptors import latest_version
-from projections.installations import InstallationRow, LinkRow
+from projections.installations import (
+    InstallationRow,
+    LinkRow,
+    client_keys_at,
+    fold_installation,
+)
 from projections.migration import migration_report
 from projections.model import INSTALLED, DescriptorRow, ReimportRow, TenantRow
 from projections.presumed_gone import silence_threshold, uninstalling
@@ -376,17 +382,17 @@ def reimport_rows(storage: ProjectionStorage) -> list[ReimportRow]:
 
 def reimports_answer(storage: ProjectionStorage) -> dict[str, Any]:
     """``GET /admin/reimports``: links between a new clientKey and the one that held its URL."""
+    return {"links": [reimport_object(r) for r in reimport_rows(storage)]}
+
+
+def reimport_object(row: ReimportRow) -> dict[str, Any]:
+    """A reimport link as the admin API shows it."""
     return {
-        "links": [
-            {
-                "base_url": r.base_url,
-                "previous_client_key": r.previous_client_key,
-                "client_key": r.client_key,
-                "detected_at": format_timestamp(r.detected_at),
-                "kind": r.kind,
-            }
-            for r in reimport_rows(storage)
-        ]
+        "base_url": row.base_url,
+        "previous_client_key": row.previous_client_key,
+        "client_key": row.client_key,
+        "detected_at": format_timestamp(row.detected_at),
+        "kind": row.kind,
     }
 
 
@@ -410,6 +416,18 @@ def installation_object(row: InstallationRow) -> dict[str, Any]:
         "last_seen_at": format_timestamp(row.last_seen_at),
         "version": row.version,
     }
+
+
+def installation_row_at(
+    store: EventStore, storage: ProjectionStorage, uuid: str, up_to: int | datetime | None
+) -> InstallationRow | None:
+    """One installation folded from its stream up to ``up_to`` (None: all), with its
+    tenants as the links seen up to then say (its stream alone cannot tell them)."""
+    row = fold_installation(store.read_stream(installation_stream_id(uuid), up_to))
+    if row is None:
+        return None
+    keys = client_keys_at(lambda named: storage.list_links(installation_id=named), uuid, up_to)
+    return msgspec.structs.replace(row, client_keys=keys, client_key=keys[-1] if keys else None)
 
 
 def link_object(row: LinkRow) -> dict[str, Any]:

@@ -29,12 +29,11 @@ import threading
 from multiprocessing.connection import Connection
 from typing import Final
 
-from app.bootstrap import service_store
+from app.bootstrap import service_store, start_runner
 from app.logs import configure_logging
-from app.metrics import runner_process_health
+from app.metrics import WebhookMetrics, runner_process_health
 from app.settings import Settings
 from projections.health import StateFile, short_message
-from projections.runner import RunnerThread
 
 log = logging.getLogger("ledger.projections")
 
@@ -93,13 +92,16 @@ def serve_projections(settings: Settings, stop: threading.Event) -> bool:
         # One thread uses it: a reading cursor and a writing transaction at most at once.
         store = service_store(
             settings,
-            max_connections=RUNNER_CONNECTIONS,
+            # and one more for each webhook URL's deliverer (app.outbound).
+            max_connections=RUNNER_CONNECTIONS + len(settings.webhook_url_list),
         )
     except Exception as error:
         log.error(f"the projection runner process cannot open the store: {short_message(error)}")
         exiting()
         return False
-    thread = RunnerThread(store, health=health, gather_seconds=GATHER_SECONDS).start()
+    thread = start_runner(
+        settings, store, health, WebhookMetrics(None), gather_seconds=GATHER_SECONDS
+    )
     try:
         while not stop.wait(PUBLISH_SECONDS) and thread.is_alive():
             state.publish(thread.status(), earlier)

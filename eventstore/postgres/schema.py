@@ -378,6 +378,21 @@ MIGRATIONS: list[str] = [
         rows_kept      integer NOT NULL
     );
     """,
+    # 6: webhook deliveries (SPEC §11, app.outbound): per webhook URL, the last position
+    # delivered (every message of it), bumped ``generation`` on a replay, and the last
+    # attempt. Keyed by the URL's SHA-256; ``label`` is the URL without credentials.
+    """
+    CREATE TABLE webhook_deliveries (
+        url_id        TEXT PRIMARY KEY,
+        label         TEXT NOT NULL,
+        position      bigint NOT NULL,
+        generation    bigint NOT NULL DEFAULT 0,
+        failures      bigint NOT NULL DEFAULT 0,
+        attempted_at  TEXT,
+        delivered_at  TEXT,
+        last_error    TEXT
+    );
+    """,
 ]
 
 

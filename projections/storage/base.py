@@ -25,7 +25,7 @@ from eventstore.clock import format_timestamp
 from eventstore.database import Translate
 from eventstore.errors import StoreError
 from projections.installations import InstallationRow, LinkRow
-from projections.model import Row, TenantRow
+from projections.model import ReimportRow, Row, TenantRow
 from projections.storage.tables import SPECS, create_table_sql, group_of, upsert_sql
 
 REBUILD_SUFFIX = "__rebuild"
@@ -291,6 +291,19 @@ class ProjectionStorage(abc.ABC):
             clauses.append(f"(installation_id = {m} OR previous_installation_id = {m})")
             params += [installation_id, installation_id]
         return self._select_where("links", (clauses, params), "evidence_position, link_id", limit)
+
+    def reimports_of(self, client_keys: Sequence[str]) -> list[ReimportRow]:
+        """The reimport links naming these client keys as the new tenant (one each at most)."""
+        return self._select_where(
+            "reimports", _filters(self.mark, {"client_key": client_keys}), "client_key", None
+        )
+
+    def links_seen_between(self, after: int, through: int) -> list[LinkRow]:
+        """The links whose evidence is an event after position ``after``, up to ``through``."""
+        m = self.mark
+        params: list[object] = [after, through]
+        clauses = [f"evidence_position > {m}", f"evidence_position <= {m}"]
+        return self._select_where("links", (clauses, params), "evidence_position, link_id", None)
 
     def tenants_named(
         self, client_keys: Sequence[str] = (), installation_ids: Sequence[str] = ()

@@ -33,6 +33,7 @@ SCRIPTS = {
         ["rebuild_events_per_s", "rebuild_peak_rss_mb", "rebuild_vs_eventsourcing",
          "history_p99_ms", "history_2000_p99_ms"],
     ),
+    "webhooks_lag.py": (["--seconds", "1", "--writers", "1"], ["webhook_lag_p99_ms"]),
 }  # fmt: skip
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query
-from msgspec.structs import replace
 from starlette.concurrency import run_in_threadpool
 
 from app.http.routes.tenants import (
@@ -39,7 +38,6 @@ from app.queries import reads
 from app.queries.reads import installation_object, link_object  # noqa: F401  (the answers' shapes)
 from eventstore.events import installation_stream_id
 from eventstore.ids import installation_uuid
-from projections.installations import client_keys_at, fold_installation
 
 router = APIRouter(prefix="/admin", tags=["admin", "forge"], dependencies=[Depends(require_admin)])
 
@@ -121,8 +119,7 @@ async def installation(
     await caught_up(store, storage, min_position)
     uuid = parse_installation(installation_id)
     up_to = parse_as_of(as_of)
-    events = await run_in_threadpool(store.read_stream, installation_stream_id(uuid), up_to)
-    row = fold_installation(events)
+    row = await run_in_threadpool(reads.installation_row_at, store, storage, uuid, up_to)
     if row is None:
         ever = (
             []
@@ -135,13 +132,7 @@ async def installation(
                 detail={"error": "not_yet_installed", "detail": "it did not exist at as_of"},
             )
         raise _unknown()
-    # The row's tenants as its stream alone cannot tell: from the links seen up to as_of.
-    keys = await run_in_threadpool(
-        lambda: client_keys_at(lambda named: storage.list_links(installation_id=named), uuid, up_to)
-    )
-    return FastJSONResponse(
-        installation_object(replace(row, client_keys=keys, client_key=keys[-1] if keys else None))
-    )
+    return FastJSONResponse(installation_object(row))
 
 
 @router.get(
