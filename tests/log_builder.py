@@ -53,7 +53,14 @@ class FakeKeys:
         current = self.reveal(state.secret) if state.secret is not None else None
         return replace(self.call, current_secret=current)
 
-    def rows(self, stream_id: str, version: int, decision: shell.Append[TenantEvent]) -> shell.Rows:
+    def rows(
+        self,
+        stream_id: str,
+        state: TenantState,
+        version: int,
+        decision: shell.Append[TenantEvent],
+        stored_key: bytes | None = None,
+    ) -> shell.Rows:
         return shell.Rows(sealed_rows(stream_id, version, decision, self.seal))
 
 
