@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.bootstrap import running_service
 from app.http import console, deps
+from app.http.docs import add_docs_routes
 from app.http.errors import install_error_handlers
 from app.http.routes import connect, operations
 from app.http.routes import installations as admin_forge
@@ -43,7 +44,10 @@ def create_app(
             "immutable events. Secrets and tokens never appear in any answer."
         ),
         lifespan=_lifespan(settings, store, log_stream, metrics),
+        docs_url=None,  # app.http.docs serves /docs with local assets
+        redoc_url=None,  # ReDoc loads its script from a CDN
     )
+    add_docs_routes(app)
     install_error_handlers(app, settings.retry_after_seconds)
     app.add_exception_handler(StarletteHTTPException, _error_body)  # type: ignore[arg-type]  # Starlette types handlers by the base Exception
     connect.add_descriptor_route(app, settings)
