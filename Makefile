@@ -44,3 +44,8 @@ migrate: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# The console's screenshots in docs/ (console-*.png), taken by its browser test on SQLite.
+.PHONY: screenshots
+screenshots: $(STAMP) browser
+	LEDGER_CONSOLE_SCREENSHOTS=docs $(BIN)/pytest -q tests/test_console_views.py -k "browser and sqlite"

@@ -44,8 +44,8 @@ def create_app(
             "immutable events. Secrets and tokens never appear in any answer."
         ),
         lifespan=_lifespan(settings, store, log_stream, metrics),
-        docs_url=None,  # app.http.docs serves /docs with local assets
-        redoc_url=None,  # ReDoc loads its script from a CDN
+        docs_url=None,  # app.http.docs serves /docs and /redoc with local assets
+        redoc_url=None,  # so does /redoc
     )
     add_docs_routes(app)
     install_error_handlers(app, settings.retry_after_seconds)

@@ -70,10 +70,12 @@ def burn_down_chart(days: Sequence[tuple[date, int]], deadline: date, today: dat
         f'<text x="{dx - 4:.1f}" y="{PLOT_TOP + 12}" text-anchor="end" fill="#b42318">'
         f"Connect end of support {deadline.isoformat()}</text>"
     )
-    for day in _ticks(first, last):
+    ticks = _ticks(first, last)
+    for day in ticks:
+        anchor = "end" if day == ticks[-1] else "start" if day == ticks[0] else "middle"
+        x = RIGHT if anchor == "end" else PLOT_LEFT if anchor == "start" else x_of(day) + slot / 2
         parts.append(
-            f'<text x="{x_of(day) + slot / 2:.1f}" y="{BOTTOM + 16}" text-anchor="middle">'
-            f"{day.isoformat()}</text>"
+            f'<text x="{x:.1f}" y="{BOTTOM + 16}" text-anchor="{anchor}">{day.isoformat()}</text>'
         )
     parts.append(
         f'<g class="legend"><rect x="{PLOT_LEFT}" y="{BOTTOM + 30}" width="12" height="12" '

@@ -11,6 +11,7 @@ import itertools
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlencode
@@ -19,6 +20,7 @@ import jinja2
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
 from starlette.concurrency import run_in_threadpool
 
 from app.http import deps
@@ -47,6 +49,7 @@ _env.globals["installation_url"] = lambda uuid: "/console/installations/" + quot
 _env.globals["evidence_url"] = lambda stream, position: _evidence_url(stream, position)
 _env.globals["nav"] = NAV
 _env.filters["ts"] = format_timestamp  # one text form of a time everywhere (UTC, Z)
+_env.filters["when"] = lambda value: _when(value)
 templates = Jinja2Templates(env=_env)
 
 # Inline styles only, nothing loaded from anywhere, no script at all, not framable.
@@ -63,6 +66,16 @@ MAX_LOGIN_BODY = 4096
 MAX_SEARCH = 200
 MAX_KEY = 1024
 MAX_POSITION = 2**63 - 1
+
+
+def _when(value: datetime | None) -> Markup:
+    """A time in a list, to the second; the full time (microseconds) on hover and in
+    the ``datetime`` attribute (downloads and the timelines carry it in full)."""
+    if value is None:
+        return Markup("—")
+    full = format_timestamp(value)
+    shown = full[:19].replace("T", " ") + "Z"
+    return Markup('<time datetime="{0}" title="{0}">{1}</time>').format(full, shown)
 
 
 def _evidence_url(stream: str, position: int) -> str | None:

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from app.http.routes.tenants import redact_event
+from app.queries.evidence import cell
 from eventstore.clock import format_timestamp
 from eventstore.values import RecordedEvent
 from projections import tenants as tenants_fold
@@ -59,7 +60,10 @@ def _changes(event: RecordedEvent) -> list[tuple[str, str]]:
 
 
 def _plain(value: Any) -> str:
-    return "—" if value is None else str(value)
+    """A recorded value as text: JSON for an object or a list (a Forge license)."""
+    if value is None:
+        return "—"
+    return cell(value) if isinstance(value, dict | list) else str(value)
 
 
 def _verified_by(event: RecordedEvent, secret_version: int | None) -> str:

@@ -10,17 +10,19 @@ in a worker thread (blocking I/O) and raise ``HTTPException`` for "not found".
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from fastapi import HTTPException
+from msgspec.structs import replace
 
 from app.http.console import adoption, timeline
 from app.http.console.burn_down_svg import burn_down_chart
 from app.http.console.svg import Column, stacked_columns
 from app.queries import lists, reads
 from app.queries.burn_down import CONNECT_END_OF_SUPPORT, BurnDownSeries
+from app.queries.evidence import describe_change
 from eventstore.clock import format_timestamp, utcnow
 from eventstore.events import installation_stream_id
 from eventstore.ids import installation_ari
@@ -276,8 +278,18 @@ def _event_row(event: RecordedEvent) -> dict[str, Any]:
         "event": shown,
         "kind": link[0] if link else None,
         "identity": link[1] if link else None,
-        "changes": timeline.change_text(event),
+        "changes": _summary(event, shown["data"]),
+        "recorded_at": event.recorded_at,
     }
+
+
+SUMMARY_CHARS = 160
+
+
+def _summary(event: RecordedEvent, data: dict[str, Any]) -> str:
+    """What an event changed, short: the full text is on its timeline."""
+    text = describe_change(event.type, data) or timeline.change_text(event)
+    return text if len(text) <= SUMMARY_CHARS else text[: SUMMARY_CHARS - 1] + "…"
 
 
 def events_listing(store: EventStore, before: int | None) -> Listing:
