@@ -14,6 +14,7 @@ Screenshots of the main pages for ``docs/`` (one command, not every run):
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 import os
@@ -32,15 +33,18 @@ import pytest
 from app.cli.forget import forget_tenant
 from app.http.console.burn_down_svg import burn_down_chart
 from app.http.console.export import csv_lines, json_lines, safe_cell
+from app.http.console.views import PAGE_SIZE
 from app.queries.burn_down import CONNECT_END_OF_SUPPORT, burn_down
 from app.sim.connect import make_install_payload
 from app.sim.forge import ForgeInstallation
+from eventstore.clock import utcnow
 from eventstore.events import ForgeInstalled, Metadata, installation_stream_id
 from eventstore.ids import installation_ari
+from eventstore.rejections import Rejection
 from eventstore.testing.synthetic import DUMMY_HASH, T0, Log, installed_data
 from eventstore.values import RecordedEvent
 from tests.conftest import PostgresDatabases
-from tests.harness import ADMIN_TOKEN
+from tests.harness import ADMIN_TOKEN, running_service
 from tests.test_console import chromium, log_in  # noqa: F401  # the module's one browser
 from tests.test_forge_e2e import Forge, forge_service
 
@@ -259,6 +263,28 @@ def test_hostile_parameters_on_the_new_pages_never_500(client: httpx.Client) -> 
         assert "Traceback" not in answer.text
 
 
+def test_the_rejection_log_pages_in_order(tmp_path: Path) -> None:
+    """Rows beyond a page follow on the next; together they are every row, once."""
+    with running_service(f"sqlite:///{tmp_path / 'l.db'}") as service:
+        for n in range(PAGE_SIZE + 7):
+            refused = Rejection(
+                at=utcnow(), path="/installed", reason="bad_signature", status=401,
+                client_key=f"key-{n:03}",
+            )  # fmt: skip
+            service.store.record_rejection(refused)
+        client = service.client
+        log_in(client)
+        first = client.get("/console/rejections", params={"reason": "bad_signature"})
+        keys = re.findall(r"<td class=\"mono\">(key-\d+)</td>", first.text)
+        following = re.search(r'rel="next" href="([^"]+)"', first.text)
+        assert len(keys) == PAGE_SIZE and following
+        second = client.get(html.unescape(following.group(1)))
+        more = re.findall(r"<td class=\"mono\">(key-\d+)</td>", second.text)
+        assert sorted(keys + more) == [f"key-{n:03}" for n in range(PAGE_SIZE + 7)]
+        assert 'rel="next"' not in second.text
+        assert f'<b id="refused-calls">{PAGE_SIZE + 7}</b>' in second.text
+
+
 # ------------------------------------------------------------------ pure parts
 
 
@@ -431,6 +457,22 @@ def _tenant_and_installation(walk: Walk, s: Scenario) -> None:
 
 def _links_reimports_migration(walk: Walk, s: Scenario) -> None:
     page = walk.page
+    walk.nav("Installations")
+    page.select_option("select[name=state]", "uninstalling")
+    page.click("button:has-text('Show')")
+    page.wait_for_url("**state=uninstalling**")
+    rows = json.loads(walk.download("json"))
+    assert [r["state"] for r in rows] == ["uninstalling"]
+    page.click(f"#installations a:text('{rows[0]['installation_id']}')")
+    page.wait_for_selector("li[data-type=ForgeUninstalling]")
+    page.click(f"#now a.tenant-link:text('{s.umbrella['clientKey']}')")
+    page.wait_for_url(f"**{tenant_path(s.umbrella['clientKey'])}")
+    walk.nav("Descriptors")
+    versions = list(csv.DictReader(io.StringIO(walk.download("csv"))))
+    assert versions == [
+        {k: str(v) for k, v in row.items()}
+        for row in s.admin("/admin/descriptors")["versions"]
+    ]
     walk.nav("Links")
     links = s.admin("/admin/links")["links"]
     assert page.locator("tr.link-row").count() == len(links)
