@@ -458,6 +458,12 @@ def _tenant_and_installation(walk: Walk, s: Scenario) -> None:
 def _links_reimports_migration(walk: Walk, s: Scenario) -> None:
     page = walk.page
     walk.nav("Installations")
+    every = s.admin("/admin/installations", limit=1000)["installations"]
+    assert page.locator("#totals li b").all_inner_texts() == [
+        str(len(every)),
+        str(sum(i["state"] == "installed" for i in every)),
+        str(sum(i["state"] == "uninstalling" for i in every)),
+    ]
     page.select_option("select[name=state]", "uninstalling")
     page.click("button:has-text('Show')")
     page.wait_for_url("**state=uninstalling**")

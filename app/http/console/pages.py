@@ -164,7 +164,10 @@ def installations_page(
 ) -> dict[str, Any]:
     """Forge installations by id: state, linked tenant, app version, license."""
     rows = storage.list_installations(state=state, after=after, limit=PAGE_SIZE)
+    leaving = len(storage.list_installations(state="uninstalling", limit=None))  # few
+    everyone = storage.count("installations")
     return {
+        "totals": {"all": everyone, "installed": everyone - leaving, "uninstalling": leaving},
         "installations": rows,
         "state": state,
         "after": after,
