@@ -41,6 +41,7 @@ from eventstore.clock import utcnow
 from eventstore.events import ForgeInstalled, Metadata, installation_stream_id
 from eventstore.ids import installation_ari
 from eventstore.rejections import Rejection
+from eventstore.store import EventStore
 from eventstore.testing.synthetic import DUMMY_HASH, T0, Log, installed_data
 from eventstore.values import RecordedEvent
 from tests.conftest import PostgresDatabases
@@ -106,6 +107,8 @@ def build(forge: Forge) -> Scenario:
     _ok(forge.send(platform.installed(site_u)))
     _ok(forge.send(platform.pre_uninstall(site_u)))
     hooli = service.install()
+    gone = service.install()
+    _ok(service.send(service.call("uninstalled", gone)))
     forget_tenant(service.store, hooli["clientKey"], "erasure request 17", "alice", "box")
     # Refusals: three forged installs for acme (one row, count 3), a Forge call with a
     # wrong alg naming the Forge-only installation, an uninstall for a stranger.
@@ -117,7 +120,7 @@ def build(forge: Forge) -> Scenario:
     service.send(service.call("uninstalled", stranger))
     head = service.store.head().position
     assert service.admin("/admin/links", min_position=head).status_code == 200
-    secrets = [p["sharedSecret"] for p in (acme, globex, old, new, umbrella, hooli, forged)]
+    secrets = [p["sharedSecret"] for p in (acme, globex, old, new, umbrella, hooli, gone, forged)]
     return Scenario(
         forge, acme, globex, old, new, umbrella, hooli, site_a, site_a2, lonely, secrets
     )
@@ -285,6 +288,19 @@ def test_the_rejection_log_pages_in_order(tmp_path: Path) -> None:
         assert f'<b id="refused-calls">{PAGE_SIZE + 7}</b>' in second.text
 
 
+def test_the_rejection_log_lists_from_an_offset(store: EventStore) -> None:
+    """``offset`` skips rows in the listing's own order (newest first), on both stores."""
+    for n in range(7):
+        store.record_rejection(
+            Rejection(at=utcnow(), path="/installed", reason="r", status=401, client_key=f"k{n}")
+        )
+    every = [r.client_key for r in store.list_rejections(100)]
+    assert len(every) == 7
+    assert [r.client_key for r in store.list_rejections(3, offset=2)] == every[2:5]
+    assert [r.client_key for r in store.list_rejections(3, reason="r", offset=6)] == every[6:]
+    assert store.list_rejections(3, offset=7) == []
+
+
 # ------------------------------------------------------------------ pure parts
 
 
@@ -398,7 +414,17 @@ def test_a_person_follows_every_view_in_a_browser(chromium: Any, scenario: Scena
 def _tenants(walk: Walk, s: Scenario) -> None:
     page = walk.page
     totals = s.admin("/admin/tenants", limit=1000)["tenants"]
-    assert page.locator("#totals li").first.locator("b").inner_text() == str(len(totals))
+    assert page.locator("#totals li b").all_inner_texts() == [
+        str(n)
+        for n in (
+            len(totals),
+            sum(t["state"] == "installed" for t in totals),
+            sum(bool(t["enabled"]) for t in totals),
+            sum(t["state"] == "uninstalled" for t in totals),
+            sum(t.get("forgotten_at") is not None for t in totals),
+        )
+    ]
+    assert page.locator("#totals li b").all_inner_texts()[3:] == ["1", "1"]  # gone; hooli
     walk.keep("tenants")
     page.fill("input[name=q]", "initech")
     page.click("button:has-text('Show')")
