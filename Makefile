@@ -69,3 +69,8 @@ migrate: $(RUN_STAMP)
 
 clean:
 	rm -rf $(VENV) .uv .pytest_cache .mypy_cache .ruff_cache
+
+# The console's screenshots in docs/ (console-*.png), taken by its browser test on SQLite.
+.PHONY: screenshots
+screenshots: $(TEST_STAMP) browser
+	LEDGER_CONSOLE_SCREENSHOTS=docs $(BIN)/pytest -q tests/e2e/test_console_views.py -k "browser and sqlite"

@@ -222,8 +222,11 @@ class RejectionLog(abc.ABC):
         reason: str | None = None,
         since: datetime | None = None,
         client_key: str | None = None,
+        offset: int = 0,
     ) -> list[Rejection]:
-        """Most recently seen first; only those with this reason, at or after ``since``, for this clientKey."""
+        """Most recently seen first; only those with this reason, at or after ``since``, for this clientKey.
+
+        ``offset``: rows skipped first (the console pages and downloads in this order)."""
 
 
 def purge_quietly(log: RejectionLog, older_than: datetime) -> None:

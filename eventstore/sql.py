@@ -124,7 +124,7 @@ class Statements:
             c if c != "last_seen_at" else "coalesce(last_seen_at, at)" for c in REJECTION_FIELDS
         ]
         self.list_rejections = f"SELECT {', '.join(listed)} FROM rejections"
-        self.list_rejections_order = f" ORDER BY last_seen_at DESC, id DESC LIMIT {m}"
+        self.list_rejections_order = f" ORDER BY last_seen_at DESC, id DESC LIMIT {m} OFFSET {m}"
         self.purge_rejections = (
             "DELETE FROM rejections WHERE id IN (SELECT id FROM rejections"
             f" WHERE at < {m} AND last_seen_at < {m} ORDER BY at LIMIT {m})"
@@ -374,6 +374,7 @@ class SQLStore(EventStore):
         reason: str | None = None,
         since: datetime | None = None,
         client_key: str | None = None,
+        offset: int = 0,
     ) -> list[Rejection]:
         clauses: list[str] = []
         params: list[object] = []
@@ -387,7 +388,7 @@ class SQLStore(EventStore):
                 params.append(value)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         query = self.sql.list_rejections + where + self.sql.list_rejections_order
-        rows = self._rows(query, (*params, limit))
+        rows = self._rows(query, (*params, limit, max(offset, 0)))
         return [self._rejection(dict(zip(REJECTION_FIELDS, r, strict=True))) for r in rows]
 
     def _rejection(self, fields: dict[str, Any]) -> Rejection:

@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.bootstrap import running_service
 from app.http import console, deps
 from app.http.auth_failures import AuthFailures, FailureLimiter
+from app.http.docs import add_docs_routes
 from app.http.errors import install_error_handlers
 from app.http.proxies import TrustedProxies
 from app.http.routes import connect, operations
@@ -46,11 +47,14 @@ def create_app(
             "immutable events. Secrets and tokens never appear in any answer."
         ),
         lifespan=_lifespan(settings, store, log_stream, metrics),
+        docs_url=None,  # app.http.docs serves /docs and /redoc with local assets
+        redoc_url=None,  # so does /redoc
     )
     app.state.auth_failures = AuthFailures(
         FailureLimiter(settings.auth_failures_per_minute), metrics.observe_auth_failure
     )
     app.add_middleware(TrustedProxies, networks=settings.trusted_proxy_networks)
+    add_docs_routes(app)
     install_error_handlers(app, settings.retry_after_seconds)
     app.add_exception_handler(StarletteHTTPException, _error_body)  # type: ignore[arg-type]  # Starlette types handlers by the base Exception
     connect.add_descriptor_route(app, settings)

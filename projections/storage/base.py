@@ -224,11 +224,8 @@ class ProjectionStorage(abc.ABC):
         clauses: list[str] = []
         params: list[object] = []
         if search:
-            pattern = "%" + _escape_like(search.lower()) + "%"
-            clauses.append(
-                f"(lower(client_key) LIKE {m} ESCAPE '\\' OR lower(base_url) LIKE {m} ESCAPE '\\')"
-            )
-            params += [pattern, pattern]
+            clauses.append(self._search_clause())
+            params += _search_params(search)
         for clause, value in (
             (f"state = {m}", state),
             (f"client_key > {m}", after),
@@ -328,6 +325,28 @@ class ProjectionStorage(abc.ABC):
         rows = self._query(sql, (*params, limit) if limit is not None else tuple(params))
         return [spec.from_tuple(tuple(r), self.sqlite) for r in rows]
 
+    def _search_clause(self) -> str:
+        m = self.mark
+        return f"(lower(client_key) LIKE {m} ESCAPE '\\' OR lower(base_url) LIKE {m} ESCAPE '\\')"
+
+    def tenant_totals(self, search: str | None = None) -> dict[str, int]:
+        """How many tenants (matching ``search`` as ``list_tenants`` does) in all, per
+        state, enabled, and forgotten: one grouped count, for the console's totals."""
+        where = f" WHERE {self._search_clause()}" if search else ""
+        rows = self._query(
+            "SELECT state, enabled, CASE WHEN forgotten_at IS NULL THEN 0 ELSE 1 END, count(*)"
+            f" FROM tenants{where} GROUP BY 1, 2, 3",
+            _search_params(search) if search else (),
+        )
+        totals = {"all": 0, "installed": 0, "uninstalled": 0, "enabled": 0, "forgotten": 0}
+        for state, enabled, forgotten, count in rows:
+            n = int(count)
+            totals["all"] += n
+            totals[str(state)] = totals.get(str(state), 0) + n
+            totals["enabled"] += n if enabled else 0
+            totals["forgotten"] += n if forgotten else 0
+        return totals
+
     def count(self, name: str) -> int:
         return int(self._query(f"SELECT count(*) FROM {SPECS[name].name}")[0][0])
 
@@ -377,6 +396,11 @@ def _filters(
         clauses.append(f"{after[0]} > {mark}")
         params.append(after[1])
     return clauses, params
+
+
+def _search_params(search: str) -> list[object]:
+    pattern = "%" + _escape_like(search.lower()) + "%"
+    return [pattern, pattern]
 
 
 def _escape_like(text: str) -> str:

@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import time
 from typing import Final
+from urllib.parse import urlsplit
 
 from starlette.requests import Request
 
@@ -80,3 +81,15 @@ def safe_next(target: str | None) -> str:
     ):
         return target
     return COOKIE_PATH
+
+
+def same_origin(request: Request) -> bool:
+    """Whether a form post came from a page of this console: its ``Origin`` names this
+    host, or ``Sec-Fetch-Site`` says same-origin (a browser sends ``Origin: null``
+    under ``Referrer-Policy: no-referrer``). Both headers are set by the browser, never by
+    the page that submits; a request with neither is refused."""
+    if request.headers.get("sec-fetch-site") == "same-origin":
+        return True  # behind a proxy that rewrites Host, the browser's word still holds
+    origin = request.headers.get("origin")
+    host = request.headers.get("host", "").lower()
+    return bool(origin and origin != "null" and urlsplit(origin).netloc.lower() == host)

@@ -14,7 +14,7 @@ from fastapi import HTTPException
 from app.http.console import adoption, timeline
 from app.http.console.svg import Column, stacked_columns
 from app.http.routes import tenants as admin
-from app.queries import reads
+from app.queries import lists, reads
 from eventstore.clock import format_timestamp, utcnow
 from eventstore.digest import make_digest
 from eventstore.events import stream_id_for
@@ -25,8 +25,7 @@ from projections.presumed_gone import silence_threshold
 from projections.storage.base import ProjectionStorage
 
 PAGE_SIZE = 50
-REJECTIONS_CHARTED = 2000
-REJECTIONS_LISTED = 100
+REFUSALS_SHOWN = 20
 STRAGGLERS_SHOWN = 500
 MAX_POSITION = 2**63 - 1  # positions are BIGINT
 
@@ -45,6 +44,8 @@ def tenants_page(storage: ProjectionStorage, query: TenantQuery) -> dict[str, An
     return {
         "tenants": rows,
         "query": query,
+        "totals": storage.tenant_totals(query.search),
+        "everyone": storage.tenant_totals() if query.search else None,
         "next": rows[-1].client_key if len(rows) == PAGE_SIZE else None,
     }
 
@@ -65,10 +66,13 @@ def tenant_view(
             if isinstance(up_to, int):
                 up_to = min(up_to, MAX_POSITION)  # beyond the head is "now"
             then = reads.tenant_row(store, client_key, up_to)
+            head = store.head().position
+            if isinstance(up_to, int) and up_to > head:
+                then, as_of_problem = None, f"position {up_to} is past the head of the log ({head})"
         except reads.NotFound as error:
             as_of_problem = error.detail
-        except HTTPException as refused:
-            as_of_problem = refused.detail["detail"] if isinstance(refused.detail, dict) else ""
+        except HTTPException as bad:
+            as_of_problem = bad.detail["detail"] if isinstance(bad.detail, dict) else ""
         except OverflowError:
             as_of_problem = "as_of is out of range"
     links = [
@@ -76,8 +80,15 @@ def tenant_view(
         for r in reads.reimport_rows(storage)
         if client_key in (r.client_key, r.previous_client_key)
     ]
+    forge = forge_of(storage, now)
+    presumed, threshold = lists.presumed_reasons(storage, now, forge["installations"])
+    refused, refused_totals = lists.refusals_claiming(store, [client_key], REFUSALS_SHOWN)
     return {
-        **forge_of(storage, now),
+        **forge,
+        "presumed": presumed,
+        "threshold": threshold,
+        "refused": refused,
+        "refused_totals": refused_totals,
         "client_key": client_key,
         "now": now,
         "then": then,
@@ -153,7 +164,10 @@ def installations_page(
 ) -> dict[str, Any]:
     """Forge installations by id: state, linked tenant, app version, license."""
     rows = storage.list_installations(state=state, after=after, limit=PAGE_SIZE)
+    leaving = len(storage.list_installations(state="uninstalling", limit=None))  # few
+    everyone = storage.count("installations")
     return {
+        "totals": {"all": everyone, "installed": everyone - leaving, "uninstalling": leaving},
         "installations": rows,
         "state": state,
         "after": after,
@@ -177,21 +191,7 @@ def forge_of(storage: ProjectionStorage, tenant: TenantRow) -> dict[str, Any]:
     }
 
 
-def rejections_page(store: EventStore) -> dict[str, Any]:
-    rejections = store.list_rejections(REJECTIONS_CHARTED)
-    days = adoption.rejections_by_day(rejections)
-    reasons = sorted({reason for _, counts in days for reason in counts})
-    columns = [
-        Column(day.isoformat(), {r: float(n) for r, n in counts.items()}) for day, counts in days
-    ]
-    return {
-        "chart": stacked_columns(columns, reasons, title="Refused calls per reason, by day")
-        if columns
-        else None,
-        "charted": sum(r.count for r in rejections),  # refused calls, not rows
-        "rejections": rejections[:REJECTIONS_LISTED],
-    }
-
-
-def integrity_page(store: EventStore) -> dict[str, Any]:
-    return {"verify": reads.verify_answer(store), "digest": make_digest(store)}
+def integrity_page(store: EventStore, last: dict[str, Any] | None) -> dict[str, Any]:
+    """The last verification this process ran (None: none yet) and the digest now;
+    the chain is recomputed only when a person asks (POST), never on a view."""
+    return {"verify": last, "digest": make_digest(store)}

@@ -7,21 +7,26 @@ valid session answers 303 to the login form.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs, quote, urlencode
 
 import jinja2
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
 from starlette.concurrency import run_in_threadpool
 
 from app.http import deps
 from app.http.auth_failures import auth_failed
-from app.http.console import auth, pages
+from app.http.console import auth, export, pages, views
 from app.http.console.adoption import AdoptionSeries
+from app.http.console.nav import NAV
+from app.queries import lists, reads
 from app.queries.readiness import runner_status
 from app.settings import Settings
 from eventstore.clock import format_timestamp
@@ -39,7 +44,11 @@ _env = jinja2.Environment(
     undefined=jinja2.StrictUndefined,
 )
 _env.globals["tenant_url"] = lambda key: "/console/tenants/" + quote(key, safe="")
+_env.globals["installation_url"] = lambda uuid: "/console/installations/" + quote(uuid, safe="")
+_env.globals["evidence_url"] = lambda stream, position: _evidence_url(stream, position)
+_env.globals["nav"] = NAV
 _env.filters["ts"] = format_timestamp  # one text form of a time everywhere (UTC, Z)
+_env.filters["when"] = lambda value: _when(value)
 templates = Jinja2Templates(env=_env)
 
 # Inline styles only, nothing loaded from anywhere, no script at all, not framable.
@@ -55,6 +64,26 @@ HEADERS = {
 MAX_LOGIN_BODY = 4096
 MAX_SEARCH = 200
 MAX_KEY = 1024
+MAX_POSITION = 2**63 - 1
+
+
+def _when(value: datetime | None) -> Markup:
+    """A time in a list, to the second; the full time (microseconds) on hover and in
+    the ``datetime`` attribute (downloads and the timelines carry it in full)."""
+    if value is None:
+        return Markup("—")
+    full = format_timestamp(value)
+    shown = full[:19].replace("T", " ") + "Z"
+    return Markup('<time datetime="{0}" title="{0}">{1}</time>').format(full, shown)
+
+
+def _evidence_url(stream: str, position: int) -> str | None:
+    """The page that shows the event at ``position`` of ``stream`` (at its anchor)."""
+    link = lists.stream_link(stream)
+    if link is None:
+        return None
+    kind, identity = link
+    return f"/console/{kind}s/{quote(identity, safe='')}#p{position}"
 
 
 def _printable(text: str) -> str:
@@ -99,8 +128,19 @@ async def _page(
         return _render(
             request,
             "problem.html",
-            {"section": section, "title": "Not found", "detail": detail or "not found"},
+            {
+                "section": section,
+                "title": "Not found" if refused.status_code == 404 else "Bad request",
+                "detail": detail or "not found",
+            },
             refused.status_code,
+        )
+    except reads.BadParameter as refused:
+        return _render(
+            request,
+            "problem.html",
+            {"section": section, "title": "Bad request", "detail": refused.detail},
+            400,
         )
     except StoreUnavailable:
         settings: Settings = deps.settings(request)
@@ -125,6 +165,68 @@ def _projections(request: Request) -> ProjectionStorage:
     return storage
 
 
+# ------------------------------------------------------------------- helpers
+
+
+def _text(value: str | None, limit: int = MAX_SEARCH) -> str | None:
+    """A query parameter as text a query may hold, or None when empty."""
+    return _printable((value or "").strip())[:limit] or None
+
+
+def _number(value: str | None, default: int = 0, top: int = MAX_POSITION) -> int:
+    text = (value or "").strip()
+    return min(int(text), top) if text.isascii() and text.isdigit() and len(text) < 20 else default
+
+
+def _choice(value: str | None, allowed: tuple[str, ...]) -> str | None:
+    return value if value in allowed else None
+
+
+async def _listed(
+    request: Request,
+    template: str,
+    section: str,
+    build: Callable[..., dict[str, Any]],
+    listing: Callable[[], views.Listing],
+    *args: Any,
+) -> Response:
+    """The page; or, with ``?format=csv`` or ``json``, every row of the page's query as
+    a download (streamed; the first row is read before answering, so a store that is
+    down answers 503 rather than a cut file)."""
+    fmt = request.query_params.get("format")
+    if fmt not in export.FORMATS or not auth.logged_in(request):
+        return await _page(request, template, section, build, *args)
+    try:
+        made, first = await run_in_threadpool(_first_row, listing)
+    except (StoreUnavailable, reads.BadParameter, HTTPException):
+        return await _page(request, template, section, build, *args)
+    rows = made.rows if first is None else itertools.chain([first], made.rows)
+    return export.download(made.name, fmt, rows, made.columns, HEADERS)
+
+
+def _first_row(
+    listing: Callable[[], views.Listing],
+) -> tuple[views.Listing, dict[str, Any] | None]:
+    made = listing()
+    rows = iter(made.rows)
+    first = next(rows, None)
+    return views.Listing(made.name, made.columns, rows), first
+
+
+def _download_url(request: Request, fmt: str) -> str:
+    """This page's query with ``format`` set and its paging cursor left out: a
+    download holds every row, not the page."""
+    kept = [
+        (k, v)
+        for k, v in request.query_params.multi_items()
+        if k not in ("format", "after", "offset", "before")
+    ]
+    return request.url.path + "?" + urlencode([*kept, ("format", fmt)])
+
+
+_env.globals["download_url"] = _download_url
+
+
 # ------------------------------------------------------------------- pages
 
 
@@ -133,12 +235,19 @@ async def tenants(
     request: Request, state: str = "", q: str = "", after: str | None = None
 ) -> Response:
     query = pages.TenantQuery(
-        state=state if state in ("installed", "uninstalled") else None,
-        search=_printable(q.strip())[:MAX_SEARCH] or None,
-        after=_printable(after or "") or None,
+        state=_choice(state, ("installed", "uninstalled")),
+        search=_text(q),
+        after=_text(after, MAX_KEY),
     )
-    return await _page(
-        request, "tenants.html", "tenants", pages.tenants_page, _projections(request), query
+    storage = _projections(request)
+    return await _listed(
+        request,
+        "tenants.html",
+        "tenants",
+        pages.tenants_page,
+        lambda: views.tenants_listing(storage, query.state, query.search),
+        storage,
+        query,
     )
 
 
@@ -158,72 +267,65 @@ async def tenant(request: Request, client_key: str, as_of: str = "") -> Response
     )
 
 
-def _adoption(request: Request) -> AdoptionSeries:
-    """This process's adoption series, kept in the app's state between page views."""
-    series = getattr(request.app.state, "console_adoption", None)
-    if series is None:
-        series = request.app.state.console_adoption = AdoptionSeries()
-    return series
+def _kept(request: Request, name: str, factory: Callable[[], Any]) -> Any:
+    """A per-process series kept in the app's state between page views."""
+    kept = getattr(request.app.state, name, None)
+    if kept is None:
+        kept = factory()
+        setattr(request.app.state, name, kept)
+    return kept
 
 
 @router.get("/descriptors")
 async def descriptors(request: Request) -> Response:
-    return await _page(
+    storage = _projections(request)
+    return await _listed(
         request,
         "descriptors.html",
         "descriptors",
         pages.descriptors_page,
+        lambda: views.descriptors_listing(storage),
         _store(request),
-        _projections(request),
-        _adoption(request),
+        storage,
+        _kept(request, "console_adoption", AdoptionSeries),
     )
 
 
 @router.get("/installations")
 async def installations(request: Request, state: str = "", after: str | None = None) -> Response:
     start = installation_uuid(_printable(after or "").strip()) if after else None
-    return await _page(
+    chosen = _choice(state, ("installed", "uninstalling"))
+    storage = _projections(request)
+    return await _listed(
         request,
         "installations.html",
         "installations",
         pages.installations_page,
-        _projections(request),
-        state if state in ("installed", "uninstalling") else None,
+        lambda: views.installations_listing(storage, chosen),
+        storage,
+        chosen,
         start,
     )
 
 
-@router.get("/presumed-gone")
-async def presumed_gone(
-    request: Request, grace_hours: str = "24", after: str | None = None
-) -> Response:
-    try:
-        grace = float(grace_hours)
-    except ValueError:
-        grace = 24.0
-    grace = grace if 0 < grace <= 24 * 366 else 24.0
+def _no_installation() -> dict[str, Any]:
+    raise HTTPException(404, {"error": "unknown_installation", "detail": "no such Forge installation"})
+
+
+@router.get("/installations/{installation_id:path}")
+async def installation(request: Request, installation_id: str, as_of: str = "") -> Response:
+    uuid = installation_uuid(_printable(installation_id).strip()[:MAX_KEY])
+    if uuid is None:
+        return await _page(request, "installation.html", "installations", _no_installation)
     return await _page(
         request,
-        "presumed_gone.html",
-        "presumed-gone",
-        pages.presumed_gone_page,
+        "installation.html",
+        "installations",
+        views.installation_view,
+        _store(request),
         _projections(request),
-        grace,
-        _printable(after or "") or None,
-    )
-
-
-@router.get("/rejections")
-async def rejections(request: Request) -> Response:
-    return await _page(
-        request, "rejections.html", "rejections", pages.rejections_page, _store(request)
-    )
-
-
-@router.get("/integrity")
-async def integrity(request: Request) -> Response:
-    return await _page(
-        request, "integrity.html", "integrity", pages.integrity_page, _store(request)
+        uuid,
+        _text(as_of, 64),
     )
 
 

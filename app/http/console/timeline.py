@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from app.http.routes.tenants import redact_event
+from app.queries.evidence import cell
 from eventstore.clock import format_timestamp
 from eventstore.values import RecordedEvent
 from projections import tenants as tenants_fold
@@ -59,7 +60,10 @@ def _changes(event: RecordedEvent) -> list[tuple[str, str]]:
 
 
 def _plain(value: Any) -> str:
-    return "—" if value is None else str(value)
+    """A recorded value as text: JSON for an object or a list (a Forge license)."""
+    if value is None:
+        return "—"
+    return cell(value) if isinstance(value, dict | list) else str(value)
 
 
 def _verified_by(event: RecordedEvent, secret_version: int | None) -> str:
@@ -139,3 +143,40 @@ def base_url_history(events: Sequence[RecordedEvent]) -> list[BaseUrlRow]:
     projection = BaseUrlsProjection()
     state = projection.apply_many(projection.initial_state(), events)
     return sorted(state.take_changes(), key=lambda row: row.from_position)
+
+
+def _forge_verified_by(event: RecordedEvent) -> str:
+    meta = event.metadata
+    if meta.alg is None:
+        return "—"
+    retry = f" · retry {meta.retry_count} ({meta.retry_reason or '?'})" if meta.retry_count else ""
+    return f"{meta.alg} · Forge invocation token, key {meta.kid or '?'}{retry}"
+
+
+def forge_timeline(
+    events: Sequence[RecordedEvent], as_of: int | datetime | None = None
+) -> list[Entry]:
+    """An installation's events with their evidence, oldest first. The Forge call's
+    route stands where a Connect call's descriptor version does; ``call_id`` is the
+    call, and the token is only ever its SHA-256 (never shown here)."""
+    return [
+        Entry(
+            position=event.position,
+            version=event.version,
+            type=event.type,
+            recorded_at=format_timestamp(event.recorded_at),
+            verified_by=_forge_verified_by(event),
+            call_id=event.metadata.call_id or "—",
+            remote_addr=event.metadata.remote_addr or "—",
+            descriptor_version=event.metadata.path or "—",
+            changes=_changes(event),
+            hash=event.hash,
+            after_as_of=_after(event, as_of),
+        )
+        for event in events
+    ]
+
+
+def change_text(event: RecordedEvent) -> str:
+    """What an event changed, on one line (the events feed)."""
+    return ", ".join(f"{name}={value}" for name, value in _changes(event))
