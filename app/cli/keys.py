@@ -46,8 +46,7 @@ def _master_keys(settings: Settings) -> MasterKeys:
     try:
         return settings.master_keys()
     except (CryptoError, RuntimeError) as error:
-        console.print(f"[red]LEDGER_MASTER_KEY: {escape(str(error))}[/red]")
-        raise typer.Exit(2) from None
+        fail(f"LEDGER_MASTER_KEY: {error}", 2)
 
 
 def _count(store: EventStore, batch_size: int) -> int:
@@ -119,7 +118,7 @@ def rewrap(
         bool, typer.Option("--json", help="Print JSON for scripts instead of a summary.")
     ] = False,
     batch_size: Annotated[
-        int, typer.Option(min=1, max=10_000, help="Data keys read per batch.")
+        int, typer.Option(min=1, max=10_000, metavar="N", help="Data keys read per batch.")
     ] = 500,
 ) -> None:
     """Re-wrap every data key under the current (first) master key, so an old one can retire.
@@ -135,8 +134,7 @@ def rewrap(
             else:
                 report = rewrap_data_keys(store, master, batch_size)
     except StoreUnavailable:
-        console.print("[red]the store is unavailable; nothing is lost, run it again[/red]")
-        raise typer.Exit(1) from None
+        fail("the store is unavailable; nothing is lost, run it again")
     if as_json:
         sys.stdout.write(json.dumps(summary(report), indent=2) + "\n")
     else:

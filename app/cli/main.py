@@ -13,13 +13,13 @@ import sys
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 
 from app.bootstrap import store_for
 from app.cli import forge as cli_forge
 from app.cli import reads as cli_reads
+from app.cli.group import LedgerGroup
 from app.cli.keys import forget, rewrap
-from app.cli.output import plain_help_metavars, stdout_console
+from app.cli.output import fail, plain_help_metavars, stdout_console
 from app.cli.reads import JsonOption, examples
 from app.cli.reads import catch_up_read_models as _catch_up  # noqa: F401  (other CLI modules import it here)
 from app.settings import Settings
@@ -33,6 +33,7 @@ cli = typer.Typer(
     add_completion=False,
     # Plain click help: Rich's help panels print "<bool>" beside every flag.
     rich_markup_mode=None,
+    cls=LedgerGroup,  # errors in one voice, whole summaries in --help
 )
 console = stdout_console()
 plain_help_metavars()
@@ -77,7 +78,9 @@ def serve(
     from app.logs import configure_logging
     from app.serve.supervisor import run_service
 
-    configure_logging(settings.log_level)  # the runner supervisor's lines, as JSON like the workers'
+    configure_logging(
+        settings.log_level
+    )  # the runner supervisor's lines, as JSON like the workers'
     run_service(host, port, workers or settings.workers, settings)
 
 
@@ -118,8 +121,7 @@ def rebuild(
     try:
         chosen = with_dependencies(names or [])
     except KeyError as error:
-        console.print(f"[red]{escape(str(error))}[/red]")
-        raise typer.Exit(2) from None
+        fail(str(error).strip("\"'"), 2)
     with _store() as store:
         if sys.stdout.isatty() and not as_json:
             with progress_bar(console, chosen) as show:

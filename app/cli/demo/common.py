@@ -17,7 +17,6 @@ def section(console: Console, title: str) -> None:
         console.file.write(f"## {title}\n")
 
 
-
 class AdminReader:
     """GETs on the admin API; a read model that is still behind (503) is asked again."""
 
@@ -32,4 +31,3 @@ class AdminReader:
                 break
         answer.raise_for_status()
         return answer.json()
-
