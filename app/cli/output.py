@@ -230,6 +230,13 @@ def _print_lines(console: Console, lines: Sequence[Text]) -> None:
         console.print(line, soft_wrap=True)
 
 
+def _print_title(console: Console, title: str | None) -> None:
+    if title:
+        _print_lines(
+            console, [Text(line, style="bold") for line in wrap_at_spaces(title, console.width)]
+        )
+
+
 def print_table(
     console: Console,
     records: Sequence[Mapping[str, Any]],
@@ -247,8 +254,7 @@ def print_table(
             table.caption = "(none)"
         console.print(table)
         return
-    if title:
-        console.print(Text(title, style="bold"), soft_wrap=True)
+    _print_title(console, title)
     for row in rows:
         console.print()
         _print_lines(console, record_lines(list(zip(headers, row, strict=True)), console.width))
@@ -288,8 +294,7 @@ def print_record(
             [record], list(record), json_output, document=document or record, console=console
         )
         return
-    if title:
-        console.print(Text(title, style="bold"), soft_wrap=True)
+    _print_title(console, title)
     labels = {name: header(name) for name in record}
     room = max(cell_len(label) for label in labels.values()) + 2 if record else 0
     if console.width - room < 20:  # no room for a column of values: label above value
