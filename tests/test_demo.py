@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import io
 
+import pytest
 from rich.console import Console
 
 from app.cli.demo.connect import run_demo
+from app.serve.embedded import bound_socket
+from tests.harness import ADMIN_TOKEN, running_service
 
 SECTIONS = (
     "calls sent by the simulated host",
@@ -96,3 +99,24 @@ def test_the_demo_prints_every_read_model_non_empty_and_returns_off_a_terminal()
     (console_line,) = [line for line in found["console"] if line.strip()]
     assert "stopped" in console_line and "http://" not in console_line
     assert "http://" not in out.getvalue().rstrip().splitlines()[-1]
+
+
+def test_with_url_the_demo_says_what_it_skipped_and_why(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with bound_socket() as probe:  # a free port for the demo's key server
+        key_port = probe.getsockname()[1]
+    keys_url = f"http://127.0.0.1:{key_port}"
+    with running_service(store_url, install_keys_url=keys_url) as service:
+        monkeypatch.setenv("LEDGER_ADMIN_TOKEN", ADMIN_TOKEN)
+        monkeypatch.setenv("LEDGER_DATABASE_URL", store_url)
+        out = io.StringIO()
+        run_demo(Console(file=out, width=200), url=service.url, key_port=key_port)
+    text = out.getvalue()
+    skipped = [line for line in text.splitlines() if line.startswith("skipped ")]
+    assert len(skipped) == 1 and "JWKS" in skipped[0], text
+    assert "the service's own clock stamps every event" in text
+    found = sections(text)
+    calls = rows(found, "calls sent")
+    assert calls[-1]["answer"] == "401 bad_signature" and "umbrella" not in str(calls)
+    assert not any(title.startswith("a tenant moves to Forge") for title in found)

@@ -1,9 +1,12 @@
 """How every `ledger` read command prints, in one place (the conventions of `gh`, `kubectl`).
 
 * ``--json``: the admin API's answer, unchanged, for scripts.
-* On a terminal: Rich tables. A cell is folded onto several lines when it does not
-  fit, never cut: an identifier, a client key, a URL or a hash is evidence, and an
-  ellipsis would destroy it exactly where a person reads it.
+* On a terminal: for people. Headers in words ("Client key", not ``client_key``), times
+  to the second. A Rich table when every column fits at least its longest word, else
+  one block of labelled fields per record (``history`` and ``show`` at 80 columns).
+  A line breaks only at a space, never inside a word: an identifier, a client key, a
+  URL or a hash is evidence, and a split or an ellipsis would spoil it exactly where a
+  person reads or copies it (a word longer than the terminal is left whole).
 * Piped or redirected: a header line of column names (the JSON field names), then one
   record a line, fields separated by one tab, full values, nothing decorative, so
   ``grep``, ``cut``, ``awk`` and ``sort`` work. A tab, a line break or a backslash
@@ -11,7 +14,8 @@
   on one line; an absent value is an empty field; booleans are ``true``/``false``.
 * Colour only on a terminal, and never when ``NO_COLOR`` is set (https://no-color.org).
 
-Other CLI modules reuse this: ``print_records(rows, columns, as_json, document=answer)``.
+Other CLI modules reuse this: ``print_records(rows, columns, as_json, document=answer)``;
+errors go through ``fail`` (``error: …`` on stderr, one line, the exit code).
 """
 
 from __future__ import annotations

@@ -1,6 +1,10 @@
 """`ledger demo`: a simulated Atlassian host drives the service through tenants' lives,
 then every read model is printed, read back through the admin API.
 
+The story (``app.cli.demo.story.STEPS``) spans eight weeks: on a service of its own the
+demo moves the service's clock from day to day (``eventstore.clock.simulated_clock``),
+so the read models and the console have history. It ends just before the real now.
+
 Without ``--url`` it starts everything itself (a key server, the service on a
 throw-away SQLite file) so it works on a fresh clone. With ``--url`` it drives a
 running service, which must fetch install keys from this demo's key server
@@ -204,16 +208,17 @@ def play(
             skipped = play_steps(cast, STEPS, clock)
     else:
         skipped = play_steps(cast, STEPS, DemoClock(0))
-    section(console, "calls sent by the simulated host")
-    print_records(cast.connect.results, CALL_COLUMNS, console=console)
     if skipped:
         note(
-            f"skipped {len(skipped)} Forge step(s): a Forge call is verified against the"
+            f"skipped {len(skipped)} Forge step(s) ({'; '.join(step.say for step in skipped)}):"
+            " a Forge call is verified against the"
             " service's LEDGER_FORGE_JWKS_URLS, and the platform's keys are served only by"
             " the JWKS this demo starts for a service of its own (run `ledger demo` without"
             " --url to see them)",
             console,
         )
+    section(console, "calls sent by the simulated host")
+    print_records(cast.connect.results, CALL_COLUMNS, console=console)
     if token is None:
         note("LEDGER_ADMIN_TOKEN is not set: cannot read the ledger back", console)
         return

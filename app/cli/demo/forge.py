@@ -1,10 +1,10 @@
-"""The Forge part of `ledger demo`: one tenant's move from Connect to Forge.
+"""The Forge part of `ledger demo`: tenants' move from Connect to Forge.
 
 ``ForgeDemo`` starts a JWKS server and a simulated Forge platform before the service
-(its settings need the app id and the JWKS URL: ``settings()``), then ``drive`` sends
-the story through the service and prints, read back through the admin API once the
-read models hold its last event: the installations, the identity links, the
-migration report and the presumed-gone tenants with their reasons. Printed like every
+(its settings need the app id and the JWKS URL: ``settings()``); the story's Forge
+steps (``app.cli.demo.story``) send their calls through ``send``; ``show`` prints the
+calls and, read back through the admin API once the read models hold the last one,
+the installations, the identity links and the migration report. Printed like every
 read (``app.cli_output``): tables on a terminal, TSV under ``## section`` lines when
 redirected.
 """
