@@ -4,12 +4,14 @@ none is empty (the read models are read only once they caught up with the log)."
 from __future__ import annotations
 
 import io
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from rich.console import Console
 
 from app.cli.demo.connect import run_demo
 from app.serve.embedded import bound_socket
+from eventstore.clock import simulated_clock, system_now, utcnow
 from tests.harness import ADMIN_TOKEN, running_service
 
 SECTIONS = (
@@ -63,6 +65,10 @@ def test_the_demo_prints_every_read_model_non_empty_and_returns_off_a_terminal()
 
     calls = rows(found, "calls sent")
     assert [c["answer"] for c in calls].count("204") == len(calls) - 1
+    # Weeks of simulated days, not one instant: the charts have shape.
+    assert len({c["date"] for c in calls}) >= 10
+    first_seen = [v["first_seen_at"][:10] for v in rows(found, "descriptor adoption")]
+    assert len(set(first_seen)) == 2
     assert calls[-1]["answer"] == "401 bad_signature"  # the forged install
     tenants = {t["client_key"]: t for t in rows(found, "tenants")}
     assert len(tenants) == 7
@@ -120,3 +126,13 @@ def test_with_url_the_demo_says_what_it_skipped_and_why(
     calls = rows(found, "calls sent")
     assert calls[-1]["answer"] == "401 bad_signature" and "umbrella" not in str(calls)
     assert not any(title.startswith("a tenant moves to Forge") for title in found)
+
+
+def test_the_simulated_clock_lasts_only_while_it_is_held() -> None:
+    then = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    with simulated_clock(lambda: then):
+        assert utcnow() == then
+    assert utcnow() - system_now() < timedelta(seconds=5)
+    with pytest.raises(RuntimeError), simulated_clock(lambda: then):
+        raise RuntimeError("a failing demo step")
+    assert utcnow() != then
