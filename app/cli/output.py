@@ -252,11 +252,12 @@ def print_table(
     headers = [header(c) for c in columns]
     rows = [[shown(record.get(c)) for c in columns] for record in records]
     widths = column_widths(rows, headers, console.width)
-    if widths is not None or not records:
-        table = _table(title, headers, rows, widths or [max(cell_len(h), 1) for h in headers])
-        if not records:
-            table.caption = "(none)"
-        console.print(table)
+    if not records:
+        _print_title(console, title)
+        console.print(Text("(none)", style="dim italic"))
+        return
+    if widths is not None:
+        console.print(_table(title, headers, rows, widths))
         return
     _print_title(console, title)
     for row in rows:

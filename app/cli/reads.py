@@ -335,6 +335,12 @@ def descriptors(
             TENANT_COLUMNS,
             title=f"stragglers: installed, not on version {answer['latest']}",
         )
+        if len(answer["stragglers"]) >= reads.STRAGGLERS_SHOWN:
+            note(
+                f"more: only the first {reads.STRAGGLERS_SHOWN} stragglers are listed; every one:"
+                " ledger tenants --state installed --all | awk -F'\\t'"
+                f" 'NR > 1 && $5 != \"{answer['latest']}\"'"
+            )
 
 
 def reimports(catch_up: CatchUpOption = True, as_json: JsonOption = False) -> None:
