@@ -35,60 +35,17 @@ from pydantic import SecretStr
 from rich.console import Console
 from rich.text import Text
 
-from app.cli.demo.common import AdminReader, section
+from app.cli.demo.common import AdminReader, DemoHost, section
 from app.cli.demo.forge import ForgeDemo
 from app.cli.demo.story import STEPS, Cast, DemoClock, play_steps, story_days
 from app.cli.output import print_record, print_records
 from app.queries.evidence import HISTORY_COLUMNS, evidence_rows
 from app.serve.embedded import embedded_service
 from app.settings import Settings
-from app.sim.connect import KeyServer, SimulatedHost
-from eventstore.clock import simulated_clock, utcnow
+from app.sim.connect import KeyServer
+from eventstore.clock import simulated_clock
 
 TENANT_COLUMNS = ("client_key", "base_url", "state", "enabled", "descriptor_version", "version")
-
-
-class DemoHost:
-    """A simulated host plus the HTTP client that delivers its calls."""
-
-    def __init__(self, url: str, app_base_url: str, key_server: KeyServer) -> None:
-        self.client = httpx.Client(base_url=url, timeout=30)
-        self.app_base_url = app_base_url
-        self.host = SimulatedHost(key_server=key_server)
-        self.results: list[dict[str, Any]] = []
-
-    def send(
-        self,
-        step: str,
-        event: str,
-        payload: dict[str, Any],
-        *,
-        alg: str = "RS256",
-        version: str = "1",
-    ) -> int:
-        call = self.host.lifecycle_call(
-            event,
-            payload,
-            app_base_url=self.app_base_url,
-            alg=alg,  # type: ignore[arg-type]  # the demo sends a refused alg on purpose
-            descriptor_version=version,
-        )
-        response = self.client.post(
-            call.url_path_with_query, content=call.body, headers=call.headers
-        )
-        answer = str(response.status_code)
-        if response.status_code != 204:
-            answer += " " + response.json().get("error", "")
-        self.results.append(
-            {
-                "date": utcnow().date().isoformat(),  # the story's day (simulated)
-                "step": step,
-                "call": f"{event}?v={version}",
-                "alg": alg,
-                "answer": answer,
-            }
-        )
-        return response.status_code
 
 
 def base_url_rows(histories: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:

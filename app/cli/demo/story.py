@@ -25,7 +25,7 @@ from eventstore.clock import system_now
 from eventstore.ids import installation_ari
 
 if TYPE_CHECKING:
-    from app.cli.demo.connect import DemoHost
+    from app.cli.demo.common import DemoHost
     from app.cli.demo.forge import ForgeDemo
 
 MARGIN = timedelta(hours=1)  # the story's last day ends this long before the real now
