@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 from rich.console import Console
 
-from app.cli.demo.common import AdminReader, section
+from app.cli.demo.common import AdminReader, DemoHost, section
 from app.cli.forge import INSTALLATION_COLUMNS, LINK_COLUMNS, MIGRATION_COLUMNS
 from app.cli.output import print_records
 from app.sim.forge import ForgeCall, ForgeInstallation, ForgePlatform, JwksServer
@@ -43,9 +43,9 @@ class ForgeDemo:
     def stop(self) -> None:
         self.jwks.stop()
 
-    def connect(self, host: Any, say: str, payload: dict[str, Any], **options: Any) -> int:
+    def connect(self, host: DemoHost, say: str, payload: dict[str, Any], **options: Any) -> int:
         """A Connect ``installed`` call of the story (sent by the Connect host)."""
-        status: int = host.send(say, "installed", payload, **options)
+        status = host.send(say, "installed", payload, **options)
         self._record(say, "Connect installed", "(Connect JWT)", str(status))
         return status
 
