@@ -199,6 +199,14 @@ def test_help_lists_choices_whole_summaries_and_no_placeholders() -> None:
     assert all(reason in rejections.replace("- ", "-") for reason in REFUSAL_REASONS)
 
 
+def test_help_never_breaks_a_word_at_a_hyphen() -> None:
+    commands = re.findall(r"^  ([a-z-]+)  ", runner.invoke(cli, ["--help"]).stdout, re.MULTILINE)
+    assert len(commands) >= 15
+    for command in commands:
+        text = runner.invoke(cli, [command, "--help"]).stdout
+        assert not re.search(r"[a-z]-\n", text), (command, text)
+
+
 def test_every_refusal_code_of_the_ingestors_is_a_known_reason() -> None:
     sources = "\n".join(p.read_text() for p in Path("app/ingest").rglob("*.py"))
     made = set(re.findall(r"(?:Refusal\(\s*\d+,|TokenError\(|code=)\s*\"([a-z_]+)\"", sources))

@@ -330,6 +330,22 @@ def say_error(message: str) -> None:
     stderr_console().print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
 
 
+def _help_wraps_at_spaces_only() -> None:
+    """``--help`` text wraps like every terminal output: at spaces, never inside a word
+    ("presumed-|gone", a URL). Typer's click takes its wrapper from this module anew
+    for every paragraph."""
+    from typer._click import _textwrap
+
+    base = _textwrap.TextWrapper
+
+    class WholeWords(base):  # type: ignore[misc,valid-type]  # a class from a module attribute
+        def __init__(self, *args: Any, **options: Any) -> None:
+            super().__init__(*args, break_on_hyphens=False, break_long_words=False, **options)
+
+    if base.__name__ != "WholeWords":
+        _textwrap.TextWrapper = WholeWords  # type: ignore[misc]  # Typer offers no hook for its help wrapping
+
+
 def plain_help_metavars() -> None:
     """``--help`` in click's words, not Typer's type placeholders (``<bool>``, ``<str>``,
     ``<list[str]>``, ``<int range>``): an argument shows its name only, an option its
@@ -348,5 +364,6 @@ def plain_help_metavars() -> None:
             return "[" + "|".join(str(c) for c in described.choices or ()) + "]"
         return (self.name or "value").upper()
 
+    _help_wraps_at_spaces_only()
     TyperArgument.display_type_rich = argument_type  # type: ignore[method-assign,assignment]  # Typer offers no hook for its help placeholders
     TyperOption.display_type_rich = option_type  # type: ignore[method-assign]  # Typer offers no hook for its help placeholders
