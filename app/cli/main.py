@@ -153,7 +153,14 @@ def demo(
         int, typer.Option(metavar="PORT", help="Port of the demo's install-key server.")
     ] = 8765,
 ) -> None:
-    """A simulated Atlassian host drives the service through a tenant's whole life."""
+    """A simulated Atlassian host drives the service through tenants' whole lives.
+
+    Without --url it starts a throw-away service and tells the story over eight
+    simulated weeks ending now (the service's clock is moved, nothing sleeps), then
+    prints every read model; on a terminal the service stays up for the console until
+    Ctrl-C. With --url the running service's own clock stamps the events, and the
+    Forge steps are skipped (the platform's keys are served only to a service the demo
+    starts itself)."""
     from app.cli.demo.connect import run_demo
 
     run_demo(console, url=url, key_port=key_port)
