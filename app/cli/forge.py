@@ -13,7 +13,15 @@ from typing import Annotated, Any, Literal
 import typer
 
 from app.cli.output import note, print_json, print_records, stdout_console
-from app.cli.reads import CatchUpOption, JsonOption, examples, read_models
+from app.cli.reads import (
+    AllOption,
+    CatchUpOption,
+    JsonOption,
+    every_page,
+    examples,
+    read_models,
+    say_more,
+)
 from app.queries import reads
 from eventstore.ids import installation_uuid
 
@@ -66,6 +74,7 @@ def installations(
             metavar="INSTALLATION_ID", help="Start after this installation (the next page)."
         ),
     ] = None,
+    every: AllOption = False,
     catch_up: CatchUpOption = True,
     as_json: JsonOption = False,
 ) -> None:
@@ -76,7 +85,14 @@ def installations(
     """
     start = _installation(after, "--after")
     with read_models(catch_up) as (_, storage):
-        answer = reads.installations_answer(storage, state=state, after=start, limit=limit)
+        answer = every_page(
+            lambda cursor: reads.installations_answer(
+                storage, state=state, after=cursor or start, limit=limit
+            ),
+            "installations",
+            every,
+        )
+    say_more(answer, as_json)
     print_records(
         answer["installations"],
         INSTALLATION_COLUMNS,

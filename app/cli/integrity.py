@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
+from app.cli.output import fail, say_error
 from app.cli.stores import existing_store
 from eventstore.chain import verify_store
 from eventstore.digest import (
@@ -58,7 +59,7 @@ def _print(value: Any) -> None:
 
 
 def _usage(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
+    say_error(message)
     return typer.Exit(2)
 
 
@@ -178,14 +179,12 @@ def export(
             return
         stream = stream_id_for(tenant) if tenant is not None else None
         if stream is not None and store.stream_version(stream) == 0:
-            typer.echo(f"no tenant {tenant!r}", err=True)
-            raise typer.Exit(1)
+            fail(f"no tenant {tenant!r}")
         lines = export_lines(store, after, stream)
         try:
             header = next(lines)
         except LookupError as error:
-            typer.echo(f"error: {error}", err=True)
-            raise typer.Exit(1) from None
+            fail(str(error))
         for line in itertools.chain([header], lines):
             out.write(json.dumps(line, separators=(",", ":")) + "\n")
 

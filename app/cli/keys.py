@@ -115,7 +115,7 @@ def rewrap(
         bool, typer.Option("--json", help="Print JSON for scripts instead of a summary.")
     ] = False,
     batch_size: Annotated[
-        int, typer.Option(min=1, max=10_000, help="Data keys read per batch.")
+        int, typer.Option(min=1, max=10_000, metavar="N", help="Data keys read per batch.")
     ] = 500,
 ) -> None:
     """Re-wrap every data key under the current (first) master key, so an old one can retire.

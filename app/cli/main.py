@@ -13,14 +13,13 @@ import sys
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 
 from app.bootstrap import store_for
 from app.cli import forge as cli_forge
 from app.cli import reads as cli_reads
-from app.cli.errors import LedgerGroup
+from app.cli.group import LedgerGroup
 from app.cli.keys import forget, rewrap
-from app.cli.output import note, plain_help_metavars, print_records, stdout_console
+from app.cli.output import fail, note, plain_help_metavars, print_records, stdout_console
 from app.cli.reads import JsonOption, examples
 from app.cli.reads import catch_up_read_models as _catch_up  # noqa: F401  (other CLI modules import it here)
 from app.cli.stores import existing_store
@@ -29,7 +28,6 @@ from eventstore.schema_status import SchemaStatus
 from eventstore.store import EventStore
 
 cli = typer.Typer(
-    cls=LedgerGroup,
     name="ledger",
     help="The tenant ledger: verified Atlassian Connect lifecycle calls kept as immutable events."
     "\n\nExit codes: 0 ok, 1 not found or a check failed, 2 usage error.",
@@ -37,6 +35,7 @@ cli = typer.Typer(
     add_completion=False,
     # Plain click help: Rich's help panels print "<bool>" beside every flag.
     rich_markup_mode=None,
+    cls=LedgerGroup,  # errors in one voice, whole summaries in --help
 )
 console = stdout_console()
 plain_help_metavars()
@@ -183,8 +182,7 @@ def rebuild(
     try:
         chosen = with_dependencies(names or [])
     except KeyError as error:
-        console.print(f"[red]{escape(str(error))}[/red]")
-        raise typer.Exit(2) from None
+        fail(str(error).strip("\"'"), 2)
     with _store() as store:
         if sys.stdout.isatty() and not as_json:
             with progress_bar(console, chosen) as show:
@@ -216,7 +214,14 @@ def demo(
         int, typer.Option(metavar="PORT", help="Port of the demo's install-key server.")
     ] = 8765,
 ) -> None:
-    """A simulated Atlassian host drives the service through a tenant's whole life."""
+    """A simulated Atlassian host drives the service through tenants' whole lives.
+
+    Without --url it starts a throw-away service and tells the story over eight
+    simulated weeks ending now (the service's clock is moved, nothing sleeps), then
+    prints every read model; on a terminal the service stays up for the console until
+    Ctrl-C. With --url the running service's own clock stamps the events, and the
+    Forge steps are skipped (the platform's keys are served only to a service the demo
+    starts itself)."""
     from app.cli.demo.connect import run_demo
 
     run_demo(console, url=url, key_port=key_port)

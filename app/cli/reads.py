@@ -7,7 +7,7 @@ Exit codes: 0 ok, 1 not found, 2 usage error (a bad option value).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
@@ -15,8 +15,9 @@ from typing import Annotated, Any, Literal
 import typer
 
 from app.cli.errors import may_not
-from app.cli.output import fail, note, print_record, print_records
+from app.cli.output import fail, note, print_record, print_records, stdout_console
 from app.cli.stores import existing_store
+from app.ingest.outcome import REFUSAL_REASONS
 from app.queries import reads
 from app.queries.evidence import HISTORY_COLUMNS, evidence_rows
 from eventstore.clock import parse_timestamp, utcnow
@@ -57,6 +58,7 @@ TENANT_COLUMNS = (
     "last_seen_at",
     "version",
 )
+MAX_ROWS = 2**62  # --all where the admin API has no cursor: no limit at all
 _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([smhd])$")  # ASCII digits: \d takes "٣"
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
@@ -123,6 +125,18 @@ def _as_of(value: str | None) -> int | datetime | None:
         raise typer.BadParameter(error.detail, param_hint="'--as-of'") from None
 
 
+def check_as_of(store: EventStore, up_to: int | datetime | None) -> None:
+    """``--as-of`` beyond what the log holds is a usage error, not the present in disguise."""
+    if isinstance(up_to, int):
+        head = store.head().position
+        if up_to > head:
+            fail(
+                f"--as-of {up_to} is past the log's head (position {head}); the latest is {head}", 2
+            )
+    elif isinstance(up_to, datetime) and up_to > utcnow():
+        fail(f"--as-of {up_to.isoformat()} is in the future; the log ends now", 2)
+
+
 def parse_since(value: str, now: datetime) -> datetime:
     """An RFC 3339 time, or a duration ago: ``30m``, ``24h``, ``7d``. ValueError otherwise."""
     match = _DURATION.match(value.strip())
@@ -132,6 +146,35 @@ def parse_since(value: str, now: datetime) -> datetime:
         except OverflowError:  # further back than the calendar goes: no such time
             raise ValueError(f"{value} reaches back before year 1") from None
     return parse_timestamp(value)
+
+
+AllOption = Annotated[
+    bool,
+    typer.Option(
+        "--all", help="Every page, not only the first --limit rows (--limit: the page size)."
+    ),
+]
+
+
+def every_page(
+    fetch: Callable[[str | None], dict[str, Any]], key: str, every: bool
+) -> dict[str, Any]:
+    """The first page of a list, or with ``every`` all of them (``next`` followed to the end)."""
+    answer = fetch(None)
+    if not every:
+        return answer
+    rows = list(answer[key])
+    while answer.get("next") is not None:
+        answer = fetch(answer["next"])
+        rows.extend(answer[key])
+    return {**answer, key: rows, "next": None}
+
+
+def say_more(answer: Mapping[str, Any], as_json: bool) -> None:
+    """A list that stopped at its limit says how to go on (stderr: never in what a
+    script parses; ``--json`` carries ``next`` itself)."""
+    if answer.get("next") is not None and not as_json:
+        note(f"more: --after {answer['next']}   (or --all for every page)")
 
 
 def tenants(
@@ -147,7 +190,7 @@ def tenants(
     presumed_gone: Annotated[
         bool,
         typer.Option(
-            "--presumed-gone/--all",
+            "--presumed-gone",
             help="Only tenants presumed gone: silent since a descriptor version older than"
             " the grace, or uninstalling on Forge (see ledger presumed-gone).",
         ),
@@ -155,19 +198,25 @@ def tenants(
     grace_hours: Annotated[
         float, typer.Option(min=0, metavar="HOURS", help="The grace for --presumed-gone.")
     ] = 24.0,
+    every: AllOption = False,
     catch_up: CatchUpOption = True,
     as_json: JsonOption = False,
 ) -> None:
     """List tenants (the tenants read model), ordered by clientKey."""
     with read_models(catch_up) as (_, storage):
-        answer = reads.tenants_answer(
-            storage,
-            state=state,
-            after=after,
-            limit=limit,
-            presumed_gone=presumed_gone,
-            grace_hours=grace_hours,
+        answer = every_page(
+            lambda cursor: reads.tenants_answer(
+                storage,
+                state=state,
+                after=cursor or after,
+                limit=limit,
+                presumed_gone=presumed_gone,
+                grace_hours=grace_hours,
+            ),
+            "tenants",
+            every,
         )
+    say_more(answer, as_json)
     title = "presumed gone" if presumed_gone else "tenants"
     print_records(answer["tenants"], TENANT_COLUMNS, as_json, document=answer, title=title)
 
@@ -187,6 +236,7 @@ def presumed_gone(
         str | None,
         typer.Option(metavar="CLIENT_KEY", help="Start after this clientKey (the next page)."),
     ] = None,
+    every: AllOption = False,
     catch_up: CatchUpOption = True,
     as_json: JsonOption = False,
 ) -> None:
@@ -199,9 +249,14 @@ def presumed_gone(
     presumption for a person to check, not a state change.
     """
     with read_models(catch_up) as (_, storage):
-        answer = reads.presumed_gone_answer(
-            storage, grace_hours=grace_hours, after=after, limit=limit
+        answer = every_page(
+            lambda cursor: reads.presumed_gone_answer(
+                storage, grace_hours=grace_hours, after=cursor or after, limit=limit
+            ),
+            "tenants",
+            every,
         )
+    say_more(answer, as_json)
     rows = [dict(t, presumed=",".join(t["presumed"])) for t in answer["tenants"]]
     print_records(
         rows,
@@ -218,6 +273,7 @@ def show(
     """Show one tenant, folded from its events (now, or as of a position or time)."""
     up_to = _as_of(as_of)
     with _store() as store:
+        check_as_of(store, up_to)
         try:
             answer = reads.tenant_answer(store, client_key, up_to)
         except reads.NotFound as error:
@@ -238,6 +294,7 @@ def history(
     """
     up_to = _as_of(as_of)
     with _store() as store:
+        check_as_of(store, up_to)
         try:
             answer = reads.tenant_events_answer(store, client_key, up_to)
         except reads.NotFound as error:
@@ -277,14 +334,18 @@ def descriptors(
             document=answer,
             title=f"descriptor versions (latest: {answer['latest'] or 'none seen yet'})",
         )
-    from app.cli.output import stdout_console
-
     if not as_json and (stragglers or stdout_console().is_terminal):
         print_records(
             answer["stragglers"],
             TENANT_COLUMNS,
             title=f"stragglers: installed, not on version {answer['latest']}",
         )
+        if len(answer["stragglers"]) >= reads.STRAGGLERS_SHOWN:
+            note(
+                f"more: only the first {reads.STRAGGLERS_SHOWN} stragglers are listed; every one:"
+                " ledger tenants --state installed --all | awk -F'\\t'"
+                f" 'NR > 1 && $5 != \"{answer['latest']}\"'"
+            )
 
 
 def reimports(catch_up: CatchUpOption = True, as_json: JsonOption = False) -> None:
@@ -300,10 +361,46 @@ def reimports(catch_up: CatchUpOption = True, as_json: JsonOption = False) -> No
     print_records(answer["links"], columns, as_json, document=answer, title="reimport links")
 
 
+REJECTION_COLUMNS = (
+    "at",
+    "status",
+    "reason",
+    "count",
+    "path",
+    "client_key",
+    "base_url",
+    "remote_addr",
+    "token_sha256",
+    "detail",
+)
+# On a terminal: the last refusal a row counts too, and an overflow row says what it is.
+REJECTION_SHOWN = (*REJECTION_COLUMNS[:4], "last_seen_at", *REJECTION_COLUMNS[4:])
+OVERFLOW_SHOWN = "(many: refusals past the window's row budget, identities not kept)"
+REASONS_HELP = ", ".join(sorted(REFUSAL_REASONS))
+
+
+def _since(since: str | None) -> datetime | None:
+    try:
+        return None if since is None else parse_since(since, utcnow())
+    except ValueError:
+        raise typer.BadParameter(
+            "an RFC 3339 time or a duration like 30m, 24h, 7d", param_hint="'--since'"
+        ) from None
+
+
+def _shown_rejection(row: Mapping[str, Any]) -> dict[str, Any]:
+    shown = dict(row)
+    if row.get("count", 1) == 1:
+        shown.pop("last_seen_at", None)  # the same time as "at"
+    if row.get("overflow"):
+        shown["client_key"] = OVERFLOW_SHOWN
+    return shown
+
+
 def rejections(
     reason: Annotated[
         str | None,
-        typer.Option(metavar="CODE", help="Only this reason code, e.g. bad_signature."),
+        typer.Option(metavar="CODE", help=f"Only this reason code, one of: {REASONS_HELP}."),
     ] = None,
     since: Annotated[
         str | None,
@@ -318,33 +415,33 @@ def rejections(
             "--client-key", metavar="CLIENT_KEY", help="Only calls that claimed this clientKey."
         ),
     ] = None,
-    limit: Annotated[int, typer.Option(min=1, metavar="N", help="At most N refusals.")] = 100,
+    limit: Annotated[int, typer.Option(min=1, metavar="N", help="At most N rows.")] = 100,
+    every: Annotated[bool, typer.Option("--all", help="Every row, however many.")] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """List refused calls, newest first (never a token or a secret: only its SHA-256)."""
-    try:
-        after = None if since is None else parse_since(since, utcnow())
-    except ValueError:
-        raise typer.BadParameter(
-            "an RFC 3339 time or a duration like 30m, 24h, 7d", param_hint="'--since'"
-        ) from None
+    """List refused calls, newest first (never a token or a secret: only its SHA-256).
+
+    Identical refusals close in time are one row with their count (and the last one's
+    time); an overflow row counts refusals past a window's row budget, without their
+    identities. The title on a terminal adds the counts up.
+    """
+    after = _since(since)
     with _store() as store:
         answer = reads.rejections_answer(
-            store, limit=limit, reason=reason, since=after, client_key=client_key
-        )
-    columns = (
-        "at",
-        "status",
-        "reason",
-        "count",
-        "path",
-        "client_key",
-        "base_url",
-        "remote_addr",
-        "token_sha256",
-        "detail",
-    )
-    print_records(answer["rejections"], columns, as_json, document=answer, title="rejections")
+            store, limit=MAX_ROWS if every else limit, reason=reason, since=after,
+            client_key=client_key,
+        )  # fmt: skip
+    rows = answer["rejections"]
+    if reason is not None and not rows and reason not in REFUSAL_REASONS:
+        fail(f"--reason {reason}: no such reason; reasons are {REASONS_HELP}", 2)
+    if len(rows) == limit and not every and not as_json:
+        note(f"more: --limit {limit * 10}   (or --all for every row)")
+    if as_json or not stdout_console().is_terminal:
+        print_records(rows, REJECTION_COLUMNS, as_json, document=answer)
+        return
+    calls = sum(r.get("count", 1) for r in rows)
+    title = f"rejections: {calls} refused call(s) in {len(rows)} row(s)"
+    print_records([_shown_rejection(r) for r in rows], REJECTION_SHOWN, title=title)
 
 
 COMMANDS: dict[str, tuple[Callable[..., None], str]] = {

@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -32,12 +31,10 @@ def rebuild_serialised(
     try:
         return rebuild_once(store, names, wait=wait, on_wait=waiting, progress=progress)
     except RebuildRunning:
-        print(
+        fail(
             "another rebuild is running on this database; run again when it has"
-            " finished, or without --no-wait to wait for it",
-            file=sys.stderr,
+            " finished, or without --no-wait to wait for it"
         )
-        raise typer.Exit(1) from None
     except RebuildFoldFailed as failed:
         fail(
             f"rebuild stopped, nothing was swapped in: {failed};"

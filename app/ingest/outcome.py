@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-__all__ = ["Outcome", "Refusal", "log_outcome"]
+__all__ = ["REFUSAL_REASONS", "Outcome", "Refusal", "log_outcome"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,3 +62,56 @@ def log_outcome(
     )
 
 
+# Every reason a refused call can be recorded under (``Outcome.code`` of a refusal): the
+# token's checks (``app.ingest.jwt.REASON_CODES``), the bodies', the deciders', the
+# key fetchers' and the shells'. Readers use it to tell an unknown reason from one that
+# simply has no refusal yet (tests/test_cli_terminal.py checks it against the sources).
+REFUSAL_REASONS: frozenset[str] = frozenset(
+    {
+        "app_mismatch",
+        "aud_mismatch",
+        "bad_field_type",
+        "bad_signature",
+        "body_token_mismatch",
+        "body_too_large",
+        "control_character",
+        "data_key_unreadable",
+        "field_too_long",
+        "first_install_not_signed",
+        "forge_not_configured",
+        "host_not_allowed",
+        "insecure_base_url",
+        "install_key_error",
+        "invalid_base_url",
+        "invalid_claim",
+        "invalid_field",
+        "invalid_installation",
+        "invalid_key",
+        "invalid_kid",
+        "iss_mismatch",
+        "jwks_unavailable",
+        "key_server_busy",
+        "key_server_unavailable",
+        "malformed_json",
+        "malformed_token",
+        "master_key_unavailable",
+        "missing_claim",
+        "missing_field",
+        "missing_token",
+        "no_shared_secret",
+        "not_an_object",
+        "qsh_mismatch",
+        "secret_unreadable",
+        "stale_call",
+        "store_unavailable",
+        "token_expired",
+        "token_not_yet_valid",
+        "token_reused",
+        "too_deep",
+        "unknown_kid",
+        "unknown_tenant",
+        "unsupported_alg",
+        "unsupported_media_type",
+        "wrong_app_key",
+    }
+)

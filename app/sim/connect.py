@@ -44,7 +44,6 @@ LIFECYCLE_EVENTS: Final = frozenset({"installed", "uninstalled", "enabled", "dis
 
 
 class _Handler(QuietHandler):
-
     def do_GET(self) -> None:
         owner = self.server.owner
         kid = urlsplit(self.path).path.lstrip("/")
@@ -117,7 +116,6 @@ class KeyServer(BackgroundServer):
             self.requests[kid] = self.requests.get(kid, 0) + 1
 
 
-
 # --- lifecycle calls ---------------------------------------------------------
 
 
@@ -139,6 +137,9 @@ class LifecycleCall:
         return value
 
 
+_PRODUCT_NAMES = {"confluence": "Confluence"}
+
+
 def make_install_payload(
     client_key: str | None = None,
     base_url: str | None = None,
@@ -157,8 +158,9 @@ def make_install_payload(
         "pluginsVersion": "1001.0.0-SNAPSHOT.2d5d2b8",
         "baseUrl": base_url,
         "displayUrl": base_url,
-        "productType": "jira",
-        "description": "Atlassian JIRA at " + base_url,
+        "productType": extra.get("productType", "jira"),
+        # What the host writes: "Atlassian JIRA at …" for Jira, "Atlassian Confluence at …".
+        "description": f"Atlassian {_PRODUCT_NAMES.get(str(extra.get('productType')), 'JIRA')} at {base_url}",
         "eventType": "installed",
     }
     payload.update(extra)

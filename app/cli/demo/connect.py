@@ -1,6 +1,10 @@
 """`ledger demo`: a simulated Atlassian host drives the service through tenants' lives,
 then every read model is printed, read back through the admin API.
 
+The story (``app.cli.demo.story.STEPS``) spans eight weeks: on a service of its own the
+demo moves the service's clock from day to day (``eventstore.clock.simulated_clock``),
+so the read models and the console have history. It ends just before the real now.
+
 Without ``--url`` it starts everything itself (a key server, the service on a
 throw-away SQLite file) so it works on a fresh clone. With ``--url`` it drives a
 running service, which must fetch install keys from this demo's key server
@@ -29,91 +33,19 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 from rich.console import Console
+from rich.text import Text
 
-from app.cli.demo.common import AdminReader, section
+from app.cli.demo.common import AdminReader, DemoHost, section
 from app.cli.demo.forge import ForgeDemo
+from app.cli.demo.story import STEPS, Cast, DemoClock, play_steps, story_days
 from app.cli.output import print_record, print_records
 from app.queries.evidence import HISTORY_COLUMNS, evidence_rows
 from app.serve.embedded import embedded_service
 from app.settings import Settings
-from app.sim.connect import KeyServer, SimulatedHost, make_install_payload
-from eventstore.clock import parse_timestamp, utcnow
+from app.sim.connect import KeyServer
+from eventstore.clock import simulated_clock
 
-# A tenant silent since a version first seen this long ago is presumed gone. The
-# default is 24 h; the demo cannot wait a day, so it asks with a one-second grace.
-DEMO_GRACE_SECONDS = 1.0
 TENANT_COLUMNS = ("client_key", "base_url", "state", "enabled", "descriptor_version", "version")
-
-
-class DemoHost:
-    """A simulated host plus the HTTP client that delivers its calls."""
-
-    def __init__(self, url: str, app_base_url: str, key_server: KeyServer) -> None:
-        self.client = httpx.Client(base_url=url, timeout=30)
-        self.app_base_url = app_base_url
-        self.host = SimulatedHost(key_server=key_server)
-        self.results: list[dict[str, Any]] = []
-
-    def send(
-        self,
-        step: str,
-        event: str,
-        payload: dict[str, Any],
-        *,
-        alg: str = "RS256",
-        version: str = "1",
-    ) -> int:
-        call = self.host.lifecycle_call(
-            event,
-            payload,
-            app_base_url=self.app_base_url,
-            alg=alg,  # type: ignore[arg-type]  # the demo sends a refused alg on purpose
-            descriptor_version=version,
-        )
-        response = self.client.post(
-            call.url_path_with_query, content=call.body, headers=call.headers
-        )
-        answer = str(response.status_code)
-        if response.status_code != 204:
-            answer += " " + response.json().get("error", "")
-        self.results.append(
-            {"step": step, "call": f"{event}?v={version}", "alg": alg, "answer": answer}
-        )
-        return response.status_code
-
-
-def drive(host: DemoHost) -> list[str]:
-    """The story: install, enable, rotate, rename, upgrade, reimport, go silent, uninstall,
-    and a forged install. Returns the client keys it created, acme's first."""
-    acme = make_install_payload(base_url="https://acme.atlassian.net")
-    initech = make_install_payload(base_url="https://initech.atlassian.net")
-    globex = make_install_payload(base_url="https://globex.atlassian.net", productType="confluence")
-    host.send("acme installs the app", "installed", acme)
-    host.send("initech installs the app (and is never heard of again)", "installed", initech)
-    host.send("acme's host enables it", "enabled", acme, alg="HS256")
-    acme = dict(acme, sharedSecret=secrets.token_urlsafe(48))
-    host.send("Atlassian rotates acme's secret", "installed", acme)
-    acme = dict(
-        acme,
-        baseUrl="https://acme-corp.atlassian.net",
-        displayUrl="https://acme-corp.atlassian.net",
-    )
-    host.send("acme renames its site", "installed", acme)
-    host.send("descriptor v2 reaches acme", "installed", acme, version="2")
-    host.send("globex installs the app", "installed", globex)
-    reimported = make_install_payload(base_url=globex["baseUrl"], productType="confluence")
-    host.send("globex's site is reimported (new clientKey)", "installed", reimported, version="2")
-    host.send("acme disables the app", "disabled", acme, alg="HS256", version="2")
-    host.send("acme enables it again", "enabled", acme, alg="HS256", version="2")
-    host.send("globex uninstalls", "uninstalled", globex)
-    host.send(
-        "a forged install for acme (HS256, own secret)",
-        "installed",
-        dict(acme, sharedSecret="attacker"),
-        alg="HS256",
-        version="2",
-    )
-    return [acme["clientKey"], initech["clientKey"], globex["clientKey"], reimported["clientKey"]]
 
 
 def base_url_rows(histories: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -133,16 +65,6 @@ def base_url_rows(histories: dict[str, list[dict[str, Any]]]) -> list[dict[str, 
                     }
                 )
     return sorted(rows, key=lambda r: r["position"])
-
-
-def _wait_for_grace(descriptors: dict[str, Any]) -> None:
-    """Sleep until the latest version has been seen for longer than the demo's grace."""
-    latest = next(
-        (v for v in descriptors["versions"] if v["version"] == descriptors["latest"]), None
-    )
-    if latest is not None:
-        age = (utcnow() - parse_timestamp(latest["first_seen_at"])).total_seconds()
-        time.sleep(min(max(DEMO_GRACE_SECONDS - age + 0.05, 0.0), 5.0))
 
 
 def show_read_models(console: Console, reader: AdminReader, client_keys: list[str]) -> None:
@@ -167,20 +89,19 @@ def show_read_models(console: Console, reader: AdminReader, client_keys: list[st
     print_records(descriptors["versions"], ("version", "first_seen_at", "tenants"), console=console)
     section(console, "stragglers (installed, not on the latest version)")
     print_records(descriptors["stragglers"], TENANT_COLUMNS, console=console)
-    _wait_for_grace(descriptors)
-    section(console, f"presumed gone (grace {DEMO_GRACE_SECONDS:g} s instead of 24 h)")
-    gone = reader.get(
-        "/admin/tenants",
-        presumed_gone="true",
-        grace_hours=DEMO_GRACE_SECONDS / 3600,
-        min_position=caught_up,
-    )["tenants"]
-    print_records(gone, (*TENANT_COLUMNS, "last_seen_at"), console=console)
+    section(
+        console,
+        "presumed gone (silent for over 24 h since a newer descriptor; uninstalling on Forge)",
+    )
+    gone = reader.get("/admin/presumed-gone", min_position=caught_up)["tenants"]
+    shown = [dict(t, presumed=",".join(t["presumed"])) for t in gone]
+    print_records(
+        shown, ("client_key", "presumed", *TENANT_COLUMNS[1:], "last_seen_at"), console=console
+    )
     section(console, "rejections (refused calls)")
     refused = reader.get("/admin/rejections", limit=10)["rejections"]
-    print_records(
-        refused, ("at", "status", "reason", "path", "client_key", "token_sha256"), console=console
-    )
+    columns = ("at", "status", "reason", "count", "path", "client_key", "token_sha256")
+    print_records(refused, columns, console=console)
 
 
 def show_integrity(console: Console, reader: AdminReader, database_url: str) -> None:
@@ -230,26 +151,55 @@ def _own_service(
             yield running
 
 
-def play(console: Console, host: DemoHost, token: str, database_url: str) -> None:
-    """Drive the story, then print every read model and the integrity evidence."""
-    keys = drive(host)
+CALL_COLUMNS = ("date", "step", "call", "alg", "answer")
+
+
+def play(
+    console: Console, cast: Cast, token: str | None, database_url: str, simulated: bool
+) -> None:
+    """Tell the story (on the simulated calendar when ``simulated``), then print every
+    read model and the integrity evidence."""
+    if simulated:
+        clock = DemoClock(story_days(STEPS))
+        with simulated_clock(clock):
+            skipped = play_steps(cast, STEPS, clock)
+    else:
+        skipped = play_steps(cast, STEPS, DemoClock(0))
+    if skipped:
+        note(
+            f"skipped {len(skipped)} Forge step(s) ({'; '.join(step.say for step in skipped)}):"
+            " a Forge call is verified against the"
+            " service's LEDGER_FORGE_JWKS_URLS, and the platform's keys are served only by"
+            " the JWKS this demo starts for a service of its own (run `ledger demo` without"
+            " --url to see them)",
+            console,
+        )
     section(console, "calls sent by the simulated host")
-    print_records(host.results, ("step", "call", "alg", "answer"), console=console)
-    reader = AdminReader(host.client, token)
-    show_read_models(console, reader, keys)
-    show_integrity(console, reader, database_url)
-
-
-def _hold(console: Console) -> None:
-    """On a terminal, keep the service up for the console until Ctrl-C."""
-    if not console.is_terminal:
+    print_records(cast.connect.results, CALL_COLUMNS, console=console)
+    if token is None:
+        note("LEDGER_ADMIN_TOKEN is not set: cannot read the ledger back", console)
         return
-    console.print("the service stays up for the console; press Ctrl-C to stop")
+    reader = AdminReader(cast.connect.client, token)
+    show_read_models(console, reader, [site["clientKey"] for site in cast.sites.values()])
+    show_integrity(console, reader, database_url)
+    if cast.forge is not None:
+        last = list(cast.installations.values())[-1].installation_id
+        cast.forge.show(console, token, last)
+
+
+def note(message: str, console: Console) -> None:
+    """A line for people; in a pipe or a file, under the section it belongs to."""
+    console.print(Text(message), soft_wrap=True)
+
+
+def _hold(console: Console, url: str) -> None:
+    """On a terminal, keep the service up for the console until Ctrl-C."""
+    console.print("the service stays up for the console; press Ctrl-C to stop it")
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        console.print("stopped")
+        console.print(f"stopped: the service at {url} is gone")
 
 
 def run_demo(console: Console, *, url: str | None, key_port: int) -> None:
@@ -257,18 +207,7 @@ def run_demo(console: Console, *, url: str | None, key_port: int) -> None:
     forge = ForgeDemo()
     try:
         if url is None:
-            token = secrets.token_urlsafe(24)
-            with _own_service(key_server, token, forge.settings()) as (own_url, settings):
-                console.print(f"started a throw-away service at {own_url} (SQLite, temporary)")
-                host = DemoHost(own_url, settings.app_base_url, key_server)
-                play(console, host, token, settings.database_url)
-                forge.drive(console, host.client, host.send, token)
-                section(console, "console")
-                # A throw-away service's throw-away token: showing it is the point.
-                console.file.write(
-                    f"open {own_url}/console and log in with the admin token {token}\n"
-                )
-                _hold(console)
+            _run_own(console, key_server, forge)
         else:
             _drive_running(console, url, key_server)
     finally:
@@ -276,20 +215,43 @@ def run_demo(console: Console, *, url: str | None, key_port: int) -> None:
         forge.stop()
 
 
+def _run_own(console: Console, key_server: KeyServer, forge: ForgeDemo) -> None:
+    """A throw-away service of the demo's own, on the story's simulated calendar."""
+    token = secrets.token_urlsafe(24)
+    with _own_service(key_server, token, forge.settings()) as (own_url, settings):
+        console.print(f"started a throw-away service at {own_url} (SQLite, temporary)")
+        host = DemoHost(own_url, settings.app_base_url, key_server)
+        forge.client = host.client
+        play(console, Cast(host, forge), token, settings.database_url, simulated=True)
+        section(console, "console")
+        if console.is_terminal:
+            # A throw-away service's throw-away token: showing it is the point.
+            console.print(f"open {own_url}/console and log in with the admin token {token}")
+            _hold(console, own_url)
+    if not console.is_terminal:
+        note(
+            "the throw-away service has stopped and its database is deleted: run"
+            " `ledger demo` on a terminal to keep it up and browse it in the console",
+            console,
+        )
+
+
 def _drive_running(console: Console, url: str, key_server: KeyServer) -> None:
     console.print(f"driving {url}; install keys are served at {key_server.url}")
+    note(
+        "the service's own clock stamps every event: the story's weeks pass in seconds"
+        " there (only a service the demo starts itself runs on the simulated calendar)",
+        console,
+    )
     # The service's own idea of its base URL (the tokens' audience), which need not
     # be the address this demo reaches it by.
     with httpx.Client(base_url=url, timeout=10) as probe:
         app_base_url = probe.get("/atlassian-connect.json").json()["baseUrl"]
     settings = Settings()
-    host = DemoHost(url, app_base_url, key_server)
-    if settings.admin_token is None:
-        drive(host)
-        print_records(host.results, ("step", "call", "alg", "answer"), console=console)
-        console.print("LEDGER_ADMIN_TOKEN is not set: cannot read the ledger back.")
-        return
-    play(console, host, settings.admin_token.get_secret_value(), settings.database_url)
-    section(console, "console")
-    # Never print an operator's real token: they know it.
-    console.file.write(f"open {url.rstrip('/')}/console and log in with LEDGER_ADMIN_TOKEN\n")
+    token = settings.admin_token.get_secret_value() if settings.admin_token else None
+    cast = Cast(DemoHost(url, app_base_url, key_server), None)
+    play(console, cast, token, settings.database_url, simulated=False)
+    if token is not None:
+        section(console, "console")
+        # Never print an operator's real token: they know it.
+        console.print(f"open {url.rstrip('/')}/console and log in with LEDGER_ADMIN_TOKEN")
