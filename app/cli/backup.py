@@ -76,7 +76,9 @@ def backup(
         raise _fail(POSTGRES_ADVICE, 2)
     source = Path(sqlite_path(settings.database_url))
     if not source.is_file():
-        raise _fail(f"no store at {source} (LEDGER_DATABASE_URL); nothing to back up", 1)
+        raise _fail(
+            f"no ledger store at {source.resolve()} (LEDGER_DATABASE_URL); nothing to back up", 1
+        )
     if file.exists() and not force:
         raise _fail(f"{file} exists; pass --force to replace it", 2)
     if file.exists() and file.resolve() == source.resolve():

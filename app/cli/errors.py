@@ -90,10 +90,10 @@ def _store_words(error: StoreError) -> str:
 
 def report(error: BaseException) -> None:
     """Say ``error`` in one line and exit, or let click handle its own."""
-    if isinstance(error, UsageError) and error.ctx is not None:
-        # A command's bad argument: click's own report is four lines with a usage
-        # banner; one line names the problem and where the help is.
-        fail(f"{error.format_message()} (see `{error.ctx.command_path} --help`)", USAGE)
+    if isinstance(error, UsageError):
+        # A command's bad argument: said in one line by the group's main
+        # (app.cli.group), with where the help is.
+        raise error
     explained = explain(error)
     if explained is None:
         raise error
