@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     # SPEC §10: the Forge app's id (UUID or ARI; unset: every Forge call is refused).
     forge_app_id: str | None = None
     forge_jwks_urls: str = "https://forge.cdn.prod.atlassian-dev.net/.well-known/jwks.json"
+    # SPEC §11: the runner's leader asks every installed tenant's site for its license
+    # this often (hours; 0 turns the check off), at most this many sites a second.
+    license_check_hours: float = Field(default=24, ge=0, le=24 * 366)
+    license_check_rate: float = Field(default=5, gt=0, le=1000)
+    # SPEC §6: tenants gone for longer than this many days are due for erasure (unset: off).
+    erasure_after_days: int | None = Field(default=None, ge=0, le=36500)
 
     @field_validator("forge_app_id")
     @classmethod

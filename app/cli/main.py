@@ -171,6 +171,10 @@ register(cli)
 
 cli_forge.register(cli)
 
+from app.cli import licenses as cli_licenses  # noqa: E402  (licenses check, erasure-due)
+
+cli_licenses.register(cli)
+
 
 def main() -> None:
     cli()
