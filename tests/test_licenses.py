@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import os
 import time
@@ -39,7 +40,7 @@ from eventstore.store import EventStore
 from projections.backends import storage_for
 from projections.model import TenantRow
 from projections.runner import wait_for_position
-from tests.harness import RunningService, running_service
+from tests.harness import ADMIN_TOKEN, RunningService, running_service
 
 runner = CliRunner()
 MASTER_KEY = base64.b64encode(os.urandom(32)).decode()
@@ -225,6 +226,11 @@ def test_a_site_deleted_without_uninstalled(service: RunningService, site: Simul
     assert routed["client_key"] == key and routed["evidence"]["position"] == refused.position
     (listed,) = json.loads(ledger("erasure-due", "--json"))["tenants"]
     assert listed["client_key"] == key
+    client = service.client
+    client.post("/console/login", data={"token": ADMIN_TOKEN, "next": "/console"})
+    page = client.get("/console/erasure-due")
+    assert page.status_code == 200 and key in page.text and "site_refused" in page.text
+    assert f"{refused.stream_id} @ {refused.position}" in page.text
 
     # `ledger forget` takes it off the list.
     ledger("forget", key, "--reason", "erasure due", "--yes")
@@ -357,3 +363,30 @@ def test_a_round_report_counts_every_site() -> None:
     shown = report.as_dict()
     assert report.done == 2 and shown["reasons"] == {"timeout": 1}
     assert shown["unreachable"] == 1 and shown["same"] == 1 and shown["finished_at"] is None
+
+
+def test_erasure_due_is_off_unless_set(store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEDGER_DATABASE_URL", store_url)
+    monkeypatch.delenv("LEDGER_ERASURE_AFTER_DAYS", raising=False)
+    with running_service(store_url, license_check_hours=0) as service:
+        payload = service.install()
+        assert service.send(service.call("uninstalled", payload)).status_code == 204
+        answer = service.admin("/admin/erasure-due").json()
+        assert answer == {"after_days": None, "tenants": [], "next": None}
+        result = runner.invoke(cli, ["erasure-due", "--json"], catch_exceptions=False)
+        assert result.exit_code == 0 and "not set" in result.stderr
+        assert json.loads(result.stdout)["tenants"] == []
+
+
+def test_the_demo_story(service: RunningService) -> None:
+    """What `ledger demo` can call: a lapse, a deleted site, and erasure due."""
+    from rich.console import Console
+
+    from app.cli.demo.licenses import license_story
+
+    out = io.StringIO()
+    license_story(Console(file=out, width=200), service.settings, service.install)
+    text = out.getvalue()
+    assert "## license check: a trial lapsed, a site was deleted" in text
+    assert "SiteRefused" in text and "LicenseChanged" in text
+    assert "site_refused" in text and "## erasure due 31 days later" in text

@@ -195,3 +195,19 @@ def rejections_page(store: EventStore) -> dict[str, Any]:
 
 def integrity_page(store: EventStore) -> dict[str, Any]:
     return {"verify": reads.verify_answer(store), "digest": make_digest(store)}
+
+
+def erasure_due_page(
+    store: EventStore, storage: ProjectionStorage, after_days: int | None, after: str | None
+) -> dict[str, Any]:
+    """Tenants due for erasure (``reads.erasure_due_page``), with their evidence."""
+    found = (
+        []
+        if after_days is None
+        else reads.erasure_due_page(store, storage, after_days, after=after, limit=PAGE_SIZE)
+    )
+    return {
+        "after_days": after_days,
+        "tenants": found,
+        "next": found[-1].tenant.client_key if len(found) == PAGE_SIZE else None,
+    }
