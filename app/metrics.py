@@ -194,7 +194,8 @@ class Metrics:
             registry=r,
         )
         self._runner = _RunnerMetrics(r)
-        self._license_checks = LicenseCheckMetrics(r)
+        self._registry = r
+        self._license_checks: LicenseCheckMetrics | None = None  # made when a checker runs here
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._scraped = registry if directory is None else _multiprocess_registry(directory)
 
@@ -224,7 +225,10 @@ class Metrics:
         return _MeteredHealth(self._runner)
 
     def license_checks(self) -> LicenseCheckMetrics:
-        """The license checks' metrics (SPEC §11), for a checker run in this process."""
+        """The license checks' metrics (SPEC §11), for a checker run in this process (made
+        then only: a worker of `ledger serve` runs none and writes no file for them)."""
+        if self._license_checks is None:
+            self._license_checks = LicenseCheckMetrics(self._registry)
         return self._license_checks
 
     def render(self) -> bytes:

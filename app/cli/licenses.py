@@ -17,6 +17,7 @@ licenses = typer.Typer(
     help="The ledger's own license and presence checks of Connect tenants (SPEC §11).",
     no_args_is_help=True,
     rich_markup_mode=None,
+    epilog=examples("ledger licenses check", "ledger licenses check CLIENT_KEY --json"),
 )
 
 ERASURE_COLUMNS = (
@@ -46,11 +47,12 @@ def check(
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Run one round of license checks now: ask each installed tenant's site for the
-    app's license, signed with the tenant's secret, and record what changed
-    (LicenseChanged, or SiteRefused for 401/403/404). A site that cannot be reached
-    is counted and left for the next round. Exit 1 when the named tenant could not
-    be asked (unknown, not installed, no secret)."""
+    """Run one round of license checks now.
+
+    Asks each installed tenant's site for the app's license, signed with the tenant's
+    secret, and records what changed (LicenseChanged, or SiteRefused for 401/403/404).
+    A site that cannot be reached is counted and left for the next round. Exit 1 when
+    the named tenant could not be asked (unknown, not installed, no secret)."""
     from app.licenses.check import run_round
     from eventstore.crypto import KeyRing
 
@@ -79,10 +81,12 @@ def erasure_due(
     catch_up: CatchUpOption = True,
     as_json: JsonOption = False,
 ) -> None:
-    """List tenants whose data is due for erasure: uninstalled, refused by their site, or
-    uninstalling on Forge for longer than LEDGER_ERASURE_AFTER_DAYS, and not forgotten;
-    each with the date it became due and the evidence (stream and position). `ledger
-    forget CLIENT_KEY --reason ...` erases one and takes it off the list."""
+    """List tenants whose data is due for erasure, with the evidence.
+
+    Due: uninstalled, refused by their site, or uninstalling on Forge for longer than
+    LEDGER_ERASURE_AFTER_DAYS, and not forgotten; each with the date it became due and
+    the evidence (stream and position). `ledger forget CLIENT_KEY --reason ...` erases
+    one and takes it off the list; a tenant that comes back leaves it by itself."""
     after_days = Settings().erasure_after_days
     if after_days is None:
         note("LEDGER_ERASURE_AFTER_DAYS is not set: nothing is ever due")
