@@ -257,6 +257,10 @@ async def _check_one(
         # The store's trouble, not the site's: nothing recorded, asked again next round.
         log.warning("license check not recorded: %s", type(error).__name__)
         context.counted("unreachable", "store")
+    except Exception as error:  # one site's surprise never ends the round (its type only:
+        # an exception's words could quote a URL or a header)
+        log.error("license check failed: %s", type(error).__name__)
+        context.counted("unreachable", "error")
 
 
 @dataclass(slots=True)
