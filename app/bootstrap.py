@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     # before ``ledger serve`` has set its multiprocess directory).
     from app.ingest.connect.ingestor import LifecycleIngestor
     from app.ingest.forge.ingestor import ForgeIngestor
+    from app.licenses.periodic import LicenseChecks
     from app.metrics import Metrics
     from app.outbound.worker import DeliveryMetrics, RunnerWithDeliveries
     from app.queries.readiness import RunnerView
@@ -90,6 +91,7 @@ async def running_service(
     storage = storage_for(opened)
     await run_in_threadpool(storage.ensure_ready)
     runner = _runner_thread(settings, opened, metrics)
+    checks = _license_checks(settings, opened, metrics, runner)
     try:
         yield Service(
             settings=settings,
@@ -99,9 +101,11 @@ async def running_service(
             connect=LifecycleIngestor(settings, opened, log, keyring, fetcher),
             forge=forge,
             projections=storage,
-            runner=_runner_view(settings, runner),
+            runner=_runner_view(settings, runner, checks),
         )
     finally:
+        if checks is not None:
+            await run_in_threadpool(checks.stop)
         if runner is not None:
             await run_in_threadpool(runner.stop)
         await fetcher.aclose()
@@ -151,11 +155,31 @@ def start_runner(
     return RunnerWithDeliveries(thread, deliveries)
 
 
-def _runner_view(settings: Settings, thread: RunnerWithDeliveries | None) -> RunnerView | None:
-    """Where /readyz reads the runner's state: this process's thread, or the file the
-    runner process of this serve publishes."""
+def _runner_view(
+    settings: Settings, thread: RunnerWithDeliveries | None, checks: LicenseChecks | None = None
+) -> RunnerView | None:
+    """Where /readyz reads the runner's state: this process's thread (with its webhook
+    deliveries and license checks), or the file the runner process of this serve
+    publishes."""
+    from app.licenses.periodic import RunnerWithChecks
     from projections.health import StateFile
 
     if thread is None and settings.run_projections and settings.projection_state_file:
         return StateFile(settings.projection_state_file)
+    if thread is not None and checks is not None:
+        return RunnerWithChecks(thread, checks)
     return thread
+
+
+def _license_checks(
+    settings: Settings, store: EventStore, metrics: Metrics, thread: RunnerWithDeliveries | None
+) -> LicenseChecks | None:
+    """The license checks (SPEC §11) beside this process's runner thread: they ask the
+    sites only while it leads."""
+    from app.licenses.periodic import license_checks_for
+
+    if thread is None:
+        return None
+    return license_checks_for(
+        settings, store, lambda: thread.role == "leader", metrics.license_checks()
+    )

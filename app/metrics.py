@@ -20,6 +20,7 @@ import functools
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -201,6 +202,8 @@ class Metrics:
         )
         self._runner = _RunnerMetrics(r)
         self.webhooks = WebhookMetrics(r)
+        self._registry = r
+        self._license_checks: LicenseCheckMetrics | None = None  # made when a checker runs here
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._scraped = registry if directory is None else _multiprocess_registry(directory)
 
@@ -231,6 +234,13 @@ class Metrics:
     def runner_health(self) -> RunnerHealth:
         """A runner health record that also sets the projection metrics."""
         return _MeteredHealth(self._runner)
+
+    def license_checks(self) -> LicenseCheckMetrics:
+        """The license checks' metrics (SPEC §11), for a checker run in this process (made
+        then only: a worker of `ledger serve` runs none and writes no file for them)."""
+        if self._license_checks is None:
+            self._license_checks = LicenseCheckMetrics(self._registry)
+        return self._license_checks
 
     def render(self) -> bytes:
         self._sync_rejection_log()
@@ -347,6 +357,66 @@ class WebhookMetrics:
 
     def lag(self, index: int, host: str, events: int) -> None:
         self._lag.labels(str(index), host).set(events)
+
+
+class _Round(Protocol):
+    """A finished license check round (``app.licenses.check.RoundReport``)."""
+
+    sites: int
+    started_at: float
+    finished_at: float | None
+
+    @property
+    def done(self) -> int: ...
+
+
+class LicenseCheckMetrics:
+    """The license and presence checks (SPEC §11): each site's result, each round's
+    progress and rate (``app.licenses.periodic.CheckMetrics``)."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        self.checks = Counter(
+            "ledger_license_checks",
+            "Sites asked by the license check, by result (changed, refused, same,"
+            " unreachable: asked again next round; skipped: not asked) and reason.",
+            ("result", "reason"),
+            registry=registry,
+        )
+        self.rounds = Counter(
+            "ledger_license_check_rounds", "License check rounds finished.", registry=registry
+        )
+        self.sites = Gauge(
+            "ledger_license_check_round_sites",
+            "Sites in the last license check round.",
+            multiprocess_mode="livemostrecent",
+            registry=registry,
+        )
+        self.done = Gauge(
+            "ledger_license_check_round_done",
+            "Sites of the running (or last) license check round done so far.",
+            multiprocess_mode="livemostrecent",
+            registry=registry,
+        )
+        self.rate = Gauge(
+            "ledger_license_check_sites_per_second",
+            "Sites checked per second in the last license check round.",
+            multiprocess_mode="livemostrecent",
+            registry=registry,
+        )
+
+    def started(self) -> None:
+        self.done.set(0)
+
+    def result(self, result: str, reason: str | None) -> None:
+        self.checks.labels(result, reason or "").inc()
+        self.done.inc()
+
+    def round(self, report: _Round) -> None:
+        self.rounds.inc()
+        self.sites.set(report.sites)
+        self.done.set(report.done)
+        elapsed = max((report.finished_at or time.time()) - report.started_at, 1e-6)
+        self.rate.set(report.done / elapsed)
 
 
 def runner_process_health() -> tuple[RunnerHealth, Callable[[], None]]:

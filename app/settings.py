@@ -75,6 +75,13 @@ class Settings(BaseSettings):
     # further one answers 429 (app.http.auth_failures).
     auth_failures_per_minute: int = Field(default=10, ge=1, le=100_000)
 
+    # SPEC §11: the runner's leader asks every installed tenant's site for its license
+    # this often (hours; 0 turns the check off), at most this many sites a second.
+    license_check_hours: float = Field(default=24, ge=0, le=24 * 366)
+    license_check_rate: float = Field(default=5, gt=0, le=1000)
+    # SPEC §6: tenants gone for longer than this many days are due for erasure (unset: off).
+    erasure_after_days: int | None = Field(default=None, ge=0, le=36500)
+
     @field_validator("database_url")
     @classmethod
     def _database_url_is_known(cls, value: str) -> str:

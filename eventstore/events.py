@@ -165,6 +165,25 @@ class ForgeUninstalling(msgspec.Struct, frozen=True, gc=False):
     pass
 
 
+# ------------------------------------------- license and presence checks (SPEC §11)
+
+
+class LicenseChanged(msgspec.Struct, frozen=True, gc=False, rename={"from_": "from"}):
+    """The tenant's site answered the license check with another license than the one
+    last recorded: ``from``/``to`` each ``{"active", "type", "evaluation", "sen"}`` (the
+    ledger's names), or None (none recorded yet / the site named none)."""
+
+    from_: dict[str, Any] | None
+    to: dict[str, Any] | None
+
+
+class SiteRefused(msgspec.Struct, frozen=True, gc=False):
+    """The tenant's site answered the license check 401, 403 or 404: the app is very
+    likely gone from it (deleted site, or an ``uninstalled`` that never reached us)."""
+
+    status: int
+
+
 FORGE_EVENT_TYPES: Final = frozenset(
     {
         "ForgeInstalled",
@@ -193,6 +212,8 @@ EventData = (
     | ForgeDetailsChanged
     | ForgeInstallConfirmed
     | ForgeUninstalling
+    | LicenseChanged
+    | SiteRefused
 )
 
 EVENT_TYPES: Final[dict[str, type[Any]]] = {
@@ -214,6 +235,8 @@ EVENT_TYPES: Final[dict[str, type[Any]]] = {
         ForgeDetailsChanged,
         ForgeInstallConfirmed,
         ForgeUninstalling,
+        LicenseChanged,
+        SiteRefused,
     )
 }
 
@@ -251,6 +274,8 @@ class Metadata(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     # ``ledger forget`` (TenantForgotten): who ran it, as the OS user, and on which machine.
     operator: str | None = None
     host: str | None = None
+    # The ledger's own observations (LicenseChanged, SiteRefused): "license_check".
+    source: str | None = None
 
 
 # ---------------------------------------------------------------- upcasting
@@ -366,6 +391,8 @@ def data_from_dict(event_type: str, body: dict[str, Any]) -> EventData:
     if event_type == "ForgeDetailsChanged":
         return ForgeDetailsChanged(changes=dict(body))
     if event_type in FORGE_EVENT_TYPES:
+        return msgspec.convert(body, EVENT_TYPES[event_type])
+    if event_type == "LicenseChanged" or event_type == "SiteRefused":
         return msgspec.convert(body, EVENT_TYPES[event_type])
     raise ValueError(f"unknown event type {event_type!r}")
 

@@ -80,6 +80,16 @@ class TenantRecord(msgspec.Struct, gc=False):
     # (``user@host``). A signed install afterwards starts the tenant afresh, unforgotten.
     forgotten_at: datetime | None = None
     forgotten_by: str | None = None
+    # The ledger's own license check (SPEC §11): whether the last license its site
+    # reported is active (None: never checked, or the site named none), and since when
+    # the site refuses the check (401/403/404) while the tenant is installed.
+    license_active: bool | None = None
+    site_refused_at: datetime | None = None
+    # Since when the tenant is gone (its Uninstalled, or its site's first refusal, the
+    # earlier one) and that event's log position: the evidence erasure is due from
+    # (SPEC §6). Cleared when the tenant comes back.
+    left_at: datetime | None = None
+    left_position: int | None = None
 
 
 # msgspec freezes a subclass of a mutable Struct (tested); mypy applies the dataclass rule.

@@ -24,7 +24,7 @@ from typing import Final
 from projections.installations import InstallationRow
 from projections.model import INSTALLED, DescriptorRow, TenantRow
 
-__all__ = ["DEFAULT_GRACE", "presumed_gone", "silence_threshold", "uninstalling"]
+__all__ = ["DEFAULT_GRACE", "presumed_gone", "silence_threshold", "site_refused", "uninstalling"]
 
 DEFAULT_GRACE: Final = timedelta(hours=24)
 
@@ -51,6 +51,12 @@ def presumed_gone(
     if threshold is None:
         return []
     return [row for row in tenants if row.state == INSTALLED and row.last_seen_at < threshold]
+
+
+def site_refused(tenants: Iterable[TenantRow]) -> list[TenantRow]:
+    """Installed tenants whose site refused the ledger's license check (401/403/404,
+    SPEC §11): the app is very likely gone from the site, without an ``uninstalled``."""
+    return [row for row in tenants if row.state == INSTALLED and row.site_refused_at is not None]
 
 
 def uninstalling(

@@ -34,6 +34,13 @@ Rules, one event type each (every event also sets ``last_seen_at`` to its
   uninstalled and disabled: a ``Disabled`` (or ``Enabled``) racing in after
   ``Uninstalled`` does not bring it back.
 * ``Uninstalled`` sets state uninstalled and ``enabled`` False.
+* ``LicenseChanged`` (the ledger's license check, SPEC §11) sets ``license_active`` from
+  its ``to``; ``SiteRefused`` sets ``site_refused_at``. Neither is a call from the
+  tenant: they move ``updated_at``, never ``last_seen_at``. A site that answers the
+  check again (a ``LicenseChanged`` after a refusal) is back: the refusal is cleared.
+* ``left_at``/``left_position``: the first ``Uninstalled`` or ``SiteRefused`` since the
+  last install (SPEC §6 erasure due counts from it). Any call from the tenant but
+  ``Uninstalled`` proves the app is there: it clears a refusal (and, installed, these).
 * ``TenantForgotten`` sets ``forgotten_at`` (its ``recorded_at``) and ``forgotten_by``
   (``operator@host`` from its metadata); state and ``enabled`` stay as they were. A
   later ``Installed`` (the signed reinstall that starts it afresh) clears both.
@@ -61,6 +68,7 @@ from eventstore.events import (
     DescriptorUpgraded,
     DetailsChanged,
     Installed,
+    LicenseChanged,
     stream_id_for,
 )
 from eventstore.ids import installation_uuid
@@ -138,6 +146,52 @@ def _seen(tenant: _Tenant, event: RecordedEvent) -> None:
     """InstallConfirmed, and repeats: the tenant called, nothing changed."""
     tenant.last_seen_at = event.recorded_at
     tenant.version = event.version
+    if tenant.site_refused_at is not None:
+        _back(tenant)
+
+
+def _back(tenant: _Tenant) -> None:
+    """The site answered (a call, or the license check): it no longer refuses."""
+    tenant.site_refused_at = None
+    if tenant.state == INSTALLED:
+        tenant.left_at = None
+        tenant.left_position = None
+
+
+def _left(tenant: _Tenant, event: RecordedEvent) -> None:
+    """The erasure clock starts at the first sign the tenant is gone."""
+    if tenant.left_at is None:
+        tenant.left_at = event.recorded_at
+        tenant.left_position = event.position
+
+
+def _observed(tenant: _Tenant, event: RecordedEvent) -> None:
+    """The ledger's own observation changed the row: not a call from the tenant."""
+    tenant.updated_at = event.recorded_at
+    tenant.version = event.version
+
+
+def _license_changed(tenant: _Tenant, event: RecordedEvent) -> None:
+    data: LicenseChanged = event.data  # type: ignore[assignment]  # by event.type: the dispatch picked this handler
+    active = data.to.get("active") if isinstance(data.to, dict) else None
+    tenant.license_active = active if isinstance(active, bool) else None
+    if tenant.site_refused_at is not None:
+        _back(tenant)
+    _observed(tenant, event)
+
+
+def _site_refused(tenant: _Tenant, event: RecordedEvent) -> None:
+    if tenant.site_refused_at is None:
+        tenant.site_refused_at = event.recorded_at
+    _left(tenant, event)
+    _observed(tenant, event)
+
+
+def _present(tenant: _Tenant, event: RecordedEvent) -> None:
+    """A call that changed something (SecretRotated: something this row does not show)."""
+    if tenant.site_refused_at is not None:
+        _back(tenant)
+    _changed(tenant, event)
 
 
 def _changed(tenant: _Tenant, event: RecordedEvent) -> None:
@@ -151,13 +205,13 @@ def _changed(tenant: _Tenant, event: RecordedEvent) -> None:
 def _base_url_changed(tenant: _Tenant, event: RecordedEvent) -> None:
     data: BaseUrlChanged = event.data  # type: ignore[assignment]  # by event.type: the dispatch picked this handler
     tenant.base_url = url_text(data.to)
-    _changed(tenant, event)
+    _present(tenant, event)
 
 
 def _descriptor_upgraded(tenant: _Tenant, event: RecordedEvent) -> None:
     data: DescriptorUpgraded = event.data  # type: ignore[assignment]  # by event.type: the dispatch picked this handler
     tenant.descriptor_version = key_text(data.to)
-    _changed(tenant, event)
+    _present(tenant, event)
 
 
 def _details_changed(tenant: _Tenant, event: RecordedEvent) -> None:
@@ -169,7 +223,7 @@ def _details_changed(tenant: _Tenant, event: RecordedEvent) -> None:
         tenant.product_type = as_text(changes["productType"])
     if "installationId" in changes:
         tenant.installation_id = installation_uuid(changes["installationId"])
-    _changed(tenant, event)
+    _present(tenant, event)
 
 
 def _enable(tenant: _Tenant, event: RecordedEvent, enable: bool) -> None:
@@ -178,7 +232,7 @@ def _enable(tenant: _Tenant, event: RecordedEvent, enable: bool) -> None:
         _seen(tenant, event)
     else:
         tenant.enabled = enabled
-        _changed(tenant, event)
+        _present(tenant, event)
 
 
 def _enabled(tenant: _Tenant, event: RecordedEvent) -> None:
@@ -195,6 +249,8 @@ def _uninstalled(tenant: _Tenant, event: RecordedEvent) -> None:
     else:
         tenant.state = UNINSTALLED
         tenant.enabled = False
+        tenant.site_refused_at = None  # uninstalled says more than a refusal
+        _left(tenant, event)
         _changed(tenant, event)
 
 
@@ -214,7 +270,7 @@ def _no_tenant(tenant: _Tenant, event: RecordedEvent) -> None:
 
 
 _UPDATES: dict[str, Callable[[_Tenant, RecordedEvent], None]] = {
-    "SecretRotated": _changed,
+    "SecretRotated": _present,
     "BaseUrlChanged": _base_url_changed,
     "DescriptorUpgraded": _descriptor_upgraded,
     "DetailsChanged": _details_changed,
@@ -223,6 +279,8 @@ _UPDATES: dict[str, Callable[[_Tenant, RecordedEvent], None]] = {
     "Disabled": _disabled,
     "Uninstalled": _uninstalled,
     "TenantForgotten": _forgotten,
+    "LicenseChanged": _license_changed,
+    "SiteRefused": _site_refused,
     # Forge events live in ``installation:`` streams, which have no tenant row (they
     # reach the tenant through the links projection): a conscious no-op.
     **dict.fromkeys(FORGE_EVENT_TYPES, _no_tenant),

@@ -249,6 +249,10 @@ from app.cli.webhooks import webhooks  # noqa: E402
 
 cli.add_typer(webhooks)
 
+from app.cli import licenses as cli_licenses  # noqa: E402  (licenses check, erasure-due)
+
+cli_licenses.register(cli)
+
 
 def main() -> None:
     from pydantic import ValidationError

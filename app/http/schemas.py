@@ -47,6 +47,41 @@ class TenantAnswer(BaseModel):
     forgotten_by: str | None = Field(
         default=None, description="who forgot it: the operator's OS user @ host"
     )
+    license_active: bool | None = Field(
+        default=None,
+        description="the license its site last reported to the ledger's check (null: not yet)",
+    )
+    site_refused_at: str | None = Field(
+        default=None, description="RFC 3339, UTC: since when its site refuses the license check"
+    )
+    left_at: str | None = Field(
+        default=None,
+        description="RFC 3339, UTC: since when it is gone (uninstalled or refused by its site)",
+    )
+    left_position: int | None = Field(
+        default=None, description="the log position of the event it left with (evidence)"
+    )
+
+
+class ErasureEvidence(BaseModel):
+    stream_id: str
+    position: int = Field(description="the log position of the event the tenant left with")
+    recorded_at: str
+
+
+class ErasureDueTenant(TenantAnswer):
+    reason: Literal["uninstalled", "site_refused", "uninstalling"]
+    gone_since: str = Field(description="RFC 3339, UTC")
+    due_at: str = Field(description="RFC 3339, UTC: gone_since + LEDGER_ERASURE_AFTER_DAYS")
+    evidence: ErasureEvidence
+
+
+class ErasureDueAnswer(BaseModel):
+    after_days: int | None = Field(
+        description="LEDGER_ERASURE_AFTER_DAYS; null: unset, nothing is ever due"
+    )
+    tenants: list[ErasureDueTenant]
+    next: str | None = Field(description="pass as ?after= for the next page; null on the last")
 
 
 class TenantsPage(BaseModel):

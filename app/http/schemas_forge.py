@@ -74,7 +74,7 @@ class MigrationAnswer(BaseModel):
 
 
 class PresumedGoneTenant(TenantAnswer):
-    presumed: list[Literal["silent", "uninstalling"]]
+    presumed: list[Literal["silent", "uninstalling", "site_refused"]]
 
 
 class PresumedGoneAnswer(BaseModel):

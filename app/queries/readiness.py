@@ -32,6 +32,17 @@ class RunnerError(BaseModel):
     position: int | None  # the event the runner is stuck at, when known
 
 
+class LicenseChecks(BaseModel):
+    """The license and presence checks beside the leading runner (SPEC §11)."""
+
+    every_hours: float
+    rate_per_second: float  # the most sites started per second
+    rounds: int  # finished since this process started
+    # The round under way (sites, done, each result's count, reasons, sites_per_second).
+    running: dict[str, Any] | None
+    last_round: dict[str, Any] | None
+
+
 class RunnerState(BaseModel):
     role: Literal["leader", "standby", "stopped"]
     degraded: bool = False  # some projection is stalled (see projections[...].stalled)
@@ -47,6 +58,8 @@ class RunnerState(BaseModel):
     last_error: RunnerError | None  # kept after recovery, with its time
     observed_at: str | None
     webhooks: list[WebhookProgress] = []  # empty: no LEDGER_WEBHOOK_URLS
+    # None when this process's runner has no license checks (off, or not its job).
+    license_checks: LicenseChecks | None = None
 
 
 class WebhookProgress(BaseModel):

@@ -31,6 +31,7 @@ from eventstore.store import EventStore
 from eventstore.values import RecordedEvent
 from projections import tenants as tenants_fold
 from projections.descriptors import latest_version
+from projections.erasure_due import ErasureDue, Evidence, erasure_due
 from projections.installations import (
     InstallationRow,
     LinkRow,
@@ -39,7 +40,7 @@ from projections.installations import (
 )
 from projections.migration import migration_report
 from projections.model import INSTALLED, DescriptorRow, ReimportRow, TenantRow
-from projections.presumed_gone import silence_threshold, uninstalling
+from projections.presumed_gone import silence_threshold, site_refused, uninstalling
 from projections.storage.base import ProjectionStorage
 
 REDACTED = "[redacted]"
@@ -98,7 +99,9 @@ def redact_event(event: RecordedEvent) -> dict[str, Any]:
 
 def tenant_object(row: Any) -> dict[str, Any]:
     out: dict[str, Any] = msgspec.to_builtins(row)
-    for name in ("installed_at", "updated_at", "last_seen_at", "forgotten_at"):
+    for name in (
+        "installed_at", "updated_at", "last_seen_at", "forgotten_at", "site_refused_at", "left_at"
+    ):
         value = getattr(row, name, None)
         if isinstance(value, datetime):
             out[name] = format_timestamp(value)
@@ -233,8 +236,9 @@ def presumed_gone_page(
     search: str | None = None,
 ) -> list[tuple[TenantRow, list[str]]]:
     """One page (by clientKey) of the installed tenants presumed gone, each with why:
-    ``silent`` (no call since a descriptor version older than the grace, SPEC §6) and/or
-    ``uninstalling`` (their linked Forge installation sent ``pre-uninstall``, SPEC §10).
+    ``silent`` (no call since a descriptor version older than the grace, SPEC §6),
+    ``uninstalling`` (their linked Forge installation sent ``pre-uninstall``, SPEC §10)
+    and/or ``site_refused`` (their site refused the license check, SPEC §11).
 
     The silent ones come from an indexed query; the uninstalling ones from the
     installations in that state (few). A page of their union is exact: any of its
@@ -255,6 +259,11 @@ def presumed_gone_page(
     for row in uninstalling_tenants(storage):
         if (after is None or row.client_key > after) and _matches(row, search):
             reasons.setdefault(row.client_key, (row, []))[1].append("uninstalling")
+    refused = storage.list_tenants(
+        state=INSTALLED, after=after, limit=limit, search=search, refused=True
+    )
+    for row in site_refused(refused):
+        reasons.setdefault(row.client_key, (row, []))[1].append("site_refused")
     return [reasons[key] for key in sorted(reasons)[:limit]]
 
 
@@ -516,3 +525,84 @@ def verify_answer(store: EventStore) -> dict[str, Any]:
         answer["first_bad_position"] = report.first_bad_position
         answer["reason"] = report.reason
     return answer
+
+
+def erasure_due_page(
+    store: EventStore,
+    storage: ProjectionStorage,
+    after_days: int,
+    *,
+    now: datetime | None = None,
+    after: str | None = None,
+    limit: int = 1000,
+) -> list[ErasureDue]:
+    """One page (by clientKey) of the tenants due for erasure (SPEC §6,
+    ``projections.erasure_due``): uninstalled or refused by their site (an indexed
+    query), or uninstalling on Forge (few: each one's event read from its stream)."""
+    now = now or utcnow()
+    grace = timedelta(days=after_days)
+    gone = storage.list_tenants(after=after, limit=limit, left_before=now - grace)
+    leaving = [
+        row for row in uninstalling_tenants(storage) if after is None or row.client_key > after
+    ]
+    evidence = _uninstalling_evidence(store, storage, leaving)
+    rows = {row.client_key: row for row in [*leaving, *gone]}
+    found = erasure_due([rows[key] for key in sorted(rows)], now, grace, evidence)
+    return found[:limit]
+
+
+def _uninstalling_evidence(
+    store: EventStore, storage: ProjectionStorage, tenants: list[TenantRow]
+) -> dict[str, Evidence]:
+    """For each tenant, the ``ForgeUninstalling`` of its uninstalling installation."""
+    found: dict[str, Evidence] = {}
+    for tenant in tenants:
+        linked = storage.list_installations(client_keys=[tenant.client_key], limit=None)
+        if tenant.installation_id is not None:
+            linked += _installations_by_id(storage, [tenant.installation_id])
+        leaving = [row for row in linked if row.state == "uninstalling"]
+        if not leaving:
+            continue
+        chosen = max(leaving, key=lambda row: row.installed_position)
+        stream_id = installation_stream_id(chosen.installation_id)
+        events = [e for e in store.read_stream(stream_id) if e.type == "ForgeUninstalling"]
+        if events:
+            event = events[-1]
+            found[tenant.client_key] = Evidence(stream_id, event.position, event.recorded_at)
+    return found
+
+
+def erasure_due_object(due: ErasureDue) -> dict[str, Any]:
+    return {
+        **tenant_object(due.tenant),
+        "reason": due.reason,
+        "gone_since": format_timestamp(due.gone_since),
+        "due_at": format_timestamp(due.due_at),
+        "evidence": {
+            "stream_id": due.evidence.stream_id,
+            "position": due.evidence.position,
+            "recorded_at": format_timestamp(due.evidence.at),
+        },
+    }
+
+
+def erasure_due_answer(
+    store: EventStore,
+    storage: ProjectionStorage,
+    after_days: int | None,
+    *,
+    now: datetime | None = None,
+    after: str | None = None,
+    limit: int = 1000,
+) -> dict[str, Any]:
+    """``GET /admin/erasure-due``: the tenants due for erasure, each with why, since
+    when, the date it became due and the evidence; ``after_days`` null (and no tenant)
+    while ``LEDGER_ERASURE_AFTER_DAYS`` is unset."""
+    if after_days is None:
+        return {"after_days": None, "tenants": [], "next": None}
+    found = erasure_due_page(store, storage, after_days, now=now, after=after, limit=limit)
+    return {
+        "after_days": after_days,
+        "tenants": [erasure_due_object(due) for due in found],
+        "next": found[-1].tenant.client_key if len(found) == limit else None,
+    }

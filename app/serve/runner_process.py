@@ -27,13 +27,18 @@ import signal
 import sys
 import threading
 from multiprocessing.connection import Connection
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from app.bootstrap import service_store, start_runner
+from app.bootstrap import service_store, start_runner, store_for
 from app.logs import configure_logging
 from app.metrics import WebhookMetrics, runner_process_health
 from app.settings import Settings
 from projections.health import StateFile, short_message
+
+if TYPE_CHECKING:
+    from app.licenses.periodic import LicenseChecks
+    from app.outbound.worker import RunnerWithDeliveries
+    from app.queries.readiness import RunnerView
 
 log = logging.getLogger("ledger.projections")
 
@@ -102,12 +107,41 @@ def serve_projections(settings: Settings, stop: threading.Event) -> bool:
     thread = start_runner(
         settings, store, health, WebhookMetrics(None), gather_seconds=GATHER_SECONDS
     )
+    view, checks = _with_license_checks(settings, thread)
     try:
         while not stop.wait(PUBLISH_SECONDS) and thread.is_alive():
-            state.publish(thread.status(), earlier)
+            state.publish(view.status(), earlier)
         return stop.is_set()
     finally:
+        if checks is not None:
+            checks.stop()
+            checks.store.close()
         thread.stop()
-        state.publish(thread.status(), earlier)  # its last word: stopped
+        state.publish(view.status(), earlier)  # its last word: stopped
         store.close()
         exiting()
+
+
+def _with_license_checks(
+    settings: Settings, thread: RunnerWithDeliveries
+) -> tuple[RunnerView, LicenseChecks | None]:
+    """The license checks (SPEC §11) beside the runner, asking only while it leads, on a
+    store of their own (the runner's connections are the runner's)."""
+    from app.licenses.periodic import RunnerWithChecks, license_checks_for
+    from app.metrics import LicenseCheckMetrics
+
+    if settings.license_check_hours <= 0:
+        return thread, None
+    try:
+        checks = license_checks_for(
+            settings,
+            store_for(settings, max_connections=2, existing=True),
+            lambda: thread.role == "leader",
+            LicenseCheckMetrics(None),
+        )
+    except Exception as error:  # the check is an extra: the projections run regardless
+        log.error(f"the license checks cannot start: {short_message(error)}")
+        return thread, None
+    if checks is None:
+        return thread, None
+    return RunnerWithChecks(thread, checks), checks

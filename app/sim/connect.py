@@ -18,8 +18,9 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
-from urllib.parse import quote, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
+import jwt as pyjwt
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
@@ -297,3 +298,122 @@ def _encode_query(query: Sequence[tuple[str, str]]) -> str:
     return "?" + "&".join(
         f"{quote(name, safe='-._~')}={quote(value, safe='-._~')}" for name, value in query
     )
+
+
+# --- a site's license endpoint (SPEC §11) -----------------------------------
+
+SiteMode = Literal["up", "deleted", "app_removed", "forbidden", "error", "slow", "huge", "redirect"]
+ADDON_PATH_PREFIX: Final = "/rest/atlassian-connect/1/addons/"
+
+
+class _SiteHandler(QuietHandler):
+
+    def do_GET(self) -> None:
+        owner: SimulatedSite = self.server.owner
+        owner._count()
+        mode = owner.mode
+        if mode == "slow":
+            owner._wake.wait(owner.slow_seconds)  # released early by stop() or a mode change
+        status, body = owner._answer_for(self.path, self.headers.get("Authorization"), mode)
+        if mode == "redirect":
+            self.send_response(302)
+            self.send_header("Location", "http://127.0.0.1:9/elsewhere")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self._answer(status, body, "application/json")
+
+
+class SimulatedSite(BackgroundServer):
+    """One Jira/Confluence Cloud site's ``GET /rest/atlassian-connect/1/addons/<key>``,
+    with a license a test can change (``set_license``), verifying the app's HS256 token
+    with the tenant's shared secret (``iss`` = the app key, ``qsh`` of the request).
+
+    Modes: ``up``; ``deleted`` (404: the site is gone, no ``uninstalled`` was sent);
+    ``app_removed`` (401) and ``forbidden`` (403); ``error`` (500); ``slow`` (each answer
+    held ``slow_seconds``); ``huge`` (an answer of several MiB); ``redirect`` (302).
+    """
+
+    handler = _SiteHandler
+    thread_name = "hostsim-site"
+
+    def __init__(
+        self, *, app_key: str = "tenant-ledger", slow_seconds: float = 30.0, port: int = 0
+    ) -> None:
+        super().__init__(slow_seconds=slow_seconds, port=port)
+        self.app_key = app_key
+        self.mode: SiteMode = "up"
+        self.shared_secret: str | None = None
+        self.license: dict[str, Any] | None = None
+        self.requests = 0
+        self.refused_tokens = 0  # requests whose token did not verify
+
+    @property
+    def base_url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("the site is not started")
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def install_payload(self, **extra: Any) -> dict[str, Any]:
+        """An ``installed`` payload for this site; its secret is the one tokens must use."""
+        payload = make_install_payload(base_url=self.base_url, key=self.app_key, **extra)
+        self.shared_secret = payload["sharedSecret"]
+        return payload
+
+    def set_license(
+        self,
+        active: bool = True,
+        type: str = "COMMERCIAL",
+        evaluation: bool = False,
+        sen: str = "SEN-1000001",
+    ) -> None:
+        with self._lock:
+            self.license = {
+                "active": active,
+                "type": type,
+                "evaluation": evaluation,
+                "supportEntitlementNumber": sen,
+            }
+
+    def set_mode(self, mode: SiteMode) -> None:
+        self.mode = mode
+        self._rearm(slow=mode == "slow")
+
+    def _count(self) -> None:
+        with self._lock:
+            self.requests += 1
+
+    def _answer_for(self, target: str, authorization: str | None, mode: str) -> tuple[int, bytes]:
+        path = urlsplit(target).path
+        if mode == "deleted" or path != ADDON_PATH_PREFIX + quote(self.app_key, safe=""):
+            return 404, b'{"message": "not found"}'
+        if mode in ("app_removed", "forbidden"):
+            return (401 if mode == "app_removed" else 403), b'{"message": "refused"}'
+        if mode == "error":
+            return 500, b'{"message": "oops"}'
+        if not self._verified(target, authorization):
+            with self._lock:
+                self.refused_tokens += 1
+            return 401, b'{"message": "bad token"}'
+        if mode == "huge":
+            return 200, b'{"license": {"type": "' + b"x" * (4 * 1024 * 1024) + b'"}}'
+        with self._lock:
+            answer = {"key": self.app_key, "state": "ENABLED", "license": self.license}
+        if answer["license"] is None:
+            del answer["license"]
+        return 200, json.dumps(answer).encode()
+
+    def _verified(self, target: str, authorization: str | None) -> bool:
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme != "JWT" or not token or not self.shared_secret:
+            return False
+        try:
+            claims = pyjwt.decode(token, self.shared_secret, algorithms=["HS256"])
+        except pyjwt.PyJWTError:
+            return False
+        parts = urlsplit(target)
+        query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "jwt"]
+        return claims.get("iss") == self.app_key and claims.get("qsh") == query_string_hash(
+            "GET", parts.path, query
+        )

@@ -217,8 +217,12 @@ class ProjectionStorage(abc.ABC):
         seen_before: datetime | None = None,
         search: str | None = None,
         not_version: str | None = None,
+        refused: bool = False,
+        left_before: datetime | None = None,
     ) -> list[TenantRow]:
-        """``search``: a case-insensitive substring of the client key or the base URL."""
+        """``search``: a case-insensitive substring of the client key or the base URL;
+        ``refused``: only those whose site refuses the license check; ``left_before``:
+        only those gone (``left_at``) before this time and not forgotten."""
         spec = SPECS["tenants"]
         m = self.mark
         clauses: list[str] = []
@@ -232,10 +236,16 @@ class ProjectionStorage(abc.ABC):
             (f"last_seen_at < {m}", None if seen_before is None else self._time(seen_before)),
             # the stragglers of a descriptor version
             (f"(descriptor_version IS NULL OR descriptor_version <> {m})", not_version),
+            (
+                f"left_at < {m} AND forgotten_at IS NULL",
+                None if left_before is None else self._time(left_before),
+            ),
         ):
             if value is not None:
                 clauses.append(clause)
                 params.append(value)
+        if refused:
+            clauses.append("site_refused_at IS NOT NULL")
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = self._query(
             f"SELECT {', '.join(spec.column_names)} FROM tenants{where}"

@@ -14,7 +14,7 @@ import msgspec
 from app.queries import reads
 from eventstore import open_store
 from eventstore.clock import format_timestamp
-from eventstore.events import EVENT_TYPES, Metadata, TenantForgotten
+from eventstore.events import EVENT_TYPES, LicenseChanged, Metadata, SiteRefused, TenantForgotten
 from eventstore.testing.synthetic import RandomLog
 from eventstore.values import NewEvent
 
@@ -37,6 +37,18 @@ def test_history_json_is_the_answer_encoded(tmp_path: Path) -> None:
             expected_version=store.stream_version(forgotten),
         )
         seen["TenantForgotten"] += 1
+        # The license check's observations are the ledger's own too (SPEC §11).
+        checked = sorted(streams)[1]
+        source = Metadata(source="license_check")
+        store.append(
+            checked,
+            [
+                NewEvent(LicenseChanged(from_=None, to={"active": True}), source),
+                NewEvent(SiteRefused(status=404), source),
+            ],
+            expected_version=store.stream_version(checked),
+        )
+        seen.update(["LicenseChanged", "SiteRefused"])
         connect_types = {name for name in EVENT_TYPES if not name.startswith("Forge")}
         assert connect_types <= set(seen), connect_types - set(seen)
         for stream in sorted(streams):

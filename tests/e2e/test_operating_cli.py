@@ -211,11 +211,11 @@ def test_an_auditor_runs_every_read_with_select_only(
         ["tenants"], ["show", key], ["history", key], ["descriptors"], ["reimports"],
         ["presumed-gone"], ["rejections"], ["installations"], ["links"], ["migration"],
         ["verify"], ["digest"], ["export"], ["export", "--verifiable"],
-        ["export", "--tenant", key, "--proof"], ["migrate", "--status"], ["webhooks"],
+        ["export", "--tenant", key, "--proof"], ["migrate", "--status"], ["webhooks"], ["erasure-due"],
     ]  # fmt: skip
     listed = {name for name in commands() if name not in {"serve", "demo"}}
     # backup copies an SQLite file (on PostgreSQL: pg_dump); the others write.
-    assert listed - {r[0] for r in reads} == {"rebuild", "forget", "rewrap", "backup"}
+    assert listed - {r[0] for r in reads} == {"rebuild", "forget", "rewrap", "backup", "licenses"}
     for args in reads:
         code, _, err = run(args, auditor)
         assert code == 0, (args, err)

@@ -15,6 +15,7 @@ NAV: list[tuple[str, str, str]] = [
     ("descriptors", "Descriptors", "/console/descriptors"),
     ("presumed-gone", "Presumed gone", "/console/presumed-gone"),
     ("rejections", "Rejections", "/console/rejections"),
+    ("erasure-due", "Erasure due", "/console/erasure-due"),
     ("events", "Events", "/console/events"),
     ("webhooks", "Webhooks", "/console/webhooks"),
     ("integrity", "Integrity", "/console/integrity"),

@@ -195,3 +195,19 @@ def integrity_page(store: EventStore, last: dict[str, Any] | None) -> dict[str, 
     """The last verification this process ran (None: none yet) and the digest now;
     the chain is recomputed only when a person asks (POST), never on a view."""
     return {"verify": last, "digest": make_digest(store)}
+
+
+def erasure_due_page(
+    store: EventStore, storage: ProjectionStorage, after_days: int | None, after: str | None
+) -> dict[str, Any]:
+    """Tenants due for erasure (``reads.erasure_due_page``), with their evidence."""
+    found = (
+        []
+        if after_days is None
+        else reads.erasure_due_page(store, storage, after_days, after=after, limit=PAGE_SIZE)
+    )
+    return {
+        "after_days": after_days,
+        "tenants": found,
+        "next": found[-1].tenant.client_key if len(found) == PAGE_SIZE else None,
+    }

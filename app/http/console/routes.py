@@ -392,3 +392,18 @@ async def logout(request: Request) -> Response:
 
 def _login_context(target: str, problem: str | None) -> dict[str, Any]:
     return {"section": "login", "next": auth.safe_next(target), "problem": problem}
+
+
+@router.get("/erasure-due")
+async def erasure_due(request: Request, after: str | None = None) -> Response:
+    settings: Settings = deps.settings(request)
+    return await _page(
+        request,
+        "erasure_due.html",
+        "erasure-due",
+        pages.erasure_due_page,
+        _store(request),
+        _projections(request),
+        settings.erasure_after_days,
+        _printable(after or "")[:MAX_KEY] or None,
+    )

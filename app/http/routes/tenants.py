@@ -17,6 +17,7 @@ from app.http import deps
 from app.http.auth_failures import refuse
 from app.http.schemas import (
     DescriptorsAnswer,
+    ErasureDueAnswer,
     EventsAnswer,
     EventsPage,
     FastJSONResponse,
@@ -296,3 +297,31 @@ async def reimports(
 ) -> FastJSONResponse:
     await caught_up(store, storage, min_position)
     return FastJSONResponse(await run_in_threadpool(reads.reimports_answer, storage))
+
+
+@router.get(
+    "/erasure-due",
+    summary="Tenants whose data is due for erasure (LEDGER_ERASURE_AFTER_DAYS), with evidence",
+    **documented(ErasureDueAnswer),
+)
+async def erasure_due(
+    request: Request,
+    store: StoreDep,
+    storage: ProjectionsDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+    after: Annotated[
+        str | None,
+        Query(
+            max_length=MAX_CLIENT_KEY,
+            pattern=KEY_PATTERN,
+            description="the last client_key of the previous page",
+        ),
+    ] = None,
+    min_position: MinPosition = None,
+) -> FastJSONResponse:
+    await caught_up(store, storage, min_position)
+    after_days = deps.settings(request).erasure_after_days
+    answer = await run_in_threadpool(
+        lambda: reads.erasure_due_answer(store, storage, after_days, after=after, limit=limit)
+    )
+    return FastJSONResponse(answer)
