@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     # The CLI imports this module for ``store_for`` alone: what the service wires is
     # imported when it is wired (prometheus-client, among others, must not be imported
     # before ``ledger serve`` has set its multiprocess directory).
+    from app.authority.shell import Authority
     from app.ingest.connect.ingestor import LifecycleIngestor
     from app.ingest.forge.ingestor import ForgeIngestor
     from app.metrics import Metrics
@@ -47,6 +48,7 @@ class Service:
     forge: ForgeIngestor
     projections: ProjectionStorage
     runner: RunnerView | None
+    authority: Authority
 
 
 @asynccontextmanager
@@ -55,6 +57,7 @@ async def running_service(
 ) -> AsyncIterator[Service]:
     """Open what the service holds (store, key fetchers, ingestors, the projection
     runner) and close it again; an injected ``store`` is left open."""
+    from app.authority.shell import Authority
     from app.ingest.connect.ingestor import LifecycleIngestor
     from app.ingest.connect.keys import InstallKeyFetcher
     from app.ingest.forge.ingestor import ForgeIngestor
@@ -73,6 +76,9 @@ async def running_service(
     storage = storage_for(opened)
     await run_in_threadpool(storage.ensure)
     runner = _runner_thread(settings, opened, metrics)
+    authority = Authority(settings, opened, keyring, forge)
+    if settings.service_token_map:  # closed, it answers 401 to all: nothing to hold
+        await authority.start()
     try:
         yield Service(
             settings=settings,
@@ -83,8 +89,10 @@ async def running_service(
             forge=forge,
             projections=storage,
             runner=_runner_view(settings, runner),
+            authority=authority,
         )
     finally:
+        await authority.aclose()
         if runner is not None:
             await run_in_threadpool(runner.stop)
         await fetcher.aclose()
