@@ -33,6 +33,11 @@ SCRIPTS = {
         ["rebuild_events_per_s", "rebuild_peak_rss_mb", "rebuild_vs_eventsourcing",
          "history_p99_ms", "history_2000_p99_ms"],
     ),
+    "auth_verify.py": (
+        ["--tenants", "200", "--calls", "3000", "--seconds", "1", "--warmup", "0.5",
+         "--load", "python"],
+        ["auth_verify_per_s", "auth_verify_p99_ms", "auth_verify_non_200"],
+    ),
 }  # fmt: skip
 
 
