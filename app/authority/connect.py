@@ -29,7 +29,6 @@ from app.authority.urls import METHODS, UrlRefused, app_request, site_request
 from app.authority.view import TenantView
 from app.ingest.connect.tokens import AppBase, query_string_hash, verify_shared_secret_token
 from app.ingest.jwt import TokenError, parse_token
-from app.queries.reads import tenant_object
 from eventstore.clock import format_timestamp
 from eventstore.crypto import CryptoError, KeyRing, MasterKeyUnavailable, open_secret, secret_ad
 
@@ -229,7 +228,7 @@ def verify(
         "account_id": sub if isinstance(sub, str) else None,
         "license": verifying.license,
         "expires_at": _timestamp(verified.exp),
-        "tenant": tenant_object(view.row),
+        "tenant": view.answer,
     }
 
 

@@ -140,8 +140,7 @@ class Authority:
     def _connect_verify(self, body: dict[str, Any], seen: _Seen) -> dict[str, Any]:
         settings = self.settings
         verifying = connect.read_verify(body, settings.app_base_urls)
-        seen.token = verifying.token
-        seen.subject = _claimed_iss(verifying.token)
+        seen.token = verifying.token  # the clientKey it claims is read only if refused
         return connect.verify(
             verifying,
             self._tenants(),
@@ -201,7 +200,7 @@ class Authority:
             path=request.path,
             reason=refused.code,
             status=refused.status,
-            client_key=(refused.client_key or seen.subject or None),
+            client_key=refused.client_key or seen.subject or _claimed_iss(request, seen.token),
             base_url=seen.site,
             remote_addr=request.remote_addr,
             token_sha256=token_sha256(seen.token) if seen.token else None,
@@ -217,8 +216,10 @@ class Authority:
             )
 
 
-def _claimed_iss(token: str) -> str | None:
-    """The clientKey an unverified token claims, for the rejection log only."""
+def _claimed_iss(request: AuthRequest, token: str | None) -> str | None:
+    """The clientKey an unverified Connect token claims, for the rejection log only."""
+    if token is None or request.route != "connect/verify":
+        return None
     try:
         iss = parse_token(token).token.iss
     except TokenError:  # an unreadable token claims nothing

@@ -15,9 +15,11 @@ while the follower writes sees one tenant's state before or after an event, neve
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
+from app.queries.reads import tenant_object
 from eventstore.events import (
     STREAM_PREFIX,
     Installed,
@@ -39,6 +41,9 @@ class TenantView:
     row: TenantRow
     secret: SealedSecret | None = None
     secret_version: int = 0
+    # The tenant as answers show it (the admin API's object), made once per event rather
+    # than once per verification.
+    answer: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def client_key(self) -> str:
@@ -60,10 +65,11 @@ def step(view: TenantView | None, event: RecordedEvent) -> TenantView | None:
         return None
     if view is None:
         view = TenantView(event.stream_id, row)
+    view = replace(view, row=row, answer=tenant_object(row))
     data = event.data
     if isinstance(data, Installed | SecretRotated):
-        return replace(view, row=row, secret=data.shared_secret, secret_version=event.version)
-    return replace(view, row=row)
+        return replace(view, secret=data.shared_secret, secret_version=event.version)
+    return view
 
 
 @dataclass(slots=True)
