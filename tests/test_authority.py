@@ -9,9 +9,11 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
 from app.cli.forget import forget_tenant
 from app.ingest.connect.tokens import query_string_hash, verify_shared_secret_token
+from app.settings import Settings
 from app.sim.connect import make_install_payload
 from app.sim.forge import ForgeInstallation, ForgePlatform, JwksServer
 from tests.harness import ADMIN_TOKEN, RunningService, running_service
@@ -392,3 +394,41 @@ def test_a_stolen_service_token_never_reveals_a_secret(service: RunningService) 
     ]
     assert not any(secret in answer for answer in answers)
     assert secret not in service.logs.getvalue()
+
+
+# --- settings -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "app=short-token",
+        "no-equals-sign-" + "t" * 40,
+        "bad name=" + "t" * 40,
+        f"a={SERVICE_TOKEN},b={SERVICE_TOKEN}",
+        f"a={SERVICE_TOKEN},a={OTHER_TOKEN}",
+        f"a={'t' * 20} {'t' * 20}",
+    ],
+)
+def test_a_bad_service_token_setting_names_the_setting_never_the_token(value: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        Settings(service_tokens=value)
+    message = str(refused.value)
+    assert "LEDGER_SERVICE_TOKENS" in message
+    secret = value.partition("=")[2] or value
+    assert secret not in message and SERVICE_TOKEN not in message
+
+
+def test_the_admin_token_is_never_a_service_token() -> None:
+    with pytest.raises(ValidationError, match="LEDGER_SERVICE_TOKENS must not hold"):
+        Settings(admin_token=SERVICE_TOKEN, service_tokens=f"app={SERVICE_TOKEN}")
+    assert Settings(service_tokens=f" app = {SERVICE_TOKEN} ,").service_token_map == {
+        SERVICE_TOKEN: "app"
+    }
+
+
+@pytest.mark.parametrize("value", ["ledger", "//ledger", "/led ger", "/ledger?x", "/a%2fb"])
+def test_a_bad_root_path_is_refused(value: str) -> None:
+    with pytest.raises(ValidationError, match="LEDGER_ROOT_PATH"):
+        Settings(root_path=value)
+    assert Settings(root_path="/ledger/").root_path == "/ledger"
