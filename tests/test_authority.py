@@ -3,6 +3,10 @@ sign, Forge verify, the rejection log, metrics, and that a secret never leaves."
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -11,11 +15,15 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
+from app.authority.follower import STALE_AFTER
+from app.authority.shell import Authority, AuthRequest
 from app.cli.forget import forget_tenant
 from app.ingest.connect.tokens import query_string_hash, verify_shared_secret_token
 from app.settings import Settings
 from app.sim.connect import make_install_payload
 from app.sim.forge import ForgeInstallation, ForgePlatform, JwksServer
+from eventstore.crypto import KeyRing
+from eventstore.store import EventStore
 from tests.harness import ADMIN_TOKEN, RunningService, running_service
 
 SERVICE_TOKEN = "svc-token-for-tests-0123456789abcdef"
@@ -187,6 +195,7 @@ def test_context_tokens(service: RunningService) -> None:
 )
 def test_refusals(service: RunningService, change: dict[str, Any], code: str) -> None:
     payload = installed(service)
+    change = dict(change)  # the parameters are shared by both stores' runs
     secret = change.pop("secret", payload["sharedSecret"])
     client_key = change.pop("client_key", payload["clientKey"])
     path = change.pop("path", "/panel")
@@ -432,3 +441,18 @@ def test_a_bad_root_path_is_refused(value: str) -> None:
     with pytest.raises(ValidationError, match="LEDGER_ROOT_PATH"):
         Settings(root_path=value)
     assert Settings(root_path="/ledger/").root_path == "/ledger"
+
+
+def test_a_view_that_cannot_follow_the_log_refuses(store: EventStore) -> None:
+    """Fail closed: a process that cannot read the log may be missing a rotation or a
+    forget, so after STALE_AFTER it answers 503 rather than verify or sign with its view."""
+    settings = Settings(master_key=base64.b64encode(os.urandom(32)).decode())
+    authority = Authority(settings, store, KeyRing(store, settings.master_keys()), forge=None)  # type: ignore[arg-type]  # no Forge call here
+    authority.follower.load()
+    body = json.dumps({"client_key": "nobody", "method": "GET", "url": "/x"}).encode()
+    request = AuthRequest("connect/sign", "/auth/connect/sign", body, "application/json", None)
+    assert asyncio.run(authority.handle(request)).code == "unknown_tenant"
+    assert authority.directory.refreshed_at is not None
+    authority.directory.refreshed_at -= STALE_AFTER + 1
+    answer = asyncio.run(authority.handle(request))
+    assert (answer.status, answer.code, answer.retry_after) == (503, "authority_stale", 5)

@@ -22,7 +22,6 @@ from typing import Final
 from anyio import to_thread
 
 from app.authority.view import Changes, Directory, fold_batch
-from eventstore.errors import StoreError
 from eventstore.events import STREAM_PREFIX
 from eventstore.store import EventStore
 from eventstore.values import RecordedEvent
@@ -30,6 +29,9 @@ from eventstore.values import RecordedEvent
 log = logging.getLogger("ledger.authority")
 
 INTERVAL: Final = 0.2  # seconds between two looks at the log (SPEC §9: ≤ 1 s end to end)
+# A view not refreshed for this long may miss a rotation or a forget: the authority then
+# refuses (503) rather than decide with a secret that may no longer be the tenant's.
+STALE_AFTER: Final = 5.0
 BATCH: Final = 2000  # events folded per read; a larger backlog is taken in several
 _KEY_PAGE: Final = 1000
 _WARN_EVERY: Final = 30.0  # seconds between two warnings while the store stays away
@@ -77,6 +79,10 @@ class Follower:
         self.directory.refreshed_at = time.monotonic()
         return read
 
+    def stale(self) -> bool:
+        refreshed = self.directory.refreshed_at
+        return refreshed is None or time.monotonic() - refreshed > STALE_AFTER
+
     def _fold(self, events: Iterable[RecordedEvent]) -> Changes:
         directory = self.directory
         return fold_batch(directory.tenants, events, directory.position)
@@ -86,15 +92,15 @@ class Follower:
         while True:
             try:
                 await to_thread.run_sync(self.refresh)
-            except StoreError as error:
+            except Exception as error:  # a store error, or any bad read: it must live on
                 self._warn(error)
             await asyncio.sleep(self._interval)
 
-    def _warn(self, error: StoreError) -> None:
+    def _warn(self, error: Exception) -> None:
         now = time.monotonic()
         if now - self._warned_at >= _WARN_EVERY:
             self._warned_at = now
             log.warning(
-                "the authority could not read the log; it answers from what it holds",
+                "the authority could not read the log; it refuses once its view is stale",
                 extra={"reason": type(error).__name__},
             )

@@ -115,6 +115,13 @@ class Authority:
                 await self._task
 
     def _tenants(self) -> Tenants:
+        if self.follower.stale():
+            raise AuthRefused(
+                503,
+                "authority_stale",
+                "the ledger cannot read its log now; retry later",
+                retry_after=self.settings.retry_after_seconds,
+            )
         return Tenants(self.directory.tenants, self.directory.data_keys)
 
     async def handle(self, request: AuthRequest) -> AuthAnswer:
