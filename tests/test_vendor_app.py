@@ -76,6 +76,16 @@ def test_page_load_verified_and_signed_call_accepted(
         assert body["site_status"] == 200 and body["site_user"]["accountId"] == site.account_id
         assert site.accepted == 1 and site.refused == []
 
+        context_token = ledger.host.page_token(
+            site.client_key, site.shared_secret, context=True, account_id=site.account_id
+        )
+        front_end = httpx.get(
+            f"{app_url}/context", headers={"Authorization": f"JWT {context_token}"}
+        )
+        assert front_end.json() == {"client_key": site.client_key, "account_id": site.account_id}
+        lifecycle = httpx.get(f"{app_url}/atlassian-connect.json").json()["lifecycle"]
+        assert lifecycle["installed"] == "/installed?v=1"
+
         forged = page_load(ledger, site, app_url, secret="a-guess-" + "z" * 40)
         assert forged.status_code == 401 and forged.json()["error"] == "bad_signature"
 

@@ -30,51 +30,72 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 MYSELF = "/rest/api/3/myself"
+LIFECYCLE = ("installed", "uninstalled", "enabled", "disabled")
+
+
+class Ledger:
+    """The app's one client of the ledger's tenant authority (``/auth/*``)."""
+
+    def __init__(self, ledger_url: str, service_token: str) -> None:
+        self.url, self._token = ledger_url, service_token
+        self.client: httpx.AsyncClient | None = None
+        self.site: httpx.AsyncClient | None = None  # calls to tenants' sites
+
+    async def open(self) -> None:
+        self.client = httpx.AsyncClient(
+            base_url=self.url, headers={"Authorization": f"Bearer {self._token}"}, timeout=10
+        )
+        self.site = httpx.AsyncClient(timeout=10, follow_redirects=False)
+
+    async def aclose(self) -> None:
+        for client in (self.client, self.site):
+            if client is not None:
+                await client.aclose()
+
+    async def ask(self, route: str, body: dict[str, Any]) -> httpx.Response:
+        assert self.client is not None, "the app's lifespan opens the client"
+        return await self.client.post(f"/auth/{route}", json=body)
+
+
+def refused(response: httpx.Response, status: int) -> JSONResponse:
+    """The ledger's refusal code, never the token or anything the request carried."""
+    return JSONResponse({"error": response.json().get("error", "refused")}, status_code=status)
 
 
 def create_app(ledger_url: str, service_token: str, site_base: str | None = None) -> FastAPI:
-    clients: dict[str, httpx.AsyncClient] = {}
+    ledger = Ledger(ledger_url, service_token)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        clients["ledger"] = httpx.AsyncClient(
-            base_url=ledger_url,
-            headers={"Authorization": f"Bearer {service_token}"},
-            timeout=10,
-        )
-        clients["site"] = httpx.AsyncClient(timeout=10, follow_redirects=False)
+        await ledger.open()
         try:
             yield
         finally:
-            for client in clients.values():
-                await client.aclose()
+            await ledger.aclose()
 
     app = FastAPI(title="Example vendor app", lifespan=lifespan)
+    add_pages(app, ledger, site_base)
+    app.add_api_route("/atlassian-connect.json", descriptor, methods=["GET"])
+    return app
 
-    async def ledger(route: str, body: dict[str, Any]) -> httpx.Response:
-        return await clients["ledger"].post(f"/auth/{route}", json=body)
 
-    def refused(response: httpx.Response, status: int) -> JSONResponse:
-        # The ledger's refusal code, never the token or anything the request carried.
-        return JSONResponse({"error": response.json().get("error", "refused")}, status_code=status)
-
+def add_pages(app: FastAPI, ledger: Ledger, site_base: str | None) -> None:
     @app.get("/panel")
     async def panel(request: Request) -> JSONResponse:
         url = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        verified = await ledger("connect/verify", {"method": request.method, "url": url})
+        verified = await ledger.ask("connect/verify", {"method": request.method, "url": url})
         if verified.status_code != 200:
             return refused(verified, 401)
         tenant = verified.json()
         target = f"{site_base.rstrip('/')}{MYSELF}" if site_base else MYSELF
-        signed = await ledger(
+        signed = await ledger.ask(
             "connect/sign", {"client_key": tenant["client_key"], "method": "GET", "url": target}
         )
         if signed.status_code != 200:
             return refused(signed, 502)
         call = signed.json()
-        site = await clients["site"].get(
-            call["url"], headers={"Authorization": call["authorization"]}
-        )
+        assert ledger.site is not None
+        site = await ledger.site.get(call["url"], headers={"Authorization": call["authorization"]})
         return JSONResponse(
             {
                 "client_key": tenant["client_key"],
@@ -87,9 +108,9 @@ def create_app(ledger_url: str, service_token: str, site_base: str | None = None
 
     @app.get("/context")
     async def context(request: Request) -> JSONResponse:
-        verified = await ledger(
-            "connect/verify",
-            {"authorization": request.headers.get("authorization"), "context": True},
+        authorization = request.headers.get("authorization")
+        verified = await ledger.ask(
+            "connect/verify", {"authorization": authorization, "context": True}
         )
         if verified.status_code != 200:
             return refused(verified, 401)
@@ -98,25 +119,19 @@ def create_app(ledger_url: str, service_token: str, site_base: str | None = None
             {"client_key": tenant["client_key"], "account_id": tenant["account_id"]}
         )
 
-    @app.get("/atlassian-connect.json")
-    async def descriptor() -> dict[str, Any]:
-        # The ledger's lifecycle routes, on the app's own origin (see README.md).
-        lifecycle = {
-            name: f"/{name}?v=1" for name in ("installed", "uninstalled", "enabled", "disabled")
-        }
-        return {
-            "key": "tenant-ledger",
-            "name": "Example vendor app",
-            "baseUrl": "https://vendor.example.com",
-            "authentication": {"type": "jwt"},
-            "apiMigrations": {"signed-install": True},
-            "lifecycle": lifecycle,
-            "scopes": ["read"],
-            "modules": {
-                "generalPages": [
-                    {"key": "panel", "url": "/panel", "name": {"value": "Example panel"}}
-                ]
-            },
-        }
 
-    return app
+async def descriptor() -> dict[str, Any]:
+    """The app's descriptor: the ledger's lifecycle routes on the app's own origin (the
+    proxy sends them to the ledger; see README.md)."""
+    return {
+        "key": "tenant-ledger",
+        "name": "Example vendor app",
+        "baseUrl": "https://vendor.example.com",
+        "authentication": {"type": "jwt"},
+        "apiMigrations": {"signed-install": True},
+        "lifecycle": {name: f"/{name}?v=1" for name in LIFECYCLE},
+        "scopes": ["read"],
+        "modules": {
+            "generalPages": [{"key": "panel", "url": "/panel", "name": {"value": "Example panel"}}]
+        },
+    }
