@@ -456,3 +456,33 @@ def test_a_view_that_cannot_follow_the_log_refuses(store: EventStore) -> None:
     authority.directory.refreshed_at -= STALE_AFTER + 1
     answer = asyncio.run(authority.handle(request))
     assert (answer.status, answer.code, answer.retry_after) == (503, "authority_stale", 5)
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type", "status"),
+    [
+        (b"[" * 30_000 + b"]" * 30_000, "application/json", 400),
+        (b'{"method": "GET", "url": "/\xff"}', "application/json", 400),
+        (b'{"method": "GET", "url": "/\\ud800"}', "application/json", 400),
+        (b'{"client_key": "\\ud800", "method": "GET", "url": "/x"}', "application/json", 400),
+        (b'{"method": "GET", "url": "/x"}', "text/plain", 400),
+        (b'{"url": "' + b"a" * 70_000 + b'"}', "application/json", 413),
+        (
+            b'{"expires_in": 1e400, "client_key": "k", "method": "GET", "url": "/"}',
+            "application/json",
+            400,
+        ),
+        (b"", "application/json", 400),
+    ],
+)
+def test_odd_bodies_are_refused_never_a_500(
+    service: RunningService, content: bytes, content_type: str, status: int
+) -> None:
+    route = "connect/sign" if b"client_key" in content else "connect/verify"
+    response = service.client.post(
+        f"/auth/{route}",
+        content=content,
+        headers={"Authorization": f"Bearer {SERVICE_TOKEN}", "Content-Type": content_type},
+    )
+    assert response.status_code == status, response.text
+    assert set(response.json()) == {"error", "detail"}
