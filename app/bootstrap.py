@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     # The CLI imports this module for ``store_for`` alone: what the service wires is
     # imported when it is wired (prometheus-client, among others, must not be imported
     # before ``ledger serve`` has set its multiprocess directory).
+    from app.authority.shell import Authority
     from app.ingest.connect.ingestor import LifecycleIngestor
     from app.ingest.forge.ingestor import ForgeIngestor
     from app.licenses.periodic import LicenseChecks
@@ -61,6 +62,7 @@ class Service:
     forge: ForgeIngestor
     projections: ProjectionStorage
     runner: RunnerView | None
+    authority: Authority
 
 
 @asynccontextmanager
@@ -69,6 +71,7 @@ async def running_service(
 ) -> AsyncIterator[Service]:
     """Open what the service holds (store, key fetchers, ingestors, the projection
     runner) and close it again; an injected ``store`` is left open."""
+    from app.authority.shell import Authority
     from app.ingest.connect.ingestor import LifecycleIngestor
     from app.ingest.connect.keys import InstallKeyFetcher
     from app.ingest.forge.ingestor import ForgeIngestor
@@ -92,6 +95,9 @@ async def running_service(
     await run_in_threadpool(storage.ensure_ready)
     runner = _runner_thread(settings, opened, metrics)
     checks = _license_checks(settings, opened, metrics, runner)
+    authority = Authority(settings, opened, keyring, forge)
+    if settings.service_token_map:  # closed, it answers 401 to all: nothing to hold
+        await authority.start()
     try:
         yield Service(
             settings=settings,
@@ -102,8 +108,10 @@ async def running_service(
             forge=forge,
             projections=storage,
             runner=_runner_view(settings, runner, checks),
+            authority=authority,
         )
     finally:
+        await authority.aclose()
         if checks is not None:
             await run_in_threadpool(checks.stop)
         if runner is not None:

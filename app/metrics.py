@@ -200,6 +200,18 @@ class Metrics:
             ("credential",),
             registry=r,
         )
+        self._service_calls = Counter(
+            "ledger_service_calls",
+            "Tenant authority calls (/auth/*) by service token name, endpoint and outcome.",
+            ("service", "endpoint", "outcome", "status"),
+            registry=r,
+        )
+        self._service_auth_failures = Counter(
+            "ledger_service_auth_failures",
+            "Calls to /auth/* refused before a service token let them in, by reason.",
+            ("endpoint", "reason"),
+            registry=r,
+        )
         self._runner = _RunnerMetrics(r)
         self.webhooks = WebhookMetrics(r)
         self._registry = r
@@ -223,6 +235,16 @@ class Metrics:
 
     def observe_auth_failure(self, credential: str) -> None:
         self._auth_failures.labels(credential).inc()
+
+    def observe_service_call(
+        self, service: str, endpoint: str, outcome: str, status: int, seconds: float
+    ) -> None:
+        """One tenant authority call let in by the service token named ``service``."""
+        self._service_calls.labels(service, endpoint, outcome, str(status)).inc()
+        self._duration.labels(endpoint, outcome).observe(seconds)
+
+    def service_auth_failed(self, endpoint: str, reason: str) -> None:
+        self._service_auth_failures.labels(endpoint, reason).inc()
 
     def observe_append_batch(self, appends: int) -> None:
         self._append_batches.observe(appends)

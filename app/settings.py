@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Final, Literal
@@ -30,8 +31,37 @@ def _split(value: str) -> tuple[str, ...]:
     return tuple(part.strip().lower() for part in value.split(",") if part.strip())
 
 
+# Characters a path prefix never needs, and which a proxy or a browser may read otherwise.
+_BAD_PATH: Final = re.compile(r"[\\?#%\s\x00-\x1f\x7f]")
+_SERVICE_NAME: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
+MIN_SERVICE_TOKEN_LENGTH: Final = 32
+
+
+def parse_service_tokens(setting: str) -> dict[str, str]:
+    """``name=token,...`` as {token: name}. ValueError names the setting and the pair's
+    place, never a token: tokens of at least 32 characters, names and tokens unique."""
+    found: dict[str, str] = {}
+    for index, pair in enumerate((p.strip() for p in setting.split(",") if p.strip()), 1):
+        name, sep, token = (part.strip() for part in pair.partition("="))
+        where = f"LEDGER_SERVICE_TOKENS pair #{index}"
+        if not sep or _SERVICE_NAME.fullmatch(name) is None:
+            raise ValueError(f"{where} must be name=token (name: letters, digits, . _ -)")
+        if len(token) < MIN_SERVICE_TOKEN_LENGTH or not token.isprintable() or " " in token:
+            raise ValueError(f"{where}: the token must be at least 32 printable characters")
+        if token in found or name in found.values():
+            raise ValueError(f"{where}: each service needs its own name and token")
+        found[token] = name
+    return found
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LEDGER_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="LEDGER_",
+        frozen=True,
+        extra="ignore",
+        # A refused value may be a token or a key: errors name the setting, never echo it.
+        hide_input_in_errors=True,
+    )
 
     database_url: str = "sqlite:///./var/ledger.db"
     app_base_url: str = "http://localhost:8000"
@@ -81,6 +111,11 @@ class Settings(BaseSettings):
     license_check_rate: float = Field(default=5, gt=0, le=1000)
     # SPEC §6: tenants gone for longer than this many days are due for erasure (unset: off).
     erasure_after_days: int | None = Field(default=None, ge=0, le=36500)
+
+    # SPEC §11: the vendor's services that may call /auth/* (comma-separated name=token).
+    service_tokens: SecretStr | None = None
+    # SPEC §11: the path prefix under which the vendor's proxy mounts the ledger (and strips).
+    root_path: str = ""
 
     @field_validator("database_url")
     @classmethod
@@ -159,6 +194,37 @@ class Settings(BaseSettings):
                     "LEDGER_APP_PREVIOUS_BASE_URLS must be comma-separated http(s) URLs"
                 )
         return value
+
+    @field_validator("service_tokens")
+    @classmethod
+    def _service_tokens_are_pairs(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_service_tokens(value.get_secret_value())  # raises, naming no token
+        return value
+
+    @field_validator("root_path")
+    @classmethod
+    def _root_path_is_a_path(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if value and (
+            not value.startswith("/") or value.startswith("//") or _BAD_PATH.search(value)
+        ):
+            raise ValueError("LEDGER_ROOT_PATH must be a path such as /ledger (or empty)")
+        return value
+
+    @model_validator(mode="after")
+    def _service_tokens_are_not_the_admin_token(self) -> Settings:
+        admin = self.admin_token.get_secret_value() if self.admin_token is not None else ""
+        if admin and admin.strip() in self.service_token_map:
+            raise ValueError("LEDGER_SERVICE_TOKENS must not hold LEDGER_ADMIN_TOKEN")
+        return self
+
+    @cached_property
+    def service_token_map(self) -> dict[str, str]:
+        """Service name by token (SPEC §11); empty when the service API is closed."""
+        if self.service_tokens is None:
+            return {}
+        return parse_service_tokens(self.service_tokens.get_secret_value())
 
     @cached_property
     def app_base_urls(self) -> tuple[str, ...]:

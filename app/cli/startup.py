@@ -4,20 +4,14 @@ console are open, and which of Forge, the service API and webhooks are configure
 
 from __future__ import annotations
 
-import os
-
 from app.settings import Settings
 from app.version import version
 from eventstore.schema_status import describe_url
 
 
 def _configured(settings: Settings, name: str) -> bool:
-    """A setting that other branches add (service tokens, webhook URLs) is read from
-    the settings when they know it, else from the environment; only whether it is set
-    is shown, never its value."""
-    value = getattr(settings, name, None)
-    if value is None:
-        value = os.environ.get(f"LEDGER_{name.upper()}")
+    """Whether a setting is set; only that is shown, never its value."""
+    value = getattr(settings, name)
     if value is None:
         return False
     text = value.get_secret_value() if hasattr(value, "get_secret_value") else value

@@ -20,6 +20,7 @@ from app.http.proxies import TrustedProxies
 from app.http.routes import connect, operations
 from app.http.routes import installations as admin_forge
 from app.http.routes import tenants as admin
+from app.http.routes.authority import add_authority_routes
 from app.http.routes.forge import add_forge_routes
 from app.ingest.connect.decider import LIFECYCLE_EVENTS
 from app.logs import configure_logging
@@ -66,6 +67,7 @@ def create_app(
     app.include_router(admin_forge.router)
     add_forge_routes(app, metrics)
     app.include_router(console.front_door)
+    add_authority_routes(app, metrics)
     return app
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI, Request
 
+from app.authority.shell import Authority
 from app.bootstrap import Service
 from app.ingest.connect.ingestor import LifecycleIngestor
 from app.ingest.forge.ingestor import ForgeIngestor
@@ -50,3 +51,7 @@ def projections(request: Request) -> ProjectionStorage:
 
 def runner(request: Request) -> RunnerView | None:
     return service(request).runner
+
+
+def authority(request: Request) -> Authority:
+    return service(request).authority

@@ -9,9 +9,9 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import IO
+from typing import IO, Any
 
 import uvicorn
 
@@ -26,6 +26,10 @@ def bound_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     return sock
 
 
+# An ASGI application (scope, receive, send), typed without importing Starlette here.
+Asgi = Callable[[Any, Any, Any], Awaitable[None]]
+
+
 @contextmanager
 def embedded_service(
     make_settings: Callable[[str], Settings], log_stream: IO[str] | None = None
@@ -34,7 +38,16 @@ def embedded_service(
     sock = bound_socket()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     settings = make_settings(url)
-    app = create_app(settings, log_stream=log_stream)
+    with serving(create_app(settings, log_stream=log_stream), sock):
+        yield url, settings
+
+
+@contextmanager
+def serving(app: Asgi, sock: socket.socket | None = None) -> Iterator[str]:
+    """Any ASGI app (the ledger, or the example vendor app) on uvicorn in a thread, on
+    ``sock`` or a fresh loopback port; yields its base URL."""
+    sock = sock or bound_socket()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     server = uvicorn.Server(
         # As `ledger serve`: forwarded headers are the app's to believe (app.http.proxies).
         uvicorn.Config(
@@ -50,7 +63,7 @@ def embedded_service(
             raise RuntimeError("the embedded service did not start")
         time.sleep(0.01)
     try:
-        yield url, settings
+        yield url
     finally:
         server.should_exit = True
         thread.join(timeout=10)

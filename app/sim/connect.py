@@ -256,6 +256,36 @@ class SimulatedHost:
             token=token,
         )
 
+    def page_token(
+        self,
+        client_key: str,
+        shared_secret: str,
+        *,
+        method: str = "GET",
+        path: str = "/",
+        query: Sequence[tuple[str, str]] = (),
+        account_id: str | None = None,
+        context: bool = False,
+        iat: int | None = None,
+        exp_in: int = 180,
+        alg: Alg = "HS256",
+    ) -> str:
+        """The token a site puts on a request to one of the app's pages (``jwt``
+        parameter or ``Authorization: JWT``): HS256 with the tenant's secret, ``iss`` the
+        clientKey, ``sub`` the user, ``qsh`` over the request (``path`` relative to the
+        app's base URL), or ``context-qsh`` as ``AP.context.getToken()`` gives."""
+        issued = int(time.time()) if iat is None else iat
+        claims: dict[str, Any] = {
+            "iss": client_key,
+            "iat": issued,
+            "exp": issued + exp_in,
+            "qsh": "context-qsh" if context else query_string_hash(method, path, query),
+            "jti": secrets.token_hex(16),
+        }
+        if account_id is not None:
+            claims["sub"] = account_id
+        return self._sign(claims, alg, shared_secret)
+
     def _sign(self, claims: dict[str, Any], alg: Alg, secret: str | None) -> str:
         # Signed by hand rather than by jwt.encode, which refuses some deliberately
         # broken claims (a non-string iss) and warns on short HS256 secrets.

@@ -51,6 +51,11 @@ if (cluster.isPrimary && workers > 1) {
   const addon = ace(app);
   app.use(addon.middleware());
   app.get("/healthz", (_req, res) => res.status(200).send("ok"));
+  // The peer of bench/auth_verify.py: ACE's own addon.authenticate() on a page request
+  // (HS256 with the tenant's secret from its store, qsh, exp), answering who it is for.
+  app.post("/page", addon.authenticate(), (req, res) =>
+    res.status(200).json({ clientKey: res.locals.clientKey, accountId: res.locals.userAccountId })
+  );
 
   const tables = [
     addon.settings.connectionPromise,

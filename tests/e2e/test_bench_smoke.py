@@ -34,6 +34,11 @@ SCRIPTS = {
          "history_p99_ms", "history_2000_p99_ms"],
     ),
     "webhooks_lag.py": (["--seconds", "1", "--writers", "1"], ["webhook_lag_p99_ms"]),
+    "auth_verify.py": (
+        ["--tenants", "200", "--calls", "3000", "--seconds", "1", "--warmup", "0.5",
+         "--load", "python"],
+        ["auth_verify_per_s", "auth_verify_p99_ms", "auth_verify_non_200"],
+    ),
 }  # fmt: skip
 
 

@@ -143,6 +143,7 @@ def test_the_start_up_line_names_what_is_open_and_never_a_password(
 ) -> None:
     monkeypatch.delenv("LEDGER_SERVICE_TOKENS", raising=False)
     monkeypatch.setenv("LEDGER_WEBHOOK_URLS", "https://app.example/hooks")
+    monkeypatch.setenv("LEDGER_WEBHOOK_SECRET", "whsec_" + "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3")
     closed = Settings(database_url="postgresql://ledger:s3cret@db.internal:5433/ledger")
     line = startup_line(closed, "0.0.0.0", 8000)  # noqa: S104  (a host shown, nothing bound)
     assert "http://0.0.0.0:8000" in line and "postgresql://db.internal:5433/ledger" in line

@@ -13,6 +13,7 @@ from app.http.calls import add_call_route, answer_call, read_capped_body
 from app.http.schemas import ErrorBody
 from app.ingest.connect.decider import LIFECYCLE_EVENTS, LifecycleEvent
 from app.ingest.connect.ingestor import CallRequest, LifecycleIngestor
+from app.ingest.connect.tokens import relative_path
 from app.metrics import Metrics
 from app.settings import Settings
 
@@ -72,13 +73,15 @@ def add_descriptor_route(app: FastAPI, settings: Settings) -> None:
     @app.get("/atlassian-connect.json", tags=["connect"], summary="The app descriptor")
     def descriptor() -> dict[str, Any]:
         version = settings.descriptor_version
+        mount = relative_path(settings.root_path or "/", settings.app_base_url).rstrip("/")
         return {
             "key": settings.app_key,
             "name": "Tenant ledger",
             "baseUrl": settings.app_base_url,
             "authentication": {"type": "jwt"},
             "apiMigrations": {"signed-install": True},
-            "lifecycle": {name: f"/{name}?v={version}" for name in LIFECYCLE_EVENTS},
+            # Relative to baseUrl; behind a proxy, under the ledger's mount (SPEC §11).
+            "lifecycle": {name: f"{mount}/{name}?v={version}" for name in LIFECYCLE_EVENTS},
             "scopes": ["read"],
             "modules": {},
         }

@@ -227,10 +227,14 @@ class _TenantSteps:
         self._checked = checked
         request = checked.request
         # One query string hash per app base URL the host may have signed for (the
-        # current one first): the path is relative to the base (SPEC §4 rule 3).
+        # current one first): the path is relative to the base (SPEC §4 rule 3). The
+        # host signed the path it saw: behind a proxy that mounts the ledger under
+        # LEDGER_ROOT_PATH (and strips it), the prefix is part of it (SPEC §11).
+        signed_path = self._settings.root_path + request.path
         current, *previous = (
             AppBase(
-                base, query_string_hash(request.method, relative_path(request.path, base), request.query)
+                base,
+                query_string_hash(request.method, relative_path(signed_path, base), request.query),
             )
             for base in self._settings.app_base_urls
         )

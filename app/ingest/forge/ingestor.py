@@ -100,7 +100,7 @@ class ForgeIngestor:
             token = bearer_token(request.authorization)
             if token is None:
                 raise Refusal(401, "missing_token", "Authorization: Bearer <FIT> is required")
-            verified = await self._verify(token, app_id)
+            verified = await self.verify_token(token, app_id)
             problem = check_body(request.route, body.fields, verified)
             if problem is not None:
                 raise Refusal(401, "body_token_mismatch", problem)
@@ -124,7 +124,8 @@ class ForgeIngestor:
         except BodyError as error:
             raise Refusal(error.status, error.code, error.detail) from None
 
-    async def _verify(self, token: str, app_id: str) -> ForgeToken:
+    async def verify_token(self, token: str, app_id: str) -> ForgeToken:
+        """Rules 3-4 (also for ``/auth/forge/verify``); raises ``Refusal``."""
         try:
             fit = read_fit(token)
         except TokenError as error:

@@ -66,6 +66,8 @@ class ForgeToken:
     jti: str | None
     iat: int | None
     exp: int
+    # The account the invocation is for (the token's ``principal``), when it names one.
+    principal: str | None = None
 
 
 def read_fit(token: str) -> ParsedFit:
@@ -146,6 +148,7 @@ def _facts(fit: ParsedFit, app: Mapping[str, Any], installation: str, exp: int) 
         jti=_text(fit.claims.get("jti")),
         iat=int(iat) if iat is not None else None,
         exp=exp,
+        principal=_text(fit.claims.get("principal")),
     )
 
 
