@@ -27,14 +27,11 @@ from app.authority.view import Directory
 from app.ingest.connect.body import MAX_BODY_BYTES
 from app.ingest.forge.ingestor import ForgeIngestor, bearer_token
 from app.ingest.forge.tokens import ForgeToken, claimed_identity
-from app.ingest.jwt import TokenError, parse_token, token_sha256
-from app.ingest.outcome import Refusal
+from app.ingest.jwt import TokenError, parse_token
+from app.ingest.outcome import Refusal, record_refusal
 from app.settings import Settings
-from eventstore.clock import utcnow
 from eventstore.crypto import KeyRing
-from eventstore.errors import StoreError
 from eventstore.ids import installation_ari
-from eventstore.rejections import Rejection
 from eventstore.store import EventStore
 
 log = logging.getLogger("ledger.authority")
@@ -202,25 +199,18 @@ class Authority:
         }
 
     def _record_rejection(self, request: AuthRequest, refused: AuthRefused, seen: _Seen) -> None:
-        rejection = Rejection(
-            at=utcnow(),
+        record_refusal(
+            self.store,
             path=request.path,
             reason=refused.code,
             status=refused.status,
-            client_key=refused.client_key or seen.subject or _claimed_iss(request, seen.token),
-            base_url=seen.site,
+            subject=refused.client_key or seen.subject or _claimed_iss(request, seen.token),
+            site=seen.site,
             remote_addr=request.remote_addr,
-            token_sha256=token_sha256(seen.token) if seen.token else None,
+            token=seen.token,
             detail=refused.detail,
+            log_fields={"endpoint": request.path},
         )
-        try:
-            self.store.record_rejection(rejection)
-        except StoreError as error:
-            log.warning(
-                "rejection not stored: %s",
-                type(error).__name__,
-                extra={"reason": refused.code, "endpoint": request.path},
-            )
 
 
 def _claimed_iss(request: AuthRequest, token: str | None) -> str | None:

@@ -1,5 +1,5 @@
 """What the Connect and Forge lifecycle shells share around one call: its ``Outcome``,
-a ``Refusal`` raised before the decision, and its log line. The shells decide; the
+a ``Refusal`` raised before the decision, its log line and its rejection-log entry. The shells decide; the
 routes (``app.http.calls``) only translate.
 """
 
@@ -7,8 +7,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["REFUSAL_REASONS", "Outcome", "Refusal", "log_outcome"]
+from app.ingest.jwt import token_sha256
+from eventstore.clock import utcnow
+from eventstore.errors import StoreError
+from eventstore.rejections import Rejection, RejectionLog
+
+log = logging.getLogger("ledger.rejections")
+
+__all__ = ["REFUSAL_REASONS", "Outcome", "Refusal", "log_outcome", "record_refusal"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,3 +123,42 @@ REFUSAL_REASONS: frozenset[str] = frozenset(
         "wrong_app_key",
     }
 )
+
+
+def record_refusal(
+    store: RejectionLog,
+    *,
+    path: str,
+    reason: str,
+    status: int,
+    subject: str | None,
+    site: str | None,
+    remote_addr: str | None,
+    token: str | None,
+    detail: str | None,
+    log_fields: dict[str, Any] | None = None,
+) -> None:
+    """The rejection-log entry of one refused call (SPEC §4), the same for lifecycle
+    calls, Forge calls and the tenant authority: what the call claimed (``subject``: a
+    clientKey or an installation id; ``site``: a baseUrl or a cloudId), the token only
+    as its SHA-256. The log serves the call, never decides it: a store that cannot take
+    the entry is a warning line, and the answer stays the call's."""
+    entry = Rejection(
+        at=utcnow(),
+        path=path,
+        reason=reason,
+        status=status,
+        client_key=subject,
+        base_url=site,
+        remote_addr=remote_addr,
+        token_sha256=token_sha256(token) if token else None,
+        detail=detail,
+    )
+    try:
+        store.record_rejection(entry)
+    except StoreError as error:
+        log.warning(
+            "rejection not stored: %s",
+            type(error).__name__,
+            extra={"reason": reason, **(log_fields or {})},
+        )

@@ -60,10 +60,10 @@ from app.ingest.connect.tokens import (
     verify_shared_secret_token,
 )
 from app.ingest.json_body import BodyError
-from app.ingest.jwt import ParsedToken, TokenError, UnverifiedToken, parse_token, token_sha256
+from app.ingest.jwt import ParsedToken, TokenError, UnverifiedToken, parse_token
 from app.ingest.key_fetch import KeyServerUnavailable
 from app.ingest.known_streams import KnownStreams
-from app.ingest.outcome import Outcome, Refusal
+from app.ingest.outcome import Outcome, Refusal, record_refusal
 from app.settings import Settings
 from eventstore.async_log import AsyncEventLog
 from eventstore.clock import format_timestamp, utcnow
@@ -75,9 +75,8 @@ from eventstore.crypto import (
     seal_secret,
     secret_ad,
 )
-from eventstore.errors import StoreError, StoreUnavailable
+from eventstore.errors import StoreUnavailable
 from eventstore.events import Metadata, SealedSecret, client_key_of, stream_id_for
-from eventstore.rejections import Rejection
 from eventstore.store import EventStore
 from eventstore.values import RecordedEvent
 
@@ -479,23 +478,15 @@ class LifecycleIngestor:
         client_key, base_url = (
             (payload.client_key, payload.base_url) if payload else claimed_identity(request.body)
         )
-        rejection = Rejection(
-            at=utcnow(),
+        record_refusal(
+            self.store,
             path=request.path,
             reason=outcome.code,
             status=outcome.status,
-            client_key=client_key,
-            base_url=base_url,
+            subject=client_key,
+            site=base_url,
             remote_addr=request.remote_addr,
-            token_sha256=token_sha256(token) if token else None,
+            token=token,
             detail=outcome.detail,
+            log_fields={"call_id": outcome.call_id},
         )
-        try:
-            self.store.record_rejection(rejection)
-        except StoreError as error:
-            # The log serves the call, never decides it: the answer stays the outcome's.
-            log.warning(
-                "rejection not stored: %s",
-                type(error).__name__,
-                extra={"call_id": outcome.call_id, "reason": outcome.code},
-            )

@@ -33,13 +33,12 @@ from app.ingest.forge.decider import ForgeCall, InstallationDecider
 from app.ingest.forge.keys import JwksFetcher, JwksUnavailable, UnknownKid
 from app.ingest.forge.tokens import ForgeToken, TokenError, claimed_identity, read_fit, verify_fit
 from app.ingest.known_streams import KnownStreams
-from app.ingest.outcome import Outcome, Refusal
+from app.ingest.outcome import Outcome, Refusal, record_refusal
 from app.settings import Settings
 from eventstore.async_log import AsyncEventLog
 from eventstore.clock import format_timestamp, utcnow
 from eventstore.errors import StoreError
 from eventstore.events import Metadata, installation_stream_id
-from eventstore.rejections import Rejection
 from eventstore.store import EventStore
 
 log = logging.getLogger("ledger.forge")
@@ -206,24 +205,18 @@ class ForgeIngestor:
             cloud_id = verified.cloud_ids[0] if verified.cloud_ids else cloud_id
         if installation is None and cloud_id is None:
             installation, cloud_id = claimed_installation(request.body)
-        rejection = Rejection(
-            at=utcnow(),
+        record_refusal(
+            self.store,
             path=request.path,
             reason=outcome.code,
             status=outcome.status,
-            client_key=installation,  # SPEC §10: the installation in place of clientKey
-            base_url=cloud_id,  # and its cloudId in place of baseUrl
+            subject=installation,  # SPEC §10: the installation in place of clientKey
+            site=cloud_id,  # and its cloudId in place of baseUrl
             remote_addr=request.remote_addr,
-            token_sha256=_sha256(token) if token else None,
+            token=token,
             detail=outcome.detail,
+            log_fields={"call_id": outcome.call_id},
         )
-        try:
-            self.store.record_rejection(rejection)
-        except StoreError:
-            log.warning(
-                "rejection not stored: store unavailable",
-                extra={"call_id": outcome.call_id, "reason": outcome.code},
-            )
 
 
 def _metadata(
