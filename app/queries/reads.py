@@ -599,6 +599,9 @@ def erasure_due_answer(
     when, the date it became due and the evidence; ``after_days`` null (and no tenant)
     while ``LEDGER_ERASURE_AFTER_DAYS`` is unset."""
     if after_days is None:
+        # Nothing is due, but the answer still stands for the store: one that is down
+        # says so (503) rather than an empty list that reads as "nothing to erase".
+        storage.checkpoints()
         return {"after_days": None, "tenants": [], "next": None}
     found = erasure_due_page(store, storage, after_days, now=now, after=after, limit=limit)
     return {

@@ -41,8 +41,10 @@ from eventstore.events import (
     ForgeUninstalling,
     ForgeUpgraded,
     InstallConfirmed,
+    LicenseChanged,
     Metadata,
     SecretRotated,
+    SiteRefused,
     TenantForgotten,
     Uninstalled,
     installation_stream_id,
@@ -80,6 +82,9 @@ def _history() -> Iterator[tuple[str, EventData]]:
     yield a, DetailsChanged(changes={"displayUrl": NEW_SITE})
     yield a, Disabled()
     yield a, Enabled()
+    seen = {"active": True, "type": "commercial", "evaluation": False, "sen": "SEN-1"}
+    yield a, LicenseChanged(from_=None, to=seen)  # the ledger's own license check
+    yield a, SiteRefused(status=404)
     yield b, installed_data("client-b", "https://b.atlassian.net", product_type="confluence")
     yield b, TenantForgotten(reason="erasure request 17")
     yield a, Uninstalled()

@@ -108,7 +108,7 @@ def test_backup_refuses_to_overwrite_and_points_postgresql_to_pg_dump(tmp_path: 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     target = tmp_path / "copy.db"
     code, _, err = _ledger(url, "backup", str(target))
-    assert code == 1 and "no store at" in err  # a mistyped store is not backed up as empty
+    assert code == 1 and "no ledger store at" in err  # a mistyped store is not backed up as empty
     assert not Path(url.removeprefix("sqlite:///")).exists()
 
     open_store(url).close()
