@@ -14,6 +14,10 @@ tenant's site signed by the ledger.
   ledger's routes (the proxy sends them there), so the ledger receives every
   ``installed``, and the app never sees a shared secret.
 
+``webhook_secret``: when given, ``POST /webhooks/ledger`` receives the ledger's Standard
+Webhooks messages (``examples.vendor_app.webhooks``): every lifecycle change, signed with
+that secret, deduplicated by ``webhook-id``; what arrived is ``app.state.inbox``.
+
 ``site_base``: when given, the app signs the absolute URL under it instead of a path
 relative to the tenant (what an app that keeps its own idea of the site's URL does); a
 URL on any host but the tenant's is refused by the ledger (``foreign_url``).
@@ -28,6 +32,8 @@ from typing import Any
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+
+from examples.vendor_app.webhooks import WebhookInbox, webhook_router
 
 MYSELF = "/rest/api/3/myself"
 LIFECYCLE = ("installed", "uninstalled", "enabled", "disabled")
@@ -62,7 +68,12 @@ def refused(response: httpx.Response, status: int) -> JSONResponse:
     return JSONResponse({"error": response.json().get("error", "refused")}, status_code=status)
 
 
-def create_app(ledger_url: str, service_token: str, site_base: str | None = None) -> FastAPI:
+def create_app(
+    ledger_url: str,
+    service_token: str,
+    site_base: str | None = None,
+    webhook_secret: str | None = None,
+) -> FastAPI:
     ledger = Ledger(ledger_url, service_token)
 
     @asynccontextmanager
@@ -76,6 +87,9 @@ def create_app(ledger_url: str, service_token: str, site_base: str | None = None
     app = FastAPI(title="Example vendor app", lifespan=lifespan)
     add_pages(app, ledger, site_base)
     app.add_api_route("/atlassian-connect.json", descriptor, methods=["GET"])
+    app.state.inbox = WebhookInbox()
+    if webhook_secret is not None:
+        app.include_router(webhook_router(webhook_secret, app.state.inbox))
     return app
 
 

@@ -129,3 +129,38 @@ def test_the_site_refuses_a_token_of_another_tenant(
             site.url + "/rest/api/3/myself", headers={"Authorization": signed["authorization"]}
         )
         assert stolen.status_code == 401 and site.refused == ["bad_signature"]
+
+
+WEBHOOK_SECRET = "whsec_" + "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
+
+
+def test_the_app_hears_every_change_as_signed_webhooks(
+    store_url: str, site: SimulatedSite
+) -> None:
+    """The example app, as the ledger's webhook receiver: it gets tenant.installed,
+    tenant.secret_rotated and tenant.uninstalled in order, each verified with the
+    Standard Webhooks secret, and never a secret in a body."""
+    vendor = create_app("http://127.0.0.1:1", SERVICE_TOKEN, webhook_secret=WEBHOOK_SECRET)
+    with serving(vendor) as app_url, running_service(
+        store_url,
+        service_tokens=f"vendor-app={SERVICE_TOKEN}",
+        webhook_urls=f"{app_url}/webhooks/ledger",
+        webhook_secret=WEBHOOK_SECRET,
+    ) as ledger:
+        install(ledger, site)
+        old = site.shared_secret
+        site.rotate()
+        install(ledger, site)
+        gone = ledger.call("uninstalled", site.install_payload(), alg="HS256")
+        assert ledger.send(gone).status_code == 204
+        inbox = vendor.state.inbox
+        wanted = ["tenant.installed", "tenant.secret_rotated", "tenant.uninstalled"]
+        deadline = time.monotonic() + 30
+        while [t for t in inbox.types() if t in wanted] != wanted:
+            assert time.monotonic() < deadline, inbox.types()
+            time.sleep(0.05)
+        assert inbox.refused == 0
+        bodies = b"".join(m.body for m in inbox.messages)
+        assert old.encode() not in bodies and site.shared_secret.encode() not in bodies
+        rotated = next(m for m in inbox.messages if m.type == "tenant.secret_rotated")
+        assert rotated.payload["data"]["stream_id"] == f"tenant:{site.client_key}"
