@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
@@ -184,6 +185,21 @@ _INSERT_EVENT = (
 HEAD_QUERY = "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
 
 
+def _into_wal(conn: sqlite3.Connection, patience: float) -> None:
+    """WAL mode, waiting for it as for any lock: switching a new file into WAL needs it
+    alone for a moment, and SQLite may answer SQLITE_BUSY at once rather than call the
+    busy handler (several processes opening a new store together)."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
 def sqlite_path(url: str) -> str:
     if not url.startswith("sqlite:///"):
         raise ValueError("a SQLite URL looks like sqlite:///relative/path.db or sqlite:////abs.db")
@@ -257,7 +273,7 @@ class SQLiteEventStore(SQLStore):
                 uri=self._uri is not None,
             )
             try:
-                conn.execute("PRAGMA journal_mode=WAL")
+                _into_wal(conn, self._busy_timeout)
                 # FULL: an accepted call survives a power cut, not only a crash.
                 conn.execute("PRAGMA synchronous=FULL")
                 conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")

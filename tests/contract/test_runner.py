@@ -231,19 +231,20 @@ def test_processes_starting_at_once_create_the_tables_once(store_url: str) -> No
     barrier = threading.Barrier(4)
 
     def start() -> None:
-        with open_store(store_url) as own:
-            storage = storage_for(own)
-            barrier.wait()
-            try:
+        try:
+            with open_store(store_url) as own:
+                storage = storage_for(own)
+                barrier.wait(timeout=60)
                 storage.ensure()
-            except BaseException as error:
-                errors.append(error)
+        except BaseException as error:
+            errors.append(error)
+            barrier.abort()  # the others stop waiting: the test fails, it never hangs
 
     threads = [threading.Thread(target=start) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(120)
     assert errors == []
     with open_store(store_url) as store:
         assert set(storage_for(store).checkpoints()) == set(SPECS)
