@@ -148,6 +148,18 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None, directory: Path | None) -> None:
         r = registry
         self._directory = directory
+        self._add_call_metrics(r)
+        self._add_key_metrics(r)
+        self._add_auth_metrics(r)
+        self._runner = _RunnerMetrics(r)
+        self.webhooks = WebhookMetrics(r)
+        self._registry = r
+        self._license_checks: LicenseCheckMetrics | None = None  # made when a checker runs here
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._scraped = registry if directory is None else _multiprocess_registry(directory)
+
+    def _add_call_metrics(self, r: CollectorRegistry | None) -> None:
+        """Lifecycle calls: counts, latency, group-commit batches, the rejection log."""
         self._calls = Counter(
             "ledger_calls",
             "Lifecycle calls by endpoint, outcome and status.",
@@ -182,6 +194,9 @@ class Metrics:
                 registry=r,
             ),
         )
+
+    def _add_key_metrics(self, r: CollectorRegistry | None) -> None:
+        """Signing keys (install keys, Forge JWKS): lookups and fetches by source."""
         self._key_lookups = Counter(
             "ledger_key_lookups",
             "Signing-key lookups by source, served from the cache (hit) or not (miss).",
@@ -194,6 +209,9 @@ class Metrics:
             ("source", "result"),
             registry=r,
         )
+
+    def _add_auth_metrics(self, r: CollectorRegistry | None) -> None:
+        """Failed authentications, and the tenant authority's calls by service."""
         self._auth_failures = Counter(
             "ledger_auth_failures",
             "Failed authentications by credential (admin_token, console_login, service_token).",
@@ -212,12 +230,6 @@ class Metrics:
             ("endpoint", "reason"),
             registry=r,
         )
-        self._runner = _RunnerMetrics(r)
-        self.webhooks = WebhookMetrics(r)
-        self._registry = r
-        self._license_checks: LicenseCheckMetrics | None = None  # made when a checker runs here
-        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
-        self._scraped = registry if directory is None else _multiprocess_registry(directory)
 
     def observe_call(self, endpoint: str, outcome: CallOutcome, seconds: float) -> None:
         key = (endpoint, outcome.code, outcome.status)

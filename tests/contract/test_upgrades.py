@@ -220,14 +220,17 @@ def _applied(url: str) -> list[int]:
         return [v for (v,) in pg.execute(query.encode())]
 
 
-@pytest.mark.parametrize("k", range(1, max(len(eventstore.sqlite.MIGRATIONS),
-                                           len(eventstore.postgres.store.MIGRATIONS))))  # fmt: skip
+def test_both_stores_have_the_same_schema_steps() -> None:
+    """Every release moves both stores by the same numbered steps (so the upgrade test
+    below covers every earlier schema of each)."""
+    assert len(eventstore.sqlite.MIGRATIONS) == len(eventstore.postgres.store.MIGRATIONS)
+
+
+@pytest.mark.parametrize("k", range(1, len(eventstore.sqlite.MIGRATIONS)))
 def test_an_earlier_schema_is_upgraded_verified_and_rebuilt_to_the_same_read_models(
     store_url: str, k: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     current = len(_migrations(store_url))
-    if k >= current:
-        pytest.skip(f"this store has {current} migrations")
     written = _build_at_schema(store_url, k, monkeypatch)
     assert _applied(store_url) == list(range(1, k + 1))
 
