@@ -67,9 +67,24 @@ def base_url_rows(histories: dict[str, list[dict[str, Any]]]) -> list[dict[str, 
     return sorted(rows, key=lambda r: r["position"])
 
 
-def show_read_models(console: Console, reader: AdminReader, client_keys: list[str]) -> None:
+def last_written(
+    histories: dict[str, list[dict[str, Any]]], reader: AdminReader, cast: Cast
+) -> int:
+    """The last position the story wrote: its tenants' events and, when the Forge
+    platform played, its installations' too (a ``pre-uninstall`` late in the story is
+    in an installation's stream, and the presumed-gone list must have folded it)."""
+    positions = [e["position"] for events in histories.values() for e in events]
+    if cast.forge is not None:
+        for installation in cast.installations.values():
+            path = f"/admin/installations/{installation.installation_id}/events"
+            positions += [e["position"] for e in reader.get(path)["events"]]
+    return max(positions)
+
+
+def show_read_models(console: Console, reader: AdminReader, cast: Cast) -> None:
+    client_keys = [site["clientKey"] for site in cast.sites.values()]
     histories = {k: reader.get(f"/admin/tenants/{k}/events")["events"] for k in client_keys}
-    caught_up = max(e["position"] for events in histories.values() for e in events)
+    caught_up = last_written(histories, reader, cast)
     section(console, f"tenants (read models caught up with position {caught_up})")
     tenants = reader.get("/admin/tenants", min_position=caught_up, limit=100)["tenants"]
     print_records(tenants, TENANT_COLUMNS, console=console)
@@ -180,7 +195,7 @@ def play(
         note("LEDGER_ADMIN_TOKEN is not set: cannot read the ledger back", console)
         return
     reader = AdminReader(cast.connect.client, token)
-    show_read_models(console, reader, [site["clientKey"] for site in cast.sites.values()])
+    show_read_models(console, reader, cast)
     show_integrity(console, reader, database_url)
     if cast.forge is not None:
         last = list(cast.installations.values())[-1].installation_id
