@@ -267,6 +267,40 @@ def presumed_gone_page(
     return [reasons[key] for key in sorted(reasons)[:limit]]
 
 
+def presumed_gone_totals(
+    storage: ProjectionStorage,
+    grace_hours: float,
+    *,
+    now: datetime | None = None,
+    search: str | None = None,
+) -> dict[str, int]:
+    """How many installed tenants ``presumed_gone_page`` lists over all its pages, and
+    how many for each reason (a tenant with two reasons counts once in ``all``)."""
+    threshold = silence_threshold(
+        storage.load_rows("descriptors"), now or utcnow(), timedelta(hours=grace_hours)
+    )
+    silent = both = 0
+    if threshold is not None:
+        silent = storage.count_tenants(state=INSTALLED, seen_before=threshold, search=search)
+        both = storage.count_tenants(
+            state=INSTALLED, seen_before=threshold, search=search, refused=True
+        )
+    refused = storage.count_tenants(state=INSTALLED, search=search, refused=True)
+    leaving = [row for row in uninstalling_tenants(storage) if _matches(row, search)]
+    only_leaving = [  # uninstalling and neither silent nor refused: not counted yet
+        row
+        for row in leaving
+        if row.site_refused_at is None
+        and (threshold is None or row.last_seen_at >= threshold)
+    ]
+    return {
+        "all": silent + refused - both + len(only_leaving),
+        "silent": silent,
+        "uninstalling": len(leaving),
+        "site_refused": refused,
+    }
+
+
 def _matches(row: TenantRow, search: str | None) -> bool:
     needle = (search or "").lower()
     return needle in row.client_key.lower() or needle in row.base_url.lower()

@@ -224,6 +224,43 @@ class ProjectionStorage(abc.ABC):
         ``refused``: only those whose site refuses the license check; ``left_before``:
         only those gone (``left_at``) before this time and not forgotten."""
         spec = SPECS["tenants"]
+        where, params = self._tenant_where(
+            state=state, after=after, seen_before=seen_before, search=search,
+            not_version=not_version, refused=refused, left_before=left_before,
+        )
+        rows = self._query(
+            f"SELECT {', '.join(spec.column_names)} FROM tenants{where}"
+            f" ORDER BY client_key LIMIT {self.mark}",
+            (*params, limit),
+        )
+        return [spec.from_tuple(tuple(r), self.sqlite) for r in rows]
+
+    def count_tenants(
+        self,
+        *,
+        state: str | None = None,
+        seen_before: datetime | None = None,
+        search: str | None = None,
+        refused: bool = False,
+    ) -> int:
+        """How many tenants ``list_tenants`` would list with these filters, unpaged."""
+        where, params = self._tenant_where(
+            state=state, seen_before=seen_before, search=search, refused=refused
+        )
+        return int(self._query(f"SELECT count(*) FROM tenants{where}", params)[0][0])
+
+    def _tenant_where(
+        self,
+        *,
+        state: str | None = None,
+        after: str | None = None,
+        seen_before: datetime | None = None,
+        search: str | None = None,
+        not_version: str | None = None,
+        refused: bool = False,
+        left_before: datetime | None = None,
+    ) -> tuple[str, list[object]]:
+        """The WHERE clause (with its parameters) that ``list_tenants``' filters make."""
         m = self.mark
         clauses: list[str] = []
         params: list[object] = []
@@ -246,13 +283,7 @@ class ProjectionStorage(abc.ABC):
                 params.append(value)
         if refused:
             clauses.append("site_refused_at IS NOT NULL")
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = self._query(
-            f"SELECT {', '.join(spec.column_names)} FROM tenants{where}"
-            f" ORDER BY client_key LIMIT {m}",
-            (*params, limit),
-        )
-        return [spec.from_tuple(tuple(r), self.sqlite) for r in rows]
+        return (f" WHERE {' AND '.join(clauses)}" if clauses else ""), params
 
     def _time(self, value: datetime) -> object:
         """A time as the tables hold it: SQLite as its one text form."""

@@ -321,6 +321,7 @@ def test_installations_page_and_a_tenants_forge_side(store_url: str) -> None:
             + re.escape(tenant["clientKey"]),
             gone,
         )
+        assert "<b>1</b> presumed gone: 0 silent, 1 uninstalling, 0 site refused." in gone
 
 
 def test_adoption_series_folds_only_what_was_appended(sqlite_service: RunningService) -> None:

@@ -207,9 +207,13 @@ def test_a_site_deleted_without_uninstalled(service: RunningService, site: Simul
     assert tenant["state"] == "installed" and tenant["site_refused_at"] is not None
     gone = service.admin("/admin/presumed-gone").json()["tenants"]
     assert [(t["client_key"], t["presumed"]) for t in gone] == [(key, ["site_refused"])]
+    store, storage = service.store, storage_for(service.store)
+    assert reads.presumed_gone_totals(storage, 24) == {
+        "all": 1, "silent": 0, "uninstalling": 0, "site_refused": 1
+    }
+    assert reads.presumed_gone_totals(storage, 24, search="no-such-site")["all"] == 0
 
     # Erasure due: after N days, with the clock given.
-    store, storage = service.store, storage_for(service.store)
     since = refused.recorded_at
     early = reads.erasure_due_answer(store, storage, 30, now=since + timedelta(days=29))
     assert early["tenants"] == []
@@ -231,6 +235,8 @@ def test_a_site_deleted_without_uninstalled(service: RunningService, site: Simul
     page = client.get("/console/erasure-due")
     assert page.status_code == 200 and key in page.text and "site_refused" in page.text
     assert f"{refused.stream_id} @ {refused.position}" in page.text
+    gone_page = client.get("/console/presumed-gone").text
+    assert "<b>1</b> presumed gone: 0 silent, 0 uninstalling, 1 site refused." in gone_page
 
     # `ledger forget` takes it off the list.
     ledger("forget", key, "--reason", "erasure due", "--yes")

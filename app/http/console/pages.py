@@ -153,6 +153,7 @@ def presumed_gone_page(
     )
     return {
         "tenants": found,
+        "totals": reads.presumed_gone_totals(storage, grace_hours),
         "grace_hours": grace_hours,
         "threshold": format_timestamp(threshold) if threshold else None,
         "next": found[-1][0].client_key if len(found) == PAGE_SIZE else None,
