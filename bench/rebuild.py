@@ -456,7 +456,10 @@ def append_history(url: str, master_key: str, count: int, head: tuple[int, bytes
     return log.spread.client_key
 
 
-def start_service(url: str, master_key: str, admin_token: str, log_dir: Path) -> Service:
+def start_service(url: str, master_key: str, admin_token: str, log_dir: Path,
+                  code: str | None = None) -> Service:
+    """``ledger serve --workers 1`` on ``url``, running this checkout's code, or the
+    checkout ``code`` names (``--ab``)."""
     port = free_port()
     env = {
         "LEDGER_DATABASE_URL": url,
@@ -464,6 +467,8 @@ def start_service(url: str, master_key: str, admin_token: str, log_dir: Path) ->
         "LEDGER_ADMIN_TOKEN": admin_token,
         "LEDGER_APP_BASE_URL": f"http://127.0.0.1:{port}",
     }
+    if code is not None:
+        env["PYTHONPATH"] = os.pathsep.join([code, *filter(None, [os.environ.get("PYTHONPATH")])])
     service = start_ledger(env, port, 1, log_dir)
     if service.process.poll() is not None:
         raise SystemExit(f"ledger serve died:\n{service.log_path.read_text()[-3000:]}")
@@ -531,42 +536,82 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def bench_history(url: str, head: tuple[int, bytes], spread_key: str | None, warmup: int,
-                  requests: int, sizes: dict[int, tuple[float, str]] = HISTORY_SIZES) -> None:
+                  requests: int, sizes: dict[int, tuple[float, str]] = HISTORY_SIZES,
+                  ab: str | None = None, rounds: int = 5) -> None:
+    """The history figures of this checkout's service; with ``ab`` (another checkout)
+    that checkout's service too, beside it on the same database, in alternating blocks
+    of requests (``rounds`` each), its answers checked byte for byte against ours."""
     print(f"\n-- 4. tenant history: GET /admin/tenants/{{k}}/events of tenants of"
           f" {' and '.join(f'{n:,}' for n in sizes)} events, ledger serve --workers 1, one"
-          f" keep-alive httpx.Client, {warmup} warm-up then {requests} sequential requests each")
+          f" keep-alive httpx.Client, {warmup} warm-up then {requests} sequential requests each"
+          + (f", A/B against {ab} in {rounds} alternating rounds" if ab else ""))
     master_key = base64.b64encode(os.urandom(32)).decode()
     admin_token = secrets.token_urlsafe(32)
     keys = {size: append_history(url, master_key, size, head, seed=11 + n)
             for n, size in enumerate(sizes)}
     p99: dict[int, float] = {}
     with tempfile.TemporaryDirectory(prefix="ledger-bench-rebuild-") as work:
-        service = start_service(url, master_key, admin_token, Path(work))
+        services = {"this": start_service(url, master_key, admin_token, Path(work))}
         try:
+            if ab is not None:
+                services["A"] = start_service(url, master_key, admin_token, Path(work), ab)
             caught_up = wait_for_projections(url)
-            print(f"   service up at {service.url} (pid {service.process.pid}); its projection"
-                  f" runner caught up {caught_up:.1f} s after /healthz")
-            # The floor under any admin answer: same client, connection and stack.
-            base, _ = time_requests(service, admin_token, "/healthz", warmup,
-                                    max(100, requests // 4), None)
-            print(f"   baseline GET /healthz over the same client: {describe(base)}")
+            for name, service in services.items():
+                print(f"   service {name} up at {service.url} (pid {service.process.pid})")
+            print(f"   projection runner caught up {caught_up:.1f} s after /healthz")
+            for name, service in services.items():
+                # The floor under any admin answer: same client, connection and stack.
+                base, _ = time_requests(service, admin_token, "/healthz", warmup,
+                                        max(100, requests // 4), None)
+                print(f"   {name}: baseline GET /healthz over the same client: {describe(base)}")
             subjects = [(f"{size:,}-event", key, size) for size, key in keys.items()]
             if spread_key is not None:
                 subjects.append(("spread", spread_key, HISTORY_EVENTS))
             for label, key, size in subjects:
-                latencies, answer_size = time_requests(
-                    service, admin_token, f"/admin/tenants/{key}/events", warmup, requests, size)
+                path = f"/admin/tenants/{key}/events"
+                latencies, answer_size = alternate(services, admin_token, path, warmup,
+                                                   requests, size, rounds if ab else 1)
                 where = ("woven into the bulk-loaded log, spread over all positions"
                          if label == "spread" else "one append call per event, consecutive"
                          " positions")
-                print(f"   {label:<11} tenant ({where}): {answer_size / 1024:.0f} KiB answers;"
-                      f" {describe(latencies)}")
+                print(f"   {label:<11} tenant ({where}): {answer_size / 1024:.0f} KiB answers")
+                for name in services:
+                    print(f"     {name}: {describe(latencies[name])}")
+                if ab is not None:
+                    print(f"     this / A: p50 {ratio(latencies, 50):.2f}, p99 {ratio(latencies, 99):.2f}")
                 if label != "spread":
-                    p99[size] = percentile(latencies, 99)
+                    p99[size] = percentile(latencies["this"], 99)
         finally:
-            service.stop()
+            for service in services.values():
+                service.stop()
     for size, (target, name) in sizes.items():
         print(result_line(name, p99[size], "ms", target, lower_is_better=True))
+
+
+def alternate(services: dict[str, Service], admin_token: str, path: str, warmup: int,
+              requests: int, size: int, rounds: int) -> tuple[dict[str, list[float]], int]:
+    """Each service's latencies for ``path``: ``rounds`` blocks of requests each, taken in
+    turn (load on the machine falls on both alike); every service's answer must be the
+    same bytes as the first's."""
+    import httpx
+
+    answers = {name: httpx.get(s.url + path, headers={"Authorization": f"Bearer {admin_token}"},
+                               timeout=10).content for name, s in services.items()}
+    if len(set(answers.values())) != 1:
+        raise SystemExit(f"GET {path}: the services' answers differ")
+    latencies: dict[str, list[float]] = {name: [] for name in services}
+    answer_size = 0
+    for n in range(rounds):
+        for name, service in services.items():
+            timed, answer_size = time_requests(service, admin_token, path,
+                                               warmup if n == 0 else warmup // rounds,
+                                               requests // rounds, size)
+            latencies[name] += timed
+    return latencies, answer_size
+
+
+def ratio(latencies: dict[str, list[float]], q: float) -> float:
+    return percentile(latencies["this"], q) / percentile(latencies["A"], q)
 
 
 # ---------------------------------------------------------------- main
@@ -587,6 +632,11 @@ def main() -> None:
     parser.add_argument("--no-spread", action="store_true",
                         help="skip measuring the woven-in spread tenant's history")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--ab", metavar="CHECKOUT",
+                        help="history: also run another checkout's service (A) beside this"
+                             " one, alternating, and compare (answers must be identical)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="with --ab: alternating blocks of requests per service")
     parser.add_argument("--only", choices=("history",),
                         help="history: skip the rebuild and eventsourcing rounds (2., 3.)")
     parser.add_argument("--child", choices=("rebuild", "eventsourcing"), help=argparse.SUPPRESS)
@@ -616,7 +666,7 @@ def main() -> None:
             rebuild(store)
             store.close()
         bench_history(url, (position, head_hash), None if args.no_spread else spread_key,
-                      args.warmup, args.requests)
+                      args.warmup, args.requests, ab=args.ab, rounds=max(1, args.rounds))
     print(f"\ntotal run time {time.perf_counter() - started:.0f} s;"
           f" load average after the run: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 

@@ -233,15 +233,24 @@ class SQLStore(EventStore):
     def read_stream(
         self, stream_id: str, up_to: int | datetime | None = None
     ) -> list[RecordedEvent]:
-        query, params = self.sql.read_stream, list[object]([stream_id])
+        query, params = self._stream_query(self.sql.read_stream, stream_id, up_to)
+        rows = self._rows(query, params, prepare=True)
+        return [self._decode_row(r) for r in rows]
+
+    def _stream_query(
+        self, select: str, stream_id: str, up_to: int | datetime | None, *, ordered: bool = True
+    ) -> tuple[str, list[object]]:
+        """``select`` (ending in ``WHERE stream_id = <mark>``) limited to ``up_to`` (a
+        position or a recorded time), in version order unless not ``ordered`` (the
+        caller sorts), and its parameters: the one rule of a stream read."""
+        query, params = select, list[object]([stream_id])
         if isinstance(up_to, datetime):
             query += self.sql.up_to_time
             params.append(self._time_param(up_to))
         elif up_to is not None:
             query += self.sql.up_to_position
             params.append(up_to)
-        rows = self._rows(query + " ORDER BY version", params, prepare=True)
-        return [self._decode_row(r) for r in rows]
+        return query + " ORDER BY version" if ordered else query, params
 
     def _pages(self, columns: str, after_position: int, batch_size: int) -> Iterator[list[Row]]:
         # The order guarantee of each backend's append makes paging by position safe

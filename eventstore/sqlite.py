@@ -14,6 +14,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
+from itertools import starmap
 from pathlib import Path
 from typing import TypeVar
 
@@ -42,6 +43,7 @@ from eventstore.values import (
     NewEvent,
     RawEvent,
     RecordedEvent,
+    StoredEvent,
     decode_event,
 )
 
@@ -183,6 +185,12 @@ _INSERT_EVENT = (
 
 
 HEAD_QUERY = "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
+# A stream's rows as stored (``read_stream_stored``): the JSON text as its UTF-8 bytes,
+# the time and the hash already in their text forms.
+_STORED_STREAM = (
+    "SELECT position, stream_id, version, type, schema_version, CAST(data AS BLOB),"
+    " CAST(metadata AS BLOB), recorded_at, hash FROM events WHERE stream_id = ?"
+)
 
 
 def _into_wal(conn: sqlite3.Connection, patience: float) -> None:
@@ -423,6 +431,12 @@ class SQLiteEventStore(SQLStore):
             )  # fmt: skip
             links.append((position, previous.hex()))
         return links
+
+    def read_stream_stored(
+        self, stream_id: str, up_to: int | datetime | None = None
+    ) -> list[StoredEvent]:
+        query, params = self._stream_query(_STORED_STREAM, stream_id, up_to)
+        return list(starmap(StoredEvent, self._rows(query, params)))
 
     def import_rows(self, rows: Iterable[RawEvent]) -> Head:
         conn, batch = self.connection(), []

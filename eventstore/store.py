@@ -31,6 +31,7 @@ from eventstore.values import (
     NewEvent,
     RawEvent,
     RecordedEvent,
+    StoredEvent,
     VerifyReport,
 )
 
@@ -96,6 +97,13 @@ class EventLog(abc.ABC):
         self, stream_id: str, up_to: int | datetime | None = None
     ) -> list[RecordedEvent]:
         """The stream in version order, up to a global position or a recorded time."""
+
+    @abc.abstractmethod
+    def read_stream_stored(
+        self, stream_id: str, up_to: int | datetime | None = None
+    ) -> list[StoredEvent]:
+        """``read_stream``'s rows with data and metadata as stored (undecoded JSON
+        bytes) and the time as its text: for answers that show events as they are."""
 
     @abc.abstractmethod
     def read_all(self, after_position: int = 0, batch_size: int = 1000) -> Iterator[RecordedEvent]:

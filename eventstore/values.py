@@ -114,6 +114,23 @@ class RawEvent:
     chain_version: int = 1  # which row digest hashed it (eventstore.chain)
 
 
+class StoredEvent(msgspec.Struct, frozen=True, gc=False):
+    """One row of a stream with its data and metadata as the stored JSON bytes
+    (undecoded) and its time in the one text form (``format_timestamp``): what a
+    history answer is built from without decoding every event (``read_stream_stored``).
+    A msgspec Struct, not a dataclass: the stores build one per row at C speed."""
+
+    position: int
+    stream_id: str
+    version: int
+    type: str
+    schema_version: int
+    data: bytes
+    metadata: bytes
+    recorded_at: str
+    hash: str
+
+
 @dataclass(frozen=True, slots=True)
 class PreparedEvent:
     """A NewEvent encoded to the exact bytes that will be stored and hashed."""

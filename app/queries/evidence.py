@@ -1,7 +1,7 @@
 """A tenant's history as evidence a person can read: per event, how the call that made
 it was verified, by which request, from where, on which descriptor version, and what
-changed. Pure: it reads admin API event objects (``reads.redact_event``), so the CLI
-and the demo show exactly what the admin API answers.
+changed. Pure: it reads admin API event objects (``reads.tenant_events_answer``, the
+one history path), so the CLI and the demo show exactly what the admin API answers.
 
 "How it was verified" for HS256 names the shared secret in force, by the stream
 version of the event that set it (an ``Installed`` or a ``SecretRotated``): a call is

@@ -19,16 +19,18 @@ import msgspec
 from eventstore.clock import format_timestamp, parse_timestamp, utcnow
 from eventstore.events import (
     EVENT_TYPES,
-    DetailsChanged,
+    SCHEMA_VERSIONS,
     EventData,
     Metadata,
     data_as_dict,
+    decode_data,
+    decode_metadata,
     installation_stream_id,
     stream_id_for,
 )
 from eventstore.ids import installation_ari
 from eventstore.store import EventStore
-from eventstore.values import RecordedEvent
+from eventstore.values import RecordedEvent, StoredEvent
 from projections import tenants as tenants_fold
 from projections.descriptors import latest_version
 from projections.erasure_due import ErasureDue, Evidence, erasure_due
@@ -114,10 +116,15 @@ def _stream_or_not_found(
     stream = stream_id_for(client_key)
     events = store.read_stream(stream, up_to)
     if not events:
-        if up_to is None or not store.read_stream(stream):
-            raise NotFound("unknown_tenant", "no such clientKey")
-        raise NotFound("not_yet_installed", "the tenant did not exist at as_of")
+        raise _missing(store, stream, up_to)
     return events
+
+
+def _missing(store: EventStore, stream: str, up_to: int | datetime | None) -> NotFound:
+    """Why a tenant's stream read (up to ``up_to``) found no event."""
+    if up_to is None or store.stream_version(stream) == 0:
+        return NotFound("unknown_tenant", "no such clientKey")
+    return NotFound("not_yet_installed", "the tenant did not exist at as_of")
 
 
 def tenant_row(store: EventStore, client_key: str, as_of: int | datetime | None) -> TenantRow:
@@ -138,25 +145,56 @@ def tenant_answer(
 def tenant_events_answer(
     store: EventStore, client_key: str, as_of: int | datetime | None = None
 ) -> dict[str, Any]:
-    """``GET /admin/tenants/{clientKey}/events``: the tenant's events, oldest first."""
-    events = _stream_or_not_found(store, client_key, as_of)
-    return {"events": [redact_event(e) for e in events]}
+    """``GET /admin/tenants/{clientKey}/events``: the tenant's events, oldest first, as
+    the admin API's JSON decoded (one path: ``tenant_events_json``)."""
+    return _HISTORY_DECODER.decode(tenant_events_json(store, client_key, as_of))
 
 
 def tenant_events_json(
     store: EventStore, client_key: str, as_of: int | datetime | None = None
 ) -> bytes:
-    """``tenant_events_answer`` encoded as JSON, byte for byte what msgspec makes of it,
-    without building every event as dicts first (the admin API's history route: a
-    long stream's answer is mostly that building)."""
-    events = _stream_or_not_found(store, client_key, as_of)
-    return _ENCODER.encode({"events": [_shown(e) for e in events]})
+    """The admin API's history of a tenant as JSON (``stream_events_json``)."""
+    stream = stream_id_for(client_key)
+    body = stream_events_json(store, stream, as_of)
+    if body is None:
+        raise _missing(store, stream, as_of)
+    return body
+
+
+def stream_events_json(
+    store: EventStore, stream_id: str, up_to: int | datetime | None = None
+) -> bytes | None:
+    """``{"events": [...]}`` of a stream (up to ``up_to``), oldest first, as JSON: every
+    event as ``redact_event`` shows it, byte for byte what msgspec makes of those
+    objects; None when the stream has no event (then). The one path of every history
+    (a tenant's, a Forge installation's, the console's timelines, the CLI's).
+
+    Built from the stored rows (``read_stream_stored``): an event whose shown data is
+    its stored JSON text as it lies is passed through undecoded (``_stored_data``);
+    only the metadata, whose stored key order differs from the shown one, is decoded."""
+    events = store.read_stream_stored(stream_id, up_to)
+    if not events:
+        return None
+    return _ENCODER.encode(_History(list(map(_shown, events))))
+
+
+def stream_events(
+    store: EventStore, stream_id: str, up_to: int | datetime | None = None
+) -> list[dict[str, Any]]:
+    """A stream's events as the admin API shows them (``stream_events_json`` decoded),
+    oldest first; none when the stream has none (then)."""
+    body = stream_events_json(store, stream_id, up_to)
+    return [] if body is None else _HISTORY_DECODER.decode(body)["events"]
+
+
+_HISTORY_DECODER = msgspec.json.Decoder(dict[str, list[dict[str, Any]]])
 
 
 class _ShownEvent(msgspec.Struct, gc=False):
     """``redact_event``'s object as msgspec encodes it: the keys of
     ``RecordedEvent.as_dict`` in its order; the metadata struct encodes as
-    ``msgspec.to_builtins`` turns it into a dict (same fields, defaults left out)."""
+    ``msgspec.to_builtins`` turns it into a dict (same fields, defaults left out); the
+    time is the stored text, ``format_timestamp``'s form."""
 
     position: int
     stream_id: str
@@ -165,42 +203,71 @@ class _ShownEvent(msgspec.Struct, gc=False):
     schema_version: int
     data: Any
     metadata: Metadata
-    recorded_at: datetime | str
+    recorded_at: str
     hash: str
 
 
+class _History(msgspec.Struct, gc=False):
+    events: list[_ShownEvent]
+
+
 _ENCODER = msgspec.json.Encoder()
-# Data that shows as {} (no fields): one shared object, never mutated.
-_FIELDLESS = frozenset(t for t in EVENT_TYPES.values() if not msgspec.structs.fields(t))
-_NO_DATA: dict[str, Any] = {}
 
 
-def _shown(event: RecordedEvent) -> _ShownEvent:
+def _shown(event: StoredEvent) -> _ShownEvent:
     return _ShownEvent(event.position, event.stream_id, event.version, event.type,
-                       event.schema_version, _shown_data(event.data), event.metadata,
-                       shown_time(event.recorded_at), event.hash)
+                       event.schema_version, _stored_data(event), decode_metadata(event.metadata),
+                       event.recorded_at, event.hash)  # fmt: skip
 
 
-_ZERO = timedelta(0)
+# Types whose data (current schema version) shows as exactly its stored JSON text:
+# stored by ``data_to_json`` (msgspec, keys sorted, the only writer of the log), shown
+# as msgspec encodes the decoded dict (keys in the order read: sorted too) or a struct
+# whose fields are declared in sorted order; msgspec writes back the text it reads
+# (numbers of any size, escapes). None of them carries a secret, and ``_stored_data``
+# checks the text besides (a details change is a payload's fields: it could name
+# one). Installed and SecretRotated (secrets; an install's fields are reordered),
+# ForgeInstalled (fields not declared in sorted order) and TenantForgotten (its reason
+# shown as text) are decoded, as is any older schema version (upcast).
+_VERBATIM: Final = frozenset(
+    {
+        "DetailsChanged",
+        "ForgeDetailsChanged",
+        "BaseUrlChanged",
+        "DescriptorUpgraded",
+        "ForgeUpgraded",
+        "ForgeLicenseChanged",
+        "ForgeInstallConfirmed",
+        "LicenseChanged",
+        "SiteRefused",
+    }
+)
+# Types whose data always shows as {} (decode_data ignores what is stored for them).
+_FIELDLESS_NAMES: Final = frozenset(
+    name for name, t in EVENT_TYPES.items() if not msgspec.structs.fields(t)
+)
+_EMPTY_DATA: Final = msgspec.Raw(b"{}")
 
 
-def shown_time(value: datetime) -> datetime | str:
-    """What encodes as ``format_timestamp(value)``: the datetime itself when msgspec writes
-    the same text for it (a UTC time with a fraction of a second: microseconds and "Z"),
-    which costs a small fraction of formatting it in Python (the largest cost of a long
-    history before this); the formatted text otherwise (msgspec leaves out a zero
-    fraction and keeps other offsets)."""
-    if value.microsecond and value.utcoffset() == _ZERO:
-        return value
-    return format_timestamp(value)
+def _stored_data(event: StoredEvent) -> Any:
+    """``redact_event``'s data of a stored event, as msgspec is to encode it."""
+    kind, raw = event.type, event.data
+    if kind in _FIELDLESS_NAMES:
+        return _EMPTY_DATA
+    # No "sharedSecret" in the text, literally or spelt with a \u escape (the only
+    # escape that can write a letter): no key can be named so, at any depth.
+    if (
+        kind in _VERBATIM
+        and event.schema_version == SCHEMA_VERSIONS[kind]
+        and b"sharedSecret" not in raw
+        and b"\\u" not in raw
+    ):
+        return msgspec.Raw(raw)
+    return _shown_data(decode_data(kind, event.schema_version, raw))
 
 
-def _shown_data(data: EventData) -> Any:
-    """``redact_event``'s data: the common cases without a copy (they are not changed)."""
-    if type(data) in _FIELDLESS:
-        return _NO_DATA
-    if type(data) is DetailsChanged and "sharedSecret" not in data.changes:
-        return data.changes
+def _shown_data(data: EventData) -> dict[str, Any]:
+    """``redact_event``'s data of a decoded event."""
     shown = data_as_dict(data)
     if "sharedSecret" in shown:
         shown["sharedSecret"] = REDACTED

@@ -61,6 +61,7 @@ from eventstore.values import (
     NewEvent,
     RawEvent,
     RecordedEvent,
+    StoredEvent,
     decode_event,
 )
 
@@ -125,6 +126,15 @@ _CHAIN_QUERY = (
     " FROM events WHERE position > %s AND position <= %s ORDER BY position LIMIT %s"
 )
 _MAX_POSITION = 2**63 - 1
+_VERSION = itemgetter(2)
+# A stream's rows as stored (``read_stream_stored``), read in binary with text columns
+# as bytes: data and metadata come as the stored JSON bytes, never decoded; the columns
+# wanted as str are cast to varchar (which loads as str), the time in its one text form.
+_STORED_STREAM = (
+    "SELECT position, stream_id::varchar, version, type::varchar, schema_version, data,"
+    " metadata, to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+    "::varchar, encode(hash, 'hex')::varchar FROM events WHERE stream_id = %s"
+)
 
 # read_all's page. recorded_at comes as the JSON string of its UTC time, which
 # msgspec reads (in C) as an aware datetime: PostgreSQL writes the text cheaply, while
@@ -401,6 +411,19 @@ class PostgresEventStore(SQLStore):
             cur.adapters.register_loader("text", ByteaBinaryLoader)
             params = [after, last, batch_size]
             return cur.execute(_CHAIN_QUERY, params, prepare=True).fetchall()
+
+    def read_stream_stored(
+        self, stream_id: str, up_to: int | datetime | None = None
+    ) -> list[StoredEvent]:
+        # Sorted here, not by the server: unless the planner picks the index scan, it
+        # sorts the whole rows (data and all: most of the statement's time for a long
+        # stream), while the rows come nearly in order and sort here in linear time.
+        query, params = self._stream_query(_STORED_STREAM, stream_id, up_to, ordered=False)
+        with self._connection() as conn, conn.cursor(binary=True) as cur:
+            cur.adapters.register_loader("text", ByteaBinaryLoader)
+            rows = cur.execute(query.encode(), params, prepare=True).fetchall()
+        rows.sort(key=_VERSION)
+        return list(itertools.starmap(StoredEvent, rows))
 
     def import_rows(self, rows: Iterable[RawEvent]) -> Head:
         # Binary COPY: no text escaping of the JSON bodies on either side. The head row

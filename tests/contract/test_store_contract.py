@@ -179,6 +179,30 @@ def test_read_stream_up_to_a_position_or_a_time(store: EventStore) -> None:
     assert before_all == []
 
 
+def test_read_stream_stored_gives_the_stream_rows_as_stored(store: EventStore) -> None:
+    """The same rows as ``read_stream`` (and its ``up_to``), their data and metadata the
+    stored bytes (as ``read_raw`` gives them), the time as its stored text."""
+    stream = stream_id_for("a")
+    store.append(stream, [installed()], 0)
+    store.append(stream_id_for("b"), [installed("b", "https://b.atlassian.net")], 0)
+    changed = NewEvent(DetailsChanged(changes={"x": "é\n\x00", "n": 2**70}), meta("c2"))
+    third = store.append(stream, [changed, NewEvent(Enabled(), meta("c2"))], 1).events[0]
+    columns = ("position", "stream_id", "version", "type", "schema_version", "data",
+               "metadata", "recorded_at", "hash")  # fmt: skip
+    raw = [[getattr(r, c) for c in columns] for r in store.read_raw() if r.stream_id == stream]
+    stored = store.read_stream_stored(stream)
+    assert [[getattr(e, c) for c in columns] for e in stored] == raw
+    assert {(type(e.data), type(e.metadata), type(e.recorded_at)) for e in stored} == {
+        (bytes, bytes, str)
+    }
+    assert [e.version for e in store.read_stream_stored(stream, up_to=third.position)] == [1, 2]
+    assert [e.version for e in store.read_stream_stored(stream, up_to=third.recorded_at)] == [
+        e.version for e in store.read_stream(stream, up_to=third.recorded_at)
+    ]
+    assert store.read_stream_stored(stream, up_to=third.recorded_at - timedelta(days=1)) == []
+    assert store.read_stream_stored(stream_id_for("nobody")) == []
+
+
 def test_old_event_shapes_are_upcast_on_read_never_rewritten(store_url: str) -> None:
     """A DescriptorUpgraded stored with schema version 1 ({"version": ...}) reads as v2."""
     from eventstore.chain import GENESIS, link, row_digest

@@ -94,7 +94,7 @@ def tenant_view(
         "then": then,
         "as_of": as_of or "",
         "as_of_problem": as_of_problem,
-        "entries": timeline.timeline(events, up_to),
+        "entries": timeline.timeline(reads.stream_events(store, stream_id_for(client_key)), up_to),
         "base_urls": timeline.base_url_history(events),
         "descriptors": timeline.descriptor_periods(events),
         "links_in": [r for r in links if r.client_key == client_key],

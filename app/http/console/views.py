@@ -237,7 +237,9 @@ def installation_view(
         "then": then,
         "as_of": as_of or "",
         "as_of_problem": problem,
-        "entries": timeline.forge_timeline(events, up_to),
+        "entries": timeline.forge_timeline(
+            reads.stream_events(store, installation_stream_id(uuid)), up_to
+        ),
         "links": links,
         "known_tenants": tenants,
         "refused": refused_rows,
@@ -278,7 +280,7 @@ def _event_row(event: RecordedEvent) -> dict[str, Any]:
         "event": shown,
         "kind": link[0] if link else None,
         "identity": link[1] if link else None,
-        "changes": _summary(event, shown["data"]),
+        "changes": _summary(shown),
         "recorded_at": event.recorded_at,
     }
 
@@ -286,9 +288,9 @@ def _event_row(event: RecordedEvent) -> dict[str, Any]:
 SUMMARY_CHARS = 160
 
 
-def _summary(event: RecordedEvent, data: dict[str, Any]) -> str:
+def _summary(shown: dict[str, Any]) -> str:
     """What an event changed, short: the full text is on its timeline."""
-    text = describe_change(event.type, data) or timeline.change_text(event)
+    text = describe_change(shown["type"], shown["data"]) or timeline.change_text(shown)
     return text if len(text) <= SUMMARY_CHARS else text[: SUMMARY_CHARS - 1] + "…"
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from starlette.concurrency import run_in_threadpool
 
 from app.http.routes.tenants import (
@@ -23,7 +23,6 @@ from app.http.routes.tenants import (
     StoreDep,
     caught_up,
     parse_as_of,
-    redact_event,
     require_admin,
 )
 from app.http.schemas import EventsAnswer, FastJSONResponse, documented
@@ -88,12 +87,12 @@ async def installations(
     summary="An installation's events, oldest first",
     **documented(EventsAnswer, 404),
 )
-async def installation_events(installation_id: str, store: StoreDep) -> FastJSONResponse:
+async def installation_events(installation_id: str, store: StoreDep) -> Response:
     stream = installation_stream_id(parse_installation(installation_id))
-    events = await run_in_threadpool(store.read_stream, stream)
-    if not events:
+    body = await run_in_threadpool(reads.stream_events_json, store, stream)
+    if body is None:
         raise _unknown()
-    return FastJSONResponse({"events": [redact_event(e) for e in events]})
+    return Response(body, media_type="application/json")
 
 
 @router.get(
