@@ -176,22 +176,27 @@ def _new_record(event: RecordedEvent) -> _Installation:
 
 def _update(record: _Installation, event: RecordedEvent) -> None:
     """Every Forge event but ForgeInstalled, in place."""
-    data = event.data
+    # By ``event.type``, never the data's class: a rebuild folds lean events
+    # (projections.lean) whose data has these fields but not these classes.
+    event_type = event.type
     changed = True
-    if isinstance(data, ForgeUpgraded):
-        record.app_version = _text(data.to)
+    if event_type == "ForgeUpgraded":
+        upgraded: ForgeUpgraded = event.data  # type: ignore[assignment]  # by event.type
+        record.app_version = _text(upgraded.to)
         record.state = "installed"
-    elif isinstance(data, ForgeLicenseChanged):
-        record.license_active = _active(data.to)
-    elif isinstance(data, ForgeDetailsChanged):
-        changes = data.changes
+    elif event_type == "ForgeLicenseChanged":
+        license: ForgeLicenseChanged = event.data  # type: ignore[assignment]  # by event.type
+        record.license_active = _active(license.to)
+    elif event_type == "ForgeDetailsChanged":
+        details: ForgeDetailsChanged = event.data  # type: ignore[assignment]  # by event.type
+        changes = details.changes
         for name in ("cloud_id", "product", "environment_type"):
             if name in changes:
                 setattr(record, name, _text(changes[name]))
-    elif event.type == "ForgeInstallConfirmed":
+    elif event_type == "ForgeInstallConfirmed":
         changed = record.state != "installed"
         record.state = "installed"
-    elif event.type == "ForgeUninstalling":
+    elif event_type == "ForgeUninstalling":
         changed = record.state != "uninstalling"
         record.state = "uninstalling"
     if changed:
@@ -473,6 +478,7 @@ def forge_states(
 
 class _ForgeProjection:
     event_types: ClassVar[frozenset[str]] = frozenset(_HANDLERS)
+    handlers: ClassVar[dict[str, Callable[[ForgeFold, RecordedEvent], None]]] = _HANDLERS
     state_type: ClassVar[type[ForgeFold]] = ForgeFold
     # Both projections fold the same ForgeFold: a rebuild folds it once for both and
     # takes each table's rows from it with ``rows_from`` (projections.rebuild).

@@ -287,7 +287,36 @@ _UPDATES: dict[str, Callable[[_Tenant, RecordedEvent], None]] = {
 }
 """Every event type but ``Installed``, which replaces the record instead."""
 
-HANDLED_TYPES = frozenset(_UPDATES) | {"Installed"}
+
+def _install(state: TenantsState, event: RecordedEvent) -> None:
+    tenant = state._records[event.stream_id] = _installed(event)
+    if state._dirty is not None:
+        state._dirty[event.stream_id] = tenant
+
+
+def _updating(
+    update: Callable[[_Tenant, RecordedEvent], None],
+) -> Callable[[TenantsState, RecordedEvent], None]:
+    """``update`` applied to the event's tenant, if it has a row (else: ignored)."""
+
+    def handle(state: TenantsState, event: RecordedEvent) -> None:
+        tenant = state._records.get(event.stream_id)
+        if tenant is not None:  # else a stream that never had an Installed
+            update(tenant, event)
+            if state._dirty is not None:
+                state._dirty[event.stream_id] = tenant
+
+    return handle
+
+
+HANDLERS: dict[str, Callable[[TenantsState, RecordedEvent], None]] = {
+    "Installed": _install,
+    **{event_type: _updating(update) for event_type, update in _UPDATES.items()},
+}
+"""The whole fold, one handler per event type (every type there is: an unknown type
+raises KeyError); a rebuild dispatches to these directly (``projections.rebuild``)."""
+
+HANDLED_TYPES = frozenset(HANDLERS)
 
 
 def _step(tenant: _Tenant | None, event: RecordedEvent) -> _Tenant | None:
@@ -367,6 +396,7 @@ class TenantsProjection:
     row_type: ClassVar[type[TenantRow]] = TenantRow
     key_fields: ClassVar[tuple[str, ...]] = ("client_key",)
     event_types: ClassVar[frozenset[str]] = HANDLED_TYPES
+    handlers: ClassVar[dict[str, Callable[[TenantsState, RecordedEvent], None]]] = HANDLERS
 
     def initial_state(self) -> TenantsState:
         return TenantsState()
@@ -375,24 +405,9 @@ class TenantsProjection:
         return self.apply_many(state, (event,))
 
     def apply_many(self, state: TenantsState, events: Iterable[RecordedEvent]) -> TenantsState:
-        records = state._records
-        dirty = state._dirty
-        updates = _UPDATES
-        get = records.get
+        handlers = HANDLERS
         for event in events:
-            stream_id = event.stream_id
-            event_type = event.type
-            tenant: _Tenant | None
-            if event_type == "Installed":
-                tenant = records[stream_id] = _installed(event)
-            else:
-                update = updates[event_type]  # KeyError: an unknown event type
-                tenant = get(stream_id)
-                if tenant is None:  # a stream that never had an Installed: ignore
-                    continue
-                update(tenant, event)
-            if dirty is not None:
-                dirty[stream_id] = tenant
+            handlers[event.type](state, event)  # KeyError: an unknown event type
         return state
 
 

@@ -1,0 +1,291 @@
+"""The rebuild's reader: the log as lean events, only what the folds read.
+
+A rebuild folds every event of the log; decoding each to a full typed
+``RecordedEvent`` (every payload field, the sealed secret, all of the metadata) cost
+more than the folds themselves. ``LeanEvent`` has the attributes the folds read
+from a ``RecordedEvent`` (``position``, ``stream_id``, ``version``, ``type``,
+``recorded_at``, ``data``, ``metadata``), with the same values, and nothing else, so
+the *same* fold handlers (``projections.*``) run on either: the rules exist once.
+
+* ``LeanData`` holds the payload fields any fold reads, by their stored names, for
+  every event type at once (``to`` is ``BaseUrlChanged``'s, ``DescriptorUpgraded``'s,
+  the license events'...); a field the stored data lacks is ``UNSET``. Its
+  ``details`` (``Installed``) and ``changes`` (``DetailsChanged``,
+  ``ForgeDetailsChanged``) are itself, answering ``in``/``[]``/``get`` for the keys
+  the folds ask about, and refusing any other key loudly (a fold reading a new key
+  must add it here; the property test ``tests/unit/test_lean_rebuild.py`` would fail).
+* ``LeanMeta`` holds the three metadata fields folds read.
+
+On PostgreSQL the server writes each page as one JSON array (``_PG_PAGE``) that one
+msgspec call decodes into ``LeanEvent``s: no Python code and no driver row per event.
+SQLite decodes its rows with the same Struct decoders. A row whose data has an older
+schema version (none in a current log) is read again through the store's own
+``read_all``, which upcasts it, and converted with ``lean_event_of``: upcasting stays
+the event catalog's.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any, Final
+
+import msgspec
+from msgspec import UNSET
+
+from eventstore.clock import parse_timestamp
+from eventstore.errors import StoreError
+from eventstore.events import SCHEMA_VERSIONS, data_as_dict
+from eventstore.store import EventLog
+from eventstore.values import RecordedEvent
+
+__all__ = ["LeanData", "LeanEvent", "LeanMeta", "lean_event_of", "lean_pages"]
+
+# The keys folds look up in ``Installed.details``/``DetailsChanged.changes`` (Connect
+# payload names) and ``ForgeDetailsChanged.changes`` (Forge names).
+_MAPPED: Final = frozenset(
+    {"displayUrl", "productType", "installationId", "cloud_id", "product", "environment_type"}
+)
+
+
+class LeanData(
+    msgspec.Struct, frozen=True, gc=False, rename={"base_url": "baseUrl", "client_key": "clientKey"}
+):
+    """The payload fields the folds read, of any event type (``UNSET``: not in the data).
+
+    ``gc=False``: decoded JSON values cannot refer back to the struct."""
+
+    base_url: Any = UNSET
+    client_key: Any = UNSET
+    to: Any = UNSET
+    displayUrl: Any = UNSET  # the stored payload's keys, looked up by name
+    productType: Any = UNSET
+    installationId: Any = UNSET
+    installation_id: Any = UNSET
+    cloud_id: Any = UNSET
+    product: Any = UNSET
+    app_version: Any = UNSET
+    environment_type: Any = UNSET
+    license: Any = UNSET
+
+    # ``Installed.details`` and ``DetailsChanged``/``ForgeDetailsChanged.changes`` as a
+    # read-only mapping of the keys in ``_MAPPED``.
+    @property
+    def details(self) -> LeanData:
+        return self
+
+    @property
+    def changes(self) -> LeanData:
+        return self
+
+    def _value(self, key: str) -> Any:
+        if key not in _MAPPED:
+            raise LookupError(f"the rebuild's reader does not decode {key!r} (projections.lean)")
+        return getattr(self, key)
+
+    def __contains__(self, key: str) -> bool:
+        return self._value(key) is not UNSET
+
+    def __getitem__(self, key: str) -> Any:
+        value = self._value(key)
+        if value is UNSET:
+            raise KeyError(key)
+        return value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self._value(key)
+        return default if value is UNSET else value
+
+
+class LeanMeta(msgspec.Struct, frozen=True, gc=False):
+    """The metadata fields the folds read (typed as ``eventstore.events.Metadata``'s)."""
+
+    descriptor_version: str | None = None
+    operator: str | None = None
+    host: str | None = None
+
+
+class LeanEvent(msgspec.Struct, frozen=True, gc=False, array_like=True):
+    """One row of the log with the attributes of a ``RecordedEvent`` the folds read."""
+
+    position: int
+    stream_id: str
+    version: int
+    type: str
+    schema_version: int
+    recorded_at: datetime
+    data: LeanData
+    metadata: LeanMeta
+
+
+_page_decoder: Final = msgspec.json.Decoder(list[LeanEvent])
+_data_decoder: Final = msgspec.json.Decoder(LeanData)
+_meta_decoder: Final = msgspec.json.Decoder(LeanMeta)
+
+
+def lean_event_of(event: RecordedEvent) -> LeanEvent:
+    """A decoded event as the lean reader would have read it (from its stored shape)."""
+    return LeanEvent(
+        event.position,
+        event.stream_id,
+        event.version,
+        event.type,
+        event.schema_version,
+        event.recorded_at,
+        msgspec.convert(data_as_dict(event.data), LeanData),
+        msgspec.convert(msgspec.to_builtins(event.metadata), LeanMeta),
+    )
+
+
+def lean_pages(store: EventLog, after: int, size: int) -> Iterator[list[LeanEvent]]:
+    """The events after position ``after``, in pages of at most ``size``."""
+    database = store.database
+    read: Callable[[int, int], list[LeanEvent]]
+    if database.kind == "postgresql":
+        read = _postgres_reader(database.pool, database.translate)
+        pages = _read_ahead(read, after, size)
+    else:
+        connection = database.connection
+        translate = database.translate
+
+        def read(position: int, count: int) -> list[LeanEvent]:
+            with _translated(translate):
+                rows = connection().execute(_SQLITE_PAGE, (position, count)).fetchall()
+            return list(map(_sqlite_event, rows))
+
+        pages = _pages(read, after, size)
+    for page in pages:
+        yield _upcast(store, page)
+
+
+def _pages(
+    read: Callable[[int, int], list[LeanEvent]], after: int, size: int
+) -> Iterator[list[LeanEvent]]:
+    while True:
+        page = read(after, size)
+        if page:
+            yield page
+        if len(page) < size:
+            return
+        after = page[-1].position
+
+
+def _read_ahead(
+    read: Callable[[int, int], list[LeanEvent]], after: int, size: int
+) -> Iterator[list[LeanEvent]]:
+    """``_pages`` with the next page fetched by a helper thread while this one folds
+    (the server builds it on another core; the driver waits without the GIL)."""
+    box: queue.Queue[list[LeanEvent] | BaseException | None] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def fetch() -> None:
+        try:
+            for page in _pages(read, after, size):
+                while not stop.is_set():
+                    try:
+                        box.put(page, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            box.put(None)
+        except BaseException as error:  # raised in the reader
+            box.put(error)
+
+    threading.Thread(target=fetch, name="ledger-rebuild-read", daemon=True).start()
+    try:
+        while (item := box.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+def _upcast(store: EventLog, page: list[LeanEvent]) -> list[LeanEvent]:
+    """Rows of an older schema version (or an unknown type) read again, typed."""
+    current = SCHEMA_VERSIONS.get
+    if all(event.schema_version == current(event.type) for event in page):
+        return page
+    return [
+        event
+        if event.schema_version == current(event.type)
+        else lean_event_of(next(store.read_all(event.position - 1, 1)))
+        for event in page
+    ]
+
+
+class _translated:
+    """Driver errors leave as the store's own (``database.translate``)."""
+
+    def __init__(self, translate: Callable[[Exception], StoreError | None]) -> None:
+        self.translate = translate
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
+        if isinstance(error, Exception) and not isinstance(error, StoreError):
+            mapped = self.translate(error)
+            if mapped is not None:
+                raise mapped from error
+
+
+# ------------------------------------------------------------------ PostgreSQL
+
+# One page as one JSON array of LeanEvent arrays, built by the server. data and
+# metadata are stored JSON texts, embedded as they are; the time is the store's own
+# reading of recorded_at (eventstore.postgres.store, _EVENT_PAGE).
+_PG_ROW: Final = (
+    "'[' || position || ',' || to_json(stream_id::text)::text || ',' || version || ','"
+    " || to_json(type::text)::text || ',' || schema_version || ',\"' || {time} || 'Z\",'"
+    " || data || ',' || metadata || ']'"
+)
+_PG_PAGE: Final = (
+    "SELECT count(*), '[' || coalesce(string_agg(" + _PG_ROW + ", ',' ORDER BY position), '')"
+    " || ']' FROM (SELECT position, stream_id, version, type, schema_version, data, metadata,"
+    " recorded_at FROM events WHERE position > %s ORDER BY position LIMIT %s) page"
+)
+_ISO_TIME: Final = "(recorded_at AT TIME ZONE 'UTC')::text"
+_ANY_TIME: Final = "to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')"
+
+
+def _postgres_reader(
+    pool: Any, translate: Callable[[Exception], StoreError | None]
+) -> Callable[[int, int], list[LeanEvent]]:
+    def read(after: int, size: int) -> list[LeanEvent]:
+        with _translated(translate), pool.connection() as conn, conn.cursor(binary=True) as cur:
+            from psycopg.types.string import ByteaBinaryLoader
+
+            cur.adapters.register_loader("text", ByteaBinaryLoader)  # JSON as bytes, never str
+            iso = (conn.info.parameter_status("DateStyle") or "").startswith("ISO")
+            sql = _PG_PAGE.replace("{time}", _ISO_TIME if iso else _ANY_TIME)
+            row = cur.execute(sql.encode(), [after, size], prepare=True).fetchone()
+        return _page_decoder.decode(row[1]) if row and row[0] else []
+
+    return read
+
+
+# ------------------------------------------------------------------ SQLite
+
+_SQLITE_PAGE: Final = (
+    "SELECT position, stream_id, version, type, schema_version, recorded_at, data, metadata"
+    " FROM events WHERE position > ? ORDER BY position LIMIT ?"
+)
+
+
+def _sqlite_event(row: tuple[Any, ...]) -> LeanEvent:
+    position, stream_id, version, kind, schema, recorded_at, data, metadata = row
+    return LeanEvent(
+        position,
+        stream_id,
+        version,
+        kind,
+        schema,
+        parse_timestamp(recorded_at),  # as the store reads it
+        _data_decoder.decode(data),
+        _meta_decoder.decode(metadata),
+    )
