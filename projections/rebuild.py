@@ -1,6 +1,7 @@
 """Rebuild read models from the whole log, then swap them in atomically.
 
-The folds run over the log into memory while the service keeps answering from the
+The folds run over the log into memory (read as lean events, ``projections.lean``,
+each dispatched once to the handlers of every fold) while the service keeps answering from the
 live tables; the rows are then written in bulk (COPY on PostgreSQL) into fresh
 ``<name>__rebuild`` tables; finally, with the checkpoints locked (the runner waits),
 the events that arrived meanwhile are folded too and the fresh tables replace the
@@ -21,6 +22,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from eventstore.events import EVENT_TYPES
 from eventstore.store import EventLog
 from projections.backends import lock_for, storage_for
 from projections.health import short_message
@@ -141,7 +143,10 @@ class _Dispatch:
     ``apply_many`` runs), updating each fold's state in place (``projections.model``)."""
 
     def __init__(self, folds: Sequence[_Fold]) -> None:
-        steps: dict[str, list[Step]] = {}
+        # Every type of the catalog, none for types these folds leave alone (a page
+        # never holds any other: the reader reads unknown types through read_all, which
+        # refuses them).
+        steps: dict[str, list[Step]] = {event_type: [] for event_type in EVENT_TYPES}
         for fold in folds:
             for event_type, handler in fold.projection.handlers.items():
                 steps.setdefault(event_type, []).append((handler, fold.state, fold))
@@ -153,7 +158,6 @@ class _Dispatch:
         fold: _Fold | None = None
         try:
             for event in batch:
-                # KeyError: a type no fold knows (the tenants fold refuses those too)
                 for handler, state, fold in steps[event.type]:  # noqa: B007  # read by the except
                     handler(state, event)
         except Exception as error:
