@@ -51,9 +51,8 @@ from eventstore.events import (
     client_key_of,
     installation_id_of,
 )
-from eventstore.ids import installation_uuid
 from eventstore.values import RecordedEvent
-from projections.model import fold_by_type
+from projections.model import fold_by_type, installation_id
 
 if TYPE_CHECKING:
     from projections.model import Projection
@@ -340,7 +339,7 @@ class ForgeFold:
         fold_by_type(_HANDLERS, self, (event,))
 
     def connect(self, client_key: str, named: object, event: RecordedEvent) -> None:
-        installation = installation_uuid(named)
+        installation = installation_id(named)
         if installation is None:
             return
         new = self._link(

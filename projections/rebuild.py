@@ -188,7 +188,7 @@ def _rebuild(
         if progress:
             progress(position, head)
 
-    rows = {name: storage.bulk_load(name, fold.rows(name)) for fold in folds for name in fold.names}
+    rows = storage.bulk_load_all({name: fold.rows(name) for fold in folds for name in fold.names})
 
     def catch_up() -> tuple[int, Mapping[str, Sequence[Row]]]:
         nonlocal position, events
