@@ -52,7 +52,7 @@ from eventstore.events import (
     installation_id_of,
 )
 from eventstore.values import RecordedEvent
-from projections.model import fold_by_type, installation_id
+from projections.model import fold_by_type, installation_id, stream_client_key
 
 if TYPE_CHECKING:
     from projections.model import Projection
@@ -425,7 +425,9 @@ class ForgeFold:
 def _installed(fold: ForgeFold, event: RecordedEvent) -> None:
     data: Installed = event.data  # type: ignore[assignment]  # by event.type: the dispatch picked this handler
     if "installationId" in data.details:
-        fold.connect(client_key_of(event.stream_id), data.details["installationId"], event)
+        # The stream's clientKey, the very string object the tenants row keeps.
+        client_key = stream_client_key(event, data.client_key)
+        fold.connect(client_key, data.details["installationId"], event)
 
 
 def _details_changed(fold: ForgeFold, event: RecordedEvent) -> None:

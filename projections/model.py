@@ -297,6 +297,8 @@ def installation_id(named: object) -> str | None:
     if last[0] is named and named is not None:
         return last[1]
     found = installation_uuid(named)
+    if found is not None and found == named:
+        found = named  # already bare and lower-case: one string per tenant, not two
     _last_installation = (named, found)
     return found
 

@@ -130,7 +130,10 @@ class PostgresProjectionStorage(ProjectionStorage):
         """The tables at once, each on its own connection: while the server builds one
         table's key and indexes (most of a rebuild's COPY phase, this process waiting),
         this process COPYs the next one's rows."""
-        with ThreadPoolExecutor(max_workers=3, thread_name_prefix="ledger-bulk-load") as pool:
+        # No more at once than the pool holds (the rebuild's reads are done by now): a
+        # load waiting for a connection could time out behind another's long COPY.
+        workers = max(1, min(3, self._pool.max_size))
+        with ThreadPoolExecutor(workers, thread_name_prefix="ledger-bulk-load") as pool:
             loads = {name: pool.submit(self.bulk_load, name, rows) for name, rows in tables.items()}
             return {name: load.result() for name, load in loads.items()}
 
