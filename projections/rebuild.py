@@ -17,8 +17,10 @@ rebuild never blocks the next one.
 
 from __future__ import annotations
 
+import gc
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,9 +98,25 @@ def rebuild(
         raise RebuildRunning("another rebuild is running on this database")
     try:
         lock.acquire(on_wait)
-        return _rebuild(store, names, storage or storage_for(store), batch_size, progress)
+        with _no_cycle_collection():
+            return _rebuild(store, names, storage or storage_for(store), batch_size, progress)
     finally:
         lock.release()
+
+
+@contextmanager
+def _no_cycle_collection() -> Iterator[None]:
+    """The cyclic garbage collector paused for the rebuild (~10% of its CPU): it would
+    scan the driver's million short-lived row tuples and the folds' large states over and
+    over, while nothing a fold keeps can form a cycle (``gc=False`` rows, strings, times).
+    Reference counting still frees everything as usual; the collector resumes after."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 @dataclass
