@@ -13,7 +13,7 @@ the *same* fold handlers (``projections.*``) run on either: the rules exist once
   ``details`` (``Installed``) and ``changes`` (``DetailsChanged``,
   ``ForgeDetailsChanged``) are itself, answering ``in``/``[]``/``get`` for the keys
   the folds ask about, and refusing any other key loudly (a fold reading a new key
-  must add it here; the property test ``tests/unit/test_lean_rebuild.py`` would fail).
+  must add it here; the property test ``tests/contract/test_lean_rebuild.py`` would fail).
 * ``LeanMeta`` holds the three metadata fields folds read.
 
 Each page's columns are decoded by msgspec Struct decoders through C-level ``map``s (no
@@ -182,20 +182,24 @@ def _read_ahead(
     box: queue.Queue[list[LeanEvent] | BaseException | None] = queue.Queue(maxsize=1)
     stop = threading.Event()
 
+    def hand_over(item: list[LeanEvent] | BaseException | None) -> bool:
+        """Put ``item`` for the reader; False once it has stopped reading."""
+        while not stop.is_set():
+            try:
+                box.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def fetch() -> None:
         try:
             for page in _pages(read, after, size):
-                while not stop.is_set():
-                    try:
-                        box.put(page, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not hand_over(page):
                     return
-            box.put(None)
+            hand_over(None)
         except BaseException as error:  # raised in the reader
-            box.put(error)
+            hand_over(error)
 
     threading.Thread(target=fetch, name="ledger-rebuild-read", daemon=True).start()
     try:
