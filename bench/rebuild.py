@@ -371,9 +371,11 @@ def bench_rebuild(url: str, repeats: int, profile: bool) -> None:
 
     print(f"\n-- 2/3. rebuild of all projections vs eventsourcing's read-and-fold,"
           f" {repeats} alternating round(s), each in a fresh subprocess")
-    print("   ours: projections.rebuild.rebuild(PostgresEventStore) = read_all in 10,000-event"
-          " pages decoded to typed RecordedEvents, folded into tenants, descriptors, base_urls,"
-          " reimports; rows COPYed into fresh tables (with their indexes); swapped in")
+    print("   ours: projections.rebuild.rebuild(PostgresEventStore) = the log in pages of"
+          " lean events (projections.lean: each page one JSON array built by the server,"
+          " decoded by msgspec to only the fields the folds read), each event dispatched once"
+          " to the handlers of all six read models; rows COPYed into fresh tables (with their"
+          " indexes); swapped in")
     print(f"   theirs: eventsourcing {version('eventsourcing')} PostgresApplicationRecorder"
           ".select_notifications(start, 10000) pages, Mapper(JSONTranscoder).to_domain_event"
           " per notification, folded into one dict per tenant in memory; nothing written")

@@ -155,6 +155,7 @@ class BaseUrlsProjection:
     row_type: ClassVar[type[BaseUrlRow]] = BaseUrlRow
     key_fields: ClassVar[tuple[str, ...]] = ("client_key", "base_url", "from_position")
     event_types: ClassVar[frozenset[str]] = frozenset(_HANDLERS)
+    handlers: ClassVar[dict[str, Callable[[BaseUrlsState, RecordedEvent], None]]] = _HANDLERS
 
     def initial_state(self) -> BaseUrlsState:
         return BaseUrlsState()

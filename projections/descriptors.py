@@ -182,6 +182,7 @@ class DescriptorsProjection:
     row_type: ClassVar[type[DescriptorRow]] = DescriptorRow
     key_fields: ClassVar[tuple[str, ...]] = ("version",)
     event_types: ClassVar[frozenset[str]] = frozenset(_HANDLERS)
+    handlers: ClassVar[dict[str, Callable[[DescriptorsState, RecordedEvent], None]]] = _HANDLERS
 
     def initial_state(self) -> DescriptorsState:
         return DescriptorsState()

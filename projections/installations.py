@@ -51,9 +51,8 @@ from eventstore.events import (
     client_key_of,
     installation_id_of,
 )
-from eventstore.ids import installation_uuid
 from eventstore.values import RecordedEvent
-from projections.model import fold_by_type
+from projections.model import fold_by_type, installation_id, stream_client_key
 
 if TYPE_CHECKING:
     from projections.model import Projection
@@ -176,22 +175,27 @@ def _new_record(event: RecordedEvent) -> _Installation:
 
 def _update(record: _Installation, event: RecordedEvent) -> None:
     """Every Forge event but ForgeInstalled, in place."""
-    data = event.data
+    # By ``event.type``, never the data's class: a rebuild folds lean events
+    # (projections.lean) whose data has these fields but not these classes.
+    event_type = event.type
     changed = True
-    if isinstance(data, ForgeUpgraded):
-        record.app_version = _text(data.to)
+    if event_type == "ForgeUpgraded":
+        upgraded: ForgeUpgraded = event.data  # type: ignore[assignment]  # by event.type
+        record.app_version = _text(upgraded.to)
         record.state = "installed"
-    elif isinstance(data, ForgeLicenseChanged):
-        record.license_active = _active(data.to)
-    elif isinstance(data, ForgeDetailsChanged):
-        changes = data.changes
+    elif event_type == "ForgeLicenseChanged":
+        license: ForgeLicenseChanged = event.data  # type: ignore[assignment]  # by event.type
+        record.license_active = _active(license.to)
+    elif event_type == "ForgeDetailsChanged":
+        details: ForgeDetailsChanged = event.data  # type: ignore[assignment]  # by event.type
+        changes = details.changes
         for name in ("cloud_id", "product", "environment_type"):
             if name in changes:
                 setattr(record, name, _text(changes[name]))
-    elif event.type == "ForgeInstallConfirmed":
+    elif event_type == "ForgeInstallConfirmed":
         changed = record.state != "installed"
         record.state = "installed"
-    elif event.type == "ForgeUninstalling":
+    elif event_type == "ForgeUninstalling":
         changed = record.state != "uninstalling"
         record.state = "uninstalling"
     if changed:
@@ -335,7 +339,7 @@ class ForgeFold:
         fold_by_type(_HANDLERS, self, (event,))
 
     def connect(self, client_key: str, named: object, event: RecordedEvent) -> None:
-        installation = installation_uuid(named)
+        installation = installation_id(named)
         if installation is None:
             return
         new = self._link(
@@ -421,7 +425,9 @@ class ForgeFold:
 def _installed(fold: ForgeFold, event: RecordedEvent) -> None:
     data: Installed = event.data  # type: ignore[assignment]  # by event.type: the dispatch picked this handler
     if "installationId" in data.details:
-        fold.connect(client_key_of(event.stream_id), data.details["installationId"], event)
+        # The stream's clientKey, the very string object the tenants row keeps.
+        client_key = stream_client_key(event, data.client_key)
+        fold.connect(client_key, data.details["installationId"], event)
 
 
 def _details_changed(fold: ForgeFold, event: RecordedEvent) -> None:
@@ -473,6 +479,7 @@ def forge_states(
 
 class _ForgeProjection:
     event_types: ClassVar[frozenset[str]] = frozenset(_HANDLERS)
+    handlers: ClassVar[dict[str, Callable[[ForgeFold, RecordedEvent], None]]] = _HANDLERS
     state_type: ClassVar[type[ForgeFold]] = ForgeFold
     # Both projections fold the same ForgeFold: a rebuild folds it once for both and
     # takes each table's rows from it with ``rows_from`` (projections.rebuild).

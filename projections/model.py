@@ -41,6 +41,7 @@ from typing import Final, Literal, Protocol, TypeVar
 import msgspec
 
 from eventstore.events import STREAM_PREFIX, client_key_of
+from eventstore.ids import installation_uuid
 from eventstore.values import RecordedEvent
 
 TenantState = Literal["installed", "uninstalled"]
@@ -282,6 +283,24 @@ def stream_client_key(event: RecordedEvent, claimed: object) -> str:
     ):
         return claimed
     return client_key_of(stream_id)
+
+
+_last_installation: tuple[object, str | None] = (None, None)
+
+
+def installation_id(named: object) -> str | None:
+    """``eventstore.ids.installation_uuid`` of an event's ``installationId``, the last
+    answer remembered: the tenants and the Forge folds both read every ``Installed``'s,
+    one after the other (one tuple, swapped whole: safe between threads)."""
+    global _last_installation
+    last = _last_installation
+    if last[0] is named and named is not None:
+        return last[1]
+    found = installation_uuid(named)
+    if found is not None and found == named:
+        found = named  # already bare and lower-case: one string per tenant, not two
+    _last_installation = (named, found)
+    return found
 
 
 StateT = TypeVar("StateT")

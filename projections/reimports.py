@@ -140,6 +140,7 @@ class ReimportsProjection:
     row_type: ClassVar[type[ReimportRow]] = ReimportRow
     key_fields: ClassVar[tuple[str, ...]] = ("client_key",)
     event_types: ClassVar[frozenset[str]] = frozenset(_HANDLERS)
+    handlers: ClassVar[dict[str, Callable[[ReimportsState, RecordedEvent], None]]] = _HANDLERS
 
     def initial_state(self) -> ReimportsState:
         return ReimportsState()

@@ -71,7 +71,6 @@ from eventstore.events import (
     LicenseChanged,
     stream_id_for,
 )
-from eventstore.ids import installation_uuid
 from eventstore.values import RecordedEvent
 from projections.model import (
     INSTALLED,
@@ -81,6 +80,7 @@ from projections.model import (
     TenantRow,
     as_text,
     enabled_after,
+    installation_id,
     key_text,
     stream_client_key,
     url_text,
@@ -138,7 +138,7 @@ def _installed(event: RecordedEvent) -> _Tenant:
         updated_at=at,
         last_seen_at=at,
         version=event.version,
-        installation_id=installation_uuid(details.get("installationId")),
+        installation_id=installation_id(details.get("installationId")),
     )
 
 
@@ -222,7 +222,7 @@ def _details_changed(tenant: _Tenant, event: RecordedEvent) -> None:
     if "productType" in changes:
         tenant.product_type = as_text(changes["productType"])
     if "installationId" in changes:
-        tenant.installation_id = installation_uuid(changes["installationId"])
+        tenant.installation_id = installation_id(changes["installationId"])
     _present(tenant, event)
 
 
@@ -286,6 +286,24 @@ _UPDATES: dict[str, Callable[[_Tenant, RecordedEvent], None]] = {
     **dict.fromkeys(FORGE_EVENT_TYPES, _no_tenant),
 }
 """Every event type but ``Installed``, which replaces the record instead."""
+
+
+def _fold_event(state: TenantsState, event: RecordedEvent) -> None:
+    """The whole fold of one event: ``Installed`` replaces the tenant's record, every
+    other type updates it in place (``_UPDATES``, read at each call), if it has one."""
+    stream_id = event.stream_id
+    if event.type == "Installed":
+        tenant = state._records[stream_id] = _installed(event)
+    else:
+        update = _UPDATES[event.type]  # KeyError: an event type this fold does not know
+        found = state._records.get(stream_id)
+        if found is None:  # a stream that never had an Installed: ignore
+            return
+        tenant = found
+        update(tenant, event)
+    if state._dirty is not None:
+        state._dirty[stream_id] = tenant
+
 
 HANDLED_TYPES = frozenset(_UPDATES) | {"Installed"}
 
@@ -375,25 +393,14 @@ class TenantsProjection:
         return self.apply_many(state, (event,))
 
     def apply_many(self, state: TenantsState, events: Iterable[RecordedEvent]) -> TenantsState:
-        records = state._records
-        dirty = state._dirty
-        updates = _UPDATES
-        get = records.get
         for event in events:
-            stream_id = event.stream_id
-            event_type = event.type
-            tenant: _Tenant | None
-            if event_type == "Installed":
-                tenant = records[stream_id] = _installed(event)
-            else:
-                update = updates[event_type]  # KeyError: an unknown event type
-                tenant = get(stream_id)
-                if tenant is None:  # a stream that never had an Installed: ignore
-                    continue
-                update(tenant, event)
-            if dirty is not None:
-                dirty[stream_id] = tenant
+            _fold_event(state, event)
         return state
+
+    @property
+    def handlers(self) -> dict[str, Callable[[TenantsState, RecordedEvent], None]]:
+        """The fold by event type, for a rebuild's one dispatch for all folds."""
+        return dict.fromkeys([*_UPDATES, "Installed"], _fold_event)
 
 
 if TYPE_CHECKING:  # the class satisfies the runner's protocol

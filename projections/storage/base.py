@@ -191,6 +191,10 @@ class ProjectionStorage(abc.ABC):
     def bulk_load(self, name: str, rows: Iterable[Row]) -> int:
         """Insert rows into the rebuild table of ``name``; the number written."""
 
+    def bulk_load_all(self, tables: Mapping[str, Iterable[Row]]) -> dict[str, int]:
+        """``bulk_load`` each table (one after the other here); the numbers written."""
+        return {name: self.bulk_load(name, rows) for name, rows in tables.items()}
+
     def swap(self, names: Sequence[str], catch_up: CatchUp) -> int:
         """Lock the checkpoints (the runner waits), let ``catch_up`` fold what arrived
         meanwhile, upsert that into the rebuild tables, then replace the live tables."""
