@@ -29,15 +29,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import os
 import sys
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# LEDGER_BENCH_CODE names another checkout whose store is measured: an A/B with one bench.
+if os.environ.get("LEDGER_BENCH_CODE"):
+    sys.path.insert(0, os.environ["LEDGER_BENCH_CODE"])
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import psycopg
@@ -50,10 +56,11 @@ from _benchkit import (
 )
 
 from eventstore.chain import ChainCheck, column_links, verify_links
+from eventstore.clock import utcnow
 from eventstore.events import EventData, Metadata, data_to_json, metadata_to_json
 from eventstore.postgres.store import PostgresEventStore
 from eventstore.testing.synthetic import RandomLog
-from eventstore.values import AppendRequest, NewEvent, RecordedEvent
+from eventstore.values import AppendRequest, NewEvent, prepare
 
 APPEND_TARGET = 3000.0
 APPEND_RATIO_TARGET = 3.0
@@ -75,12 +82,22 @@ class Rate:
 
 
 class AppendWorkload:
-    """Single-event appends: the synthetic log's events, one call each, in log order."""
+    """Single-event appends: the synthetic log's events, one call each, in log order.
+
+    ``ready(n)`` generates the next ``n`` before a round's clock starts: the synthetic
+    log seals secrets with AES-GCM, which is not the store's work (nor the peer's)."""
 
     def __init__(self, seed: int) -> None:
         self.events = RandomLog(seed=seed).events(10**9)
+        self.made: deque[tuple[int, str, EventData, Metadata]] = deque()
+
+    def ready(self, count: int) -> None:
+        self.made.extend(self._make() for _ in range(count - len(self.made)))
 
     def take(self) -> tuple[int, str, EventData, Metadata]:
+        return self.made.popleft() if self.made else self._make()
+
+    def _make(self) -> tuple[int, str, EventData, Metadata]:
         event = next(self.events)
         return event.version - 1, event.stream_id, event.data, event.metadata
 
@@ -145,51 +162,107 @@ def eventsourcing_recorder(url: str) -> tuple[Any, Any]:
     return datastore, recorder
 
 
+# The ceiling of part a: the physical work of one durable append and nothing else, one
+# row of the events' shape (its table made LIKE events: the same columns, primary key
+# and unique (stream_id, version)), one INSERT and its COMMIT per event (autocommit),
+# a prepared statement, the row's bytes made before the clock starts.
+_CEILING_TABLE = "CREATE TABLE ceiling_events (LIKE events INCLUDING ALL)"
+_CEILING_INSERT = (
+    "INSERT INTO ceiling_events (position, stream_id, version, type, schema_version, data,"
+    " metadata, recorded_at, hash, call_id, chain_version)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 2)"
+)
+
+
+class CeilingWorkload:
+    """The same synthetic events as rows ready to insert (positions counted here)."""
+
+    def __init__(self, seed: int) -> None:
+        self.work = AppendWorkload(seed)
+        self.position = 0
+
+    def rows(self, count: int) -> list[tuple[Any, ...]]:
+        made = []
+        for _ in range(count):
+            version, stream_id, data, metadata = self.work.take()
+            p = prepare(NewEvent(data, metadata))
+            self.position += 1
+            made.append((self.position, stream_id, version + 1, p.type, p.schema_version,
+                         p.data.decode(), p.metadata.decode(), utcnow(), os.urandom(32),
+                         p.call_id))  # fmt: skip
+        return made
+
+
+def ceiling_round(
+    conn: psycopg.Connection[Any], work: CeilingWorkload, limit: int, seconds: float
+) -> Rate:
+    rows = work.rows(limit)
+    count = 0
+    started = time.perf_counter()
+    deadline = started + seconds
+    for row in rows:
+        conn.execute(_CEILING_INSERT, row, prepare=True)
+        count += 1
+        if count & 31 == 0 and time.perf_counter() > deadline:
+            break
+    return Rate(count, time.perf_counter() - started)
+
+
 def bench_append(events: int, seconds: float, rounds: int) -> None:
     from importlib.metadata import version
 
     print(
         f"\n-- a. single-event appends, one transaction each, one writer: up to {events} events"
-        f" or {seconds:.0f} s per store, in {rounds} alternating rounds"
+        f" or {seconds:.0f} s per store, in {rounds} alternating rounds (the events made"
+        " before each round's clock starts)"
     )
     with scratch_database("append") as ledger_url, scratch_database("es") as es_url:
         store = PostgresEventStore(ledger_url, min_connections=1, max_connections=1)
         datastore, recorder = eventsourcing_recorder(es_url)
+        ceiling = psycopg.connect(ledger_url, autocommit=True)
+        ceiling.execute(_CEILING_TABLE)
         print(
             f"   eventsourcing {version('eventsourcing')}: "
             f"PostgresApplicationRecorder, enable_db_functions={datastore.enable_db_functions}"
             " (library default: pipelined BEGIN; LOCK TABLE; NOTIFY; INSERT ... unnest; COMMIT)"
         )
         try:
-            ours_work, es_work = AppendWorkload(1), AppendWorkload(2)
-            # Warm up: connections, prepared statements, the first pages of each index.
-            ledger_round(store, ours_work, 300, 5)
-            eventsourcing_round(recorder, es_work, 300, 5)
-            ours, theirs = Rate(), Rate()
+            ours_work, es_work, top_work = AppendWorkload(1), AppendWorkload(2), CeilingWorkload(3)
             per_round = max(1, events // rounds)
+            runs: dict[str, Callable[[int, float], Rate]] = {
+                "ledger": lambda n, s: ledger_round(store, ours_work, n, s),
+                "es": lambda n, s: eventsourcing_round(recorder, es_work, n, s),
+                "ceiling": lambda n, s: ceiling_round(ceiling, top_work, n, s),
+            }
+            # Warm up: connections, prepared statements, the first pages of each index.
+            for run in runs.values():
+                run(300, 5)
+            totals = {name: Rate() for name in runs}
             for number in range(rounds):
-                order = [("ledger", ours), ("es", theirs)]
-                if number % 2:
-                    order.reverse()
-                for name, total in order:
-                    if name == "ledger":
-                        rate = ledger_round(store, ours_work, per_round, seconds / rounds)
-                    else:
-                        rate = eventsourcing_round(recorder, es_work, per_round, seconds / rounds)
-                    total.events += rate.events
-                    total.seconds += rate.seconds
+                ours_work.ready(per_round)
+                es_work.ready(per_round)
+                order = list(runs) if number % 2 == 0 else list(reversed(runs))
+                for name in order:
+                    rate = runs[name](per_round, seconds / rounds)
+                    totals[name].events += rate.events
+                    totals[name].seconds += rate.seconds
                     print(f"   round {number + 1} {name:<7} {rate.events:>6} events in "
                           f"{rate.seconds:6.2f} s = {rate.per_second:8.0f} events/s")
         finally:
             store.close()
             datastore.close()
-    ratio = ours.per_second / theirs.per_second
+            ceiling.close()
+    ours, theirs, top = totals["ledger"], totals["es"], totals["ceiling"]
     print(f"   tenant ledger PostgresEventStore.append : {ours.per_second:8.0f} events/s "
           f"({ours.events} events, {ours.seconds:.2f} s, {1e3 / ours.per_second:.3f} ms each)")
     print(f"   eventsourcing PostgresApplicationRecorder: {theirs.per_second:8.0f} events/s "
           f"({theirs.events} events, {theirs.seconds:.2f} s, {1e3 / theirs.per_second:.3f} ms each)")
+    print(f"   ceiling: one INSERT + COMMIT of an events row: {top.per_second:8.0f} events/s "
+          f"({top.events} events, {top.seconds:.2f} s, {1e3 / top.per_second:.3f} ms each);"
+          f" the append runs at {ours.per_second / top.per_second:.0%} of it")
     print(result_line("append_events_per_s", ours.per_second, "events/s", APPEND_TARGET))
-    print(result_line("append_vs_eventsourcing", ratio, "x", APPEND_RATIO_TARGET))
+    print(result_line("append_vs_eventsourcing", ours.per_second / theirs.per_second, "x",
+                      APPEND_RATIO_TARGET))
 
 
 # ---------------------------------------------------------------- c. group commit
@@ -253,10 +326,52 @@ def bench_concurrent(writers: int, seconds: float) -> None:
 # ---------------------------------------------------------------- b. read_all
 
 
-def timed_count(make: Callable[[], Iterator[RecordedEvent]]) -> tuple[int, float]:
+def timed_count(make: Callable[[], Iterator[Any]]) -> tuple[int, float]:
     started = time.perf_counter()
     count = sum(1 for _ in make())
     return count, time.perf_counter() - started
+
+
+# The ceilings of part b: the same rows, over one connection, in the same pages as
+# read_all's (binary, text columns as bytes, recorded_at as the JSON string of its UTC
+# time), the next page fetched by a thread while this one is used, as read_all does.
+_CEILING_PAGE = (
+    "SELECT position, stream_id::varchar, version, type, schema_version, data, metadata,"
+    " '\"' || (recorded_at AT TIME ZONE 'UTC')::text || 'Z\"', hash"
+    " FROM events WHERE position > %s ORDER BY position LIMIT %s"
+)
+
+
+def raw_pages(url: str, batch: int) -> Iterator[list[Any]]:
+    """Every page of the log as psycopg's rows, one fetched ahead by a thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from psycopg.types.string import ByteaBinaryLoader
+
+    with psycopg.connect(url, autocommit=True) as conn, ThreadPoolExecutor(1) as ahead:
+        cursor = conn.cursor(binary=True)
+        cursor.adapters.register_loader("text", ByteaBinaryLoader)
+
+        def page(after: int) -> list[Any]:
+            return cursor.execute(_CEILING_PAGE, [after, batch], prepare=True).fetchall()
+
+        rows = page(0)
+        while rows:
+            following = ahead.submit(page, rows[-1][0]) if len(rows) == batch else None
+            yield rows
+            rows = following.result() if following else []
+
+
+def raw_decoded(url: str, batch: int) -> Iterator[tuple[Any, ...]]:
+    """Each row with its JSON decoded by msgspec in C, nothing more: data untyped (a
+    dict), metadata as ``Metadata``, the time as a datetime, the hash as hex."""
+    import msgspec
+
+    data, meta = msgspec.json.Decoder().decode, msgspec.json.Decoder(Metadata).decode
+    at = msgspec.json.Decoder(datetime).decode
+    for rows in raw_pages(url, batch):
+        for p, s, v, t, n, d, m, r, h in rows:
+            yield p, s, v, t.decode(), n, data(d), meta(m), at(r), h.hex()
 
 
 def bench_read(events: int, batch_sizes: list[int], profile: bool, repeats: int) -> None:
@@ -285,6 +400,7 @@ def bench_read(events: int, batch_sizes: list[int], profile: bool, repeats: int)
                       f" {rate:10,.0f} events/s (runs: {', '.join(f'{r:,.0f}' for r in rates)})")
                 best = max(best, (rate, batch))
             rate, batch = best
+            print_read_ceilings(url, batch, repeats, rate)
             if profile:
                 print_profile(f"read_all (batch {batch}, whole log)",
                               lambda: sum(1 for _ in store.read_all(0, batch)))
@@ -292,6 +408,22 @@ def bench_read(events: int, batch_sizes: list[int], profile: bool, repeats: int)
             print(result_line("read_all_events_per_s", rate, "events/s", READ_TARGET))
         finally:
             store.close()
+
+
+def print_read_ceilings(url: str, batch: int, repeats: int, rate: float) -> None:
+    """The ceilings beside read_all's best figure (best of ``repeats`` each)."""
+    ceilings: dict[str, Callable[[], Iterator[Any]]] = {
+        "the pages only (psycopg's rows, nothing decoded)": lambda: itertools.chain.from_iterable(
+            raw_pages(url, batch)
+        ),
+        "the pages, each row's JSON decoded by msgspec (data untyped)": lambda: raw_decoded(
+            url, batch
+        ),
+    }
+    for label, make in ceilings.items():
+        best = max(count / seconds for count, seconds in (timed_count(make) for _ in range(repeats)))
+        print(f"   ceiling (batch {batch}): {label}: {best:10,.0f} events/s;"
+              f" read_all runs at {rate / best:.0%} of it")
 
 
 def check_chain(store: PostgresEventStore) -> None:

@@ -175,6 +175,9 @@ MIGRATIONS: list[str] = [
         last_error    TEXT
     );
     """,
+    # 7: nothing here; PostgreSQL's step 7 sets how its append function is planned
+    # (SQLite's append is no server function). Kept so both stores count the same steps.
+    "",
 ]
 
 # Times are kept as text in their one stored form; the hash as hex text.

@@ -393,6 +393,23 @@ MIGRATIONS: list[str] = [
         last_error    TEXT
     );
     """,
+    # 7: ledger_try_append_batch's statements planned once per session. Their parameters
+    # are arrays, so PostgreSQL kept custom plans and planned the lookup of keys and
+    # versions and the insert again on every call: nearly half of a single append's
+    # server time (measured: bench/store.py's append, the function timed statement by
+    # statement). A generic plan lasts as long as the session, so it must not depend on
+    # the tables' size when it was made (a seq scan of a then-small idempotency_keys
+    # would stay as it grows): seq scans are off inside the function, whose statements
+    # are all lookups by index but the head row's (which has no other path), and JIT
+    # with them (their penalty cost would have every call compiled). The body is that
+    # of migration 4, unchanged.
+    """
+    ALTER FUNCTION ledger_try_append_batch(text[], integer[], text[], integer[], text[],
+            smallint[], text[], text[], text[], timestamptz[], bytea[], bytea[])
+        SET plan_cache_mode = force_generic_plan
+        SET enable_seqscan = off
+        SET jit = off;
+    """,
 ]
 
 
