@@ -54,6 +54,7 @@ from eventstore.testing.synthetic import DUMMY_SECRET, T0, installed_data
 from eventstore.values import NewEvent, RawEvent, prepare
 from projections.rebuild import rebuild
 from projections.runner import ProjectionRunner
+from tests.conftest import PostgresDatabases
 from tests.contract.test_runner import snapshot
 
 FORGE_APP = "ari:cloud:ecosystem::app/6e1c7a8f-6b8e-4d5a-9c3f-2f0d1e4b5a69"
@@ -256,3 +257,21 @@ def test_an_earlier_schema_is_upgraded_verified_and_rebuilt_to_the_same_read_mod
     a = next(t for t in incremental["tenants"] if t.client_key == "client-a")
     assert (a.base_url, a.state) == (NEW_SITE, "uninstalled"), a
     assert [(r.reason, r.count) for r in rejections] == [("bad_jwt", 1)]
+
+
+def test_the_append_function_keeps_its_plans_without_seq_scans_or_jit(
+    postgres_databases: PostgresDatabases,
+) -> None:
+    """Migration 7: the settings that keep one plan per session for the append
+    function's statements (and keep that plan an index lookup) are on the function."""
+    url = postgres_databases.create()
+    open_store(url).close()  # migrates
+    with psycopg.connect(url) as conn:
+        (config,) = conn.execute(
+            "SELECT proconfig FROM pg_proc WHERE proname = 'ledger_try_append_batch'"
+        ).fetchone() or (None,)
+    assert set(config or ()) == {
+        "plan_cache_mode=force_generic_plan",
+        "enable_seqscan=off",
+        "jit=off",
+    }
