@@ -4,6 +4,7 @@ simulated Atlassian host, wired together for the end-to-end tests."""
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import os
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from app.serve.embedded import embedded_service
 from app.settings import Settings
@@ -68,10 +70,18 @@ class RunningService:
         return self.client.get(path, headers=self.admin_headers, params=params)
 
 
+@functools.cache
+def host_key() -> rsa.RSAPrivateKey:
+    """The one RSA key of the simulated hosts the harness starts, each under a kid of its
+    own on a key server of its own: making a 2048-bit key costs ~55 ms of CPU, and a run
+    starts hundreds of services."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
 @contextmanager
 def running_service(store_url: str, **overrides: Any) -> Iterator[RunningService]:
     key_server = KeyServer().start()
-    host = SimulatedHost(key_server=key_server)
+    host = SimulatedHost(key_server=key_server, private_key=host_key())
     logs = io.StringIO()
 
     def settings_for(url: str) -> Settings:

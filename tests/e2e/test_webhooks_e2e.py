@@ -9,10 +9,12 @@ import json
 import secrets
 import time
 
+import pytest
 from typer.testing import CliRunner
 
 from app.cli.main import cli
 from app.outbound.config import new_secret
+from app.outbound.sender import DELIVERY_TIMEOUT_SECONDS, Sender
 from app.sim.connect import make_install_payload
 from tests.harness import ADMIN_TOKEN, running_service
 from tests.webhook_receiver import running_receiver
@@ -92,10 +94,30 @@ def test_a_failing_url_is_retried_in_order_while_another_keeps_receiving(store_u
             assert failing.wait_for(3, timeout=30) == ["evt_1", "evt_2", "evt_3"]
 
 
-def test_a_url_that_answers_too_late_is_retried_and_order_kept(store_url: str) -> None:
+QUICKER_TIMEOUT_SECONDS = 3.0  # a delivery's limit in the test below (the service's: 10 s)
+
+
+class _QuickerSender(Sender):
+    """The service's sender, with a delivery limit of 3 s instead of the 10 s it is
+    given: an answer past the limit then costs the test 4 s instead of 11 s a store.
+    Records the limit the service gave, which the test asserts."""
+
+    given: list[float] = []
+
+    def __init__(self, url: str, secret: str, timeout: float = DELIVERY_TIMEOUT_SECONDS) -> None:
+        _QuickerSender.given.append(timeout)
+        super().__init__(url, secret, timeout=QUICKER_TIMEOUT_SECONDS)
+
+
+def test_a_url_that_answers_too_late_is_retried_and_order_kept(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("app.outbound.worker.Sender", _QuickerSender)
+    monkeypatch.setattr(_QuickerSender, "given", [])
     secret = new_secret()
     with running_receiver(secret) as slow, running_receiver(secret) as healthy:
-        slow.slow_seconds, slow.slow_answers = 11.0, 1  # past the 10 s a delivery may take
+        # 1 s past the limit a delivery may take, as 11 s is past the service's 10 s.
+        slow.slow_seconds, slow.slow_answers = QUICKER_TIMEOUT_SECONDS + 1, 1
         with running_service(
             store_url, webhook_urls=f"{slow.url},{healthy.url}", webhook_secret=secret
         ) as service:
@@ -106,6 +128,8 @@ def test_a_url_that_answers_too_late_is_retried_and_order_kept(store_url: str) -
             assert slow.attempts[:2] == ["evt_1", "evt_1"]  # the late answer did not count
             assert [m.id for m in slow.inbox.messages].count("evt_1") == 1
             assert slow.inbox.duplicates <= 1  # at most the late one, deduplicated
+    # Each URL's sender was given the SPEC's limit (§11: 2xx within 10 s).
+    assert _QuickerSender.given == [10.0, 10.0]
 
 
 def deque_empty() -> object:
