@@ -30,6 +30,14 @@ TRY_APPEND_BATCH: Final = (
     " %b::bytea[], %b::bytea[]) ORDER BY o_index, o_position"
 )
 
+# A batch of one request (migration 8): the same rows, o_index always 1.
+TRY_APPEND_ONE: Final = (
+    "SELECT 1, o_position, encode(o_hash, 'hex'), o_duplicate, o_actual"
+    " FROM ledger_try_append_one(%b::text, %b::int4, %b::text, %b::text[], %b::int2[],"
+    " %b::text[], %b::text[], %b::text[], %b::timestamptz, %b::bytea[], %b::bytea)"
+    " ORDER BY o_position"
+)
+
 Rows = list[tuple[Any, ...]]
 
 
@@ -56,6 +64,8 @@ class PendingBatch:
         """The requests as one statement's batches, in which no stream and no
         idempotency key occurs twice (``ledger_try_append_batch``'s precondition): a
         repeat goes to a later part, which sees the earlier parts' rows."""
+        if len(requests) == 1:  # the common case: nothing can repeat
+            return [cls.of(requests, [0])]
         parts: list[tuple[set[str], list[int]]] = []
         for position, request in enumerate(requests):
             names = {request.stream_id}
@@ -92,8 +102,31 @@ class PendingBatch:
             ByteaArray([r.data_key for r in self.requests]),
         ]
 
+    def statement(self) -> tuple[str, list[Any]]:
+        """The statement that appends this batch, and its parameters: the lighter
+        ``ledger_try_append_one`` for the common batch of one request."""
+        if len(self.requests) != 1:
+            return TRY_APPEND_BATCH, self.params()
+        (request,), (prepared,) = self.requests, self.prepared
+        events = prepared.events
+        return TRY_APPEND_ONE, [
+            request.stream_id,
+            request.expected_version,
+            request.idempotency_key,
+            TextArray([p.type for p in events]),
+            Int2Array([p.schema_version for p in events]),
+            TextArray([p.data for p in events]),
+            TextArray([p.metadata for p in events]),
+            TextArray([p.call_id for p in events]),
+            prepared.recorded_at,
+            ByteaArray(prepared.digests),
+            request.data_key,
+        ]
+
     def outcomes(self, rows: Rows) -> list[BatchOutcome | Duplicate]:
         """What the batch's rows (``o_index`` from 1, in order) say of each append."""
+        if len(self.requests) == 1:  # every row is the one request's
+            return [_outcome(self.requests[0], self.prepared[0], rows)]
         by_index = {index: list(group) for index, group in groupby(rows, key=lambda r: r[0])}
         pairs = zip(self.requests, self.prepared, strict=True)
         return [
@@ -106,6 +139,8 @@ class PendingBatch:
         batches: list[PendingBatch], rows: list[Rows], count: int
     ) -> list[BatchOutcome | Duplicate]:
         """Each request's outcome, in the order of the requests before the split."""
+        if len(batches) == 1:  # not split: its positions are the requests' order
+            return batches[0].outcomes(rows[0])
         ordered: list[BatchOutcome | Duplicate | None] = [None] * count
         for batch, batch_rows in zip(batches, rows, strict=True):
             for position, outcome in zip(batch.positions, batch.outcomes(batch_rows), strict=True):

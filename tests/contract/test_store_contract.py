@@ -108,6 +108,20 @@ def test_idempotency_key_returns_the_first_events_and_writes_nothing(store: Even
     assert store.find_idempotent("never-used") is None
 
 
+def test_a_repeated_key_of_several_events_returns_them_all_in_order(store: EventStore) -> None:
+    stream = stream_id_for("a")
+    store.append(stream, [installed()], 0)
+    events = [NewEvent(Enabled(), meta("call-2")), NewEvent(Uninstalled(), meta("call-3"))]
+    first = store.append(stream, events, 1, idempotency_key="token-2")
+    again = store.append(stream, events, 1, idempotency_key="token-2")
+    assert again.duplicate and not first.duplicate
+    assert [(e.position, e.version, e.hash) for e in again.events] == [
+        (e.position, e.version, e.hash) for e in first.events
+    ]
+    assert [e.position for e in first.events] == [2, 3] and store.head().position == 3
+    assert store.verify().ok
+
+
 def test_an_append_is_all_or_nothing(store: EventStore) -> None:
     stream = stream_id_for("a")
     store.append(stream, [installed()], 0)
