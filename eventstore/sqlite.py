@@ -178,8 +178,6 @@ MIGRATIONS: list[str] = [
     # 7: nothing here; PostgreSQL's step 7 sets how its append function is planned
     # (SQLite's append is no server function). Kept so both stores count the same steps.
     "",
-    # 8: nothing here either; PostgreSQL's step 8 adds its function for a single append.
-    "",
 ]
 
 # Times are kept as text in their one stored form; the hash as hex text.

@@ -30,14 +30,6 @@ TRY_APPEND_BATCH: Final = (
     " %b::bytea[], %b::bytea[]) ORDER BY o_index, o_position"
 )
 
-# A batch of one request (migration 8): the same rows, o_index always 1.
-TRY_APPEND_ONE: Final = (
-    "SELECT 1, o_position, encode(o_hash, 'hex'), o_duplicate, o_actual"
-    " FROM ledger_try_append_one(%b::text, %b::int4, %b::text, %b::text[], %b::int2[],"
-    " %b::text[], %b::text[], %b::text[], %b::timestamptz, %b::bytea[], %b::bytea)"
-    " ORDER BY o_position"
-)
-
 Rows = list[tuple[Any, ...]]
 
 
@@ -103,25 +95,8 @@ class PendingBatch:
         ]
 
     def statement(self) -> tuple[str, list[Any]]:
-        """The statement that appends this batch, and its parameters: the lighter
-        ``ledger_try_append_one`` for the common batch of one request."""
-        if len(self.requests) != 1:
-            return TRY_APPEND_BATCH, self.params()
-        (request,), (prepared,) = self.requests, self.prepared
-        events = prepared.events
-        return TRY_APPEND_ONE, [
-            request.stream_id,
-            request.expected_version,
-            request.idempotency_key,
-            TextArray([p.type for p in events]),
-            Int2Array([p.schema_version for p in events]),
-            TextArray([p.data for p in events]),
-            TextArray([p.metadata for p in events]),
-            TextArray([p.call_id for p in events]),
-            prepared.recorded_at,
-            ByteaArray(prepared.digests),
-            request.data_key,
-        ]
+        """The statement that appends this batch, and its parameters."""
+        return TRY_APPEND_BATCH, self.params()
 
     def outcomes(self, rows: Rows) -> list[BatchOutcome | Duplicate]:
         """What the batch's rows (``o_index`` from 1, in order) say of each append."""

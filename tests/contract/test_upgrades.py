@@ -259,12 +259,12 @@ def test_an_earlier_schema_is_upgraded_verified_and_rebuilt_to_the_same_read_mod
     assert [(r.reason, r.count) for r in rejections] == [("bad_jwt", 1)]
 
 
-@pytest.mark.parametrize("function", ["ledger_try_append_batch", "ledger_try_append_one"])
 def test_the_append_function_keeps_its_plans_without_seq_scans_or_jit(
-    postgres_databases: PostgresDatabases, function: str
+    postgres_databases: PostgresDatabases,
 ) -> None:
-    """Migrations 7 and 8: the settings that keep one plan per session for the append
-    functions' statements (and keep that plan an index lookup) are on each function."""
+    """Migration 7: the settings that keep one plan per session for the append
+    function's statements (and keep that plan an index lookup) are on the function."""
+    function = "ledger_try_append_batch"
     url = postgres_databases.create()
     open_store(url).close()  # migrates
     with psycopg.connect(url) as conn:
