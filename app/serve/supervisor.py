@@ -105,7 +105,8 @@ def run_service(host: str, port: int, workers: int, settings: Settings) -> None:
             running.enter_context(_environment(STATE_FILE_ENV, str(state_file)))
             running.callback(RunnerSupervisor(state_file, directory).start().stop)
         uvicorn.run(
-            "app.http.app:create_app",
+            # The app, its collector settled once it is built (app.serve.worker).
+            "app.serve.worker:serving_app",
             factory=True,
             host=host,
             port=port,
