@@ -8,11 +8,13 @@ and ``ledger serve`` started and stopped as a child process.
 
 from __future__ import annotations
 
+import contextlib
 import cProfile
 import io
 import os
 import platform
 import pstats
+import re
 import secrets
 import signal
 import socket
@@ -217,6 +219,33 @@ def children_of(pid: int) -> list[int]:
     return sorted(found)
 
 
+def serving(pids: list[int], port: int) -> list[int]:
+    """The processes among ``pids`` whose event loop waits on the socket listening on
+    ``port`` (an epoll of theirs holds it: Linux's /proc)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(f"socket:[{fields[9]}]")
+    found = []
+    for pid in pids:
+        listening, polls = set(), []
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target in inodes:
+                    listening.add(fd)
+                elif target == "anon_inode:[eventpoll]":
+                    polls.append(fd)
+            watched = {tfd for fd in polls for tfd in re.findall(
+                r"tfd:\s+(\d+)", Path(f"/proc/{pid}/fdinfo/{fd}").read_text())}
+            if listening & watched:
+                found.append(pid)
+    return found
+
+
 def start_ledger(env: dict[str, str], port: int, workers: int, log_dir: Path,
                  limit: float = 60.0) -> Service:
     """``ledger serve`` with ``env`` added, until /healthz answers 200 and every worker is
@@ -237,8 +266,13 @@ def start_ledger(env: dict[str, str], port: int, workers: int, log_dir: Path,
     while process.poll() is None:
         try:
             with urllib.request.urlopen(service.url + "/healthz", timeout=1) as answer:  # noqa: S310
-                # One worker runs in the service's own process; more are its children.
-                if answer.status == 200 and (workers == 1 or len(service.worker_pids()) >= workers):
+                # One worker runs in the service's own process; more are its children,
+                # each serving only once it waits on the listening socket (a worker still
+                # starting, e.g. loading the authority's tenants, would leave the first
+                # connections of a load to the other).
+                if answer.status == 200 and (
+                    workers == 1 or len(serving(service.worker_pids(), port)) >= workers
+                ):
                     return service
         except OSError:
             pass
