@@ -86,7 +86,7 @@ class Settings(BaseSettings):
     run_projections: bool = True
     # Internal, set by `ledger serve` for its processes: the projection runner runs in a
     # process of its own, which publishes its state in this file; the HTTP workers run
-    # no runner and show that state in /readyz (app.serve, app.runner_process).
+    # no runner and show that state in /readyz (app.serve, app.serve.runner_process).
     projection_state_file: Path | None = None
     # The lowest level of the JSON log lines written: accepted calls are at debug.
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -3,7 +3,7 @@ second the folds themselves take, so the rebuild budget (SPEC §9: 1,000,000 eve
 at >= 200,000 events/s including reading) knows what is left for I/O.
 
 Builds 1,000,000 ``RecordedEvent``s in memory first from the product's synthetic log
-(``eventstore.synthetic.RandomLog``, ~250,000 tenants: tenants install, most later
+(``eventstore.testing.synthetic.RandomLog``, ~250,000 tenants: tenants install, most later
 calls confirm, descriptors upgrade, some secrets rotate, some sites rename, uninstall,
 reinstall or are reimported), then folds them through all four projections the way the runner
 does during a rebuild (batches of 1,000, ``apply_many`` per projection, all changed

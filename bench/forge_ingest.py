@@ -3,7 +3,7 @@
 The same set-up as ``bench/ingest.py`` (whose service start, load generators and request
 file it reuses): ``ledger serve --workers 2`` on a scratch PostgreSQL database, every
 call a distinct installation's first ``POST /forge/installed`` with a Forge Invocation
-Token signed by the simulated Forge platform (``app.hostsim_forge``), whose keys this
+Token signed by the simulated Forge platform (``app.sim.forge``), whose keys this
 process serves as a JWKS. Calls are pre-signed before the clock starts (600-second
 lifetime, so none expires during the run); a warm-up, then the measured window.
 Afterwards the ledger must hold one ``ForgeInstalled`` per 204 (and at most one per call

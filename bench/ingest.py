@@ -1,7 +1,7 @@
 """Verified first installs over HTTP (SPEC §9): ``ledger serve --workers 2`` on PostgreSQL.
 
 Every call is a distinct tenant's first ``installed``, signed RS256 by a simulated
-Atlassian host (``app.hostsim.SimulatedHost``) whose public key this process serves
+Atlassian host (``app.sim.connect.SimulatedHost``) whose public key this process serves
 through a ``KeyServer``; the service fetches it once per worker and caches it. All
 calls are pre-signed before the clock starts (RSA-2048 signing is ~1 ms a call, done
 by a few worker processes), with ``exp_in=600`` so none expires during the run.

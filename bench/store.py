@@ -1,6 +1,6 @@
 """PostgreSQL store figures (SPEC §9): append rate and reading the whole log.
 
-Every event comes from the product's synthetic log (``eventstore.synthetic.RandomLog``:
+Every event comes from the product's synthetic log (``eventstore.testing.synthetic.RandomLog``:
 all nine event types with realistic metadata, secrets sealed with AES-GCM).
 
 a. Single-event appends, one transaction each, one writer: this project's

@@ -1,6 +1,6 @@
 """``ledger verify`` speed (SPEC §9: 1,000,000 events at >= 300,000 events/s), PostgreSQL.
 
-A realistic synthetic log (``eventstore.synthetic.RandomLog``: all nine event types,
+A realistic synthetic log (``eventstore.testing.synthetic.RandomLog``: all nine event types,
 secrets sealed with AES-GCM, chain version 2 computed by ``eventstore.chain`` as an
 append computes it) is bulk-loaded with the product's ``PostgresEventStore.import_rows``
 (binary COPY, guarded: the import itself recomputes the chain), then the store's own

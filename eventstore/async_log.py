@@ -4,7 +4,7 @@ The ingestion's hot path runs in the event loop: one read of a stream (with the 
 key the store keeps beside it) and one append per accepted call. ``AsyncEventLog`` is
 that path's interface. Its backends:
 
-* PostgreSQL (``eventstore.postgres_async``): an async psycopg pool, binary
+* PostgreSQL (``eventstore.postgres.aio``): an async psycopg pool, binary
   parameters, no thread hop;
 * any synchronous store (``ThreadedLog``, the embedded SQLite): each call in a worker
   thread, as the service did before;

@@ -261,7 +261,7 @@ class Metadata(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     descriptor_version: str | None = None
     # The app base URL the call was signed for (SPEC §4 rule 3: current or previous).
     app_base_url: str | None = None
-    # HMAC-SHA256 of the body keyed by the token (app.tokens.body_mac): the same token
+    # HMAC-SHA256 of the body keyed by the token (app.ingest.connect.tokens.body_mac): the same token
     # with another body is refused as token_reused (SPEC §4 rule 6).
     body_mac: str | None = None
     # Forge calls (SPEC §10 rules 1, 5, 6): never the token itself, nor the context token.

@@ -42,7 +42,7 @@ def fake_reveal(sealed: SealedSecret) -> str:
 
 @dataclass(frozen=True)
 class FakeKeys:
-    """``app.shell.Steps`` for one call: the current secret handed to the decider is
+    """``app.ingest.shell.Steps`` for one call: the current secret handed to the decider is
     revealed from the state's fake ciphertext, new secrets are sealed by ``seal``."""
 
     call: LifecycleCall

@@ -1,6 +1,6 @@
 """Building ``RecordedEvent``s for projection tests, without a store.
 
-The builders live in the product's ``eventstore.synthetic`` (shared with the
+The builders live in the product's ``eventstore.testing.synthetic`` (shared with the
 benchmarks); this module keeps the names the tests import.
 """
 

@@ -1,6 +1,6 @@
 """`ledger installations`, `ledger links`, `ledger migration` (SPEC §7, §10).
 
-Same data path as the admin API (``app.reads``), printed by ``app.cli_output`` like
+Same data path as the admin API (``app.queries.reads``), printed by ``app.cli.output`` like
 every read command: ``--json`` (the admin API's answer), a Rich table on a terminal
 that never cuts an identifier, tab-separated full values with a header when piped.
 """

@@ -1,7 +1,7 @@
 """`ledger`: the command line of the tenant ledger (Typer + Rich).
 
 Every command reads LEDGER_DATABASE_URL (SQLite by default, or PostgreSQL) like the
-service does. Read commands (``app.cli_reads``) print as ``app.cli_output`` says:
+service does. Read commands (``app.cli.reads``) print as ``app.cli.output`` says:
 Rich tables on a terminal, tab-separated lines when piped, the admin API's JSON with
 ``--json``. Exit codes: 0 ok, 1 not found or a check failed, 2 usage error.
 """

@@ -1,5 +1,5 @@
-"""The CLI's read commands: one per read of the admin API, same data path (``app.reads``),
-printed by ``app.cli_output`` (table on a terminal, TSV when piped, ``--json``).
+"""The CLI's read commands: one per read of the admin API, same data path (``app.queries.reads``),
+printed by ``app.cli.output`` (table on a terminal, TSV when piped, ``--json``).
 
 Exit codes: 0 ok, 1 not found, 2 usage error (a bad option value).
 """

@@ -1,6 +1,6 @@
 """Pydantic models of the Forge admin answers (SPEC §10), for the OpenAPI document.
 
-Like ``app.answers``: the routes build plain dicts and send them with one msgspec
+Like ``app.http.schemas``: the routes build plain dicts and send them with one msgspec
 encode; these models only document the shapes.
 """
 

@@ -1,6 +1,6 @@
 """Which streams this process has seen exist: where a read is needed before deciding.
 
-The shell (``app.shell.run_with``) normally reads a stream before it decides. Given a
+The shell (``app.ingest.shell.run_with``) normally reads a stream before it decides. Given a
 ``KnownStreams``, it decides a stream this process has never seen exist as an *empty*
 stream, without reading it, and appends in one round trip: most calls for a stream
 nobody here knows are its first (a first install).

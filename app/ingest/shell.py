@@ -20,7 +20,7 @@ key with them). ``run`` is ``run_with`` for a command known in advance whose eve
 need no finishing (``Given``).
 
 The service runs the loop in its event loop: on PostgreSQL over an async connection
-with group commit (``eventstore.postgres_async``), with no thread hop.
+with group commit (``eventstore.postgres.aio``), with no thread hop.
 
 Nothing here knows HTTP: a refusal is a code and words, the caller maps it.
 """
@@ -266,7 +266,7 @@ async def run_with(
     ``max_attempts`` attempts met a concurrent append, and lets ``StoreError`` through.
 
     With ``known``, a stream this process has not seen exist is first decided as an
-    empty stream without a read (``app.known_streams``: the append's expected version
+    empty stream without a read (``app.ingest.known_streams``: the append's expected version
     checks that guess; a decision on it that appends nothing is made again on a read).
     The append is committed when this returns (with other calls' appends, when the log
     group-commits): nothing is acknowledged before its commit."""

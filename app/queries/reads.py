@@ -4,7 +4,7 @@ the CLI (and anything else that shows the ledger), so both give the same answer.
 Each function takes a store or the projection storage and returns the admin API's
 JSON document (a dict of builtins). Secrets never appear: events go through
 ``redact_event``, and tenant rows never held one. A missing tenant raises
-``NotFound``. Arguments arrive parsed (``app.admin.parse_as_of`` is the one rule
+``NotFound``. Arguments arrive parsed (``app.queries.reads.parse_as_of`` is the one rule
 for ``as_of``).
 """
 

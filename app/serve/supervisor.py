@@ -2,7 +2,7 @@
 process itself), and the projection runner in a process of its own beside them.
 
 **The runner process.** Folding takes CPU and GIL time that ingestion needs, so the HTTP
-workers run no runner: ``RunnerSupervisor`` starts ``app.runner_process`` (a 'spawn'
+workers run no runner: ``RunnerSupervisor`` starts ``app.serve.runner_process`` (a 'spawn'
 process) and keeps it running. It restarts it after a crash or a kill, after a backoff
 (0.5 s doubling to 30 s; the streak ends once a process has run for a minute), and stops
 it when serve stops. A runner process that exits 0 was asked to stop (SIGTERM) and is

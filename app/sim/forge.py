@@ -1,7 +1,7 @@
 """The simulated host's Forge side: a JWKS server and a platform that signs Forge
 Invocation Tokens (FIT) and sends the three lifecycle calls and their retries.
 
-Shipped with the product, like ``app.hostsim``: ``ledger demo`` and the end-to-end
+Shipped with the product, like ``app.sim.connect``: ``ledger demo`` and the end-to-end
 tests drive a running service with it. Tokens follow the real claim layout: ``iss``
 ``forge/invocation-token``, ``aud`` the app ARI, ``app.id``, ``app.installationId``
 (an ARI), ``app.installation.contexts[].cloudId``, ``app.appVersion``,

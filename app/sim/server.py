@@ -1,7 +1,7 @@
 """The one way the simulated host serves HTTP: a local server on a daemon thread.
 
 Both of its servers (Connect's install-key server in ``app.sim.connect``, Forge's JWKS
-server in ``app.hostsim_forge``) start, stop, hold "slow" answers and count requests
+server in ``app.sim.forge``) start, stop, hold "slow" answers and count requests
 the same way; only what they answer differs (their request handler).
 """
 

@@ -24,7 +24,7 @@ from eventstore.postgres.session import libpq_url, session_options, translate_er
 from eventstore.values import AppendRequest, AppendResult, BatchOutcome, decode_event
 
 # The stream and its data key in one statement (one round trip, no pipeline: see
-# eventstore.postgres_append); the key's subquery is evaluated once, not per row.
+# eventstore.postgres.append); the key's subquery is evaluated once, not per row.
 _READ_STREAM_AND_KEY = (
     f"SELECT {STATEMENTS.event_columns},"
     " (SELECT wrapped FROM data_keys WHERE stream_id = %s)"

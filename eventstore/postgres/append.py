@@ -78,7 +78,7 @@ class PendingBatch:
 
     def params(self) -> list[Any]:
         events = [p for batch in self.prepared for p in batch.events]
-        # Typed arrays: each dumped in one pass (eventstore.pg_arrays); JSON as its bytes.
+        # Typed arrays: each dumped in one pass (eventstore.postgres.arrays); JSON as its bytes.
         return [
             TextArray([r.stream_id for r in self.requests]),
             Int4Array([r.expected_version for r in self.requests]),

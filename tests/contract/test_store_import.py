@@ -1,6 +1,6 @@
 """``EventStore.import_rows`` (bulk import of a synthetic log), on every store.
 
-The rows come from ``eventstore.synthetic`` (chained as an append chains them); the
+The rows come from ``eventstore.testing.synthetic`` (chained as an append chains them); the
 import must land them exactly, keep the log verifiable and appendable, and refuse,
 storing nothing, rows that do not continue the log at its head.
 """

@@ -344,7 +344,7 @@ def old_logs(draw: st.DrawFn) -> list[StoredEvent]:
 
 def stored_rows(head: Head, events: list[StoredEvent], keys: list[str]) -> list[RawEvent]:
     """The rows an older release would have stored: chained after ``head`` as an append
-    chains them (``eventstore.synthetic.chain_rows``), in any schema version."""
+    chains them (``eventstore.testing.synthetic.chain_rows``), in any schema version."""
     previous, position = bytes.fromhex(head.hash), head.position
     versions: dict[str, int] = {}
     rows = []

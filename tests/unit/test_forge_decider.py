@@ -1,6 +1,6 @@
 """The installation decider and the Forge read models as pure functions: no store, no HTTP.
 
-A small in-memory log drives ``app.shell.plan`` (the shell's pure step) with the real
+A small in-memory log drives ``app.ingest.shell.plan`` (the shell's pure step) with the real
 decider, so the events folded by the projections are the ones the service would write.
 """
 

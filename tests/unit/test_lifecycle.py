@@ -1,6 +1,6 @@
 """The tenant decider (``app.lifecycle``) tested with plain values: SPEC §3 and §4 rules 5-7.
 
-No store, no keys, no clock: the shell's pure step (``app.shell.plan_with``) decides over
+No store, no keys, no clock: the shell's pure step (``app.ingest.shell.plan_with``) decides over
 a list of ``RecordedEvent``s, and secrets are "sealed" by a deterministic fake whose
 ciphertext is ``"ct:" + secret`` (``tests.log_builder.FakeKeys``).
 """

@@ -14,7 +14,7 @@ with it for the read-back.
 Every read of a read model passes ``min_position`` (the last position the demo's own
 calls wrote), so the admin API answers only once the projections have folded it: the
 demo never prints a read model that has not caught up. Output follows the CLI's
-conventions (``app.cli_output``): tables on a terminal, TSV under a ``## section``
+conventions (``app.cli.output``): tables on a terminal, TSV under a ``## section``
 line when redirected.
 """
 

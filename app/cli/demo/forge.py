@@ -5,7 +5,7 @@
 steps (``app.cli.demo.story``) send their calls through ``send``; ``show`` prints the
 calls and, read back through the admin API once the read models hold the last one,
 the installations, the identity links and the migration report. Printed like every
-read (``app.cli_output``): tables on a terminal, TSV under ``## section`` lines when
+read (``app.cli.output``): tables on a terminal, TSV under ``## section`` lines when
 redirected.
 """
 

@@ -1,5 +1,5 @@
 """What each console page shows: plain functions from the store and the read models to
-a template context. They reuse the admin API's queries (``app.admin``) so that the
+a template context. They reuse the admin API's queries (``app.queries.reads``) so that the
 console and the API can never disagree; they run in a worker thread (blocking I/O).
 """
 

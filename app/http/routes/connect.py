@@ -40,7 +40,7 @@ LIFECYCLE_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 
-# Strings of a lifecycle body hold no control or non-printable character (app.payload).
+# Strings of a lifecycle body hold no control or non-printable character (app.ingest.json_body).
 PRINTABLE = "^[^\\x00-\\x1f\\x7f-\\x9f\\u202a-\\u202e\\u2066-\\u2069]*$"
 
 

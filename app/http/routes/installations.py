@@ -1,6 +1,6 @@
 """The admin API's Forge part (SPEC §10): installations, identity links, migration report.
 
-Same rules as ``app.admin``: bearer admin token, JSON, secrets never shown. An
+Same rules as ``app.http.routes.tenants``: bearer admin token, JSON, secrets never shown. An
 installation is accepted in a path or a filter as a UUID or an ARI (as is or
 percent-encoded); answers give the bare UUID in ``installation_id`` and the ARI in
 ``installation_ari``.

@@ -3,7 +3,7 @@
 The order of checks is SPEC §4's; the first failure decides the answer. Rules 1-3
 (the body, the token, the RS256 install key) are checked here before any state is
 read; everything that depends on the tenant (rules 4-7, and a secret that cannot be
-read) is decided by ``app.lifecycle`` through the generic shell (``app.shell``):
+read) is decided by ``app.ingest.connect.decider`` through the generic shell (``app.ingest.shell``):
 each attempt reads the stream, opens the current secret, verifies the token with it
 (``_TenantSteps.command``), lets the decider decide, then seals the new secrets it
 emitted in plain text (``_TenantSteps.rows``) before the append.
@@ -215,7 +215,7 @@ def _other_body(events: Sequence[RecordedEvent], mac: str) -> bool:
 
 
 class _TenantSteps:
-    """One call's steps around the tenant decider (``app.shell.Steps``): each attempt
+    """One call's steps around the tenant decider (``app.ingest.shell.Steps``): each attempt
     opens the current secret and verifies the token with it; an accepted decision's
     new secrets are sealed with the tenant's data key before the append."""
 

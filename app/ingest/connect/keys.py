@@ -7,7 +7,7 @@ kid may be published later.
 Single-flight: when a new kid appears, every install call carrying it arrives at
 once (Atlassian fans out); exactly one request per kid reaches the key server.
 
-Bounded under a flood of made-up kids (``app.key_limits``): a 404 is remembered for
+Bounded under a flood of made-up kids (``app.ingest.connect.keys``): a 404 is remembered for
 5 minutes (LRU of 10,000 kids), at most 8 distinct kids are fetched at once, and
 kids never seen spend a token of a bucket (16, refilled at 1 per second). Beyond
 either bound the call gets ``KeyServerBusy`` (503 ``key_server_busy``, the host

@@ -1,6 +1,6 @@
 """A Forge installation as a decider (SPEC §10): initial state, evolve, decide. Pure.
 
-The shell (``app.shell.run``) reads the ``installation:<uuid>`` stream, folds it with
+The shell (``app.ingest.shell.run``) reads the ``installation:<uuid>`` stream, folds it with
 ``evolve`` and asks ``decide`` what one verified call appends:
 
 * a delivery already recorded (same ``delivery_sha256``, rule 6) → nothing (Skip);

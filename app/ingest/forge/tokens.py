@@ -1,9 +1,9 @@
 """Verification of Forge Invocation Tokens (SPEC §10 rules 2-4). Pure: no I/O, no clock.
 
 The algorithm is pinned here (RS256), never read from the token as a choice; the
-``kid`` is only a key into the fetched JWKS documents (see ``app.forge.jwks``), never
+``kid`` is only a key into the fetched JWKS documents (see ``app.ingest.forge.keys``), never
 part of a URL, so any printable ASCII up to 256 characters is acceptable. The
-token is parsed by the same strict parser as Connect tokens (``app.tokens``): one
+token is parsed by the same strict parser as Connect tokens (``app.ingest.connect.tokens``): one
 spelling per token, so its SHA-256 identifies it.
 
 No message raised from here contains the token or a claim value.
