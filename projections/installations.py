@@ -277,15 +277,17 @@ FORGE_HANDLED: Final = frozenset(
 class ForgeFold:
     """Installations, links, and the indexes that make links: shared by both projections."""
 
-    __slots__ = ("_clients_of", "_clouds", "_connected", "_dirty", "_new_links", "_records", "_reinstalls")
+    __slots__ = ("_clients_of", "_clouds", "_dirty", "_inherited", "_new_links", "_records", "_reinstalls")
 
     def __init__(self) -> None:
         self._records: dict[str, _Installation] = {}
         self._dirty: dict[str, _Installation] | None = None  # None: all rows are new
-        # The links made so far, to make each once (not their ``link_id`` texts: ~130
-        # bytes a tenant in a rebuild): clientKey → its linked installation (a tuple
-        # when several), and (previous, new installation) of every reinstall.
-        self._connected: dict[str, str | tuple[str, ...]] = {}
+        # Which links exist, to make each once, without a set of their ``link_id``
+        # texts (~170 bytes a tenant in a rebuild): a tenant of ``_clients_of`` has its
+        # ``connect`` link unless it is among those its installation inherited on a
+        # reinstall and has not linked itself since (``_inherited``: installation → them);
+        # (previous, new installation) of every ``reinstall`` link.
+        self._inherited: dict[str, tuple[str, ...]] = {}
         self._reinstalls: set[tuple[str, str]] = set()
         self._new_links: list[LinkRow] = []
         # installation → its Connect tenants, oldest link first
@@ -301,16 +303,23 @@ class ForgeFold:
         """Resume from both tables' rows at the same checkpoint."""
         state = cls()
         state._dirty = {}
+        linked: set[tuple[str, str]] = set()
         for link in sorted(links, key=lambda row: row.evidence_position):
-            state._note(link)
             if link.kind == CONNECT and link.client_key is not None:
+                linked.add((link.client_key, link.installation_id))
                 # As ``connect`` did: links rows are first-seen links only, in order.
                 known = state._clients(link.installation_id)
                 state._set_clients(link.installation_id, _with_last(known, link.client_key))
+            else:
+                state._reinstalls.add((link.previous_installation_id or "", link.installation_id))
         for row in installations:
-            state._records[row.installation_id] = _Installation(*astuple(row))
+            installation = row.installation_id
+            state._records[installation] = _Installation(*astuple(row))
             if row.client_keys:  # a row also holds what it inherited on a reinstall
-                state._set_clients(row.installation_id, tuple(row.client_keys))
+                state._set_clients(installation, tuple(row.client_keys))
+                waiting = tuple(k for k in row.client_keys if (k, installation) not in linked)
+                if waiting:
+                    state._inherited[installation] = waiting
             state._join(row.cloud_id, row.installation_id, row.installed_position)
         return state
 
@@ -338,24 +347,17 @@ class ForgeFold:
         if self._dirty is not None:
             self._dirty[record.installation_id] = record
 
-    def _note(self, link: LinkRow) -> None:
-        """Remember a link made before (resuming from rows)."""
-        if link.kind == CONNECT and link.client_key is not None:
-            self._new_connect(link.client_key, link.installation_id)
-        else:
-            self._reinstalls.add((link.previous_installation_id or "", link.installation_id))
-
-    def _new_connect(self, client_key: str, installation: str) -> bool:
-        """Whether the tenant's link to ``installation`` is new (it is noted)."""
-        linked = self._connected.get(client_key)
-        if linked is None:
-            self._connected[client_key] = installation
-            return True
-        if linked == installation or (type(linked) is tuple and installation in linked):
+    def _links_itself(self, client_key: str, installation: str) -> bool:
+        """Whether a tenant the installation inherited now links it itself (it is then
+        no longer waiting for its own link)."""
+        waiting = self._inherited.get(installation, ())
+        if client_key not in waiting:
             return False
-        self._connected[client_key] = (
-            (linked, installation) if type(linked) is str else (*linked, installation)
-        )
+        rest = tuple(key for key in waiting if key != client_key)
+        if rest:
+            self._inherited[installation] = rest
+        else:
+            del self._inherited[installation]
         return True
 
     # -- events
@@ -367,7 +369,8 @@ class ForgeFold:
         installation = installation_id(named)
         if installation is None:
             return
-        new = self._new_connect(client_key, installation)
+        known = self._clients(installation)
+        new = client_key not in known or self._links_itself(client_key, installation)
         if new:
             self._new_links.append(
                 LinkRow(
@@ -383,7 +386,6 @@ class ForgeFold:
             )
         # Only a link seen for the first time makes that tenant the most recent one: an
         # older tenant naming it again (a stale call after a reimport) does not take it back.
-        known = self._clients(installation)
         if new and known[-1:] != (client_key,):
             keys = _with_last(known, client_key)
             self._set_clients(installation, keys)
@@ -415,6 +417,7 @@ class ForgeFold:
                 )
             if installation not in self._clients_of and inherited:
                 self._set_clients(installation, inherited)
+                self._inherited[installation] = inherited
         record.client_keys = self._clients(installation)
         record.client_key = record.client_keys[-1] if record.client_keys else None
         old = self._records.get(installation)
