@@ -1,8 +1,9 @@
 """Rebuild read models from the whole log, then swap them in atomically.
 
 The folds run over the log into memory (read as lean events, ``projections.lean``,
-each dispatched once to the handlers of every fold) while the service keeps answering from the
-live tables; the rows are then written in bulk (COPY on PostgreSQL) into fresh
+each dispatched once to the handlers of every fold; rows that can no longer change
+move to a temporary file as they appear, ``_Spool``) while the service keeps
+answering from the live tables; the rows are then written in bulk (COPY on PostgreSQL) into fresh
 ``<name>__rebuild`` tables; finally, with the checkpoints locked (the runner waits),
 the events that arrived meanwhile are folded too and the fresh tables replace the
 live ones in the same transaction. A rebuild killed at any point leaves the live
@@ -127,22 +128,21 @@ _spool_encoder: Final = msgspec.msgpack.Encoder()
 
 
 class _Spool:
-    """Rows that never change once made (``links``, ``reimports``: their projections'
-    ``finished_rows``) moved from memory to a temporary file page by page, read back by
-    COPY at the end: at 250,000 tenants the links alone (row and ``link_id`` text, ~200
-    bytes a tenant) otherwise stayed in memory until then."""
+    """Rows that never change once made (links, reimports, closed ``base_urls``
+    intervals: their projections' ``finished_rows``) moved from memory to a temporary
+    file (msgpack, unlinked from the start: a killed rebuild leaves nothing) page by page,
+    read back, in order, by COPY at the end: at 250,000 tenants the links alone (row and
+    ``link_id`` text, ~200 bytes a tenant) otherwise stayed in memory until then."""
 
     def __init__(self, row_type: type) -> None:
         self._file = tempfile.TemporaryFile()  # noqa: SIM115  # closed by close(), after the swap
         self._decoder = msgspec.msgpack.Decoder(list[row_type])  # type: ignore[valid-type]  # a row class known at run time
-        self.rows = 0
 
     def keep(self, rows: list[Row]) -> None:
         if rows:
             data = _spool_encoder.encode(rows)
             self._file.write(len(data).to_bytes(8, "little"))
             self._file.write(data)
-            self.rows += len(rows)
 
     def take(self) -> Iterator[Row]:
         """Every row kept so far, in order, then forgotten."""
