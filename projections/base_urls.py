@@ -76,6 +76,13 @@ class BaseUrlsState:
         """``take_changes`` as an iterator (these rows exist already; nothing to stream)."""
         return iter(self.take_changes())
 
+    def take_closed(self) -> list[BaseUrlRow]:
+        """The intervals closed since the last call and not handed over: before the first
+        ``take_changes`` (a rebuild moves them out of memory as they appear), none after
+        it (closed intervals are among the changes then)."""
+        closed, self._closed = self._closed, []
+        return closed
+
     def take_changes(self) -> list[BaseUrlRow]:
         if self._dirty is None:
             changed = self._closed
@@ -156,6 +163,10 @@ class BaseUrlsProjection:
     key_fields: ClassVar[tuple[str, ...]] = ("client_key", "base_url", "from_position")
     event_types: ClassVar[frozenset[str]] = frozenset(_HANDLERS)
     handlers: ClassVar[dict[str, Callable[[BaseUrlsState, RecordedEvent], None]]] = _HANDLERS
+
+    def finished_rows(self, state: BaseUrlsState) -> list[BaseUrlRow]:
+        """Closed intervals, which never change again (``projections.rebuild``)."""
+        return state.take_closed()
 
     def initial_state(self) -> BaseUrlsState:
         return BaseUrlsState()

@@ -32,6 +32,7 @@ from projections.model import (
     TenantRow,
     fold_by_type,
     key_text,
+    shared,
 )
 
 __all__ = ["DescriptorRow", "DescriptorsProjection", "DescriptorsState", "apply", "latest_version"]
@@ -121,7 +122,7 @@ def _move(state: DescriptorsState, old: str | None, new: str | None) -> None:
 def _installed(state: DescriptorsState, event: RecordedEvent) -> None:
     # Read as the tenants fold reads it (an empty version is none there too), so the
     # counts match its rows, from which ``from_rows`` recomputes them.
-    version = key_text(event.metadata.descriptor_version) or None
+    version = shared(key_text(event.metadata.descriptor_version) or None)
     if version is not None and version not in state._first_seen:
         _first_sighting(state, version, event)
     version_of = state._version_of
@@ -134,7 +135,7 @@ def _installed(state: DescriptorsState, event: RecordedEvent) -> None:
 
 def _descriptor_upgraded(state: DescriptorsState, event: RecordedEvent) -> None:
     data: DescriptorUpgraded = event.data  # type: ignore[assignment]  # by event.type
-    version = key_text(data.to)  # as the tenants fold reads it; None (an old log): no version
+    version = shared(key_text(data.to))  # as the tenants fold reads it; None (an old log): no version
     if version is not None and version not in state._first_seen:
         _first_sighting(state, version, event)
     version_of = state._version_of

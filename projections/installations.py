@@ -277,15 +277,23 @@ FORGE_HANDLED: Final = frozenset(
 class ForgeFold:
     """Installations, links, and the indexes that make links: shared by both projections."""
 
-    __slots__ = ("_clients_of", "_clouds", "_dirty", "_link_ids", "_new_links", "_records")
+    __slots__ = ("_clients_of", "_clouds", "_dirty", "_inherited", "_new_links", "_records", "_reinstalls")
 
     def __init__(self) -> None:
         self._records: dict[str, _Installation] = {}
         self._dirty: dict[str, _Installation] | None = None  # None: all rows are new
-        self._link_ids: set[str] = set()
+        # Which links exist, to make each once, without a set of their ``link_id``
+        # texts (~170 bytes a tenant in a rebuild): a tenant of ``_clients_of`` has its
+        # ``connect`` link unless it is among those its installation inherited on a
+        # reinstall and has not linked itself since (``_inherited``: installation → them);
+        # (previous, new installation) of every ``reinstall`` link.
+        self._inherited: dict[str, tuple[str, ...]] = {}
+        self._reinstalls: set[tuple[str, str]] = set()
         self._new_links: list[LinkRow] = []
         # installation → its Connect tenants, oldest link first
-        self._clients_of: dict[str, tuple[str, ...]] = {}
+        # (one tenant, the usual case, kept as its clientKey alone: ~50 bytes a tenant
+        # less than a 1-tuple in a rebuild; read through ``_clients``/``_set_clients``)
+        self._clients_of: dict[str, str | tuple[str, ...]] = {}
         # cloudId → {installation now on it: its installed_position}; the site's latest
         # installation is the one installed last among them (see ``_latest_on``).
         self._clouds: dict[str, dict[str, int]] = {}
@@ -295,19 +303,33 @@ class ForgeFold:
         """Resume from both tables' rows at the same checkpoint."""
         state = cls()
         state._dirty = {}
-        clients = state._clients_of
+        linked: set[tuple[str, str]] = set()
         for link in sorted(links, key=lambda row: row.evidence_position):
-            state._link_ids.add(link.link_id)
             if link.kind == CONNECT and link.client_key is not None:
+                linked.add((link.client_key, link.installation_id))
                 # As ``connect`` did: links rows are first-seen links only, in order.
-                known = clients.get(link.installation_id, ())
-                clients[link.installation_id] = _with_last(known, link.client_key)
+                known = state._clients(link.installation_id)
+                state._set_clients(link.installation_id, _with_last(known, link.client_key))
+            else:
+                state._reinstalls.add((link.previous_installation_id or "", link.installation_id))
         for row in installations:
-            state._records[row.installation_id] = _Installation(*astuple(row))
+            installation = row.installation_id
+            state._records[installation] = _Installation(*astuple(row))
             if row.client_keys:  # a row also holds what it inherited on a reinstall
-                clients[row.installation_id] = tuple(row.client_keys)
+                state._set_clients(installation, tuple(row.client_keys))
+                waiting = tuple(k for k in row.client_keys if (k, installation) not in linked)
+                if waiting:
+                    state._inherited[installation] = waiting
             state._join(row.cloud_id, row.installation_id, row.installed_position)
         return state
+
+    def _clients(self, installation: str) -> tuple[str, ...]:
+        """The installation's Connect tenants, oldest link first."""
+        keys = self._clients_of.get(installation, ())
+        return (keys,) if isinstance(keys, str) else keys
+
+    def _set_clients(self, installation: str, keys: tuple[str, ...]) -> None:
+        self._clients_of[installation] = keys[0] if len(keys) == 1 else keys
 
     def _join(self, cloud_id: str | None, installation: str, installed_position: int) -> None:
         if cloud_id is not None:
@@ -325,12 +347,17 @@ class ForgeFold:
         if self._dirty is not None:
             self._dirty[record.installation_id] = record
 
-    def _link(self, row: LinkRow) -> bool:
-        """Record a link unless it exists; whether it was new."""
-        if row.link_id in self._link_ids:
+    def _links_itself(self, client_key: str, installation: str) -> bool:
+        """Whether a tenant the installation inherited now links it itself (it is then
+        no longer waiting for its own link)."""
+        waiting = self._inherited.get(installation, ())
+        if client_key not in waiting:
             return False
-        self._link_ids.add(row.link_id)
-        self._new_links.append(row)
+        rest = tuple(key for key in waiting if key != client_key)
+        if rest:
+            self._inherited[installation] = rest
+        else:
+            del self._inherited[installation]
         return True
 
     # -- events
@@ -342,23 +369,26 @@ class ForgeFold:
         installation = installation_id(named)
         if installation is None:
             return
-        new = self._link(
-            LinkRow(
-                f"{CONNECT}:{client_key}:{installation}",
-                CONNECT,
-                client_key,
-                installation,
-                None,
-                event.stream_id,
-                event.position,
-                event.recorded_at,
+        known = self._clients(installation)
+        new = client_key not in known or self._links_itself(client_key, installation)
+        if new:
+            self._new_links.append(
+                LinkRow(
+                    f"{CONNECT}:{client_key}:{installation}",
+                    CONNECT,
+                    client_key,
+                    installation,
+                    None,
+                    event.stream_id,
+                    event.position,
+                    event.recorded_at,
+                )
             )
-        )
         # Only a link seen for the first time makes that tenant the most recent one: an
         # older tenant naming it again (a stale call after a reimport) does not take it back.
-        known = self._clients_of.get(installation, ())
         if new and known[-1:] != (client_key,):
-            keys = self._clients_of[installation] = _with_last(known, client_key)
+            keys = _with_last(known, client_key)
+            self._set_clients(installation, keys)
             record = self._records.get(installation)
             if record is not None:
                 record.client_keys, record.client_key = keys, client_key
@@ -369,23 +399,26 @@ class ForgeFold:
         installation = record.installation_id
         previous = self._latest_on(record.cloud_id)
         if previous is not None and previous != installation:
-            inherited = self._clients_of.get(previous, ())
-            own = self._clients_of.get(installation, inherited)
-            self._link(
-                LinkRow(
-                    f"{REINSTALL}:{previous}:{installation}",
-                    REINSTALL,
-                    own[-1] if own else None,
-                    installation,
-                    previous,
-                    event.stream_id,
-                    event.position,
-                    event.recorded_at,
+            inherited = self._clients(previous)
+            own = self._clients(installation) if installation in self._clients_of else inherited
+            if (previous, installation) not in self._reinstalls:
+                self._reinstalls.add((previous, installation))
+                self._new_links.append(
+                    LinkRow(
+                        f"{REINSTALL}:{previous}:{installation}",
+                        REINSTALL,
+                        own[-1] if own else None,
+                        installation,
+                        previous,
+                        event.stream_id,
+                        event.position,
+                        event.recorded_at,
+                    )
                 )
-            )
             if installation not in self._clients_of and inherited:
-                self._clients_of[installation] = inherited
-        record.client_keys = self._clients_of.get(installation, ())
+                self._set_clients(installation, inherited)
+                self._inherited[installation] = inherited
+        record.client_keys = self._clients(installation)
         record.client_key = record.client_keys[-1] if record.client_keys else None
         old = self._records.get(installation)
         if old is not None:
@@ -520,6 +553,11 @@ class LinksProjection(_ForgeProjection):
     def rows_from(self, fold: ForgeFold) -> Iterator[LinkRow]:
         """This table's new rows from a fold shared with ``installations``."""
         return iter(fold.link_changes())
+
+    def finished_rows(self, fold: ForgeFold) -> list[LinkRow]:
+        """The rows made since the last call, which never change again: a rebuild moves
+        them out of memory as they appear (``projections.rebuild``)."""
+        return fold.link_changes()
 
 
 if TYPE_CHECKING:

@@ -257,6 +257,17 @@ def key_text(value: object) -> str | None:
     return head + "…" + hashlib.sha256(raw).hexdigest()
 
 
+_SHARED: dict[str, str] = {}
+
+
+def shared(text: str | None) -> str | None:
+    """One string object per value, for the few values that many rows repeat (product
+    types, descriptor versions): 250,000 tenants otherwise keep 250,000 copies of a
+    handful of strings, in each fold that keeps them. Only for such small sets of
+    values: the table keeps every value it is given for the life of the process."""
+    return text if text is None else _SHARED.setdefault(text, text)
+
+
 def url_text(value: object) -> str:
     """A tenant's base URL: ``as_text``, and "" for none (a ``BaseUrlChanged`` of an
     old log may say ``to: null``). Not shortened: the decider compares it with the

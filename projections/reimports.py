@@ -142,6 +142,11 @@ class ReimportsProjection:
     event_types: ClassVar[frozenset[str]] = frozenset(_HANDLERS)
     handlers: ClassVar[dict[str, Callable[[ReimportsState, RecordedEvent], None]]] = _HANDLERS
 
+    def finished_rows(self, state: ReimportsState) -> list[ReimportRow]:
+        """The rows made since the last call, which never change again: a rebuild moves
+        them out of memory as they appear (``projections.rebuild``)."""
+        return state.take_changes()
+
     def initial_state(self) -> ReimportsState:
         return ReimportsState()
 

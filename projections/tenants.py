@@ -82,6 +82,7 @@ from projections.model import (
     enabled_after,
     installation_id,
     key_text,
+    shared,
     stream_client_key,
     url_text,
 )
@@ -107,11 +108,6 @@ def _thaw(row: TenantRow) -> _Tenant:
 # isinstance or cast call per event.
 
 
-# Small repeated values (product types, descriptor versions) shared by every row that
-# holds them: 250,000 tenants otherwise keep 500,000 copies of a few strings.
-_SHARED: dict[str, str] = {}
-
-
 def _installed(event: RecordedEvent) -> _Tenant:
     """A fresh record: an install (or reinstall) sets everything. Payload values go
     through ``projections.model``'s text rule: an old log may hold any JSON value."""
@@ -130,10 +126,10 @@ def _installed(event: RecordedEvent) -> _Tenant:
         base_url=base_url,
         display_url=display_url,
         # A handful of distinct values across every tenant: kept once each.
-        product_type=_SHARED.setdefault(product_type, product_type) if product_type else None,
+        product_type=shared(product_type) if product_type else None,
         state=INSTALLED,
         enabled=True,
-        descriptor_version=_SHARED.setdefault(version, version) if version else None,
+        descriptor_version=shared(version) if version else None,
         installed_at=at,
         updated_at=at,
         last_seen_at=at,
@@ -210,7 +206,7 @@ def _base_url_changed(tenant: _Tenant, event: RecordedEvent) -> None:
 
 def _descriptor_upgraded(tenant: _Tenant, event: RecordedEvent) -> None:
     data: DescriptorUpgraded = event.data  # type: ignore[assignment]  # by event.type: the dispatch picked this handler
-    tenant.descriptor_version = key_text(data.to)
+    tenant.descriptor_version = shared(key_text(data.to))
     _present(tenant, event)
 
 
@@ -220,7 +216,7 @@ def _details_changed(tenant: _Tenant, event: RecordedEvent) -> None:
     if "displayUrl" in changes:
         tenant.display_url = as_text(changes["displayUrl"])
     if "productType" in changes:
-        tenant.product_type = as_text(changes["productType"])
+        tenant.product_type = shared(as_text(changes["productType"]))
     if "installationId" in changes:
         tenant.installation_id = installation_id(changes["installationId"])
     _present(tenant, event)

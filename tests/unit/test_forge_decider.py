@@ -254,6 +254,24 @@ def test_links_reinstall_inheritance_and_report() -> None:
     assert [r.installation_id for r in report.forge_only] == [lonely]
 
 
+def test_a_tenant_an_installation_inherited_gets_its_own_link_when_it_names_it() -> None:
+    log = Log()
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    log.connect("ck-a", first)
+    log.forge("installed", facts(first), "1")
+    log.forge("installed", facts(second), "2")  # same cloud: second inherits ck-a
+    cut = len(log.events)
+    log.connect("ck-a", second)  # ck-a names the new installation itself: a link
+    log.connect("ck-a", second)  # naming it again: no second link
+    expected = [("connect", "ck-a", first), ("connect", "ck-a", second), ("reinstall", "ck-a", second)]
+    _, links = fold(log.events)
+    assert sorted((r.kind, r.client_key, r.installation_id) for r in links) == sorted(expected)
+    # The same after resuming from the rows before the link (the runner after a restart).
+    states = forge_states(*fold(log.events[:cut]))
+    later = LinksProjection().apply_many(states["links"], log.events[cut:]).take_changes()
+    assert [(r.kind, r.client_key, r.installation_id) for r in later] == [expected[1]]
+
+
 OPERATIONS = st.lists(
     st.one_of(
         st.tuples(st.just("connect"), st.integers(0, 2), st.integers(0, 3)),
