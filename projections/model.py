@@ -257,6 +257,7 @@ def key_text(value: object) -> str | None:
     return head + "…" + hashlib.sha256(raw).hexdigest()
 
 
+SHARED_LIMIT = 10_000
 _SHARED: dict[str, str] = {}
 
 
@@ -264,8 +265,17 @@ def shared(text: str | None) -> str | None:
     """One string object per value, for the few values that many rows repeat (product
     types, descriptor versions): 250,000 tenants otherwise keep 250,000 copies of a
     handful of strings, in each fold that keeps them. Only for such small sets of
-    values: the table keeps every value it is given for the life of the process."""
-    return text if text is None else _SHARED.setdefault(text, text)
+    values: the table keeps the values it is given for the life of the process, up to
+    ``SHARED_LIMIT`` of them (then a value is kept as given: nothing grows without bound
+    in a long-lived runner, whatever the calls' descriptor versions say)."""
+    if text is None:
+        return None
+    found = _SHARED.get(text)
+    if found is not None:
+        return found
+    if len(_SHARED) < SHARED_LIMIT:
+        _SHARED[text] = text
+    return text
 
 
 def url_text(value: object) -> str:

@@ -1071,3 +1071,21 @@ def test_any_stored_connect_log_folds_to_text_and_resumes_like_a_rebuild(
     for key in KEYS:  # the admin API's fold of one stream agrees with the table
         stream = [e for e in events if e.stream_id == "tenant:" + key]
         assert tenants.fold(stream) == rebuilt["tenants"].get((key,))
+
+
+def test_shared_strings_are_one_object_per_value_and_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``model.shared``: equal values come back as one object; past its limit a value
+    is returned as given and the table does not grow."""
+    from projections import model
+
+    monkeypatch.setattr(model, "_SHARED", {})
+    monkeypatch.setattr(model, "SHARED_LIMIT", 2)
+    first = model.shared("".join(["1", ".0"]))
+    assert model.shared("".join(["1", ".", "0"])) is first
+    assert model.shared(None) is None
+    model.shared("2.0")
+    third = "".join(["3", ".0"])
+    assert model.shared(third) is third and len(model._SHARED) == 2
+    assert model.shared("".join(["3", ".0"])) is not third
