@@ -36,7 +36,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Final
 
-from app.serve import balance
 from app.settings import MULTIPROC_ENV, Settings
 from projections.health import StateFile, backoff_delay
 
@@ -49,7 +48,6 @@ log = logging.getLogger("ledger.serve")
 METRICS_DIR_PREFIX: Final = "metrics-"
 STATE_FILE_ENV: Final = "LEDGER_PROJECTION_STATE_FILE"
 STATE_FILE_NAME: Final = "projection-runner.json"
-BOARD_FILE_NAME: Final = "accept-board"
 # A runner process that ran this long ends a streak of crashes (the backoff restarts).
 STABLE_SECONDS: Final = 60.0
 STOP_SECONDS: Final = 15.0
@@ -106,12 +104,6 @@ def run_service(host: str, port: int, workers: int, settings: Settings) -> None:
             state_file = directory / STATE_FILE_NAME
             running.enter_context(_environment(STATE_FILE_ENV, str(state_file)))
             running.callback(RunnerSupervisor(state_file, directory).start().stop)
-        loop = "auto"
-        if workers > 1 and directory is not None:
-            # The workers spread the connections between them (app.serve.balance).
-            board = balance.create_board(directory / BOARD_FILE_NAME)
-            running.enter_context(_environment(balance.BOARD_ENV, str(board)))
-            loop = "app.serve.balance:new_loop"
         uvicorn.run(
             # The app, its collector settled once it is built (app.serve.worker).
             "app.serve.worker:serving_app",
@@ -119,7 +111,6 @@ def run_service(host: str, port: int, workers: int, settings: Settings) -> None:
             host=host,
             port=port,
             workers=workers,
-            loop=loop,
             # Access logs would print query strings, and a token may travel as ?jwt=.
             access_log=False,
             log_level="warning",
