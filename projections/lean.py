@@ -25,8 +25,6 @@ the event catalog's.
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any, Final
@@ -39,6 +37,7 @@ from eventstore.clock import parse_timestamp
 from eventstore.database import Translate
 from eventstore.errors import StoreError
 from eventstore.events import SCHEMA_VERSIONS, data_as_dict
+from eventstore.read_ahead import read_ahead
 from eventstore.store import EventLog
 from eventstore.values import RecordedEvent
 
@@ -150,7 +149,8 @@ def lean_pages(store: EventLog, after: int, size: int) -> Iterator[list[LeanEven
         return _upcast(store, page)
 
     if database.kind == "postgresql":
-        return _read_ahead(_postgres_reader(database.pool, database.translate, upcast), after, size)
+        fetch = _postgres_reader(database.pool, database.translate, upcast)
+        return read_ahead(_pages(fetch, after, size), depth=1, name="ledger-rebuild-read")
     connection = database.connection
     translate = database.translate
 
@@ -172,43 +172,6 @@ def _pages(
         if len(page) < size:
             return
         after = page[-1].position
-
-
-def _read_ahead(
-    read: Callable[[int, int], list[LeanEvent]], after: int, size: int
-) -> Iterator[list[LeanEvent]]:
-    """``_pages`` with the next page fetched by a helper thread while this one folds
-    (the server builds it on another core; the driver waits without the GIL)."""
-    box: queue.Queue[list[LeanEvent] | BaseException | None] = queue.Queue(maxsize=1)
-    stop = threading.Event()
-
-    def hand_over(item: list[LeanEvent] | BaseException | None) -> bool:
-        """Put ``item`` for the reader; False once it has stopped reading."""
-        while not stop.is_set():
-            try:
-                box.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def fetch() -> None:
-        try:
-            for page in _pages(read, after, size):
-                if not hand_over(page):
-                    return
-            hand_over(None)
-        except BaseException as error:  # raised in the reader
-            hand_over(error)
-
-    threading.Thread(target=fetch, name="ledger-rebuild-read", daemon=True).start()
-    try:
-        while (item := box.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
 
 
 def _upcast(store: EventLog, page: list[LeanEvent]) -> list[LeanEvent]:

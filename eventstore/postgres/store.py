@@ -12,7 +12,6 @@ index lookups and inserts, and the whole append is one round trip.
 from __future__ import annotations
 
 import itertools
-import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -48,6 +47,7 @@ from eventstore.postgres.session import (
     session_options,
     translate_error,
 )
+from eventstore.read_ahead import read_ahead
 from eventstore.rejections import REJECTION_PURGE_INTERVAL_SECONDS
 from eventstore.schema_status import SchemaStatus
 from eventstore.schema_status import require_current as check_current
@@ -372,36 +372,18 @@ class PostgresEventStore(SQLStore):
         """Pages after ``after`` (``page``, by default ``_event_page``), fetched one
         ahead by a daemon thread."""
         fetch_page = page or self._event_page
-        box: queue.Queue[list[Any] | BaseException | None] = queue.Queue(maxsize=2)
 
-        def hand_over(item: list[Any] | BaseException | None) -> bool:
-            while not stop.is_set():
-                try:
-                    box.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
-        def fetch() -> None:
+        def pages() -> Iterator[list[Any]]:
             position = after
-            try:
-                while not stop.is_set():
-                    rows = fetch_page(position, batch_size)
-                    if rows and not hand_over(rows):
-                        return
-                    if len(rows) < batch_size:
-                        break
-                    position = rows[-1][0]
-                hand_over(None)
-            except BaseException as error:  # handed to the reader, raised there
-                hand_over(error)
+            while True:
+                rows = fetch_page(position, batch_size)
+                if rows:
+                    yield rows
+                if len(rows) < batch_size:
+                    return
+                position = rows[-1][0]
 
-        threading.Thread(target=fetch, name="ledger-read-ahead", daemon=True).start()
-        while (item := box.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+        return read_ahead(pages(), depth=2, name="ledger-read-ahead", stop=stop)
 
     def read_chain(
         self, after_position: int = 0, through: int | None = None, batch_size: int = 10_000
