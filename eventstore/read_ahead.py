@@ -9,10 +9,28 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
-from typing import TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 T = TypeVar("T")
+P = TypeVar("P", bound=Sequence[Any])
+
+
+def paged(
+    fetch: Callable[[int, int], P],
+    after: int,
+    size: int,
+    position_of: Callable[[Any], int],
+) -> Iterator[P]:
+    """Pages of at most ``size`` rows after position ``after`` (``fetch(after, size)``),
+    until a page comes back short; ``position_of`` tells a row's log position."""
+    while True:
+        page = fetch(after, size)
+        if page:
+            yield page
+        if len(page) < size:
+            return
+        after = position_of(page[-1])
 
 
 def read_ahead(

@@ -37,7 +37,7 @@ from eventstore.clock import parse_timestamp
 from eventstore.database import Translate
 from eventstore.errors import StoreError
 from eventstore.events import SCHEMA_VERSIONS, data_as_dict
-from eventstore.read_ahead import read_ahead
+from eventstore.read_ahead import paged, read_ahead
 from eventstore.store import EventLog
 from eventstore.values import RecordedEvent
 
@@ -141,6 +141,10 @@ def lean_event_of(event: RecordedEvent) -> LeanEvent:
     )
 
 
+def _position(event: LeanEvent) -> int:
+    return event.position
+
+
 def lean_pages(store: EventLog, after: int, size: int) -> Iterator[list[LeanEvent]]:
     """The events after position ``after``, in pages of at most ``size``."""
     database = store.database
@@ -150,7 +154,8 @@ def lean_pages(store: EventLog, after: int, size: int) -> Iterator[list[LeanEven
 
     if database.kind == "postgresql":
         fetch = _postgres_reader(database.pool, database.translate, upcast)
-        return read_ahead(_pages(fetch, after, size), depth=1, name="ledger-rebuild-read")
+        pages = paged(fetch, after, size, _position)
+        return read_ahead(pages, depth=1, name="ledger-rebuild-read")
     connection = database.connection
     translate = database.translate
 
@@ -159,19 +164,7 @@ def lean_pages(store: EventLog, after: int, size: int) -> Iterator[list[LeanEven
             rows = connection().execute(_SQLITE_PAGE, (position, count)).fetchall()
         return upcast(list(map(_sqlite_event, rows)))
 
-    return _pages(read, after, size)
-
-
-def _pages(
-    read: Callable[[int, int], list[LeanEvent]], after: int, size: int
-) -> Iterator[list[LeanEvent]]:
-    while True:
-        page = read(after, size)
-        if page:
-            yield page
-        if len(page) < size:
-            return
-        after = page[-1].position
+    return paged(read, after, size, _position)
 
 
 def _upcast(store: EventLog, page: list[LeanEvent]) -> list[LeanEvent]:

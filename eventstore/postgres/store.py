@@ -47,7 +47,7 @@ from eventstore.postgres.session import (
     session_options,
     translate_error,
 )
-from eventstore.read_ahead import read_ahead
+from eventstore.read_ahead import paged, read_ahead
 from eventstore.rejections import REJECTION_PURGE_INTERVAL_SECONDS
 from eventstore.schema_status import SchemaStatus
 from eventstore.schema_status import require_current as check_current
@@ -371,19 +371,8 @@ class PostgresEventStore(SQLStore):
     ) -> Iterator[list[Any]]:
         """Pages after ``after`` (``page``, by default ``_event_page``), fetched one
         ahead by a daemon thread."""
-        fetch_page = page or self._event_page
-
-        def pages() -> Iterator[list[Any]]:
-            position = after
-            while True:
-                rows = fetch_page(position, batch_size)
-                if rows:
-                    yield rows
-                if len(rows) < batch_size:
-                    return
-                position = rows[-1][0]
-
-        return read_ahead(pages(), depth=2, name="ledger-read-ahead", stop=stop)
+        pages = paged(page or self._event_page, after, batch_size, itemgetter(0))
+        return read_ahead(pages, depth=2, name="ledger-read-ahead", stop=stop)
 
     def read_chain(
         self, after_position: int = 0, through: int | None = None, batch_size: int = 10_000
